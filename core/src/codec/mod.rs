@@ -1,0 +1,5 @@
+//! Wire codecs: HTTP request bodies, bus records and checkpointed window state.
+
+pub mod body;
+pub mod record;
+pub mod state;

@@ -1,0 +1,54 @@
+//! Closed window results: what the processor writes and the dashboard reads.
+
+use crate::aggregate::Aggregate;
+use crate::point::Tags;
+use crate::series::SeriesId;
+use crate::TimestampMs;
+
+/// The aggregate of one series over one closed window.
+#[derive(Debug, Clone)]
+pub struct WindowResult {
+    pub series_id: SeriesId,
+    pub metric: String,
+    pub tags: Tags,
+    /// Window label, e.g. `5m` or `10m/1m`.
+    pub window: String,
+    pub start_ms: TimestampMs,
+    pub end_ms: TimestampMs,
+    pub agg: Aggregate,
+}
+
+/// Keeps the results whose tags contain every `key=value` of `filter`.
+pub fn matches_tags(tags: &Tags, filter: &Tags) -> bool {
+    filter.iter().all(|(k, v)| tags.get(k) == Some(v))
+}
+
+/// Parses `host:web-01,env:prod` (or `host=web-01`) into a tag filter.
+pub fn parse_tag_filter(text: &str) -> Result<Tags, String> {
+    let mut tags = Tags::new();
+    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (key, value) = pair
+            .split_once(':')
+            .or_else(|| pair.split_once('='))
+            .ok_or_else(|| format!("tag filter `{pair}` must look like key:value"))?;
+        tags.insert(key.trim().to_string(), value.trim().to_string());
+    }
+    Ok(tags)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tag_filters_parse_both_separators_and_match_subsets() {
+        let filter = parse_tag_filter("host:web-01, env=prod").unwrap();
+        assert_eq!(filter.len(), 2);
+        let mut tags = filter.clone();
+        tags.insert("region".into(), "eu".into());
+        assert!(matches_tags(&tags, &filter));
+        tags.insert("env".into(), "dev".into());
+        assert!(!matches_tags(&tags, &filter));
+        assert!(parse_tag_filter("host").is_err());
+    }
+}
