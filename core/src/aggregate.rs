@@ -137,7 +137,15 @@ impl Aggregate {
         } else {
             DDSketch::from_java_bytes(sketch).map_err(|e| SketchDecodeError(format!("{e:?}")))?
         };
-        Ok(Aggregate { count, sum, min, max, last, last_ts, sketch })
+        Ok(Aggregate {
+            count,
+            sum,
+            min,
+            max,
+            last,
+            last_ts,
+            sketch,
+        })
     }
 }
 
@@ -246,7 +254,9 @@ mod tests {
         let mut state = seed;
         (0..n)
             .map(|_| {
-                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 let u = ((state >> 11) as f64 / (1u64 << 53) as f64).max(1e-12);
                 1.0 / u.powf(1.0 / 1.2)
             })
@@ -264,11 +274,16 @@ mod tests {
         sorted.sort_by(f64::total_cmp);
         for q in ["p50", "p90", "p95", "p99"] {
             let kind: AggKind = q.parse().unwrap();
-            let AggKind::Quantile(quantile) = kind else { unreachable!() };
+            let AggKind::Quantile(quantile) = kind else {
+                unreachable!()
+            };
             let exact = exact_quantile(&sorted, quantile.fraction());
             let estimate = agg.value(kind).unwrap();
             let error = (estimate - exact).abs() / exact;
-            assert!(error <= 0.01, "{q}: estimate {estimate} exact {exact} error {error}");
+            assert!(
+                error <= 0.01,
+                "{q}: estimate {estimate} exact {exact} error {error}"
+            );
         }
     }
 
@@ -284,7 +299,10 @@ mod tests {
         all.sort_by(f64::total_cmp);
         let exact = exact_quantile(&all, 0.95);
         let p95 = a.value("p95".parse().unwrap()).unwrap();
-        assert!((p95 - exact).abs() / exact <= 0.01, "p95 {p95} exact {exact}");
+        assert!(
+            (p95 - exact).abs() / exact <= 0.01,
+            "p95 {p95} exact {exact}"
+        );
         assert_eq!(a.count, 1100);
         assert_eq!(a.max, 10_100.0);
     }
@@ -309,7 +327,8 @@ mod tests {
             a.add(v, 1);
         }
         let bytes = a.sketch_bytes();
-        let b = Aggregate::from_parts(a.count, a.sum, a.min, a.max, a.last, a.last_ts, &bytes).unwrap();
+        let b =
+            Aggregate::from_parts(a.count, a.sum, a.min, a.max, a.last, a.last_ts, &bytes).unwrap();
         for q in ["p50", "p99", "max", "avg"] {
             let kind = q.parse().unwrap();
             assert_eq!(a.value(kind), b.value(kind), "{q}");
@@ -331,7 +350,9 @@ mod tests {
 
     #[test]
     fn aggregation_names_parse_and_print() {
-        for name in ["count", "sum", "min", "max", "avg", "last", "p50", "p99.9", "p0", "p100"] {
+        for name in [
+            "count", "sum", "min", "max", "avg", "last", "p50", "p99.9", "p0", "p100",
+        ] {
             assert_eq!(name.parse::<AggKind>().unwrap().to_string(), name);
         }
         for bad in ["p101", "p", "median", "p9.99", "P95"] {

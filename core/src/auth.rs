@@ -30,7 +30,11 @@ pub fn check_bearer(header: Option<&str>, tokens: &[String]) -> AuthDecision {
     let matched = tokens.iter().fold(0u8, |acc, token| {
         acc | presented.as_bytes().ct_eq(token.as_bytes()).unwrap_u8()
     });
-    if matched == 1 { AuthDecision::Allowed } else { AuthDecision::Denied }
+    if matched == 1 {
+        AuthDecision::Allowed
+    } else {
+        AuthDecision::Denied
+    }
 }
 
 #[cfg(test)]
@@ -48,15 +52,30 @@ mod tests {
 
     #[test]
     fn any_configured_token_is_accepted() {
-        assert_eq!(check_bearer(Some("Bearer beta"), &tokens()), AuthDecision::Allowed);
-        assert_eq!(check_bearer(Some("bearer alpha"), &tokens()), AuthDecision::Allowed);
+        assert_eq!(
+            check_bearer(Some("Bearer beta"), &tokens()),
+            AuthDecision::Allowed
+        );
+        assert_eq!(
+            check_bearer(Some("bearer alpha"), &tokens()),
+            AuthDecision::Allowed
+        );
     }
 
     #[test]
     fn missing_or_other_scheme_is_401_and_wrong_token_is_403() {
         assert_eq!(check_bearer(None, &tokens()), AuthDecision::Missing);
-        assert_eq!(check_bearer(Some("Basic YWxhZGRpbg=="), &tokens()), AuthDecision::Missing);
-        assert_eq!(check_bearer(Some("Bearer alph"), &tokens()), AuthDecision::Denied);
-        assert_eq!(check_bearer(Some("Bearer alphaa"), &tokens()), AuthDecision::Denied);
+        assert_eq!(
+            check_bearer(Some("Basic YWxhZGRpbg=="), &tokens()),
+            AuthDecision::Missing
+        );
+        assert_eq!(
+            check_bearer(Some("Bearer alph"), &tokens()),
+            AuthDecision::Denied
+        );
+        assert_eq!(
+            check_bearer(Some("Bearer alphaa"), &tokens()),
+            AuthDecision::Denied
+        );
     }
 }

@@ -39,7 +39,10 @@ pub struct PipelineConfig {
 
 impl Default for PipelineConfig {
     fn default() -> Self {
-        PipelineConfig { namespace: "local".into(), name: "default".into() }
+        PipelineConfig {
+            namespace: "local".into(),
+            name: "default".into(),
+        }
     }
 }
 
@@ -112,7 +115,10 @@ impl Default for ProcessorConfig {
     fn default() -> Self {
         ProcessorConfig {
             listen: "0.0.0.0:9100".parse().expect("valid default address"),
-            windows: [60, 300, 900].into_iter().map(|s| WindowConfig::Tumbling(Duration::from_secs(s))).collect(),
+            windows: [60, 300, 900]
+                .into_iter()
+                .map(|s| WindowConfig::Tumbling(Duration::from_secs(s)))
+                .collect(),
             allowed_lateness: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(10),
             checkpoint_interval: Duration::from_secs(1),
@@ -191,30 +197,49 @@ pub enum ConfigError {
 
 /// Top-level sections, so unrelated `PULSE_*` variables (PulseAudio sets
 /// `PULSE_SERVER`) are not mistaken for configuration.
-const SECTIONS: [&str; 7] = ["pipeline", "gateway", "processor", "dashboard", "limits", "storage", "bus"];
+const SECTIONS: [&str; 7] = [
+    "pipeline",
+    "gateway",
+    "processor",
+    "dashboard",
+    "limits",
+    "storage",
+    "bus",
+];
 
 impl Config {
     /// Loads defaults, then `file` (by extension: `.toml`, `.yaml`/`.yml`), then
     /// the environment, and validates the result.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
-        let origin = file.map_or_else(|| "(defaults and environment)".to_string(), |p| p.display().to_string());
+        let origin = file.map_or_else(
+            || "(defaults and environment)".to_string(),
+            |p| p.display().to_string(),
+        );
         if let Some(path) = file {
             if !path.is_file() {
-                return Err(ConfigError::Load { path: origin, message: "no such file".into() });
+                return Err(ConfigError::Load {
+                    path: origin,
+                    message: "no such file".into(),
+                });
             }
             figment = match path.extension().and_then(|e| e.to_str()) {
                 Some("yaml") | Some("yml") => figment.merge(Yaml::file(path)),
                 _ => figment.merge(Toml::file(path)),
             };
         }
-        let env = Env::prefixed("PULSE_")
-            .split("__")
-            .filter(|key| SECTIONS.iter().any(|s| key.as_str().starts_with(&format!("{s}."))));
+        let env = Env::prefixed("PULSE_").split("__").filter(|key| {
+            SECTIONS
+                .iter()
+                .any(|s| key.as_str().starts_with(&format!("{s}.")))
+        });
         let config: Config = figment
             .merge(env)
             .extract()
-            .map_err(|e| ConfigError::Load { path: origin, message: e.to_string() })?;
+            .map_err(|e| ConfigError::Load {
+                path: origin,
+                message: e.to_string(),
+            })?;
         config.validate()?;
         Ok(config)
     }
@@ -224,42 +249,78 @@ impl Config {
         let config: Config = Figment::from(Serialized::defaults(Config::default()))
             .merge(Toml::string(text))
             .extract()
-            .map_err(|e| ConfigError::Load { path: "(inline TOML)".into(), message: e.to_string() })?;
+            .map_err(|e| ConfigError::Load {
+                path: "(inline TOML)".into(),
+                message: e.to_string(),
+            })?;
         config.validate()?;
         Ok(config)
     }
 
     /// Checks what the types alone cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key: &str, message: String| ConfigError::Invalid { key: key.into(), message };
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            key: key.into(),
+            message,
+        };
         let windows = self.window_specs()?;
         if windows.is_empty() {
-            return Err(invalid("processor.windows", "at least one window is required, e.g. [\"1m\"]".into()));
+            return Err(invalid(
+                "processor.windows",
+                "at least one window is required, e.g. [\"1m\"]".into(),
+            ));
         }
         for (i, w) in windows.iter().enumerate() {
             if windows[..i].iter().any(|o| o.label == w.label) {
-                return Err(invalid("processor.windows", format!("window `{}` is listed twice", w.label)));
+                return Err(invalid(
+                    "processor.windows",
+                    format!("window `{}` is listed twice", w.label),
+                ));
             }
         }
         if self.bus.partitions == 0 || self.bus.partitions > 1024 {
-            return Err(invalid("bus.partitions", format!("must be 1 to 1024, got {}", self.bus.partitions)));
+            return Err(invalid(
+                "bus.partitions",
+                format!("must be 1 to 1024, got {}", self.bus.partitions),
+            ));
         }
         if self.processor.checkpoint_interval < Duration::from_millis(10) {
-            return Err(invalid("processor.checkpoint_interval", "must be at least 10ms".into()));
+            return Err(invalid(
+                "processor.checkpoint_interval",
+                "must be at least 10ms".into(),
+            ));
         }
         if self.processor.max_poll_records == 0 {
-            return Err(invalid("processor.max_poll_records", "must be at least 1".into()));
+            return Err(invalid(
+                "processor.max_poll_records",
+                "must be at least 1".into(),
+            ));
         }
         if self.gateway.max_points_per_request == 0 || self.gateway.max_in_flight == 0 {
-            return Err(invalid("gateway", "max_points_per_request and max_in_flight must be at least 1".into()));
+            return Err(invalid(
+                "gateway",
+                "max_points_per_request and max_in_flight must be at least 1".into(),
+            ));
         }
-        for (key, tokens) in [("gateway.tokens", &self.gateway.tokens), ("dashboard.read_tokens", &self.dashboard.read_tokens)] {
-            if tokens.iter().any(|t| t.trim().is_empty() || t.contains(char::is_whitespace)) {
-                return Err(invalid(key, "tokens must be non-empty and contain no whitespace".into()));
+        for (key, tokens) in [
+            ("gateway.tokens", &self.gateway.tokens),
+            ("dashboard.read_tokens", &self.dashboard.read_tokens),
+        ] {
+            if tokens
+                .iter()
+                .any(|t| t.trim().is_empty() || t.contains(char::is_whitespace))
+            {
+                return Err(invalid(
+                    key,
+                    "tokens must be non-empty and contain no whitespace".into(),
+                ));
             }
         }
         if self.pipeline.name.is_empty() || self.pipeline.namespace.is_empty() {
-            return Err(invalid("pipeline", "namespace and name must not be empty".into()));
+            return Err(invalid(
+                "pipeline",
+                "namespace and name must not be empty".into(),
+            ));
         }
         Ok(())
     }
@@ -274,7 +335,10 @@ impl Config {
                 WindowConfig::Sliding { size, slide } => WindowSpec::sliding(size, slide),
             })
             .collect::<Result<_, _>>()
-            .map_err(|e| ConfigError::Invalid { key: "processor.windows".into(), message: e.to_string() })
+            .map_err(|e| ConfigError::Invalid {
+                key: "processor.windows".into(),
+                message: e.to_string(),
+            })
     }
 
     /// The effective configuration as TOML (`pulse config`).
@@ -293,7 +357,12 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.gateway.listen.port(), 9000);
         assert_eq!(c.dashboard.listen.port(), 8080);
-        let labels: Vec<_> = c.window_specs().unwrap().into_iter().map(|w| w.label).collect();
+        let labels: Vec<_> = c
+            .window_specs()
+            .unwrap()
+            .into_iter()
+            .map(|w| w.label)
+            .collect();
         assert_eq!(labels, ["1m", "5m", "15m"]);
     }
 
@@ -309,7 +378,12 @@ mod tests {
             "#,
         )
         .unwrap();
-        let labels: Vec<_> = c.window_specs().unwrap().into_iter().map(|w| w.label).collect();
+        let labels: Vec<_> = c
+            .window_specs()
+            .unwrap()
+            .into_iter()
+            .map(|w| w.label)
+            .collect();
         assert_eq!(labels, ["1m", "10m/1m"]);
         assert_eq!(c.processor.allowed_lateness, Duration::from_secs(45));
         assert_eq!(c.limits.max_tags, 8);
@@ -317,7 +391,8 @@ mod tests {
 
     #[test]
     fn bad_configs_name_the_key() {
-        let err = Config::from_toml("[processor]\nwindows = [{ size = \"10m\", slide = \"7m\" }]").unwrap_err();
+        let err = Config::from_toml("[processor]\nwindows = [{ size = \"10m\", slide = \"7m\" }]")
+            .unwrap_err();
         assert!(err.to_string().contains("processor.windows"), "{err}");
         let err = Config::from_toml("[gateway]\nlisten = \"nowhere\"").unwrap_err();
         assert!(err.to_string().contains("listen"), "{err}");
@@ -332,7 +407,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("pulse-config-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("pulse.yaml");
-        std::fs::write(&path, "dashboard:\n  listen: 127.0.0.1:18080\nbus:\n  partitions: 2\n").unwrap();
+        std::fs::write(
+            &path,
+            "dashboard:\n  listen: 127.0.0.1:18080\nbus:\n  partitions: 2\n",
+        )
+        .unwrap();
         let c = Config::load(Some(&path)).unwrap();
         assert_eq!(c.dashboard.listen.port(), 18080);
         assert_eq!(c.bus.partitions, 2);

@@ -6,7 +6,12 @@ use std::time::Duration;
 /// Renders `d` with the largest unit that divides it exactly (`300s` → `5m`).
 pub fn label(d: Duration) -> String {
     let ms = d.as_millis();
-    const UNITS: [(u128, &str); 4] = [(86_400_000, "d"), (3_600_000, "h"), (60_000, "m"), (1_000, "s")];
+    const UNITS: [(u128, &str); 4] = [
+        (86_400_000, "d"),
+        (3_600_000, "h"),
+        (60_000, "m"),
+        (1_000, "s"),
+    ];
     for (size, unit) in UNITS {
         if ms >= size && ms % size == 0 {
             return format!("{}{unit}", ms / size);

@@ -1,9 +1,9 @@
 //! Closed window results: what the processor writes and the dashboard reads.
 
+use crate::TimestampMs;
 use crate::aggregate::Aggregate;
 use crate::point::Tags;
 use crate::series::SeriesId;
-use crate::TimestampMs;
 
 /// The aggregate of one series over one closed window.
 #[derive(Debug, Clone)]

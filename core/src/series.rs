@@ -27,7 +27,11 @@ impl SeriesId {
     /// Computes the id of `metric` with `tags`.
     pub fn of(metric: &str, tags: &Tags) -> SeriesId {
         let mut bytes = Vec::with_capacity(
-            metric.len() + tags.iter().map(|(k, v)| k.len() + v.len() + 2).sum::<usize>(),
+            metric.len()
+                + tags
+                    .iter()
+                    .map(|(k, v)| k.len() + v.len() + 2)
+                    .sum::<usize>(),
         );
         bytes.extend_from_slice(metric.as_bytes());
         for (key, value) in tags {
@@ -66,12 +70,18 @@ mod tests {
     use super::*;
 
     fn tags(pairs: &[(&str, &str)]) -> Tags {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn ids_are_pinned_across_versions() {
-        assert_eq!(SeriesId::of("cpu_usage", &Tags::new()).to_string(), PINNED[0]);
+        assert_eq!(
+            SeriesId::of("cpu_usage", &Tags::new()).to_string(),
+            PINNED[0]
+        );
         assert_eq!(
             SeriesId::of("cpu_usage", &tags(&[("host", "web-01"), ("env", "prod")])).to_string(),
             PINNED[1]
@@ -83,7 +93,6 @@ mod tests {
     }
 
     const PINNED: [&str; 3] = ["0d17bbacf32fe102", "fd263ed8571c05ea", "b7a079dff8dbdaa9"];
-
 
     #[test]
     fn tag_order_does_not_change_identity() {
@@ -100,7 +109,10 @@ mod tests {
             SeriesId::of("m", &tags(&[("ab", "c")])),
             SeriesId::of("m", &tags(&[("a", "bc")]))
         );
-        assert_ne!(SeriesId::of("m", &tags(&[("a", "b")])), SeriesId::of("ma", &tags(&[("", "b")])));
+        assert_ne!(
+            SeriesId::of("m", &tags(&[("a", "b")])),
+            SeriesId::of("ma", &tags(&[("", "b")]))
+        );
     }
 
     #[test]

@@ -98,8 +98,18 @@ impl RejectReason {
 }
 
 impl PointError {
-    pub fn new(index: usize, field: Option<&str>, reason: RejectReason, message: impl Into<String>) -> Self {
-        PointError { index, field: field.map(str::to_string), reason, message: message.into() }
+    pub fn new(
+        index: usize,
+        field: Option<&str>,
+        reason: RejectReason,
+        message: impl Into<String>,
+    ) -> Self {
+        PointError {
+            index,
+            field: field.map(str::to_string),
+            reason,
+            message: message.into(),
+        }
     }
 }
 
@@ -114,23 +124,41 @@ pub struct UncheckedPoint {
 }
 
 /// Checks `point` against `limits`, with `now_ms` as the receiver's clock.
-pub fn validate(index: usize, point: UncheckedPoint, limits: &Limits, now_ms: TimestampMs) -> Result<Point, PointError> {
+pub fn validate(
+    index: usize,
+    point: UncheckedPoint,
+    limits: &Limits,
+    now_ms: TimestampMs,
+) -> Result<Point, PointError> {
     let err = |field: &str, reason, msg: String| PointError::new(index, Some(field), reason, msg);
     check_name(&point.metric, limits.max_name_len)
         .map_err(|m| err("metric_name", RejectReason::InvalidName, m))?;
     if !point.value.is_finite() {
-        return Err(err("value", RejectReason::InvalidValue, "must be a finite number".into()));
+        return Err(err(
+            "value",
+            RejectReason::InvalidValue,
+            "must be a finite number".into(),
+        ));
     }
     if point.tags.len() > limits.max_tags {
         return Err(err(
             "tags",
             RejectReason::TooManyTags,
-            format!("{} tags given, at most {} allowed", point.tags.len(), limits.max_tags),
+            format!(
+                "{} tags given, at most {} allowed",
+                point.tags.len(),
+                limits.max_tags
+            ),
         ));
     }
     for (key, value) in &point.tags {
-        check_tag_key(key, limits.max_tag_key_len)
-            .map_err(|m| err("tags", RejectReason::InvalidTag, format!("tag key `{key}` {m}")))?;
+        check_tag_key(key, limits.max_tag_key_len).map_err(|m| {
+            err(
+                "tags",
+                RejectReason::InvalidTag,
+                format!("tag key `{key}` {m}"),
+            )
+        })?;
         check_tag_value(value, limits.max_tag_value_len)
             .map_err(|m| err(&format!("tags.{key}"), RejectReason::InvalidTag, m))?;
     }
@@ -153,7 +181,9 @@ pub fn validate(index: usize, point: UncheckedPoint, limits: &Limits, now_ms: Ti
             RejectReason::TooOld,
             format!(
                 "is {} in the past; at most {} is accepted (limits.max_past)",
-                crate::duration::label(Duration::from_millis((now_ms - timestamp_ms) as u64 / 1000 * 1000)),
+                crate::duration::label(Duration::from_millis(
+                    (now_ms - timestamp_ms) as u64 / 1000 * 1000
+                )),
                 crate::duration::label(limits.max_past)
             ),
         ));
@@ -168,7 +198,12 @@ pub fn validate(index: usize, point: UncheckedPoint, limits: &Limits, now_ms: Ti
             ),
         ));
     }
-    Ok(Point { metric: point.metric, tags: point.tags, value: point.value, timestamp_ms })
+    Ok(Point {
+        metric: point.metric,
+        tags: point.tags,
+        value: point.value,
+        timestamp_ms,
+    })
 }
 
 /// Metric names: `[A-Za-z_][A-Za-z0-9_.:-]*`, the Prometheus alphabet plus the
@@ -178,15 +213,22 @@ fn check_name(name: &str, max_len: usize) -> Result<(), String> {
         return Err("must not be empty".into());
     }
     if name.len() > max_len {
-        return Err(format!("is {} bytes long, at most {max_len} allowed", name.len()));
+        return Err(format!(
+            "is {} bytes long, at most {max_len} allowed",
+            name.len()
+        ));
     }
     let mut chars = name.chars();
     let first = chars.next().unwrap_or('_');
     if !(first.is_ascii_alphabetic() || first == '_') {
         return Err(format!("`{name}` must start with a letter or `_`"));
     }
-    if let Some(bad) = chars.find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-'))) {
-        return Err(format!("`{name}` contains `{bad}`; use letters, digits, `_`, `.`, `:` and `-`"));
+    if let Some(bad) =
+        chars.find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-')))
+    {
+        return Err(format!(
+            "`{name}` contains `{bad}`; use letters, digits, `_`, `.`, `:` and `-`"
+        ));
     }
     Ok(())
 }
@@ -201,7 +243,9 @@ fn check_tag_key(key: &str, max_len: usize) -> Result<(), String> {
     if !(first.is_ascii_alphabetic() || first == '_')
         || chars.any(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
     {
-        return Err("must start with a letter or `_` and use letters, digits, `_`, `.` and `-`".into());
+        return Err(
+            "must start with a letter or `_` and use letters, digits, `_`, `.` and `-`".into(),
+        );
     }
     Ok(())
 }
@@ -209,7 +253,10 @@ fn check_tag_key(key: &str, max_len: usize) -> Result<(), String> {
 /// Tag values: any UTF-8 text without control characters, 1 to `max_len` bytes.
 fn check_tag_value(value: &str, max_len: usize) -> Result<(), String> {
     if value.is_empty() || value.len() > max_len {
-        return Err(format!("value must be 1 to {max_len} bytes long, got {}", value.len()));
+        return Err(format!(
+            "value must be 1 to {max_len} bytes long, got {}",
+            value.len()
+        ));
     }
     if value.chars().any(char::is_control) {
         return Err("value must not contain control characters".into());
@@ -228,7 +275,10 @@ mod tests {
             metric: metric.into(),
             value,
             timestamp_secs: ts,
-            tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            tags: tags
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         }
     }
 
@@ -238,15 +288,31 @@ mod tests {
 
     #[test]
     fn the_original_contract_point_is_valid() {
-        let p = validate(0, point("cpu_usage", 92.5, Some(1_721_199_945.0), &[("host", "web-01")]), &Limits::default(), NOW)
-            .unwrap();
+        let p = validate(
+            0,
+            point(
+                "cpu_usage",
+                92.5,
+                Some(1_721_199_945.0),
+                &[("host", "web-01")],
+            ),
+            &Limits::default(),
+            NOW,
+        )
+        .unwrap();
         assert_eq!(p.timestamp_ms, NOW);
         assert_eq!(p.tags["host"], "web-01");
     }
 
     #[test]
     fn fractional_seconds_keep_milliseconds_and_absent_means_now() {
-        let p = validate(0, point("m", 1.0, Some(1_721_199_940.125), &[]), &Limits::default(), NOW).unwrap();
+        let p = validate(
+            0,
+            point("m", 1.0, Some(1_721_199_940.125), &[]),
+            &Limits::default(),
+            NOW,
+        )
+        .unwrap();
         assert_eq!(p.timestamp_ms, 1_721_199_940_125);
         let p = validate(0, point("m", 1.0, None, &[]), &Limits::default(), NOW).unwrap();
         assert_eq!(p.timestamp_ms, NOW);
@@ -256,38 +322,77 @@ mod tests {
     fn invalid_names_are_rejected_with_index_and_field() {
         for name in ["", "9lives", "cpu usage", "cpu\u{1f}x", &"a".repeat(201)] {
             let e = reject(point(name, 1.0, None, &[]));
-            assert_eq!((e.index, e.field.as_deref(), e.reason), (4, Some("metric_name"), RejectReason::InvalidName), "{name}");
+            assert_eq!(
+                (e.index, e.field.as_deref(), e.reason),
+                (4, Some("metric_name"), RejectReason::InvalidName),
+                "{name}"
+            );
         }
         for name in ["cpu_usage", "http.requests:rate", "_x-y"] {
-            assert!(validate(0, point(name, 1.0, None, &[]), &Limits::default(), NOW).is_ok(), "{name}");
+            assert!(
+                validate(0, point(name, 1.0, None, &[]), &Limits::default(), NOW).is_ok(),
+                "{name}"
+            );
         }
     }
 
     #[test]
     fn non_finite_values_are_rejected() {
         for v in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
-            assert_eq!(reject(point("m", v, None, &[])).reason, RejectReason::InvalidValue);
+            assert_eq!(
+                reject(point("m", v, None, &[])).reason,
+                RejectReason::InvalidValue
+            );
         }
     }
 
     #[test]
     fn timestamps_far_in_the_past_or_future_are_rejected() {
-        assert_eq!(reject(point("m", 1.0, Some(1_721_199_945.0 - 2.0 * 86400.0), &[])).reason, RejectReason::TooOld);
-        assert_eq!(reject(point("m", 1.0, Some(1_721_199_945.0 + 3600.0), &[])).reason, RejectReason::TooNew);
-        assert_eq!(reject(point("m", 1.0, Some(-5.0), &[])).reason, RejectReason::InvalidTimestamp);
-        assert_eq!(reject(point("m", 1.0, Some(1e300), &[])).reason, RejectReason::InvalidTimestamp);
+        assert_eq!(
+            reject(point("m", 1.0, Some(1_721_199_945.0 - 2.0 * 86400.0), &[])).reason,
+            RejectReason::TooOld
+        );
+        assert_eq!(
+            reject(point("m", 1.0, Some(1_721_199_945.0 + 3600.0), &[])).reason,
+            RejectReason::TooNew
+        );
+        assert_eq!(
+            reject(point("m", 1.0, Some(-5.0), &[])).reason,
+            RejectReason::InvalidTimestamp
+        );
+        assert_eq!(
+            reject(point("m", 1.0, Some(1e300), &[])).reason,
+            RejectReason::InvalidTimestamp
+        );
     }
 
     #[test]
     fn too_many_or_too_long_tags_are_rejected() {
-        let many: Vec<(String, String)> = (0..33).map(|i| (format!("k{i}"), "v".to_string())).collect();
+        let many: Vec<(String, String)> = (0..33)
+            .map(|i| (format!("k{i}"), "v".to_string()))
+            .collect();
         let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        assert_eq!(reject(point("m", 1.0, None, &many)).reason, RejectReason::TooManyTags);
+        assert_eq!(
+            reject(point("m", 1.0, None, &many)).reason,
+            RejectReason::TooManyTags
+        );
         let long = "v".repeat(257);
         let e = reject(point("m", 1.0, None, &[("host", &long)]));
-        assert_eq!((e.reason, e.field.as_deref()), (RejectReason::InvalidTag, Some("tags.host")));
-        assert_eq!(reject(point("m", 1.0, None, &[("bad key", "v")])).reason, RejectReason::InvalidTag);
-        assert_eq!(reject(point("m", 1.0, None, &[("k", "")])).reason, RejectReason::InvalidTag);
-        assert_eq!(reject(point("m", 1.0, None, &[("k", "a\nb")])).reason, RejectReason::InvalidTag);
+        assert_eq!(
+            (e.reason, e.field.as_deref()),
+            (RejectReason::InvalidTag, Some("tags.host"))
+        );
+        assert_eq!(
+            reject(point("m", 1.0, None, &[("bad key", "v")])).reason,
+            RejectReason::InvalidTag
+        );
+        assert_eq!(
+            reject(point("m", 1.0, None, &[("k", "")])).reason,
+            RejectReason::InvalidTag
+        );
+        assert_eq!(
+            reject(point("m", 1.0, None, &[("k", "a\nb")])).reason,
+            RejectReason::InvalidTag
+        );
     }
 }

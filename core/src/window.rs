@@ -52,7 +52,11 @@ impl WindowSpec {
         } else {
             format!("{}/{}", label(size), label(slide))
         };
-        Ok(WindowSpec { size_ms, slide_ms, label })
+        Ok(WindowSpec {
+            size_ms,
+            slide_ms,
+            label,
+        })
     }
 
     /// The default windows: tumbling 1m, 5m and 15m.
@@ -126,7 +130,13 @@ mod tests {
 
     #[test]
     fn slide_must_divide_size() {
-        assert!(matches!(WindowSpec::sliding(secs(600), secs(70)), Err(WindowError::BadSlide { .. })));
-        assert!(matches!(WindowSpec::tumbling(Duration::from_millis(10)), Err(WindowError::TooSmall(_))));
+        assert!(matches!(
+            WindowSpec::sliding(secs(600), secs(70)),
+            Err(WindowError::BadSlide { .. })
+        ));
+        assert!(matches!(
+            WindowSpec::tumbling(Duration::from_millis(10)),
+            Err(WindowError::TooSmall(_))
+        ));
     }
 }

@@ -1,1 +1,15 @@
+//! HTTP plumbing shared by every Pulse role: JSON errors, bearer auth, the
+//! `/healthz`, `/readyz` and `/metrics` endpoints, request-latency metrics,
+//! logging setup and graceful serving.
 
+pub mod auth;
+pub mod error;
+pub mod http_metrics;
+pub mod ops;
+pub mod serve;
+pub mod telemetry;
+
+pub use error::ApiError;
+pub use ops::{ReadinessCheck, ops_router};
+pub use serve::{bind, serve, shutdown_signal};
+pub use tokio_util::sync::CancellationToken;

@@ -20,44 +20,73 @@ pub enum BodyError {
     #[error("body is larger than the limit of {limit} bytes{after}")]
     TooLarge { limit: usize, after: &'static str },
     #[error("body is not valid {encoding}: {message}")]
-    Corrupt { encoding: &'static str, message: String },
+    Corrupt {
+        encoding: &'static str,
+        message: String,
+    },
     #[error("body is empty; send a JSON point, a JSON array of points, or NDJSON")]
     Empty,
     #[error("body is not valid JSON at line {line}, column {column}: {message}")]
-    Json { line: usize, column: usize, message: String },
+    Json {
+        line: usize,
+        column: usize,
+        message: String,
+    },
     #[error("{count} points in one request; at most {limit} are accepted")]
     TooManyPoints { count: usize, limit: usize },
 }
 
 /// Undoes the `Content-Encoding` of a body, refusing to inflate beyond `max_len`
 /// bytes so that a small compressed body cannot exhaust memory.
-pub fn decode_content<'a>(encoding: Option<&str>, body: &'a [u8], max_len: usize) -> Result<Cow<'a, [u8]>, BodyError> {
+pub fn decode_content<'a>(
+    encoding: Option<&str>,
+    body: &'a [u8],
+    max_len: usize,
+) -> Result<Cow<'a, [u8]>, BodyError> {
     let encoding = encoding.map(|e| e.trim().to_ascii_lowercase());
     match encoding.as_deref() {
         None | Some("") | Some("identity") => {
             if body.len() > max_len {
-                return Err(BodyError::TooLarge { limit: max_len, after: "" });
+                return Err(BodyError::TooLarge {
+                    limit: max_len,
+                    after: "",
+                });
             }
             Ok(Cow::Borrowed(body))
         }
-        Some("gzip") | Some("x-gzip") => inflate(flate2::read::MultiGzDecoder::new(body), max_len, "gzip"),
+        Some("gzip") | Some("x-gzip") => {
+            inflate(flate2::read::MultiGzDecoder::new(body), max_len, "gzip")
+        }
         Some("zstd") => {
-            let decoder = zstd::stream::read::Decoder::new(body)
-                .map_err(|e| BodyError::Corrupt { encoding: "zstd", message: e.to_string() })?;
+            let decoder =
+                zstd::stream::read::Decoder::new(body).map_err(|e| BodyError::Corrupt {
+                    encoding: "zstd",
+                    message: e.to_string(),
+                })?;
             inflate(decoder, max_len, "zstd")
         }
         Some(other) => Err(BodyError::UnsupportedEncoding(other.to_string())),
     }
 }
 
-fn inflate<'a>(reader: impl Read, max_len: usize, encoding: &'static str) -> Result<Cow<'a, [u8]>, BodyError> {
+fn inflate<'a>(
+    reader: impl Read,
+    max_len: usize,
+    encoding: &'static str,
+) -> Result<Cow<'a, [u8]>, BodyError> {
     let mut out = Vec::new();
     let read = reader
         .take(max_len as u64 + 1)
         .read_to_end(&mut out)
-        .map_err(|e| BodyError::Corrupt { encoding, message: e.to_string() })?;
+        .map_err(|e| BodyError::Corrupt {
+            encoding,
+            message: e.to_string(),
+        })?;
     if read > max_len {
-        return Err(BodyError::TooLarge { limit: max_len, after: " after decompression" });
+        return Err(BodyError::TooLarge {
+            limit: max_len,
+            after: " after decompression",
+        });
     }
     Ok(Cow::Owned(out))
 }
@@ -75,31 +104,45 @@ pub struct ParsedBatch {
 /// single JSON object is the one-line case. A syntax error inside one NDJSON line
 /// rejects that line only; in an array it rejects the body, since nothing after
 /// the error can be located reliably.
-pub fn parse_points(body: &[u8], limits: &Limits, max_points: usize, now_ms: TimestampMs) -> Result<ParsedBatch, BodyError> {
+pub fn parse_points(
+    body: &[u8],
+    limits: &Limits,
+    max_points: usize,
+    now_ms: TimestampMs,
+) -> Result<ParsedBatch, BodyError> {
     let text = trim_ascii(body);
     if text.is_empty() {
         return Err(BodyError::Empty);
     }
     let mut batch = ParsedBatch::default();
-    let mut accept = |index: usize, item: Result<UncheckedPoint, PointError>| {
-        match item.and_then(|p| validate(index, p, limits, now_ms)) {
-            Ok(point) => batch.points.push(point),
-            Err(error) => batch.errors.push(error),
-        }
+    let mut accept = |index: usize, item: Result<UncheckedPoint, PointError>| match item
+        .and_then(|p| validate(index, p, limits, now_ms))
+    {
+        Ok(point) => batch.points.push(point),
+        Err(error) => batch.errors.push(error),
     };
     if text[0] == b'[' {
         let items: Vec<&RawValue> = serde_json::from_slice(text).map_err(json_error)?;
         if items.len() > max_points {
-            return Err(BodyError::TooManyPoints { count: items.len(), limit: max_points });
+            return Err(BodyError::TooManyPoints {
+                count: items.len(),
+                limit: max_points,
+            });
         }
         for (index, raw) in items.into_iter().enumerate() {
             accept(index, decode_point(index, raw.get().as_bytes()));
         }
     } else {
-        let lines = text.split(|b| *b == b'\n').map(trim_ascii).filter(|l| !l.is_empty());
+        let lines = text
+            .split(|b| *b == b'\n')
+            .map(trim_ascii)
+            .filter(|l| !l.is_empty());
         for (index, line) in lines.enumerate() {
             if index >= max_points {
-                return Err(BodyError::TooManyPoints { count: index + 1, limit: max_points });
+                return Err(BodyError::TooManyPoints {
+                    count: index + 1,
+                    limit: max_points,
+                });
             }
             accept(index, decode_point(index, line));
         }
@@ -108,7 +151,11 @@ pub fn parse_points(body: &[u8], limits: &Limits, max_points: usize, now_ms: Tim
 }
 
 fn json_error(e: serde_json::Error) -> BodyError {
-    BodyError::Json { line: e.line(), column: e.column(), message: strip_position(&e) }
+    BodyError::Json {
+        line: e.line(),
+        column: e.column(),
+        message: strip_position(&e),
+    }
 }
 
 /// serde_json appends "at line L column C" to its messages; the position is
@@ -122,8 +169,14 @@ fn strip_position(e: &serde_json::Error) -> String {
 }
 
 fn trim_ascii(bytes: &[u8]) -> &[u8] {
-    let start = bytes.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(bytes.len());
-    let end = bytes.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(start, |e| e + 1);
+    let start = bytes
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
     &bytes[start..end]
 }
 
@@ -142,12 +195,15 @@ struct WirePoint<'a> {
 }
 
 fn decode_point(index: usize, json: &[u8]) -> Result<UncheckedPoint, PointError> {
-    let malformed = |message: String| PointError::new(index, None, RejectReason::Malformed, message);
+    let malformed =
+        |message: String| PointError::new(index, None, RejectReason::Malformed, message);
     if json.first() != Some(&b'{') {
         return Err(malformed("each point must be a JSON object".into()));
     }
-    let wire: WirePoint = serde_json::from_slice(json).map_err(|e| malformed(format!("not a valid JSON object: {}", strip_position(&e))))?;
-    let field_err = |field: &str, reason, message: &str| PointError::new(index, Some(field), reason, message);
+    let wire: WirePoint = serde_json::from_slice(json)
+        .map_err(|e| malformed(format!("not a valid JSON object: {}", strip_position(&e))))?;
+    let field_err =
+        |field: &str, reason, message: &str| PointError::new(index, Some(field), reason, message);
 
     let metric = wire
         .metric_name
@@ -155,24 +211,44 @@ fn decode_point(index: usize, json: &[u8]) -> Result<UncheckedPoint, PointError>
     let metric: String = serde_json::from_str(metric.get())
         .map_err(|_| field_err("metric_name", RejectReason::InvalidName, "must be a string"))?;
 
-    let value = wire.value.ok_or_else(|| field_err("value", RejectReason::InvalidValue, "is required"))?;
-    let value: f64 = serde_json::from_str(value.get())
-        .map_err(|_| field_err("value", RejectReason::InvalidValue, "must be a finite number (JSON number, not a string)"))?;
+    let value = wire
+        .value
+        .ok_or_else(|| field_err("value", RejectReason::InvalidValue, "is required"))?;
+    let value: f64 = serde_json::from_str(value.get()).map_err(|_| {
+        field_err(
+            "value",
+            RejectReason::InvalidValue,
+            "must be a finite number (JSON number, not a string)",
+        )
+    })?;
 
     let timestamp_secs = match wire.timestamp.map(RawValue::get) {
         None | Some("null") => None,
         Some(raw) => Some(serde_json::from_str::<f64>(raw).map_err(|_| {
-            field_err("timestamp", RejectReason::InvalidTimestamp, "must be a number of Unix seconds")
+            field_err(
+                "timestamp",
+                RejectReason::InvalidTimestamp,
+                "must be a number of Unix seconds",
+            )
         })?),
     };
 
     let tags = match wire.tags.map(RawValue::get) {
         None | Some("null") => Tags::new(),
         Some(raw) => serde_json::from_str::<Tags>(raw).map_err(|_| {
-            field_err("tags", RejectReason::InvalidTag, "must be an object of string keys to string values")
+            field_err(
+                "tags",
+                RejectReason::InvalidTag,
+                "must be an object of string keys to string values",
+            )
         })?,
     };
-    Ok(UncheckedPoint { metric, tags, value, timestamp_secs })
+    Ok(UncheckedPoint {
+        metric,
+        tags,
+        value,
+        timestamp_secs,
+    })
 }
 
 #[cfg(test)]
@@ -192,7 +268,13 @@ mod tests {
         let one = r#"{"metric_name":"cpu_usage","value":92.5,"timestamp":1721199945,"tags":{"host":"web-01","env":"prod"}}"#;
         assert_eq!(parse(one).unwrap().points.len(), 1);
         assert_eq!(parse(&format!("[{one},{one}]")).unwrap().points.len(), 2);
-        assert_eq!(parse(&format!("{one}\n\n{one}\r\n{one}\n")).unwrap().points.len(), 3);
+        assert_eq!(
+            parse(&format!("{one}\n\n{one}\r\n{one}\n"))
+                .unwrap()
+                .points
+                .len(),
+            3
+        );
     }
 
     #[test]
@@ -206,10 +288,21 @@ mod tests {
             {"value":1}]"#;
         let batch = parse(body).unwrap();
         assert_eq!(batch.points.len(), 1);
-        let got: Vec<(usize, Option<&str>)> = batch.errors.iter().map(|e| (e.index, e.field.as_deref())).collect();
+        let got: Vec<(usize, Option<&str>)> = batch
+            .errors
+            .iter()
+            .map(|e| (e.index, e.field.as_deref()))
+            .collect();
         assert_eq!(
             got,
-            vec![(1, Some("value")), (2, Some("metric_name")), (3, Some("timestamp")), (4, Some("tags")), (5, None), (6, Some("metric_name"))]
+            vec![
+                (1, Some("value")),
+                (2, Some("metric_name")),
+                (3, Some("timestamp")),
+                (4, Some("tags")),
+                (5, None),
+                (6, Some("metric_name"))
+            ]
         );
     }
 
@@ -229,8 +322,14 @@ mod tests {
     #[test]
     fn empty_body_and_too_many_points_are_refused() {
         assert_eq!(parse("  \n ").unwrap_err(), BodyError::Empty);
-        let many = format!("[{}]", vec![r#"{"metric_name":"a","value":1}"#; 1001].join(","));
-        assert!(matches!(parse(&many).unwrap_err(), BodyError::TooManyPoints { count: 1001, .. }));
+        let many = format!(
+            "[{}]",
+            vec![r#"{"metric_name":"a","value":1}"#; 1001].join(",")
+        );
+        assert!(matches!(
+            parse(&many).unwrap_err(),
+            BodyError::TooManyPoints { count: 1001, .. }
+        ));
     }
 
     #[test]
@@ -247,10 +346,22 @@ mod tests {
 
     #[test]
     fn bad_encodings_and_bombs_are_refused() {
-        assert!(matches!(decode_content(Some("br"), b"x", 10), Err(BodyError::UnsupportedEncoding(_))));
-        assert!(matches!(decode_content(Some("gzip"), b"not gzip", 10), Err(BodyError::Corrupt { .. })));
-        assert!(matches!(decode_content(None, &[b' '; 11], 10), Err(BodyError::TooLarge { .. })));
+        assert!(matches!(
+            decode_content(Some("br"), b"x", 10),
+            Err(BodyError::UnsupportedEncoding(_))
+        ));
+        assert!(matches!(
+            decode_content(Some("gzip"), b"not gzip", 10),
+            Err(BodyError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            decode_content(None, &[b' '; 11], 10),
+            Err(BodyError::TooLarge { .. })
+        ));
         let bomb = zstd::encode_all(&vec![b' '; 1 << 20][..], 3).unwrap();
-        assert!(matches!(decode_content(Some("zstd"), &bomb, 1 << 16), Err(BodyError::TooLarge { .. })));
+        assert!(matches!(
+            decode_content(Some("zstd"), &bomb, 1 << 16),
+            Err(BodyError::TooLarge { .. })
+        ));
     }
 }

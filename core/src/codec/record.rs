@@ -45,7 +45,9 @@ pub struct TagV1 {
 pub enum RecordError {
     #[error("record is empty")]
     Empty,
-    #[error("record format version {0} is unknown to this build (it reads version {RECORD_VERSION})")]
+    #[error(
+        "record format version {0} is unknown to this build (it reads version {RECORD_VERSION})"
+    )]
     UnknownVersion(u8),
     #[error("record does not decode as pulse.v1.Point: {0}")]
     Decode(String),
@@ -70,7 +72,14 @@ pub fn encode_point(point: &Point) -> Vec<u8> {
         metric_name: point.metric.clone(),
         value: point.value,
         timestamp_ms: point.timestamp_ms,
-        tags: point.tags.iter().map(|(k, v)| TagV1 { key: k.clone(), value: v.clone() }).collect(),
+        tags: point
+            .tags
+            .iter()
+            .map(|(k, v)| TagV1 {
+                key: k.clone(),
+                value: v.clone(),
+            })
+            .collect(),
     };
     let mut out = Vec::with_capacity(1 + message.encoded_len());
     out.push(RECORD_VERSION);
@@ -86,7 +95,12 @@ pub fn decode_point(bytes: &[u8]) -> Result<Point, RecordError> {
     }
     let message = PointV1::decode(body).map_err(|e| RecordError::Decode(e.to_string()))?;
     let tags: Tags = message.tags.into_iter().map(|t| (t.key, t.value)).collect();
-    Ok(Point { metric: message.metric_name, tags, value: message.value, timestamp_ms: message.timestamp_ms as TimestampMs })
+    Ok(Point {
+        metric: message.metric_name,
+        tags,
+        value: message.value,
+        timestamp_ms: message.timestamp_ms as TimestampMs,
+    })
 }
 
 #[cfg(test)]
@@ -96,7 +110,10 @@ mod tests {
     fn sample() -> Point {
         Point {
             metric: "cpu_usage".into(),
-            tags: [("env", "prod"), ("host", "web-01")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            tags: [("env", "prod"), ("host", "web-01")]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             value: 92.5,
             timestamp_ms: 1_721_199_945_000,
         }
@@ -109,15 +126,29 @@ mod tests {
 
     #[test]
     fn version_one_bytes_are_pinned() {
-        let bytes = encode_point(&Point { metric: "m".into(), tags: Tags::new(), value: 1.0, timestamp_ms: 1 });
-        assert_eq!(bytes, [1, 10, 1, b'm', 17, 0, 0, 0, 0, 0, 0, 0xf0, 0x3f, 24, 1]);
+        let bytes = encode_point(&Point {
+            metric: "m".into(),
+            tags: Tags::new(),
+            value: 1.0,
+            timestamp_ms: 1,
+        });
+        assert_eq!(
+            bytes,
+            [1, 10, 1, b'm', 17, 0, 0, 0, 0, 0, 0, 0xf0, 0x3f, 24, 1]
+        );
     }
 
     #[test]
     fn unknown_versions_and_garbage_are_errors() {
         assert_eq!(decode_point(&[]), Err(RecordError::Empty));
-        assert_eq!(decode_point(&[2, 1, 2]), Err(RecordError::UnknownVersion(2)));
-        assert!(matches!(decode_point(&[1, 0xff, 0xff, 0xff]), Err(RecordError::Decode(_))));
+        assert_eq!(
+            decode_point(&[2, 1, 2]),
+            Err(RecordError::UnknownVersion(2))
+        );
+        assert!(matches!(
+            decode_point(&[1, 0xff, 0xff, 0xff]),
+            Err(RecordError::Decode(_))
+        ));
     }
 
     #[test]

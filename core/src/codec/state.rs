@@ -37,7 +37,13 @@ pub struct WindowStateV1 {
 pub fn encode_state(metric: &str, tags: &Tags, agg: &Aggregate) -> Vec<u8> {
     let message = WindowStateV1 {
         metric_name: metric.to_string(),
-        tags: tags.iter().map(|(k, v)| TagV1 { key: k.clone(), value: v.clone() }).collect(),
+        tags: tags
+            .iter()
+            .map(|(k, v)| TagV1 {
+                key: k.clone(),
+                value: v.clone(),
+            })
+            .collect(),
         count: agg.count,
         sum: agg.sum,
         min: agg.min,
@@ -61,7 +67,11 @@ pub fn decode_state(bytes: &[u8]) -> Result<(String, Tags, Aggregate), RecordErr
     let m = WindowStateV1::decode(body).map_err(|e| RecordError::Decode(e.to_string()))?;
     let agg = Aggregate::from_parts(m.count, m.sum, m.min, m.max, m.last, m.last_ts, &m.sketch)
         .map_err(|e| RecordError::Decode(e.to_string()))?;
-    Ok((m.metric_name, m.tags.into_iter().map(|t| (t.key, t.value)).collect(), agg))
+    Ok((
+        m.metric_name,
+        m.tags.into_iter().map(|t| (t.key, t.value)).collect(),
+        agg,
+    ))
 }
 
 #[cfg(test)]

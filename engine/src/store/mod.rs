@@ -1,0 +1,161 @@
+//! The store: window results, raw points and the processor's checkpoints.
+//!
+//! Exactly-once rests on [`Store::commit`]: closed window results, raw points,
+//! open window state and the bus offsets they cover are written in one
+//! transaction, so after any crash the store holds either all of a commit or none.
+
+use async_trait::async_trait;
+use pulse_core::{Point, SeriesId, Tags, TimestampMs, WindowResult};
+
+pub mod sqlite;
+
+/// Progress of one bus partition, stored with the results it produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionCheckpoint {
+    pub partition: u32,
+    /// The next offset to read.
+    pub next_offset: u64,
+    /// Highest event time seen on the partition, if any.
+    pub max_event_ts: Option<TimestampMs>,
+    /// The partition's watermark when the checkpoint was taken, if any.
+    pub watermark: Option<TimestampMs>,
+}
+
+/// Identifies one open window of one series.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct OpenWindowKey {
+    pub partition: u32,
+    pub series_id: SeriesId,
+    pub window: String,
+    pub start_ms: TimestampMs,
+}
+
+/// An open window's state, encoded with `pulse_core::codec::state`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpenWindowState {
+    pub key: OpenWindowKey,
+    pub state: Vec<u8>,
+}
+
+/// Points that arrived after their window had closed, per metric and window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LateCount {
+    pub metric: String,
+    pub window: String,
+    pub count: u64,
+}
+
+/// Everything one processor checkpoint writes, atomically.
+#[derive(Debug, Clone, Default)]
+pub struct Commit {
+    pub partitions: Vec<PartitionCheckpoint>,
+    pub results: Vec<WindowResult>,
+    pub raw_points: Vec<Point>,
+    pub upsert_open: Vec<OpenWindowState>,
+    pub delete_open: Vec<OpenWindowKey>,
+    pub late: Vec<LateCount>,
+}
+
+impl Commit {
+    /// Whether there is anything beyond offsets to write.
+    pub fn is_empty(&self) -> bool {
+        self.results.is_empty()
+            && self.raw_points.is_empty()
+            && self.upsert_open.is_empty()
+            && self.delete_open.is_empty()
+            && self.late.is_empty()
+    }
+}
+
+/// What a processor restores when it is given partitions.
+#[derive(Debug, Clone, Default)]
+pub struct Checkpoint {
+    pub partitions: Vec<PartitionCheckpoint>,
+    pub open: Vec<OpenWindowState>,
+}
+
+/// Which window results to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResultQuery {
+    pub metric: String,
+    pub window: String,
+    /// Keep only series whose tags include all of these.
+    pub tags: Tags,
+    /// Window starts in `[from, to)`.
+    pub from_ms: TimestampMs,
+    pub to_ms: TimestampMs,
+    /// At most this many rows; the newest windows are kept when cut.
+    pub limit: usize,
+}
+
+/// A metric known to the store.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MetricInfo {
+    pub name: String,
+    pub series: u64,
+    /// End of the newest stored window of any series, if any.
+    pub last_window_end_ms: Option<TimestampMs>,
+}
+
+/// How much a retention pass deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    pub raw_points: u64,
+    pub results: u64,
+}
+
+/// Store failures. `Unavailable` is transient: retry with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store is unavailable: {0}")]
+    Unavailable(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("store error: {0}")]
+    Other(String),
+}
+
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Creates or upgrades the schema; safe to call from several processes.
+    async fn migrate(&self) -> Result<(), StoreError>;
+
+    /// The checkpoints and open windows of `partitions` (empty for new ones).
+    async fn load_checkpoint(&self, partitions: &[u32]) -> Result<Checkpoint, StoreError>;
+
+    /// Writes all of `commit` in one transaction, or nothing.
+    async fn commit(&self, commit: &Commit) -> Result<(), StoreError>;
+
+    /// Results of the newest window (among those matching `query`, ignoring
+    /// `from`/`to`/`limit`) across every matching series.
+    async fn latest(&self, query: &ResultQuery) -> Result<Vec<WindowResult>, StoreError>;
+
+    /// Results of matching series in a time range, ordered by window start.
+    async fn range(&self, query: &ResultQuery) -> Result<Vec<WindowResult>, StoreError>;
+
+    /// Raw points of `metric` matching `tags` with timestamps in `[from, to)`.
+    async fn raw_points(
+        &self,
+        metric: &str,
+        tags: &Tags,
+        from_ms: TimestampMs,
+        to_ms: TimestampMs,
+    ) -> Result<Vec<Point>, StoreError>;
+
+    /// Every metric with stored series, by name.
+    async fn metrics(&self) -> Result<Vec<MetricInfo>, StoreError>;
+
+    /// Late-point totals of `metric`, per window.
+    async fn late_counts(&self, metric: &str) -> Result<Vec<LateCount>, StoreError>;
+
+    /// Deletes raw points older than `raw_before_ms` and results whose window
+    /// ended before `results_before_ms`.
+    async fn enforce_retention(
+        &self,
+        raw_before_ms: TimestampMs,
+        results_before_ms: TimestampMs,
+    ) -> Result<RetentionReport, StoreError>;
+
+    /// Whether the store answers (for `/readyz`).
+    async fn ready(&self) -> Result<(), StoreError>;
+}
