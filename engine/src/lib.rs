@@ -13,3 +13,6 @@
 pub mod bus;
 pub mod cache;
 pub mod store;
+
+#[cfg(test)]
+pub mod conformance;

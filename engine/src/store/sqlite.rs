@@ -1,1 +1,409 @@
-//! PLACEHOLDER
+//! The embedded store: SQLite through sqlx, for `pulse up` and fast tests.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pulse_core::{Aggregate, Point, SeriesId, Tags, TimestampMs, WindowResult};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite};
+
+use super::{
+    Checkpoint, Commit, LateCount, MetricInfo, OpenWindowKey, OpenWindowState, PartitionCheckpoint,
+    ResultQuery, RetentionReport, Store, StoreError,
+};
+
+/// Rows per multi-row statement; 12 parameters each stays far below SQLite's limit.
+const CHUNK: usize = 1_000;
+
+/// SQLite-backed [`Store`].
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+fn unavailable(e: sqlx::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the database file at `path`. Call [`Store::migrate`] next.
+    pub async fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
+            .map_err(|e| StoreError::Other(format!("store path {}: {e}", path.display())))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(|e| {
+                StoreError::Unavailable(format!("cannot open the store at {}: {e}", path.display()))
+            })?;
+        Ok(SqliteStore { pool })
+    }
+}
+
+/// The SQL condition selecting `query`'s series, joined as `s`.
+fn push_series_filter(sql: &mut QueryBuilder<'_, Sqlite>, metric: &str, tags: &Tags) {
+    sql.push(" s.metric = ").push_bind(metric.to_string());
+    for (key, value) in tags {
+        // JSON path with the key quoted; keys with a quote can never match a stored
+        // (validated) tag, so they are compared literally and simply find nothing.
+        sql.push(" AND json_extract(s.tags, ")
+            .push_bind(format!("$.\"{}\"", key.replace('"', "")))
+            .push(") = ")
+            .push_bind(value.clone());
+        if key.contains('"') {
+            sql.push(" AND 0");
+        }
+    }
+}
+
+const RESULT_COLUMNS: &str = "SELECT r.series_id, r.metric, s.tags, r.window_label, r.window_start, r.window_end, \
+     r.count, r.sum, r.min, r.max, r.last, r.last_ts, r.sketch \
+     FROM window_results r JOIN series s ON s.series_id = r.series_id WHERE ";
+
+fn result_from_row(row: &SqliteRow) -> Result<WindowResult, StoreError> {
+    let tags: String = row.get(2);
+    let tags: Tags = serde_json::from_str(&tags)
+        .map_err(|e| StoreError::Corrupt(format!("series tags: {e}")))?;
+    let agg = Aggregate::from_parts(
+        row.get::<i64, _>(6) as u64,
+        row.get(7),
+        row.get(8),
+        row.get(9),
+        row.get(10),
+        row.get(11),
+        &row.get::<Vec<u8>, _>(12),
+    )
+    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Ok(WindowResult {
+        series_id: SeriesId::from_i64(row.get(0)),
+        metric: row.get(1),
+        tags,
+        window: row.get(3),
+        start_ms: row.get(4),
+        end_ms: row.get(5),
+        agg,
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&self.pool)
+            .await
+            .map_err(|e| StoreError::Other(format!("migrating the embedded store: {e}")))
+    }
+
+    async fn load_checkpoint(&self, partitions: &[u32]) -> Result<Checkpoint, StoreError> {
+        let mut checkpoint = Checkpoint::default();
+        for &partition in partitions {
+            let row = sqlx::query(
+                "SELECT next_offset, max_event_ts, watermark FROM checkpoints WHERE partition = ?",
+            )
+            .bind(i64::from(partition))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+            if let Some(row) = row {
+                checkpoint.partitions.push(PartitionCheckpoint {
+                    partition,
+                    next_offset: row.get::<i64, _>(0) as u64,
+                    max_event_ts: row.get(1),
+                    watermark: row.get(2),
+                });
+            }
+            let open = sqlx::query(
+                "SELECT series_id, window_label, window_start, state FROM open_windows WHERE partition = ?",
+            )
+            .bind(i64::from(partition))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+            checkpoint
+                .open
+                .extend(open.into_iter().map(|row| OpenWindowState {
+                    key: OpenWindowKey {
+                        partition,
+                        series_id: SeriesId::from_i64(row.get(0)),
+                        window: row.get(1),
+                        start_ms: row.get(2),
+                    },
+                    state: row.get(3),
+                }));
+        }
+        Ok(checkpoint)
+    }
+
+    async fn commit(&self, commit: &Commit) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+
+        let mut series: BTreeMap<SeriesId, (&str, &Tags)> = BTreeMap::new();
+        for r in &commit.results {
+            series.insert(r.series_id, (&r.metric, &r.tags));
+        }
+        for p in &commit.raw_points {
+            series.entry(p.series_id()).or_insert((&p.metric, &p.tags));
+        }
+        let series: Vec<_> = series.into_iter().collect();
+        for chunk in series.chunks(CHUNK) {
+            let mut sql = QueryBuilder::<Sqlite>::new(
+                "INSERT OR IGNORE INTO series (series_id, metric, tags) ",
+            );
+            sql.push_values(chunk, |mut b, (id, (metric, tags))| {
+                b.push_bind(id.as_i64())
+                    .push_bind(metric.to_string())
+                    .push_bind(serde_json::to_string(tags).unwrap_or_default());
+            });
+            sql.build().execute(&mut *tx).await.map_err(unavailable)?;
+        }
+
+        for chunk in commit.results.chunks(CHUNK) {
+            let mut sql = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO window_results (metric, window_label, window_start, series_id, window_end, \
+                 count, sum, min, max, last, last_ts, sketch) ",
+            );
+            sql.push_values(chunk, |mut b, r| {
+                b.push_bind(&r.metric)
+                    .push_bind(&r.window)
+                    .push_bind(r.start_ms)
+                    .push_bind(r.series_id.as_i64())
+                    .push_bind(r.end_ms)
+                    .push_bind(r.agg.count as i64)
+                    .push_bind(r.agg.sum)
+                    .push_bind(r.agg.min)
+                    .push_bind(r.agg.max)
+                    .push_bind(r.agg.last)
+                    .push_bind(r.agg.last_ts)
+                    .push_bind(r.agg.sketch_bytes());
+            });
+            sql.push(
+                " ON CONFLICT (metric, window_label, window_start, series_id) DO UPDATE SET \
+                 window_end = excluded.window_end, count = excluded.count, sum = excluded.sum, \
+                 min = excluded.min, max = excluded.max, last = excluded.last, last_ts = excluded.last_ts, \
+                 sketch = excluded.sketch",
+            );
+            sql.build().execute(&mut *tx).await.map_err(unavailable)?;
+        }
+
+        for chunk in commit.raw_points.chunks(CHUNK * 4) {
+            let mut sql =
+                QueryBuilder::<Sqlite>::new("INSERT INTO raw_points (series_id, ts, value) ");
+            sql.push_values(chunk, |mut b, p| {
+                b.push_bind(p.series_id().as_i64())
+                    .push_bind(p.timestamp_ms)
+                    .push_bind(p.value);
+            });
+            sql.build().execute(&mut *tx).await.map_err(unavailable)?;
+        }
+
+        for chunk in commit.upsert_open.chunks(CHUNK) {
+            let mut sql = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO open_windows (partition, series_id, window_label, window_start, state) ",
+            );
+            sql.push_values(chunk, |mut b, o| {
+                b.push_bind(i64::from(o.key.partition))
+                    .push_bind(o.key.series_id.as_i64())
+                    .push_bind(&o.key.window)
+                    .push_bind(o.key.start_ms)
+                    .push_bind(&o.state);
+            });
+            sql.push(" ON CONFLICT (partition, series_id, window_label, window_start) DO UPDATE SET state = excluded.state");
+            sql.build().execute(&mut *tx).await.map_err(unavailable)?;
+        }
+
+        for key in &commit.delete_open {
+            sqlx::query(
+                "DELETE FROM open_windows WHERE partition = ? AND series_id = ? AND window_label = ? AND window_start = ?",
+            )
+            .bind(i64::from(key.partition))
+            .bind(key.series_id.as_i64())
+            .bind(&key.window)
+            .bind(key.start_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        }
+
+        for late in &commit.late {
+            sqlx::query(
+                "INSERT INTO late_points (metric, window_label, count) VALUES (?, ?, ?) \
+                 ON CONFLICT (metric, window_label) DO UPDATE SET count = count + excluded.count",
+            )
+            .bind(&late.metric)
+            .bind(&late.window)
+            .bind(late.count as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        }
+
+        for p in &commit.partitions {
+            sqlx::query(
+                "INSERT INTO checkpoints (partition, next_offset, max_event_ts, watermark) VALUES (?, ?, ?, ?) \
+                 ON CONFLICT (partition) DO UPDATE SET next_offset = excluded.next_offset, \
+                 max_event_ts = excluded.max_event_ts, watermark = excluded.watermark",
+            )
+            .bind(i64::from(p.partition))
+            .bind(p.next_offset as i64)
+            .bind(p.max_event_ts)
+            .bind(p.watermark)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        }
+
+        tx.commit().await.map_err(unavailable)
+    }
+
+    async fn latest(&self, query: &ResultQuery) -> Result<Vec<WindowResult>, StoreError> {
+        let mut sql = QueryBuilder::<Sqlite>::new(RESULT_COLUMNS);
+        push_series_filter(&mut sql, &query.metric, &query.tags);
+        sql.push(" AND r.window_label = ")
+            .push_bind(query.window.clone());
+        sql.push(" AND r.window_start = (SELECT MAX(r.window_start) FROM window_results r JOIN series s ON s.series_id = r.series_id WHERE ");
+        push_series_filter(&mut sql, &query.metric, &query.tags);
+        sql.push(" AND r.window_label = ")
+            .push_bind(query.window.clone())
+            .push(")");
+        sql.push(" AND r.metric = ").push_bind(query.metric.clone());
+        let rows = sql
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        rows.iter().map(result_from_row).collect()
+    }
+
+    async fn range(&self, query: &ResultQuery) -> Result<Vec<WindowResult>, StoreError> {
+        let mut sql = QueryBuilder::<Sqlite>::new(RESULT_COLUMNS);
+        push_series_filter(&mut sql, &query.metric, &query.tags);
+        sql.push(" AND r.metric = ").push_bind(query.metric.clone());
+        sql.push(" AND r.window_label = ")
+            .push_bind(query.window.clone());
+        sql.push(" AND r.window_start >= ").push_bind(query.from_ms);
+        sql.push(" AND r.window_start < ").push_bind(query.to_ms);
+        sql.push(" ORDER BY r.window_start DESC, r.series_id LIMIT ")
+            .push_bind(query.limit as i64);
+        let rows = sql
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        let mut results = rows
+            .iter()
+            .map(result_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        results.reverse();
+        Ok(results)
+    }
+
+    async fn raw_points(
+        &self,
+        metric: &str,
+        tags: &Tags,
+        from_ms: TimestampMs,
+        to_ms: TimestampMs,
+    ) -> Result<Vec<Point>, StoreError> {
+        let mut sql = QueryBuilder::<Sqlite>::new(
+            "SELECT s.metric, s.tags, p.ts, p.value FROM raw_points p JOIN series s ON s.series_id = p.series_id WHERE ",
+        );
+        push_series_filter(&mut sql, metric, tags);
+        sql.push(" AND p.ts >= ")
+            .push_bind(from_ms)
+            .push(" AND p.ts < ")
+            .push_bind(to_ms);
+        sql.push(" ORDER BY p.ts, p.rowid");
+        let rows = sql
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        rows.iter()
+            .map(|row| {
+                let tags: String = row.get(1);
+                Ok(Point {
+                    metric: row.get(0),
+                    tags: serde_json::from_str(&tags)
+                        .map_err(|e| StoreError::Corrupt(format!("series tags: {e}")))?,
+                    timestamp_ms: row.get(2),
+                    value: row.get(3),
+                })
+            })
+            .collect()
+    }
+
+    async fn metrics(&self) -> Result<Vec<MetricInfo>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT s.metric, COUNT(*), (SELECT MAX(r.window_end) FROM window_results r WHERE r.metric = s.metric) \
+             FROM series s GROUP BY s.metric ORDER BY s.metric",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(rows
+            .iter()
+            .map(|row| MetricInfo {
+                name: row.get(0),
+                series: row.get::<i64, _>(1) as u64,
+                last_window_end_ms: row.get(2),
+            })
+            .collect())
+    }
+
+    async fn late_counts(&self, metric: &str) -> Result<Vec<LateCount>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT window_label, count FROM late_points WHERE metric = ? ORDER BY window_label",
+        )
+        .bind(metric)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(rows
+            .iter()
+            .map(|row| LateCount {
+                metric: metric.to_string(),
+                window: row.get(0),
+                count: row.get::<i64, _>(1) as u64,
+            })
+            .collect())
+    }
+
+    async fn enforce_retention(
+        &self,
+        raw_before_ms: TimestampMs,
+        results_before_ms: TimestampMs,
+    ) -> Result<RetentionReport, StoreError> {
+        let raw = sqlx::query("DELETE FROM raw_points WHERE ts < ?")
+            .bind(raw_before_ms)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        let results = sqlx::query("DELETE FROM window_results WHERE window_end < ?")
+            .bind(results_before_ms)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(RetentionReport {
+            raw_points: raw.rows_affected(),
+            results: results.rows_affected(),
+        })
+    }
+
+    async fn ready(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+}
