@@ -164,7 +164,7 @@ pub fn validate(
     }
     let timestamp_ms = match point.timestamp_secs {
         None => now_ms,
-        Some(secs) if !secs.is_finite() || secs < 0.0 || secs > 1e13 => {
+        Some(secs) if !(0.0..=1e13).contains(&secs) => {
             return Err(err(
                 "timestamp",
                 RejectReason::InvalidTimestamp,

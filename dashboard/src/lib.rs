@@ -1,1 +1,86 @@
+//! `pulse-dashboard`: the query API over the window results the processor writes.
+//!
+//! | endpoint | answers |
+//! |---|---|
+//! | `GET /dashboard?metric=&window=[&tags=][&aggs=]` | the latest closed window merged across series (cache first, store as fallback) |
+//! | `GET /api/v1/query_range?metric=&window=[&from=][&to=][&tags=][&group_by=][&aggs=]` | merged windows over a range, per group |
+//! | `GET /api/v1/metrics` | stored metrics and configured windows |
+//! | `GET /api/v1/live[?metric=][&window=]` | server-sent events of newly closed windows |
+//! | `GET /` | a JSON index of the above (the web UI will live here) |
+//! | `/healthz`, `/readyz`, `/metrics` | operations |
+//!
+//! Series are always combined by merging their aggregates, so every quantile is the
+//! quantile of the union of the points. Parsing (`params`), merging and shaping
+//! (`answer`) are pure modules; `api` and `live` only wire them to engines.
 
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::middleware::from_fn_with_state;
+use axum::routing::get;
+use prometheus_client::registry::Registry;
+use pulse_core::config::Config;
+use pulse_engine::cache::Cache;
+use pulse_engine::store::Store;
+use pulse_server::auth::{Tokens, require_bearer};
+use pulse_server::http_metrics::{HttpMetrics, track};
+use pulse_server::{ReadinessCheck, ops_router};
+
+mod answer;
+mod api;
+mod instant;
+mod live;
+mod metrics;
+mod params;
+
+use api::AppState;
+use metrics::DashboardMetrics;
+use params::KnownWindows;
+
+/// The dashboard role.
+pub struct Dashboard;
+
+impl Dashboard {
+    /// Router with the API + /healthz /readyz /metrics, metrics registered in `registry`.
+    ///
+    /// When `dashboard.read_tokens` is non-empty every API route needs one of them
+    /// as a bearer token; the operational endpoints and the index stay open, so
+    /// probes and scrapers need no secret.
+    pub fn router(
+        config: &Config,
+        store: Arc<dyn Store>,
+        cache: Arc<dyn Cache>,
+        registry: Arc<Mutex<Registry>>,
+    ) -> Router {
+        let (metrics, http_metrics) = {
+            let mut registry = registry.lock().unwrap_or_else(|e| e.into_inner());
+            (
+                DashboardMetrics::register(&mut registry),
+                HttpMetrics::register(&mut registry),
+            )
+        };
+        let state = AppState {
+            store: Arc::clone(&store),
+            cache,
+            windows: Arc::new(KnownWindows::from_config(config)),
+            metrics,
+            max_points_per_query: config.dashboard.max_points_per_query,
+            allowed_lateness: config.processor.allowed_lateness,
+        };
+        let tokens = Tokens(Arc::new(config.dashboard.read_tokens.clone()));
+        let api = Router::new()
+            .route("/dashboard", get(api::dashboard))
+            .route("/api/v1/query_range", get(api::query_range))
+            .route("/api/v1/metrics", get(api::metrics))
+            .route("/api/v1/live", get(live::live))
+            .route_layer(from_fn_with_state(tokens, require_bearer))
+            .with_state(state);
+        let checks: Vec<Arc<dyn ReadinessCheck>> = vec![Arc::new(api::StoreReady(store))];
+        Router::new()
+            .route("/", get(api::index))
+            .merge(api)
+            .merge(ops_router(registry, checks))
+            .route_layer(from_fn_with_state(http_metrics, track))
+            .fallback(api::not_found)
+    }
+}

@@ -1,1 +1,88 @@
+//! The ingestion gateway: the HTTP front door of a pipeline.
+//!
+//! It takes points over HTTP (`POST /metrics`, the original single-point
+//! contract, and `POST /v1/metrics`, compressed batches from the sidecar),
+//! authenticates the writer, validates every point, and appends the valid ones to
+//! the bus keyed by series id. It answers `202` only after the bus has made the
+//! points durable, so a client that got `202` never needs to send them again, and
+//! a client that got anything else may safely retry.
+//!
+//! Decoding and validation live in `pulse_core::codec::body`; this crate adds the
+//! HTTP edge: limits, admission control, answers and metrics.
 
+mod answer;
+mod metrics;
+mod readiness;
+mod receive;
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use axum::Router;
+use axum::middleware::from_fn_with_state;
+use axum::routing::post;
+use prometheus_client::registry::Registry;
+use pulse_core::config::{Config, GatewayConfig};
+use pulse_core::validate::Limits;
+use pulse_engine::bus::BusProducer;
+use pulse_server::auth::{Tokens, require_bearer};
+use pulse_server::http_metrics::{HttpMetrics, track};
+use tokio::sync::Semaphore;
+
+use crate::metrics::GatewayMetrics;
+use crate::readiness::BusReadiness;
+
+/// What every ingest request of one gateway shares: the bus, the limits, the
+/// admission permits and the metrics.
+pub struct Gateway {
+    bus: Arc<dyn BusProducer>,
+    settings: GatewayConfig,
+    limits: Limits,
+    /// One permit per request being processed, so memory stays bounded by
+    /// `max_in_flight` bodies however many clients connect.
+    permits: Semaphore,
+    metrics: GatewayMetrics,
+}
+
+impl Gateway {
+    /// Builds the gateway's router: the ingest routes (behind bearer auth when
+    /// `gateway.tokens` is set), `/healthz`, `/readyz` (which asks the bus) and
+    /// `/metrics`, with request latency tracked per route. Its metrics are
+    /// registered in `registry`, which `/metrics` serves.
+    pub fn router(
+        config: &Config,
+        bus: Arc<dyn BusProducer>,
+        registry: Arc<Mutex<Registry>>,
+    ) -> Router {
+        let (metrics, http_metrics) = {
+            let mut registry = registry.lock().unwrap_or_else(PoisonError::into_inner);
+            (
+                GatewayMetrics::register(&mut registry),
+                HttpMetrics::register(&mut registry),
+            )
+        };
+        let gateway = Arc::new(Gateway {
+            bus: Arc::clone(&bus),
+            settings: config.gateway.clone(),
+            limits: config.limits.clone(),
+            permits: Semaphore::new(config.gateway.max_in_flight),
+            metrics,
+        });
+        // With no tokens configured `require_bearer` lets every request through,
+        // so the layer is always present and there is one code path.
+        let tokens = Tokens(Arc::new(config.gateway.tokens.clone()));
+        // The handlers read the body themselves with the configured limit; axum's
+        // `DefaultBodyLimit` only governs extractors such as `Bytes` and `Json`,
+        // which these routes do not use.
+        let ingest = Router::new()
+            .route("/metrics", post(receive::receive))
+            .route("/v1/metrics", post(receive::receive))
+            .route_layer(from_fn_with_state(tokens, require_bearer))
+            .with_state(gateway);
+        ingest
+            .merge(pulse_server::ops_router(
+                registry,
+                vec![Arc::new(BusReadiness(bus))],
+            ))
+            .route_layer(from_fn_with_state(http_metrics, track))
+    }
+}

@@ -1,0 +1,379 @@
+//! Turning window results into answers: merging series, grouping, and the JSON
+//! shapes of every endpoint. Pure, so the arithmetic of the API is tested without
+//! a store, a cache or HTTP.
+//!
+//! Results are always combined with [`Aggregate::merge`], never by averaging their
+//! values: the p95 of three hosts is the p95 of the union of their points.
+
+use std::collections::BTreeMap;
+
+use pulse_core::{AggKind, Aggregate, Tags, TimestampMs, WindowResult};
+use pulse_engine::store::MetricInfo;
+use serde::{Serialize, Serializer};
+
+use crate::instant;
+
+/// Where an answer came from, reported in the body, the `X-Pulse-Source` header
+/// and the query metrics, so a slow or stale answer can be traced to its engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Cache,
+    Store,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Cache => "cache",
+            Source::Store => "store",
+        }
+    }
+}
+
+/// Aggregation values in the order they were asked for, as a JSON object
+/// (`{"avg": 87.3, "p95": 93.2}`). An empty aggregate gives `null`s.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AggValues(Vec<(AggKind, Option<f64>)>);
+
+impl AggValues {
+    pub fn of(agg: &Aggregate, kinds: &[AggKind]) -> AggValues {
+        AggValues(kinds.iter().map(|&k| (k, agg.value(k))).collect())
+    }
+}
+
+impl Serialize for AggValues {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(k, v)| (k.to_string(), v)))
+    }
+}
+
+/// The `GET /dashboard` answer: the original contract plus window bounds (RFC 3339
+/// for people, milliseconds for programs), the number of series merged and the source.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LatestAnswer {
+    pub metric_name: String,
+    pub window: String,
+    pub aggregations: AggValues,
+    pub window_start: Option<String>,
+    pub window_end: Option<String>,
+    pub window_start_ms: TimestampMs,
+    pub window_end_ms: TimestampMs,
+    pub series: usize,
+    pub source: Source,
+}
+
+/// Merges the newest window among `results` across all their series. Only the
+/// newest start counts: both engines answer one window, but should an older one
+/// slip in, mixing it in would blend two windows into one number. `None` when
+/// there is nothing to merge.
+pub fn latest_answer(
+    metric: &str,
+    window: &str,
+    results: &[WindowResult],
+    aggs: &[AggKind],
+    source: Source,
+) -> Option<LatestAnswer> {
+    let start = results.iter().map(|r| r.start_ms).max()?;
+    let newest: Vec<&WindowResult> = results.iter().filter(|r| r.start_ms == start).collect();
+    let end = newest.iter().map(|r| r.end_ms).max().unwrap_or(start);
+    let merged = merge(newest.iter().map(|r| &r.agg));
+    Some(LatestAnswer {
+        metric_name: metric.to_string(),
+        window: window.to_string(),
+        aggregations: AggValues::of(&merged, aggs),
+        window_start: instant::rfc3339(start),
+        window_end: instant::rfc3339(end),
+        window_start_ms: start,
+        window_end_ms: end,
+        series: newest.len(),
+        source,
+    })
+}
+
+fn merge<'a>(aggs: impl IntoIterator<Item = &'a Aggregate>) -> Aggregate {
+    let mut merged = Aggregate::new();
+    for agg in aggs {
+        merged.merge(agg);
+    }
+    merged
+}
+
+/// The `GET /api/v1/query_range` answer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RangeAnswer {
+    pub metric_name: String,
+    pub window: String,
+    pub from_ms: TimestampMs,
+    pub to_ms: TimestampMs,
+    pub series: Vec<SeriesAnswer>,
+    /// The store held more rows than `dashboard.max_points_per_query`: the newest
+    /// windows are answered and the oldest are missing.
+    pub truncated: bool,
+}
+
+/// One group of series: the values of the `group_by` keys and its merged points.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SeriesAnswer {
+    pub tags: Tags,
+    pub points: Vec<PointAnswer>,
+}
+
+/// One window of one group.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PointAnswer {
+    pub window_start_ms: TimestampMs,
+    pub window_end_ms: TimestampMs,
+    pub aggregations: AggValues,
+}
+
+/// Groups `results` by the values of the `group_by` tag keys (a series without a
+/// key groups under an empty value) and merges each group's results per window
+/// start. Without keys every series lands in one group. Groups come ordered by
+/// their tag values, points by window start.
+pub fn group_series(
+    results: &[WindowResult],
+    group_by: &[String],
+    aggs: &[AggKind],
+) -> Vec<SeriesAnswer> {
+    let mut groups: BTreeMap<Vec<&str>, BTreeMap<TimestampMs, (TimestampMs, Aggregate)>> =
+        BTreeMap::new();
+    for result in results {
+        let key = group_by
+            .iter()
+            .map(|k| result.tags.get(k).map_or("", String::as_str))
+            .collect();
+        let (end, agg) = groups
+            .entry(key)
+            .or_default()
+            .entry(result.start_ms)
+            .or_insert_with(|| (result.end_ms, Aggregate::new()));
+        *end = (*end).max(result.end_ms);
+        agg.merge(&result.agg);
+    }
+    groups
+        .into_iter()
+        .map(|(values, points)| SeriesAnswer {
+            tags: group_by
+                .iter()
+                .cloned()
+                .zip(values.into_iter().map(str::to_string))
+                .collect(),
+            points: points
+                .into_iter()
+                .map(|(start, (end, agg))| PointAnswer {
+                    window_start_ms: start,
+                    window_end_ms: end,
+                    aggregations: AggValues::of(&agg, aggs),
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+/// Cuts a range read to at most `limit` rows. The read asked the store for
+/// `limit + 1` rows, so more than `limit` means the range did not fit. The store
+/// keeps the newest rows when it cuts, so the oldest window start it returned may
+/// lack some series, and its merged point would be silently wrong: that start is
+/// dropped whole. Returns the rows kept and whether anything was cut.
+pub fn trim_to_limit(mut results: Vec<WindowResult>, limit: usize) -> (Vec<WindowResult>, bool) {
+    if results.len() <= limit {
+        return (results, false);
+    }
+    if let Some(oldest) = results.iter().map(|r| r.start_ms).min() {
+        results.retain(|r| r.start_ms != oldest);
+    }
+    (results, true)
+}
+
+/// One closed window as `/api/v1/live` sends it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LiveEvent<'a> {
+    pub metric_name: &'a str,
+    pub window: &'a str,
+    /// Hex, because JSON numbers lose precision past 2^53.
+    pub series_id: String,
+    pub tags: &'a Tags,
+    pub window_start_ms: TimestampMs,
+    pub window_end_ms: TimestampMs,
+    pub aggregations: AggValues,
+}
+
+pub fn live_event<'a>(result: &'a WindowResult, aggs: &[AggKind]) -> LiveEvent<'a> {
+    LiveEvent {
+        metric_name: &result.metric,
+        window: &result.window,
+        series_id: result.series_id.to_string(),
+        tags: &result.tags,
+        window_start_ms: result.start_ms,
+        window_end_ms: result.end_ms,
+        aggregations: AggValues::of(&result.agg, aggs),
+    }
+}
+
+/// The `GET /api/v1/metrics` answer: stored metrics and the windows one may ask for.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MetricsAnswer<'a> {
+    pub metrics: Vec<MetricInfo>,
+    pub windows: &'a [String],
+}
+
+#[cfg(test)]
+mod tests {
+    use pulse_core::SeriesId;
+    use serde_json::json;
+
+    use super::*;
+
+    fn result(host: Option<&str>, start_ms: TimestampMs, values: &[f64]) -> WindowResult {
+        let tags: Tags = host
+            .map(|h| [("host".to_string(), h.to_string())].into())
+            .unwrap_or_default();
+        let mut agg = Aggregate::new();
+        for v in values {
+            agg.add(*v, start_ms);
+        }
+        WindowResult {
+            series_id: SeriesId::of("cpu", &tags),
+            metric: "cpu".into(),
+            tags,
+            window: "1m".into(),
+            start_ms,
+            end_ms: start_ms + 60_000,
+            agg,
+        }
+    }
+
+    fn kinds(text: &str) -> Vec<AggKind> {
+        AggKind::parse_list(text).unwrap()
+    }
+
+    impl AggValues {
+        fn get(&self, kind: AggKind) -> Option<f64> {
+            self.0
+                .iter()
+                .find(|(k, _)| *k == kind)
+                .and_then(|(_, v)| *v)
+        }
+    }
+
+    #[test]
+    fn latest_merges_series_of_the_newest_window_only() {
+        let results = [
+            result(Some("a"), 60_000, &[1.0, 2.0]),
+            result(Some("b"), 60_000, &[10.0]),
+            result(Some("a"), 0, &[1000.0]),
+        ];
+        let answer = latest_answer(
+            "cpu",
+            "1m",
+            &results,
+            &kinds("count,max,avg"),
+            Source::Store,
+        )
+        .unwrap();
+        assert_eq!(answer.series, 2);
+        assert_eq!(
+            (answer.window_start_ms, answer.window_end_ms),
+            (60_000, 120_000)
+        );
+        assert_eq!(answer.aggregations.get(AggKind::Count), Some(3.0));
+        assert_eq!(answer.aggregations.get(AggKind::Max), Some(10.0));
+        assert_eq!(answer.aggregations.get(AggKind::Avg), Some(13.0 / 3.0));
+        assert_eq!(answer.window_start.as_deref(), Some("1970-01-01T00:01:00Z"));
+        assert!(latest_answer("cpu", "1m", &[], &kinds("avg"), Source::Cache).is_none());
+    }
+
+    #[test]
+    fn answers_serialize_aggregations_in_the_order_asked() {
+        let answer = latest_answer(
+            "cpu",
+            "1m",
+            &[result(None, 0, &[4.0])],
+            &kinds("p50,avg,count"),
+            Source::Cache,
+        )
+        .unwrap();
+        let text = serde_json::to_string(&answer).unwrap();
+        let p50 = text.find("\"p50\"").unwrap();
+        let avg = text.find("\"avg\"").unwrap();
+        assert!(p50 < avg, "{text}");
+        let value = serde_json::to_value(&answer).unwrap();
+        assert_eq!(value["source"], "cache");
+        assert_eq!(value["aggregations"]["count"], json!(1.0));
+        assert_eq!(value["window_end"], "1970-01-01T00:01:00Z");
+    }
+
+    #[test]
+    fn empty_aggregate_values_are_null() {
+        let empty = AggValues::of(&Aggregate::new(), &kinds("avg,p95"));
+        assert_eq!(
+            serde_json::to_value(&empty).unwrap(),
+            json!({"avg": null, "p95": null})
+        );
+    }
+
+    #[test]
+    fn group_by_gives_one_series_per_value_with_points_in_start_order() {
+        let results = [
+            result(Some("b"), 60_000, &[3.0]),
+            result(Some("a"), 60_000, &[2.0]),
+            result(None, 0, &[5.0]),
+            result(Some("a"), 0, &[1.0]),
+        ];
+        let series = group_series(&results, &["host".to_string()], &kinds("sum"));
+        let hosts: Vec<_> = series.iter().map(|s| s.tags["host"].as_str()).collect();
+        assert_eq!(hosts, ["", "a", "b"]);
+        let a = &series[1];
+        let starts: Vec<_> = a.points.iter().map(|p| p.window_start_ms).collect();
+        assert_eq!(starts, [0, 60_000]);
+        assert_eq!(a.points[1].aggregations.get(AggKind::Sum), Some(2.0));
+    }
+
+    #[test]
+    fn without_group_by_all_series_merge_per_window() {
+        let results = [
+            result(Some("a"), 0, &[1.0]),
+            result(Some("b"), 0, &[3.0]),
+            result(Some("a"), 60_000, &[7.0]),
+        ];
+        let series = group_series(&results, &[], &kinds("count,avg"));
+        assert_eq!(series.len(), 1);
+        assert!(series[0].tags.is_empty());
+        let first = &series[0].points[0].aggregations;
+        assert_eq!(
+            (first.get(AggKind::Count), first.get(AggKind::Avg)),
+            (Some(2.0), Some(2.0))
+        );
+        assert_eq!(series[0].points.len(), 2);
+        assert!(group_series(&[], &[], &kinds("avg")).is_empty());
+    }
+
+    #[test]
+    fn trimming_drops_the_possibly_partial_oldest_window() {
+        let rows = |starts: &[TimestampMs]| -> Vec<WindowResult> {
+            starts
+                .iter()
+                .map(|s| result(Some("a"), *s, &[1.0]))
+                .collect()
+        };
+        let (kept, truncated) = trim_to_limit(rows(&[0, 60_000, 60_000]), 3);
+        assert_eq!((kept.len(), truncated), (3, false));
+        let (kept, truncated) = trim_to_limit(rows(&[0, 0, 60_000, 60_000]), 3);
+        assert!(truncated);
+        assert!(kept.iter().all(|r| r.start_ms == 60_000));
+        assert_eq!(kept.len(), 2);
+        let (kept, truncated) = trim_to_limit(rows(&[0]), 0);
+        assert_eq!((kept.len(), truncated), (0, true));
+    }
+
+    #[test]
+    fn live_events_carry_the_series_id_in_hex() {
+        let r = result(Some("a"), 0, &[2.0]);
+        let event = serde_json::to_value(live_event(&r, &kinds("max"))).unwrap();
+        assert_eq!(event["series_id"], r.series_id.to_string());
+        assert_eq!(event["series_id"].as_str().unwrap().len(), 16);
+        assert_eq!(event["tags"], json!({"host": "a"}));
+        assert_eq!(event["aggregations"], json!({"max": 2.0}));
+    }
+}

@@ -1,0 +1,232 @@
+//! The HTTP handlers of the query API: they parse (see [`crate::params`]), read
+//! the cache or the store, and shape the answer (see [`crate::answer`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{FromRequestParts, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use pulse_core::result::matches_tags;
+use pulse_core::{TimestampMs, WindowResult};
+use pulse_engine::cache::Cache;
+use pulse_engine::store::{ResultQuery, Store, StoreError};
+use pulse_server::{ApiError, ReadinessCheck};
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use tracing::{error, warn};
+
+use crate::answer::{self, MetricsAnswer, RangeAnswer, Source};
+use crate::metrics::{DashboardMetrics, Endpoint};
+use crate::params::{KnownWindows, LatestParams, LatestRequest, RangeParams, RangeRequest};
+
+/// What every handler shares.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub store: Arc<dyn Store>,
+    pub cache: Arc<dyn Cache>,
+    pub windows: Arc<KnownWindows>,
+    pub metrics: DashboardMetrics,
+    pub max_points_per_query: usize,
+    /// Named in the `no_data` answer, because "no window yet" usually means "wait".
+    pub allowed_lateness: Duration,
+}
+
+/// `axum::extract::Query`, but a malformed query string is a 400 in the shared
+/// error shape instead of axum's plain-text rejection.
+pub(crate) struct Params<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Params<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(params)| Params(params))
+            .map_err(|rejection| ApiError::bad_request("bad_query", rejection.body_text()))
+    }
+}
+
+const SOURCE_HEADER: HeaderName = HeaderName::from_static("x-pulse-source");
+
+/// `GET /dashboard`: the latest closed window across the matching series.
+pub(crate) async fn dashboard(
+    State(state): State<AppState>,
+    Params(params): Params<LatestParams>,
+) -> Result<Response, ApiError> {
+    let request = LatestRequest::parse(&params, &state.windows)?;
+    let (results, source) = latest_results(&state, &request).await?;
+    state.metrics.query(Endpoint::Dashboard, source);
+    let answer = answer::latest_answer(
+        &request.metric,
+        &request.window,
+        &results,
+        &request.aggs,
+        source,
+    )
+    .ok_or_else(|| no_data(&request, state.allowed_lateness))?;
+    Ok((
+        [(SOURCE_HEADER, HeaderValue::from_static(source.as_str()))],
+        Json(answer),
+    )
+        .into_response())
+}
+
+/// The cache's results when it has any for the request's series; the store's
+/// otherwise. A failing cache only costs latency, so it is logged and counted,
+/// never surfaced to the client.
+async fn latest_results(
+    state: &AppState,
+    request: &LatestRequest,
+) -> Result<(Vec<WindowResult>, Source), ApiError> {
+    match state.cache.latest(&request.metric, &request.window).await {
+        Ok(Some(results)) => {
+            let matching: Vec<WindowResult> = results
+                .into_iter()
+                .filter(|r| matches_tags(&r.tags, &request.tags))
+                .collect();
+            if !matching.is_empty() {
+                return Ok((matching, Source::Cache));
+            }
+        }
+        Ok(None) => {}
+        Err(error) => {
+            warn!(message = "Cache unavailable; answering from the store.", %error);
+            state.metrics.cache_error();
+        }
+    }
+    let query = ResultQuery {
+        metric: request.metric.clone(),
+        window: request.window.clone(),
+        tags: request.tags.clone(),
+        // `Store::latest` ignores the range and the limit.
+        from_ms: TimestampMs::MIN,
+        to_ms: TimestampMs::MAX,
+        limit: usize::MAX,
+    };
+    let results = state.store.latest(&query).await.map_err(store_error)?;
+    Ok((results, Source::Store))
+}
+
+fn no_data(request: &LatestRequest, allowed_lateness: Duration) -> ApiError {
+    let filter = if request.tags.is_empty() {
+        String::new()
+    } else {
+        let pairs: Vec<String> = request
+            .tags
+            .iter()
+            .map(|(k, v)| format!("{k}:{v}"))
+            .collect();
+        format!(" with tags {}", pairs.join(","))
+    };
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no_data",
+        format!(
+            "no closed `{}` window exists yet for metric `{}`{filter}; a window closes once its end plus the allowed lateness ({}s) has passed",
+            request.window,
+            request.metric,
+            allowed_lateness.as_secs_f64()
+        ),
+    )
+}
+
+/// `GET /api/v1/query_range`: merged windows over a time range, optionally grouped.
+pub(crate) async fn query_range(
+    State(state): State<AppState>,
+    Params(params): Params<RangeParams>,
+) -> Result<Json<RangeAnswer>, ApiError> {
+    let request = RangeRequest::parse(&params, &state.windows, pulse_core::now_ms())?;
+    let query = ResultQuery {
+        metric: request.metric.clone(),
+        window: request.window.clone(),
+        tags: request.tags.clone(),
+        from_ms: request.from_ms,
+        to_ms: request.to_ms,
+        // One row more than allowed tells "exactly full" from "cut".
+        limit: state.max_points_per_query.saturating_add(1),
+    };
+    let results = state.store.range(&query).await.map_err(store_error)?;
+    state.metrics.query(Endpoint::QueryRange, Source::Store);
+    let (results, truncated) = answer::trim_to_limit(results, state.max_points_per_query);
+    Ok(Json(RangeAnswer {
+        series: answer::group_series(&results, &request.group_by, &request.aggs),
+        metric_name: request.metric,
+        window: request.window,
+        from_ms: request.from_ms,
+        to_ms: request.to_ms,
+        truncated,
+    }))
+}
+
+/// `GET /api/v1/metrics`: what can be queried.
+pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let metrics = state.store.metrics().await.map_err(store_error)?;
+    state.metrics.query(Endpoint::Metrics, Source::Store);
+    Ok(Json(MetricsAnswer {
+        metrics,
+        windows: state.windows.labels(),
+    })
+    .into_response())
+}
+
+/// `GET /`: a small index of the API, until the web UI takes this path. It holds
+/// no data, so it needs no token.
+pub(crate) async fn index() -> Json<Value> {
+    Json(json!({
+        "service": "pulse-dashboard",
+        "endpoints": {
+            "/dashboard": "latest closed window across series: metric, window, tags?, aggs?",
+            "/api/v1/query_range": "merged windows over time: metric, window, from?, to?, tags?, group_by?, aggs?",
+            "/api/v1/metrics": "stored metrics and configured windows",
+            "/api/v1/live": "server-sent events of closed windows: metric?, window?",
+            "/healthz": "liveness",
+            "/readyz": "readiness of the store",
+            "/metrics": "Prometheus metrics",
+        },
+    }))
+}
+
+/// Unknown paths answer in the shared error shape like everything else.
+pub(crate) async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint; GET / lists the API")
+}
+
+/// A store failure: 503 with `Retry-After` when it is transient, 500 otherwise
+/// (corrupt data is the server's fault, never the request's).
+fn store_error(error: StoreError) -> ApiError {
+    match error {
+        StoreError::Unavailable(_) => {
+            warn!(message = "Store unavailable.", %error);
+            ApiError::unavailable("the store is unavailable; retry shortly", 1)
+        }
+        StoreError::Corrupt(_) | StoreError::Other(_) => {
+            error!(message = "Store query failed.", %error);
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "store_error",
+                "the store could not answer; see the dashboard's logs",
+            )
+        }
+    }
+}
+
+/// `/readyz` is ready while the store answers; the cache is optional by design.
+pub(crate) struct StoreReady(pub Arc<dyn Store>);
+
+#[async_trait::async_trait]
+impl ReadinessCheck for StoreReady {
+    fn name(&self) -> &str {
+        "store"
+    }
+
+    async fn check(&self) -> Result<String, String> {
+        self.0
+            .ready()
+            .await
+            .map(|()| "answers".to_string())
+            .map_err(|e| e.to_string())
+    }
+}

@@ -1,0 +1,183 @@
+//! The ingest handler behind `POST /metrics` and `POST /v1/metrics`.
+//!
+//! One request goes through: admission (a processing slot), reading the body up
+//! to `gateway.max_body_bytes`, decoding and validating it, then one bus send of
+//! its valid points. Both routes accept the same shapes (one object, an array or
+//! NDJSON, optionally compressed), so the original single-point clients and the
+//! sidecar share one parser.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{MatchedPath, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use http_body_util::LengthLimitError;
+use pulse_core::codec::body::{BodyError, decode_content, parse_points};
+use pulse_core::codec::record::encode_point;
+use pulse_core::validate::PointError;
+use pulse_engine::bus::OutgoingRecord;
+use pulse_server::ApiError;
+use tokio::sync::SemaphorePermit;
+
+use crate::Gateway;
+use crate::answer::{Receipt, Refusal, body_refusal};
+
+/// How long a request waits for a processing slot before it is turned away.
+/// Long enough to ride out a burst, short enough that the client's own retry
+/// (after `Retry-After`) is the better use of the connection.
+const ADMISSION_WAIT: Duration = Duration::from_secs(2);
+
+/// How long a client may take to send its body. The body is read while holding
+/// a processing slot, so without this a few clients trickling bytes could hold
+/// every slot and lock everyone else out.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A body turned into bus records, plus the errors of its invalid points.
+struct Prepared {
+    records: Vec<OutgoingRecord>,
+    errors: Vec<PointError>,
+}
+
+/// Axum handler for both ingest routes.
+pub(crate) async fn receive(
+    State(gateway): State<Arc<Gateway>>,
+    route: MatchedPath,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let result = Arc::clone(&gateway).ingest(&headers, body).await;
+    let metrics = &gateway.metrics;
+    match result {
+        Ok(receipt) => {
+            metrics.request(route.as_str(), receipt.outcome());
+            receipt.into_response()
+        }
+        Err(refusal) => {
+            metrics.request(route.as_str(), refusal.outcome());
+            if let Refusal::Body(error) = &refusal {
+                metrics.body_rejected(error.code);
+            }
+            refusal.into_response()
+        }
+    }
+}
+
+impl Gateway {
+    /// Takes one request from admission to the bus; the points of a `Receipt`
+    /// are durable, those of a `Refusal` were not acknowledged.
+    async fn ingest(self: Arc<Self>, headers: &HeaderMap, body: Body) -> Result<Receipt, Refusal> {
+        // The permit is held until the answer is ready, so at most
+        // `max_in_flight` bodies are in memory or on their way to the bus.
+        let _permit = self.admit().await?;
+        let body = self.read_body(body).await?;
+        // Header bytes that are not text cannot name a supported encoding; keep
+        // them (lossily) so the 415 says what was sent.
+        let encoding = headers
+            .get(header::CONTENT_ENCODING)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        let gateway = Arc::clone(&self);
+        // Decompressing and parsing up to `max_decompressed_bytes` is CPU work
+        // that would stall every other connection on this worker thread.
+        let prepared =
+            tokio::task::spawn_blocking(move || gateway.prepare(&body, encoding.as_deref()))
+                .await
+                .map_err(|e| {
+                    tracing::error!(message = "Processing a request body failed.", error = %e);
+                    Refusal::Internal(e.to_string())
+                })?
+                .map_err(|e| Refusal::Body(body_refusal(&e)))?;
+        self.metrics
+            .points_parsed(prepared.records.len(), &prepared.errors);
+        let accepted = prepared.records.len();
+        if accepted > 0 {
+            self.send(prepared.records).await?;
+        }
+        Ok(Receipt {
+            accepted,
+            errors: prepared.errors,
+        })
+    }
+
+    /// Waits up to [`ADMISSION_WAIT`] for a processing slot.
+    async fn admit(&self) -> Result<SemaphorePermit<'_>, Refusal> {
+        match tokio::time::timeout(ADMISSION_WAIT, self.permits.acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            // The semaphore is never closed; a timeout is the only real case.
+            Ok(Err(_)) | Err(_) => Err(Refusal::Overloaded),
+        }
+    }
+
+    /// Reads the whole body, refusing it with a JSON 413 as soon as it grows
+    /// past `gateway.max_body_bytes`, before the excess is buffered, and with a
+    /// 408 when it does not arrive within [`BODY_READ_TIMEOUT`].
+    async fn read_body(&self, body: Body) -> Result<Bytes, Refusal> {
+        let limit = self.settings.max_body_bytes;
+        let read = tokio::time::timeout(BODY_READ_TIMEOUT, axum::body::to_bytes(body, limit));
+        let bytes = match read.await {
+            Ok(Ok(bytes)) => bytes,
+            Ok(Err(error)) => {
+                let too_large = std::error::Error::source(&error)
+                    .is_some_and(|source| source.is::<LengthLimitError>());
+                return Err(Refusal::Body(if too_large {
+                    body_refusal(&BodyError::TooLarge { limit, after: "" })
+                } else {
+                    ApiError::bad_request(
+                        "unreadable_body",
+                        format!("the request body could not be read: {error}"),
+                    )
+                }));
+            }
+            Err(_) => {
+                return Err(Refusal::Body(ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    format!(
+                        "the request body did not arrive within {} s",
+                        BODY_READ_TIMEOUT.as_secs()
+                    ),
+                )));
+            }
+        };
+        self.metrics.body_received(bytes.len());
+        Ok(bytes)
+    }
+
+    /// Decodes, parses and validates a body and encodes its valid points as bus
+    /// records.
+    fn prepare(&self, body: &[u8], encoding: Option<&str>) -> Result<Prepared, BodyError> {
+        let decoded = decode_content(encoding, body, self.settings.max_decompressed_bytes)?;
+        let batch = parse_points(
+            &decoded,
+            &self.limits,
+            self.settings.max_points_per_request,
+            pulse_core::now_ms(),
+        )?;
+        let records = batch
+            .points
+            .iter()
+            .map(|point| OutgoingRecord {
+                key: point.series_id().0,
+                value: encode_point(point),
+            })
+            .collect();
+        Ok(Prepared {
+            records,
+            errors: batch.errors,
+        })
+    }
+
+    /// Appends one request's records in a single bus send; returns once they are
+    /// durable.
+    async fn send(&self, records: Vec<OutgoingRecord>) -> Result<(), Refusal> {
+        let points = records.len();
+        let started = Instant::now();
+        let result = self.bus.send(records).await;
+        self.metrics.bus_sent(started.elapsed(), points, &result);
+        result.map_err(|error| {
+            tracing::warn!(message = "Bus refused a batch.", %error, points);
+            Refusal::Bus(error)
+        })
+    }
+}

@@ -1,0 +1,112 @@
+//! The processor's Prometheus metrics.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WindowLabel {
+    pub window: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabel {
+    pub partition: String,
+}
+
+/// Counters and gauges the processor keeps, registered under `pulse_processor_`.
+#[derive(Clone)]
+pub struct ProcessorMetrics {
+    pub points: Counter,
+    pub late_points: Family<WindowLabel, Counter>,
+    pub windows_closed: Family<WindowLabel, Counter>,
+    pub undecodable_records: Counter,
+    pub series_collisions: Counter,
+    pub open_windows: Gauge,
+    pub bus_lag: Family<PartitionLabel, Gauge>,
+    pub watermark_seconds: Family<PartitionLabel, Gauge>,
+    pub commits: Counter,
+    pub commit_failures: Counter,
+    pub commit_seconds: Histogram,
+    pub cache_failures: Counter,
+}
+
+impl ProcessorMetrics {
+    pub fn register(registry: &mut Registry) -> ProcessorMetrics {
+        let m = ProcessorMetrics {
+            points: Counter::default(),
+            late_points: Family::default(),
+            windows_closed: Family::default(),
+            undecodable_records: Counter::default(),
+            series_collisions: Counter::default(),
+            open_windows: Gauge::default(),
+            bus_lag: Family::default(),
+            watermark_seconds: Family::default(),
+            commits: Counter::default(),
+            commit_failures: Counter::default(),
+            commit_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            cache_failures: Counter::default(),
+        };
+        let r = registry.sub_registry_with_prefix("pulse_processor");
+        r.register("points", "Points aggregated", m.points.clone());
+        r.register(
+            "late_points",
+            "Points that arrived after their window closed, by window",
+            m.late_points.clone(),
+        );
+        r.register(
+            "windows_closed",
+            "Windows closed and stored, by window",
+            m.windows_closed.clone(),
+        );
+        r.register(
+            "undecodable_records",
+            "Bus records skipped because they do not decode (dead letters)",
+            m.undecodable_records.clone(),
+        );
+        r.register(
+            "series_collisions",
+            "Points whose series id belongs to another series",
+            m.series_collisions.clone(),
+        );
+        r.register(
+            "open_windows",
+            "Windows currently open",
+            m.open_windows.clone(),
+        );
+        r.register(
+            "bus_lag_records",
+            "Records written to the bus but not yet processed, by partition",
+            m.bus_lag.clone(),
+        );
+        r.register(
+            "watermark_seconds",
+            "Event-time watermark, by partition",
+            m.watermark_seconds.clone(),
+        );
+        r.register(
+            "commits",
+            "Checkpoints committed to the store",
+            m.commits.clone(),
+        );
+        r.register(
+            "commit_failures",
+            "Checkpoint attempts the store refused (retried)",
+            m.commit_failures.clone(),
+        );
+        r.register(
+            "commit_duration_seconds",
+            "Time to commit one checkpoint",
+            m.commit_seconds.clone(),
+        );
+        r.register(
+            "cache_failures",
+            "Cache updates that failed (the store stays authoritative)",
+            m.cache_failures.clone(),
+        );
+        m
+    }
+}

@@ -1,0 +1,163 @@
+//! Windowed aggregation in memory: which points go into which open windows, when
+//! windows close, and what a checkpoint must persist. Pure: no I/O, no clocks
+//! except the `Instant`s handed in, so it is tested and benchmarked directly.
+
+mod partition;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use pulse_core::{Point, TimestampMs, WindowSpec};
+use pulse_engine::store::{Checkpoint, Commit, LateCount};
+
+pub use partition::{Ingested, PartitionWindows};
+
+/// The aggregation state of every partition assigned to this processor.
+pub struct Aggregator {
+    windows: Vec<WindowSpec>,
+    lateness_ms: i64,
+    idle: Duration,
+    partitions: BTreeMap<u32, PartitionWindows>,
+}
+
+/// What one checkpoint hands to the store, plus what to announce after it landed.
+pub struct Checkpointed {
+    pub commit: Commit,
+    /// Offsets to report to the bus once the commit is durable.
+    pub offsets: Vec<(u32, u64)>,
+}
+
+/// Restoring a partition failed because stored state does not decode.
+#[derive(Debug, thiserror::Error)]
+#[error("partition {partition}: checkpointed window state is unreadable: {message}")]
+pub struct RestoreError {
+    pub partition: u32,
+    pub message: String,
+}
+
+impl Aggregator {
+    pub fn new(windows: Vec<WindowSpec>, lateness: Duration, idle: Duration) -> Aggregator {
+        Aggregator {
+            windows,
+            lateness_ms: lateness.as_millis() as i64,
+            idle,
+            partitions: BTreeMap::new(),
+        }
+    }
+
+    /// The configured windows.
+    pub fn windows(&self) -> &[WindowSpec] {
+        &self.windows
+    }
+
+    /// Takes over partitions, resuming from `checkpoint` (what the store holds for
+    /// them). Returns the offset to continue reading each one from.
+    pub fn assign(
+        &mut self,
+        partitions: &[u32],
+        checkpoint: &Checkpoint,
+        now: Instant,
+    ) -> Result<Vec<(u32, u64)>, RestoreError> {
+        let mut seeks = Vec::with_capacity(partitions.len());
+        for &p in partitions {
+            let saved = checkpoint.partitions.iter().find(|c| c.partition == p);
+            let open = checkpoint.open.iter().filter(|o| o.key.partition == p);
+            let windows = PartitionWindows::restore(p, saved, open, &self.windows, now)?;
+            seeks.push((p, windows.next_offset()));
+            self.partitions.insert(p, windows);
+        }
+        Ok(seeks)
+    }
+
+    /// Drops partitions that were revoked (after their last checkpoint).
+    pub fn revoke(&mut self, partitions: &[u32]) {
+        for p in partitions {
+            self.partitions.remove(p);
+        }
+    }
+
+    /// Assigned partitions.
+    pub fn assigned(&self) -> impl Iterator<Item = u32> + '_ {
+        self.partitions.keys().copied()
+    }
+
+    /// Adds one decoded record. Records of unassigned partitions (in flight
+    /// across a rebalance) are ignored: their new owner reads them again.
+    #[inline]
+    pub fn ingest(&mut self, partition: u32, offset: u64, point: Point, now: Instant) -> Ingested {
+        match self.partitions.get_mut(&partition) {
+            Some(p) => p.ingest(offset, point, &self.windows, self.lateness_ms, now),
+            None => Ingested::default(),
+        }
+    }
+
+    /// Moves past a record that could not be decoded (it is counted by the caller).
+    pub fn skip(&mut self, partition: u32, offset: u64) {
+        if let Some(p) = self.partitions.get_mut(&partition) {
+            p.skip(offset);
+        }
+    }
+
+    /// Lets idle partitions' watermarks follow the wall clock, then closes every
+    /// window the watermarks have passed. Returns how many windows closed.
+    pub fn advance(&mut self, now_ms: TimestampMs, now: Instant) -> usize {
+        let mut closed = 0;
+        for p in self.partitions.values_mut() {
+            p.idle_advance(now_ms, now, self.idle, self.lateness_ms);
+            closed += p.close_ready(&self.windows);
+        }
+        closed
+    }
+
+    /// Closes windows passed by the watermark, without consulting the wall clock.
+    pub fn close_ready(&mut self) -> usize {
+        self.partitions
+            .values_mut()
+            .map(|p| p.close_ready(&self.windows))
+            .sum()
+    }
+
+    /// Everything to persist for `partitions` (all when `None`) since the last
+    /// checkpoint: closed results, raw points, changed open windows, late counts
+    /// and offsets. The caller must write it atomically before ingesting more.
+    pub fn checkpoint(&mut self, partitions: Option<&[u32]>) -> Checkpointed {
+        let mut commit = Commit::default();
+        let mut offsets = Vec::new();
+        let mut late: BTreeMap<(String, String), u64> = BTreeMap::new();
+        for (&id, p) in self.partitions.iter_mut() {
+            if partitions.is_some_and(|only| !only.contains(&id)) {
+                continue;
+            }
+            p.drain_into(&mut commit, &mut late, &self.windows);
+            offsets.push((id, p.next_offset()));
+        }
+        commit.late = late
+            .into_iter()
+            .map(|((metric, window), count)| LateCount {
+                metric,
+                window,
+                count,
+            })
+            .collect();
+        Checkpointed { commit, offsets }
+    }
+
+    /// Windows currently open, across partitions.
+    pub fn open_windows(&self) -> usize {
+        self.partitions
+            .values()
+            .map(PartitionWindows::open_windows)
+            .sum()
+    }
+
+    /// Per partition: next offset to read and current watermark.
+    pub fn progress(&self) -> Vec<(u32, u64, Option<TimestampMs>)> {
+        self.partitions
+            .iter()
+            .map(|(&id, p)| (id, p.next_offset(), p.watermark()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,241 @@
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use pulse_core::{Point, Tags, WindowSpec};
+use pulse_engine::store::{Checkpoint, OpenWindowKey, OpenWindowState, PartitionCheckpoint};
+
+use super::Aggregator;
+
+const LATENESS: Duration = Duration::from_secs(30);
+const IDLE: Duration = Duration::from_secs(10);
+
+fn point(host: &str, value: f64, ts_secs: i64) -> Point {
+    let tags: Tags = [("host".to_string(), host.to_string())].into();
+    Point {
+        metric: "cpu".into(),
+        tags,
+        value,
+        timestamp_ms: ts_secs * 1000,
+    }
+}
+
+fn minute_windows() -> Vec<WindowSpec> {
+    vec![WindowSpec::tumbling(Duration::from_secs(60)).unwrap()]
+}
+
+fn fresh(windows: Vec<WindowSpec>, partitions: &[u32]) -> Aggregator {
+    let mut a = Aggregator::new(windows, LATENESS, IDLE);
+    a.assign(partitions, &Checkpoint::default(), Instant::now())
+        .unwrap();
+    a
+}
+
+#[test]
+fn window_closes_once_the_watermark_passes_its_end() {
+    let mut a = fresh(minute_windows(), &[0]);
+    let now = Instant::now();
+    a.ingest(0, 0, point("a", 1.0, 0), now);
+    a.ingest(0, 1, point("a", 3.0, 59), now);
+    a.ingest(0, 2, point("a", 5.0, 89), now); // watermark 59s: [0,60) still open
+    assert_eq!(a.close_ready(), 0);
+    a.ingest(0, 3, point("a", 7.0, 90), now); // watermark 60s: closes [0,60)
+    assert_eq!(a.close_ready(), 1);
+    let c = a.checkpoint(None);
+    assert_eq!(c.commit.results.len(), 1);
+    let r = &c.commit.results[0];
+    assert_eq!(
+        (r.start_ms, r.end_ms, r.agg.count, r.agg.sum, r.agg.last),
+        (0, 60_000, 2, 4.0, 3.0)
+    );
+    assert_eq!(c.offsets, vec![(0, 4)]);
+    assert_eq!(
+        c.commit.raw_points.len(),
+        4,
+        "raw points are kept for every record"
+    );
+}
+
+#[test]
+fn late_point_after_watermark_is_counted_not_aggregated() {
+    let mut a = fresh(minute_windows(), &[0]);
+    let now = Instant::now();
+    a.ingest(0, 0, point("a", 1.0, 10), now);
+    a.ingest(0, 1, point("a", 1.0, 200), now); // watermark 170s
+    let late = a.ingest(0, 2, point("a", 100.0, 20), now);
+    assert_eq!((late.windows, late.late), (0, 1));
+    let on_time = a.ingest(0, 3, point("a", 2.0, 175), now); // window [120,180) still open
+    assert_eq!((on_time.windows, on_time.late), (1, 0));
+    a.close_ready();
+    let c = a.checkpoint(None);
+    let first = c.commit.results.iter().find(|r| r.start_ms == 0).unwrap();
+    assert_eq!(
+        first.agg.max, 1.0,
+        "the late value never reached the closed window"
+    );
+    assert_eq!(c.commit.late.len(), 1);
+    assert_eq!(
+        (c.commit.late[0].window.as_str(), c.commit.late[0].count),
+        ("1m", 1)
+    );
+}
+
+#[test]
+fn sliding_window_point_lands_in_every_overlapping_window() {
+    let sliding = WindowSpec::sliding(Duration::from_secs(300), Duration::from_secs(60)).unwrap();
+    let mut a = fresh(vec![sliding], &[0]);
+    let got = a.ingest(0, 0, point("a", 1.0, 1000), Instant::now());
+    assert_eq!(got.windows, 5);
+    assert_eq!(a.open_windows(), 5);
+}
+
+#[test]
+fn idle_partition_closes_windows_by_wall_clock() {
+    let mut a = fresh(minute_windows(), &[0]);
+    let start = Instant::now();
+    a.ingest(0, 0, point("a", 1.0, 1_000), start);
+    assert_eq!(
+        a.advance(2_000_000, start + Duration::from_secs(5)),
+        0,
+        "not idle yet"
+    );
+    assert_eq!(a.advance(2_000_000, start + Duration::from_secs(10)), 1);
+}
+
+#[test]
+fn the_same_id_with_another_name_is_a_collision_not_a_merge() {
+    // xxh64 collisions cannot be produced on demand, so plant a checkpointed
+    // window under host=a's id that belongs to another series.
+    let p = point("a", 2.0, 11);
+    let mut other = pulse_core::Aggregate::new();
+    other.add(1.0, 10_000);
+    let state = pulse_core::codec::state::encode_state("not_cpu", &Tags::new(), &other);
+    let key = OpenWindowKey {
+        partition: 0,
+        series_id: p.series_id(),
+        window: "1m".into(),
+        start_ms: 0,
+    };
+    let checkpoint = Checkpoint {
+        partitions: vec![],
+        open: vec![OpenWindowState { key, state }],
+    };
+    let mut a = Aggregator::new(minute_windows(), LATENESS, IDLE);
+    a.assign(&[0], &checkpoint, Instant::now()).unwrap();
+    let got = a.ingest(0, 0, p, Instant::now());
+    assert!(got.collision);
+    assert_eq!(got.windows, 0);
+}
+
+/// host, start, window, count, sum, min, max, last.
+type ResultRow = (String, i64, String, u64, f64, f64, f64, f64);
+
+/// Applies commits the way a store would, for restart tests.
+#[derive(Default)]
+struct FakeStore {
+    partitions: HashMap<u32, PartitionCheckpoint>,
+    open: HashMap<OpenWindowKey, Vec<u8>>,
+    results: Vec<ResultRow>,
+    late: HashMap<(String, String), u64>,
+}
+
+impl FakeStore {
+    fn apply(&mut self, a: &mut Aggregator) {
+        let c = a.checkpoint(None).commit;
+        for p in c.partitions {
+            self.partitions.insert(p.partition, p);
+        }
+        for k in c.delete_open {
+            self.open.remove(&k);
+        }
+        for o in c.upsert_open {
+            self.open.insert(o.key, o.state);
+        }
+        for r in c.results {
+            self.results.push((
+                r.tags["host"].clone(),
+                r.start_ms,
+                r.window,
+                r.agg.count,
+                r.agg.sum,
+                r.agg.min,
+                r.agg.max,
+                r.agg.last,
+            ));
+        }
+        for l in c.late {
+            *self.late.entry((l.metric, l.window)).or_default() += l.count;
+        }
+    }
+
+    fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            partitions: self.partitions.values().copied().collect(),
+            open: self
+                .open
+                .iter()
+                .map(|(k, v)| OpenWindowState {
+                    key: k.clone(),
+                    state: v.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+fn stream() -> Vec<Point> {
+    // Out-of-order and late points over several windows and hosts.
+    let mut points = Vec::new();
+    for i in 0..2000i64 {
+        let host = ["a", "b", "c"][(i % 3) as usize];
+        let jitter = [0, -7, 3, -25, 11][(i % 5) as usize];
+        let ts = 10_000 + i * 2 + jitter + if i % 97 == 0 { -400 } else { 0 };
+        points.push(point(host, (i % 17) as f64 * 0.5, ts));
+    }
+    points
+}
+
+fn run(crash_at: &[usize]) -> FakeStore {
+    let windows = vec![
+        WindowSpec::tumbling(Duration::from_secs(60)).unwrap(),
+        WindowSpec::sliding(Duration::from_secs(300), Duration::from_secs(60)).unwrap(),
+    ];
+    let now = Instant::now();
+    let mut store = FakeStore::default();
+    let mut a = fresh(windows.clone(), &[0]);
+    let points = stream();
+    let mut offset = 0usize;
+    let mut crashes: Vec<usize> = crash_at.to_vec();
+    while offset < points.len() {
+        a.ingest(0, offset as u64, points[offset].clone(), now);
+        offset += 1;
+        if offset % 150 == 0 {
+            a.close_ready();
+            store.apply(&mut a);
+        }
+        if let Some(i) = crashes.iter().position(|c| *c == offset) {
+            crashes.remove(i);
+            // Crash: everything since the last checkpoint is lost; restart from the store.
+            a = Aggregator::new(windows.clone(), LATENESS, IDLE);
+            let seeks = a.assign(&[0], &store.checkpoint(), now).unwrap();
+            offset = seeks[0].1 as usize;
+        }
+    }
+    a.ingest(0, offset as u64, point("a", 0.0, 1_000_000), now);
+    a.close_ready();
+    store.apply(&mut a);
+    store.results.sort_by(|x, y| x.partial_cmp(y).unwrap());
+    store
+}
+
+#[test]
+fn crash_and_resume_from_checkpoints_gives_the_uninterrupted_results() {
+    let clean = run(&[]);
+    let crashed = run(&[400, 401, 999, 1200, 1777]);
+    assert!(clean.results.len() > 50);
+    assert_eq!(clean.results, crashed.results);
+    assert_eq!(clean.late, crashed.late);
+    assert!(
+        clean.late.values().sum::<u64>() > 0,
+        "the stream does contain late points"
+    );
+}
