@@ -44,7 +44,14 @@ impl AggValues {
 
 impl Serialize for AggValues {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_map(self.0.iter().map(|(k, v)| (k.to_string(), v)))
+        // Counts are whole numbers and read better as `3` than `3.0`.
+        serializer.collect_map(self.0.iter().map(|(k, v)| {
+            let value = match (k, v) {
+                (AggKind::Count, Some(c)) => serde_json::Value::from(*c as u64),
+                (_, v) => serde_json::Value::from(*v),
+            };
+            (k.to_string(), value)
+        }))
     }
 }
 
