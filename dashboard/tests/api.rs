@@ -197,7 +197,7 @@ async fn dashboard_answers_the_contract_and_p95_over_three_hosts_is_the_p95_of_t
     let aggs = body["aggregations"].as_object().unwrap();
     let names: Vec<&str> = aggs.keys().map(String::as_str).collect();
     assert_eq!(names.len(), 4);
-    assert_eq!(aggs["count"], json!(union.len() as f64));
+    assert_eq!(aggs["count"], json!(union.len()));
     assert_eq!(aggs["max"], json!(1_050.0));
     assert!((aggs["avg"].as_f64().unwrap() - avg).abs() < 1e-9);
     let exact = exact_quantile(&union, 0.95);
@@ -255,7 +255,7 @@ async fn tag_filter_narrows_the_series_merged() {
         .await
         .json();
     assert_eq!(prod["series"], 2);
-    assert_eq!(prod["aggregations"], json!({"max": 20.0, "count": 2.0}));
+    assert_eq!(prod["aggregations"], json!({"max": 20.0, "count": 2}));
     let one = fixture
         .get("/dashboard?metric=cpu_usage&window=5m&tags=host:web-02,env:prod&aggs=max")
         .await
@@ -539,10 +539,10 @@ async fn query_range_group_by_gives_one_series_per_host_with_points_in_order() {
     assert_eq!(web01[0]["window_end_ms"], START + FIVE_MINUTES);
     assert_eq!(
         web01[0]["aggregations"],
-        json!({"max": 100.0, "count": 2.0})
+        json!({"max": 100.0, "count": 2})
     );
     let web02 = series[2]["points"].as_array().unwrap();
-    assert_eq!(web02[2]["aggregations"], json!({"max": 12.0, "count": 1.0}));
+    assert_eq!(web02[2]["aggregations"], json!({"max": 12.0, "count": 1}));
 }
 
 #[tokio::test]
@@ -629,7 +629,7 @@ async fn query_range_over_the_row_limit_is_truncated_to_whole_windows() {
     assert!(
         points
             .iter()
-            .all(|p| p["aggregations"]["count"] == json!(3.0))
+            .all(|p| p["aggregations"]["count"] == json!(3))
     );
 }
 
