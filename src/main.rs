@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use pulse_core::config::Config;
 
 #[derive(Parser)]
-#[command(name = "pulse", version, about = "Real-time metrics: ingest, aggregate, store and query")]
+#[command(
+    name = "pulse",
+    version,
+    about = "Real-time metrics: ingest, aggregate, store and query"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -53,7 +57,13 @@ fn main() -> ExitCode {
     };
     let outcome = runtime.block_on(async {
         match cli.command {
-            Command::Up { config, data_dir, gateway_listen, dashboard_listen, processor_listen } => {
+            Command::Up {
+                config,
+                data_dir,
+                gateway_listen,
+                dashboard_listen,
+                processor_listen,
+            } => {
                 let mut config = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
                 if let Some(d) = data_dir {
                     config.storage.data_dir = d;
@@ -88,15 +98,38 @@ fn main() -> ExitCode {
 
 async fn up(config: Config) -> Result<(), String> {
     pulse_server::telemetry::init();
-    let windows: Vec<String> = config.window_specs().map_err(|e| e.to_string())?.into_iter().map(|w| w.label).collect();
+    let windows: Vec<String> = config
+        .window_specs()
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|w| w.label)
+        .collect();
     let lateness = pulse_core::duration::label(config.processor.allowed_lateness);
     let running = pulse::up::start(config).await.map_err(|e| e.to_string())?;
-    println!("Pulse is up on embedded engines; data in {}", running.data_dir.display());
-    println!("  gateway    http://{}   POST /metrics, POST /v1/metrics", running.gateway);
-    println!("  dashboard  http://{}   GET /dashboard, /api/v1/query_range, /api/v1/metrics, /api/v1/live", running.dashboard);
-    println!("  processor  http://{}   /healthz, /readyz, /metrics", running.processor);
-    println!("  windows {}; allowed lateness {lateness}", windows.join(", "));
-    println!("Try: curl -XPOST localhost:{}/metrics -d '{{\"metric_name\":\"cpu_usage\",\"value\":92.5,\"tags\":{{\"host\":\"web-01\"}}}}'", running.gateway.port());
+    println!(
+        "Pulse is up on embedded engines; data in {}",
+        running.data_dir.display()
+    );
+    println!(
+        "  gateway    http://{}   POST /metrics, POST /v1/metrics",
+        running.gateway
+    );
+    println!(
+        "  dashboard  http://{}   GET /dashboard, /api/v1/query_range, /api/v1/metrics, /api/v1/live",
+        running.dashboard
+    );
+    println!(
+        "  processor  http://{}   /healthz, /readyz, /metrics",
+        running.processor
+    );
+    println!(
+        "  windows {}; allowed lateness {lateness}",
+        windows.join(", ")
+    );
+    println!(
+        "Try: curl -XPOST localhost:{}/metrics -d '{{\"metric_name\":\"cpu_usage\",\"value\":92.5,\"tags\":{{\"host\":\"web-01\"}}}}'",
+        running.gateway.port()
+    );
     println!("Press Ctrl-C to stop.");
     let token = running.shutdown_token();
     tokio::spawn(async move {

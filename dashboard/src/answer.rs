@@ -307,7 +307,11 @@ mod tests {
         assert!(p50 < avg, "{text}");
         let value = serde_json::to_value(&answer).unwrap();
         assert_eq!(value["source"], "cache");
-        assert_eq!(value["aggregations"]["count"], json!(1), "counts are integers");
+        assert_eq!(
+            value["aggregations"]["count"],
+            json!(1),
+            "counts are integers"
+        );
         assert_eq!(value["window_end"], "1970-01-01T00:01:00Z");
     }
 

@@ -537,10 +537,7 @@ async fn query_range_group_by_gives_one_series_per_host_with_points_in_order() {
         [START, START + FIVE_MINUTES, START + 2 * FIVE_MINUTES]
     );
     assert_eq!(web01[0]["window_end_ms"], START + FIVE_MINUTES);
-    assert_eq!(
-        web01[0]["aggregations"],
-        json!({"max": 100.0, "count": 2})
-    );
+    assert_eq!(web01[0]["aggregations"], json!({"max": 100.0, "count": 2}));
     let web02 = series[2]["points"].as_array().unwrap();
     assert_eq!(web02[2]["aggregations"], json!({"max": 12.0, "count": 1}));
 }

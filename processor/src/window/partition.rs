@@ -1,6 +1,13 @@
 //! Open windows of one partition.
+//!
+//! This is the processor's per-point hot path, so ingesting a point into
+//! windows that are already open allocates nothing: the series' name and tags
+//! are compared once per point against one shared copy (not once per window),
+//! and late points of a known metric are counted without copying its name.
 
 use std::collections::BTreeMap;
+use std::collections::hash_map::Entry;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pulse_core::codec::state::{decode_state, encode_state};
@@ -15,13 +22,86 @@ use crate::watermark::Clock;
 type Key = (SeriesId, u16, TimestampMs);
 
 struct Open {
-    metric: String,
-    tags: Tags,
+    /// Which series owns this window; shared with the series' other windows.
+    name: Arc<SeriesName>,
     agg: Aggregate,
     /// Changed since the last checkpoint.
     dirty: bool,
     /// Some state of it is in the store, so closing it must delete that.
     persisted: bool,
+}
+
+/// The full identity of a series, which its 64-bit id only stands for.
+#[derive(Clone)]
+struct SeriesName {
+    metric: String,
+    tags: Tags,
+}
+
+impl SeriesName {
+    fn is(&self, metric: &str, tags: &Tags) -> bool {
+        self.metric == metric && self.tags == *tags
+    }
+}
+
+/// One shared [`SeriesName`] per series with open windows in the partition.
+///
+/// Invariant: two open windows have equal names exactly when they hold the
+/// same `Arc`, so ingest detects a collision (same id, other name) with a
+/// pointer comparison per window after one full comparison per point.
+#[derive(Default)]
+struct Names {
+    first: FxHashMap<SeriesId, Arc<SeriesName>>,
+    /// Further names under an id already in `first`: a 64-bit hash collision,
+    /// kept apart so the two series are never merged. Almost always empty.
+    others: Vec<(SeriesId, Arc<SeriesName>)>,
+}
+
+impl Names {
+    /// The shared name of `id` that equals `metric` and `tags`, made from
+    /// `make` if there is none yet.
+    fn get(
+        &mut self,
+        id: SeriesId,
+        metric: &str,
+        tags: &Tags,
+        make: impl FnOnce() -> SeriesName,
+    ) -> Arc<SeriesName> {
+        match self.first.entry(id) {
+            Entry::Vacant(slot) => return Arc::clone(slot.insert(Arc::new(make()))),
+            Entry::Occupied(slot) if slot.get().is(metric, tags) => return Arc::clone(slot.get()),
+            Entry::Occupied(_) => {}
+        }
+        if let Some((_, name)) = self
+            .others
+            .iter()
+            .find(|(other, name)| *other == id && name.is(metric, tags))
+        {
+            return Arc::clone(name);
+        }
+        let name = Arc::new(make());
+        self.others.push((id, Arc::clone(&name)));
+        name
+    }
+
+    /// Forgets `name` if the caller's handle is the only one outside this
+    /// table, i.e. no open window uses it any more.
+    fn release(&mut self, id: SeriesId, name: &Arc<SeriesName>) {
+        if Arc::strong_count(name) > 2 {
+            return;
+        }
+        if self.first.get(&id).is_some_and(|n| Arc::ptr_eq(n, name)) {
+            self.first.remove(&id);
+            // Keep every name of the id reachable through `first`.
+            if let Some(at) = self.others.iter().position(|(other, _)| *other == id) {
+                let (_, promoted) = self.others.swap_remove(at);
+                self.first.insert(id, promoted);
+            }
+        } else {
+            self.others
+                .retain(|(other, n)| !(*other == id && Arc::ptr_eq(n, name)));
+        }
+    }
 }
 
 /// What ingesting one point did.
@@ -41,13 +121,16 @@ pub struct PartitionWindows {
     next_offset: u64,
     clock: Clock,
     open: FxHashMap<Key, Open>,
+    names: Names,
     /// Open windows by end time, so closing touches only what is due.
     by_end: BTreeMap<TimestampMs, Vec<Key>>,
     /// Output since the last checkpoint.
     closed: Vec<WindowResult>,
     closed_persisted: Vec<OpenWindowKey>,
     raw: Vec<Point>,
-    late: FxHashMap<(String, u16), u64>,
+    /// Late points per window definition (by index) and metric, keyed by
+    /// metric alone so a known metric is counted without copying its name.
+    late: Vec<FxHashMap<String, u64>>,
 }
 
 impl PartitionWindows {
@@ -68,11 +151,12 @@ impl PartitionWindows {
                 now,
             ),
             open: FxHashMap::default(),
+            names: Names::default(),
             by_end: BTreeMap::new(),
             closed: Vec::new(),
             closed_persisted: Vec::new(),
             raw: Vec::new(),
-            late: FxHashMap::default(),
+            late: Vec::new(),
         };
         for state in open {
             // A window whose definition was removed from the config since the
@@ -87,6 +171,10 @@ impl PartitionWindows {
                 message: e.to_string(),
             })?;
             let key = (state.key.series_id, index as u16, state.key.start_ms);
+            let name = p.names.get(key.0, &metric, &tags, || SeriesName {
+                metric: metric.clone(),
+                tags: tags.clone(),
+            });
             p.by_end
                 .entry(windows[index].end(key.2))
                 .or_default()
@@ -94,8 +182,7 @@ impl PartitionWindows {
             p.open.insert(
                 key,
                 Open {
-                    metric,
-                    tags,
+                    name,
                     agg,
                     dirty: false,
                     persisted: true,
@@ -132,6 +219,9 @@ impl PartitionWindows {
     ) -> Ingested {
         self.next_offset = self.next_offset.max(offset + 1);
         let series = point.series_id();
+        // Looked up at the first window the point can still go into, so a
+        // point late everywhere leaves no trace in `names`.
+        let mut name: Option<Arc<SeriesName>> = None;
         let mut outcome = Ingested::default();
         for (index, spec) in windows.iter().enumerate() {
             let mut skipped = false;
@@ -141,18 +231,24 @@ impl PartitionWindows {
                     skipped = true;
                     continue;
                 }
+                let name = name.get_or_insert_with(|| {
+                    self.names
+                        .get(series, &point.metric, &point.tags, || SeriesName {
+                            metric: point.metric.clone(),
+                            tags: point.tags.clone(),
+                        })
+                });
                 let key = (series, index as u16, start);
                 let open = self.open.entry(key).or_insert_with(|| {
                     self.by_end.entry(end).or_default().push(key);
                     Open {
-                        metric: point.metric.clone(),
-                        tags: point.tags.clone(),
+                        name: Arc::clone(name),
                         agg: Aggregate::new(),
                         dirty: true,
                         persisted: false,
                     }
                 });
-                if open.metric != point.metric || open.tags != point.tags {
+                if !Arc::ptr_eq(&open.name, name) {
                     outcome.collision = true;
                     continue;
                 }
@@ -162,11 +258,21 @@ impl PartitionWindows {
             }
             if skipped {
                 outcome.late += 1;
-                *self
-                    .late
-                    .entry((point.metric.clone(), index as u16))
-                    .or_default() += 1;
+                if self.late.len() <= index {
+                    self.late.resize_with(index + 1, FxHashMap::default);
+                }
+                let late = &mut self.late[index];
+                match late.get_mut(point.metric.as_str()) {
+                    Some(count) => *count += 1,
+                    None => {
+                        late.insert(point.metric.clone(), 1);
+                    }
+                }
             }
+        }
+        // A name no window took (the point collided everywhere) is not kept.
+        if let Some(name) = name {
+            self.names.release(series, &name);
         }
         self.clock.observe(point.timestamp_ms, lateness_ms, now);
         self.raw.push(point);
@@ -188,10 +294,13 @@ impl PartitionWindows {
         let Some(wm) = self.clock.watermark else {
             return 0;
         };
-        let due: Vec<TimestampMs> = self.by_end.range(..=wm).map(|(end, _)| *end).collect();
         let mut closed = 0;
-        for end in due {
-            for key in self.by_end.remove(&end).unwrap_or_default() {
+        while let Some(due) = self.by_end.first_entry() {
+            if *due.key() > wm {
+                break;
+            }
+            let (end, keys) = due.remove_entry();
+            for key in keys {
                 let Some(open) = self.open.remove(&key) else {
                     continue;
                 };
@@ -200,10 +309,14 @@ impl PartitionWindows {
                 if open.persisted {
                     self.closed_persisted.push(self.store_key(key, spec));
                 }
+                // The series' last open window takes the name; others copy it.
+                self.names.release(series_id, &open.name);
+                let SeriesName { metric, tags } =
+                    Arc::try_unwrap(open.name).unwrap_or_else(|shared| SeriesName::clone(&shared));
                 self.closed.push(WindowResult {
                     series_id,
-                    metric: open.metric,
-                    tags: open.tags,
+                    metric,
+                    tags,
                     window: spec.label.clone(),
                     start_ms,
                     end_ms: end,
@@ -243,15 +356,15 @@ impl PartitionWindows {
                     window: spec.label.clone(),
                     start_ms: key.2,
                 },
-                state: encode_state(&open.metric, &open.tags, &open.agg),
+                state: encode_state(&open.name.metric, &open.name.tags, &open.agg),
             });
             open.dirty = false;
             open.persisted = true;
         }
-        for ((metric, index), count) in self.late.drain() {
-            *late
-                .entry((metric, windows[index as usize].label.clone()))
-                .or_default() += count;
+        for (spec, counts) in windows.iter().zip(&mut self.late) {
+            for (metric, count) in counts.drain() {
+                *late.entry((metric, spec.label.clone())).or_default() += count;
+            }
         }
         commit.partitions.push(PartitionCheckpoint {
             partition: self.partition,

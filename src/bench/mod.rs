@@ -1,0 +1,353 @@
+//! `pulse bench`: sketch, window-aggregation and end-to-end throughput, each
+//! measured against a reference on the same data in the same run, printed as
+//! a Markdown table. BENCHMARKS.md explains the method and keeps the results.
+
+mod data;
+mod e2e;
+mod sketch;
+mod window;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt::Write as _;
+
+/// Options of `pulse bench`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct BenchArgs {
+    /// Points posted through `pulse up` in the end-to-end measurement
+    /// [default: 200000, or 4000 with --quick].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub points: Option<u64>,
+    /// Tiny sizes, one run each: proves the bench works in seconds; the numbers
+    /// mean little.
+    #[arg(long)]
+    pub quick: bool,
+    /// Run only these measurements (comma-separated); all by default.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub only: Vec<Stage>,
+}
+
+/// One measurement of `pulse bench`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Stage {
+    Sketch,
+    Window,
+    E2e,
+}
+
+/// The throughput target of the window aggregation, per core.
+pub const WINDOW_TARGET: f64 = 2_000_000.0;
+
+/// How much of everything one run does.
+#[derive(Debug, Clone, Copy)]
+struct Sizes {
+    sketch_values: usize,
+    window_points: usize,
+    window_series: usize,
+    e2e_points: usize,
+    e2e_series: usize,
+    batch: usize,
+    /// Repetitions of the in-memory measurements; the median is reported.
+    runs: usize,
+}
+
+impl Sizes {
+    fn of(args: &BenchArgs) -> Sizes {
+        let mut sizes = if args.quick {
+            Sizes {
+                sketch_values: 20_000,
+                window_points: 20_000,
+                window_series: 100,
+                e2e_points: 4_000,
+                e2e_series: 100,
+                batch: 1_000,
+                runs: 1,
+            }
+        } else {
+            Sizes {
+                sketch_values: 2_000_000,
+                window_points: 2_000_000,
+                window_series: 1_000,
+                e2e_points: 200_000,
+                e2e_series: 1_000,
+                batch: 5_000,
+                runs: 3,
+            }
+        };
+        if let Some(points) = args.points {
+            sizes.e2e_points = points as usize;
+        }
+        sizes
+    }
+}
+
+/// One line of the result table.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub what: String,
+    pub rate: f64,
+    pub unit: &'static str,
+    pub reference: String,
+    pub reference_rate: f64,
+    pub target: String,
+}
+
+/// Everything one run measured.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub rows: Vec<Row>,
+    pub notes: Vec<String>,
+}
+
+/// Runs the measurements and prints the table.
+pub async fn run(args: BenchArgs) -> Result<(), String> {
+    if cfg!(debug_assertions) {
+        eprintln!("warning: this is a debug build; measure with `cargo run --release -- bench`");
+    }
+    let report = measure(&args).await?;
+    print!("{}", render(&report));
+    Ok(())
+}
+
+/// Runs the measurements `args` select and returns what they found.
+pub async fn measure(args: &BenchArgs) -> Result<Report, String> {
+    let sizes = Sizes::of(args);
+    let wanted = |stage| args.only.is_empty() || args.only.contains(&stage);
+    let mut report = Report::default();
+    let mut rss_note = String::new();
+
+    if wanted(Stage::Sketch) {
+        eprintln!(
+            "bench: sketch inserts ({} values, {} run(s))...",
+            sizes.sketch_values, sizes.runs
+        );
+        let s = sketch::measure(sizes.sketch_values, sizes.runs)?;
+        report.rows.push(Row {
+            what: format!(
+                "Sketch inserts: `Aggregate::add`, {} Pareto values",
+                thousands(s.values)
+            ),
+            rate: s.sketch_rate,
+            unit: "values/s",
+            reference: "exact: push into a `Vec<f64>`, sort, read p50/p90/p95/p99".into(),
+            reference_rate: s.exact_rate,
+            target: "faster than exact, ≤ 1 % quantile error".into(),
+        });
+        report.notes.push(format!(
+            "Sketch accuracy: largest relative error of p50/p90/p95/p99 against the exact values {:.3} %; \
+             the encoded sketch takes {} bytes against {} bytes for the kept values.",
+            s.max_relative_error * 100.0,
+            thousands(s.sketch_bytes),
+            thousands(s.values * 8)
+        ));
+    }
+
+    if wanted(Stage::Window) {
+        eprintln!(
+            "bench: window aggregation ({} points, {} series, {} run(s))...",
+            sizes.window_points, sizes.window_series, sizes.runs
+        );
+        let w = window::measure(sizes.window_points, sizes.window_series, sizes.runs)?;
+        let met = if w.aggregator_rate >= WINDOW_TARGET {
+            "met"
+        } else {
+            "NOT met"
+        };
+        report.rows.push(Row {
+            what: format!(
+                "Window aggregation, 1 thread: `Aggregator`, {} series × 3 windows (1m, 5m, 15m), {} points",
+                thousands(w.series),
+                thousands(w.points)
+            ),
+            rate: w.aggregator_rate,
+            unit: "points/s",
+            reference: "`FxHashMap` fold of count/sum/min/max per (series, window)".into(),
+            reference_rate: w.fold_rate,
+            target: format!("≥ 2 M points/s per core: {met}"),
+        });
+        report.notes.push(format!(
+            "Window run: {} windows closed, {} (point, window) pairs counted late, close_ready every 10k points, \
+             checkpoint every 100k.",
+            thousands(w.closed),
+            thousands(w.late)
+        ));
+        rss_note = format!("in-memory measurements {}", peak_rss_text());
+    }
+
+    if wanted(Stage::E2e) {
+        eprintln!(
+            "bench: end to end through pulse up ({} points in batches of {}, {} clients)...",
+            sizes.e2e_points,
+            sizes.batch,
+            e2e::CLIENTS
+        );
+        let reset = std::cell::Cell::new(false);
+        let e = e2e::measure(sizes.e2e_points, sizes.batch, sizes.e2e_series, || {
+            reset.set(reset_peak_rss())
+        })
+        .await?;
+        let reference = format!(
+            "`SqliteBus::send` of the same records, {} per send, {} senders",
+            thousands(e.batch),
+            e2e::CLIENTS
+        );
+        let what = |part: &str| {
+            format!(
+                "End to end, {part}: `pulse up`, {} points, JSON batches of {}, {} clients",
+                thousands(e.points),
+                thousands(e.batch),
+                e2e::CLIENTS
+            )
+        };
+        report.rows.push(Row {
+            what: what("first POST to last point aggregated"),
+            rate: e.processed_rate,
+            unit: "points/s",
+            reference: reference.clone(),
+            reference_rate: e.bus_rate,
+            target: "—".into(),
+        });
+        report.rows.push(Row {
+            what: what("first POST to last 202 (accepted by the gateway)"),
+            rate: e.accepted_rate,
+            unit: "points/s",
+            reference,
+            reference_rate: e.bus_rate,
+            target: "—".into(),
+        });
+        if e.retries > 0 {
+            report.notes.push(format!(
+                "The gateway pushed back (429/503) {} time(s); those requests were retried.",
+                e.retries
+            ));
+        }
+        let scope = if reset.get() {
+            "end to end"
+        } else {
+            "whole run (the peak mark could not be reset)"
+        };
+        let e2e_rss = format!("{scope} {}", peak_rss_text());
+        rss_note = if rss_note.is_empty() {
+            e2e_rss
+        } else {
+            format!("{rss_note}; {e2e_rss}")
+        };
+    }
+    if !rss_note.is_empty() {
+        report.notes.push(format!("Peak RSS (VmHWM): {rss_note}."));
+    }
+    Ok(report)
+}
+
+/// The report as Markdown: machine, table, notes.
+pub fn render(report: &Report) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Machine: {} core(s) available, CPU {}; {} build.\n",
+        cores(),
+        cpu_model(),
+        profile()
+    );
+    let _ = writeln!(
+        out,
+        "| what | rate | reference | reference rate | ratio | target |"
+    );
+    let _ = writeln!(out, "|---|---:|---|---:|---:|---|");
+    for row in &report.rows {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {:.2}× | {} |",
+            row.what,
+            rate(row.rate, row.unit),
+            row.reference,
+            rate(row.reference_rate, row.unit),
+            row.rate / row.reference_rate,
+            row.target
+        );
+    }
+    if !report.notes.is_empty() {
+        out.push('\n');
+    }
+    for note in &report.notes {
+        let _ = writeln!(out, "- {note}");
+    }
+    out
+}
+
+/// The median of `values` (mean of the middle two for an even count).
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+/// `2.35 M points/s`, `812 k points/s`.
+fn rate(value: f64, unit: &str) -> String {
+    if value >= 1e6 {
+        format!("{:.2} M {unit}", value / 1e6)
+    } else if value >= 1e3 {
+        format!("{:.0} k {unit}", value / 1e3)
+    } else {
+        format!("{value:.0} {unit}")
+    }
+}
+
+/// `2000000` as `2,000,000`.
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines().find_map(|l| {
+                l.strip_prefix("model name")?
+                    .split_once(':')
+                    .map(|(_, m)| m.trim().to_string())
+            })
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn profile() -> &'static str {
+    if cfg!(debug_assertions) {
+        "debug (not representative)"
+    } else {
+        "release"
+    }
+}
+
+/// VmHWM (peak resident set) of this process in KiB, where /proc has it.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?;
+    line.trim().trim_end_matches("kB").trim().parse().ok()
+}
+
+fn peak_rss_text() -> String {
+    peak_rss_kib().map_or_else(|| "n/a".into(), |kib| format!("{} MiB", kib / 1024))
+}
+
+/// Resets the peak-RSS mark (Linux: writing 5 to clear_refs), so the next
+/// reading covers only what follows. Returns whether it worked.
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}

@@ -1,0 +1,175 @@
+//! Window aggregation in memory, one thread: the processor's `Aggregator`
+//! against a plain hash-map fold of the same points.
+//!
+//! Points are built in chunks before each timed stretch and moved in, as the
+//! processor moves decoded points in; only ingestion (and the periodic
+//! `close_ready` / `checkpoint` the real loop does) is inside the clock.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use pulse_core::{Point, SeriesId, TimestampMs, WindowSpec};
+use pulse_engine::store::Checkpoint;
+use pulse_processor::window::Aggregator;
+use rustc_hash::FxHashMap;
+
+use super::data::{Series, fleet, stream_point};
+use super::median;
+
+const PARTITIONS: u32 = 4;
+/// The processor closes due windows after every poll; its polls are this large.
+const CLOSE_EVERY: usize = 10_000;
+/// And it checkpoints about this often at full speed.
+const CHECKPOINT_EVERY: usize = 100_000;
+/// Points built ahead of each timed stretch (bounds the bench's own memory).
+const CHUNK: usize = 1_000;
+/// Event time of the first point: a 15-minute boundary, so windows are aligned.
+const BASE_MS: TimestampMs = 1_721_199_600_000;
+
+pub struct WindowResult {
+    pub points: usize,
+    pub series: usize,
+    pub aggregator_rate: f64,
+    pub fold_rate: f64,
+    /// Windows closed and window definitions skipped as late, in the last run.
+    pub closed: usize,
+    pub late: usize,
+}
+
+pub fn measure(points: usize, series: usize, runs: usize) -> Result<WindowResult, String> {
+    let fleet = fleet(series);
+    let (mut agg_rates, mut fold_rates) = (Vec::new(), Vec::new());
+    let (mut closed, mut late) = (0, 0);
+    for _ in 0..runs {
+        let run = aggregator_run(points, &fleet)?;
+        agg_rates.push(points as f64 / run.elapsed.as_secs_f64());
+        (closed, late) = (run.closed, run.late);
+        fold_rates.push(points as f64 / fold_run(points, &fleet)?.as_secs_f64());
+    }
+    Ok(WindowResult {
+        points,
+        series,
+        aggregator_rate: median(&mut agg_rates),
+        fold_rate: median(&mut fold_rates),
+        closed,
+        late,
+    })
+}
+
+/// Points `from..to` of the stream as the bus would deliver them: with their
+/// series' partition and a dense offset per partition.
+fn chunk(from: usize, to: usize, fleet: &[Series], offsets: &mut [u64]) -> Vec<(u32, u64, Point)> {
+    (from..to)
+        .map(|i| {
+            let partition = fleet[i % fleet.len()].id.partition(PARTITIONS);
+            let offset = offsets[partition as usize];
+            offsets[partition as usize] += 1;
+            (partition, offset, stream_point(i as u64, fleet, BASE_MS))
+        })
+        .collect()
+}
+
+struct AggregatorRun {
+    elapsed: Duration,
+    closed: usize,
+    late: usize,
+}
+
+fn aggregator_run(points: usize, fleet: &[Series]) -> Result<AggregatorRun, String> {
+    let windows = WindowSpec::defaults();
+    let per_point = windows
+        .iter()
+        .map(WindowSpec::windows_per_point)
+        .sum::<usize>();
+    let mut aggregator = Aggregator::new(windows, Duration::from_secs(30), Duration::from_secs(10));
+    let now = Instant::now();
+    let partitions: Vec<u32> = (0..PARTITIONS).collect();
+    aggregator
+        .assign(&partitions, &Checkpoint::default(), now)
+        .map_err(|e| format!("window bench: assigning partitions failed: {e}"))?;
+    let mut offsets = vec![0; PARTITIONS as usize];
+    let (mut added, mut late, mut closed, mut results) = (0, 0, 0, 0);
+    let mut elapsed = Duration::ZERO;
+    let mut done = 0;
+    while done < points {
+        let batch = chunk(done, (done + CHUNK).min(points), fleet, &mut offsets);
+        let started = Instant::now();
+        for (partition, offset, point) in batch {
+            let outcome = aggregator.ingest(partition, offset, point, now);
+            added += outcome.windows;
+            late += outcome.late;
+            done += 1;
+            if done % CLOSE_EVERY == 0 {
+                closed += aggregator.close_ready();
+            }
+            if done % CHECKPOINT_EVERY == 0 {
+                results += black_box(aggregator.checkpoint(None)).commit.results.len();
+            }
+        }
+        elapsed += started.elapsed();
+    }
+    // The real loop commits what it holds when it stops.
+    let started = Instant::now();
+    closed += aggregator.close_ready();
+    results += black_box(aggregator.checkpoint(None)).commit.results.len();
+    elapsed += started.elapsed();
+    // Every point went into each of its windows or was counted late there.
+    if added + late != points * per_point || results != closed {
+        return Err(format!(
+            "window bench: the aggregator's accounting is off: {added} window updates + {late} late for \
+             {points} points × {per_point} windows; {closed} windows closed but {results} results checkpointed"
+        ));
+    }
+    Ok(AggregatorRun {
+        elapsed,
+        closed,
+        late,
+    })
+}
+
+/// Per window: count, sum, min, max. No sketch, no raw points, no lateness.
+type Fold = FxHashMap<(SeriesId, u16, TimestampMs), (u64, f64, f64, f64)>;
+
+fn fold_run(points: usize, fleet: &[Series]) -> Result<Duration, String> {
+    let windows = WindowSpec::defaults();
+    let mut fold = Fold::default();
+    let mut offsets = vec![0; PARTITIONS as usize];
+    let mut elapsed = Duration::ZERO;
+    let mut done = 0;
+    while done < points {
+        let batch = chunk(done, (done + CHUNK).min(points), fleet, &mut offsets);
+        done += batch.len();
+        let started = Instant::now();
+        for (_, _, point) in batch {
+            let series = point.series_id();
+            let v = point.value;
+            for (index, spec) in windows.iter().enumerate() {
+                for start in spec.starts(point.timestamp_ms) {
+                    let w = fold.entry((series, index as u16, start)).or_insert((
+                        0,
+                        0.0,
+                        f64::INFINITY,
+                        f64::NEG_INFINITY,
+                    ));
+                    w.0 += 1;
+                    w.1 += v;
+                    w.2 = w.2.min(v);
+                    w.3 = w.3.max(v);
+                }
+            }
+        }
+        elapsed += started.elapsed();
+    }
+    let per_point = windows
+        .iter()
+        .map(WindowSpec::windows_per_point)
+        .sum::<usize>();
+    let counted: u64 = black_box(&fold).values().map(|w| w.0).sum();
+    if counted != (points * per_point) as u64 {
+        return Err(format!(
+            "window bench: the reference fold counted {counted} updates, expected {}",
+            points * per_point
+        ));
+    }
+    Ok(elapsed)
+}
