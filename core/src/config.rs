@@ -81,11 +81,11 @@ impl Default for GatewayConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum WindowConfig {
-    Tumbling(#[serde(with = "humantime_serde")] Duration),
+    Tumbling(#[serde(with = "crate::duration::as_label")] Duration),
     Sliding {
-        #[serde(with = "humantime_serde")]
+        #[serde(with = "crate::duration::as_label")]
         size: Duration,
-        #[serde(with = "humantime_serde")]
+        #[serde(with = "crate::duration::as_label")]
         slide: Duration,
     },
 }
@@ -98,14 +98,14 @@ pub struct ProcessorConfig {
     pub listen: SocketAddr,
     pub windows: Vec<WindowConfig>,
     /// How far behind the newest event time a point may arrive and still count.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration::as_label")]
     pub allowed_lateness: Duration,
     /// After this long without records, a partition's watermark follows the wall
     /// clock, so windows close even when traffic stops.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration::as_label")]
     pub idle_timeout: Duration,
     /// How often progress (closed windows, open window state, offsets) is committed.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration::as_label")]
     pub checkpoint_interval: Duration,
     /// Most records taken from the bus in one poll.
     pub max_poll_records: usize,
@@ -155,10 +155,10 @@ pub struct StorageConfig {
     /// Directory of the embedded engines' files (`pulse up`).
     pub data_dir: PathBuf,
     /// How long raw points are kept.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration::as_label")]
     pub raw_retention: Duration,
     /// How long window results are kept.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration::as_label")]
     pub result_retention: Duration,
 }
 

@@ -47,3 +47,20 @@ mod tests {
         assert!(parse("five minutes").is_err());
     }
 }
+
+/// Serde for durations as labels (`30s`, `7d`) so that `pulse config` prints what
+/// people write, instead of humantime's `2months 29days 2h 52m 48s` for 90 days.
+pub mod as_label {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::label(*d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        super::parse(&text).map_err(serde::de::Error::custom)
+    }
+}

@@ -23,10 +23,10 @@ pub struct Limits {
     /// Longest tag value, in bytes.
     pub max_tag_value_len: usize,
     /// Oldest timestamp accepted, relative to the receiver's clock.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration::as_label")]
     pub max_past: Duration,
     /// Furthest future timestamp accepted (clock skew allowance).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration::as_label")]
     pub max_future: Duration,
 }
 
