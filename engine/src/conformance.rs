@@ -443,3 +443,589 @@ mod embedded {
         super::cache_suite(&MemoryCache::new()).await;
     }
 }
+
+mod postgres_engine {
+    use crate::store::postgres::PostgresStore;
+    use crate::store::postgres::testing::{dropping_schemas, pg_url_or_skip, unique_schema};
+
+    #[tokio::test]
+    async fn postgres_store_conforms() {
+        let Some(url) = pg_url_or_skip() else { return };
+        let schema = unique_schema("conform");
+        dropping_schemas(&url, &[&schema], async {
+            let store = PostgresStore::connect(&url, &schema).await.unwrap();
+            super::store_suite(&store).await;
+        })
+        .await;
+    }
+}
+
+mod kafka_engine {
+    //! The Kafka engine against librdkafka's mock cluster: the real Kafka
+    //! protocol on loopback, with consumer groups and commits (topics are made
+    //! with the mock's own `create_topic`, as it has no CreateTopics).
+
+    use std::collections::BTreeSet;
+    use std::time::{Duration, Instant};
+
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::DefaultProducerContext;
+
+    use crate::bus::kafka::{KafkaConsumer, KafkaProducer};
+    use crate::bus::{
+        BusConsumer, BusError, BusProducer, BusRecord, ConsumerEvent, OutgoingRecord,
+    };
+
+    /// Short group timeouts so rebalances in the mock settle in seconds.
+    const GROUP_TIMEOUTS: &[(&str, &str)] = &[
+        ("session.timeout.ms", "6000"),
+        ("heartbeat.interval.ms", "500"),
+    ];
+
+    fn cluster(topic: &str, partitions: i32) -> MockCluster<'static, DefaultProducerContext> {
+        let cluster = MockCluster::new(3).unwrap();
+        cluster.create_topic(topic, partitions, 1).unwrap();
+        cluster
+    }
+
+    fn consumer(brokers: &str, topic: &str, group: &str) -> KafkaConsumer {
+        KafkaConsumer::with_overrides(brokers, topic, group, GROUP_TIMEOUTS).unwrap()
+    }
+
+    async fn first_assignment(consumer: &mut KafkaConsumer) -> Vec<u32> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            match consumer.next(10, Duration::from_millis(500)).await.unwrap() {
+                ConsumerEvent::Assigned(p) => return p,
+                ConsumerEvent::Idle => {}
+                other => panic!("expected an assignment first, got {other:?}"),
+            }
+        }
+        panic!("no assignment within 30s");
+    }
+
+    fn records(keys: impl Iterator<Item = u64>) -> Vec<OutgoingRecord> {
+        keys.map(|key| OutgoingRecord {
+            key,
+            value: key.to_be_bytes().to_vec(),
+        })
+        .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn kafka_bus_conforms() {
+        let topic = "pulse.test.conform.points";
+        let cluster = cluster(topic, 4);
+        let brokers = cluster.bootstrap_servers();
+        let producer = KafkaProducer::new(&brokers, topic).await.unwrap();
+        assert_eq!(producer.partition_count().await.unwrap(), 4);
+        producer.ready().await.unwrap();
+        super::bus_suite(&producer, || consumer(&brokers, topic, "pulse-conform"), 4).await;
+    }
+
+    /// What the processor does: seek the moment `Assigned` arrives, before
+    /// librdkafka has started fetching, and read from exactly there.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn kafka_seek_right_after_assignment() {
+        let topic = "pulse.test.seek.points";
+        let cluster = cluster(topic, 2);
+        let brokers = cluster.bootstrap_servers();
+        let producer = KafkaProducer::new(&brokers, topic).await.unwrap();
+        producer
+            .send(records((0..20).map(|i| i % 2)))
+            .await
+            .unwrap();
+
+        let mut consumer = consumer(&brokers, topic, "pulse-seek");
+        assert_eq!(first_assignment(&mut consumer).await, vec![0, 1]);
+        consumer.seek(0, 7).await.unwrap();
+        consumer.seek(1, 9).await.unwrap();
+        consumer.seek(5, 1).await.unwrap(); // not assigned: ignored, no error
+        let got = super::read_records(&mut consumer, 4).await;
+        let positions: Vec<(u32, u64)> = got.iter().map(|r| (r.partition, r.offset)).collect();
+        let mut sorted = positions.clone();
+        sorted.sort_unstable();
+        assert_eq!(
+            sorted,
+            vec![(0, 7), (0, 8), (0, 9), (1, 9)],
+            "{positions:?}"
+        );
+        assert_eq!(
+            consumer.next(10, Duration::from_millis(300)).await.unwrap(),
+            ConsumerEvent::Idle
+        );
+        assert_eq!(
+            consumer.end_offsets().await.unwrap(),
+            vec![(0, 10), (1, 10)]
+        );
+    }
+
+    /// Applies rebalance events to a set of owned partitions.
+    fn apply(owned: &mut BTreeSet<u32>, event: &ConsumerEvent) {
+        match event {
+            ConsumerEvent::Assigned(p) => owned.extend(p.iter().copied()),
+            ConsumerEvent::Revoked(p) => p.iter().for_each(|p| {
+                owned.remove(p);
+            }),
+            _ => {}
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn kafka_group_rebalances_between_consumers() {
+        let topic = "pulse.test.rebalance.points";
+        let cluster = cluster(topic, 4);
+        let brokers = cluster.bootstrap_servers();
+        let all: BTreeSet<u32> = (0..4).collect();
+        let producer = KafkaProducer::new(&brokers, topic).await.unwrap();
+
+        let mut first = consumer(&brokers, topic, "pulse-rebalance");
+        let mut owned_first: BTreeSet<u32> =
+            first_assignment(&mut first).await.into_iter().collect();
+        assert_eq!(owned_first, all);
+
+        // A second member joins: the first gives up some partitions.
+        let mut second = consumer(&brokers, topic, "pulse-rebalance");
+        let mut owned_second = BTreeSet::new();
+        let mut first_revoked = false;
+        let mut received: Vec<(usize, BusRecord)> = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(40);
+        while !(first_revoked
+            && !owned_first.is_empty()
+            && !owned_second.is_empty()
+            && owned_first.is_disjoint(&owned_second)
+            && &owned_first | &owned_second == all)
+        {
+            assert!(Instant::now() < deadline, "no rebalance within 40s");
+            for (who, c, owned) in [
+                (0, &mut first, &mut owned_first),
+                (1, &mut second, &mut owned_second),
+            ] {
+                match c.next(100, Duration::from_millis(100)).await.unwrap() {
+                    ConsumerEvent::Records(r) => received.extend(r.into_iter().map(|r| (who, r))),
+                    ConsumerEvent::Idle => {}
+                    event => {
+                        first_revoked |= who == 0 && matches!(event, ConsumerEvent::Revoked(_));
+                        apply(owned, &event);
+                    }
+                }
+            }
+        }
+        assert!(received.is_empty(), "nothing was produced yet");
+
+        // Records go to whichever member owns their partition, each once.
+        producer.send(records(0..40)).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while received.len() < 40 && Instant::now() < deadline {
+            for (who, c) in [(0, &mut first), (1, &mut second)] {
+                match c.next(100, Duration::from_millis(100)).await.unwrap() {
+                    ConsumerEvent::Records(r) => received.extend(r.into_iter().map(|r| (who, r))),
+                    ConsumerEvent::Idle => {}
+                    other => panic!("unexpected rebalance {other:?}"),
+                }
+            }
+        }
+        assert_eq!(received.len(), 40);
+        for (who, record) in &received {
+            let owner = if *who == 0 {
+                &owned_first
+            } else {
+                &owned_second
+            };
+            assert!(owner.contains(&record.partition), "{who} got {record:?}");
+        }
+        let mut offsets: Vec<(u32, u64)> = received
+            .iter()
+            .map(|(_, r)| (r.partition, r.offset))
+            .collect();
+        offsets.sort_unstable();
+        offsets.dedup();
+        assert_eq!(offsets.len(), 40, "no record twice");
+
+        // The second leaves (drop closes it): the first gets everything back.
+        drop(second);
+        let mut saw_revoke = false;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while owned_first != all || !saw_revoke {
+            assert!(
+                Instant::now() < deadline,
+                "partitions not handed back within 30s"
+            );
+            match first.next(100, Duration::from_millis(200)).await.unwrap() {
+                ConsumerEvent::Records(r) => panic!("nothing new was produced, got {r:?}"),
+                ConsumerEvent::Idle => {}
+                event => {
+                    saw_revoke |= matches!(event, ConsumerEvent::Revoked(_));
+                    apply(&mut owned_first, &event);
+                }
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn kafka_producer_unreachable_is_unavailable() {
+        let started = Instant::now();
+        let producer = KafkaProducer::with_overrides(
+            "127.0.0.1:1",
+            "pulse.test.unreachable.points",
+            &[("message.timeout.ms", "1000")],
+        )
+        .await
+        .unwrap();
+        let error = producer.send(records(0..3)).await.unwrap_err();
+        match &error {
+            BusError::Unavailable(reason) => {
+                assert!(reason.contains("127.0.0.1:1"), "{reason}");
+                assert!(reason.contains("pulse.test.unreachable.points"), "{reason}");
+            }
+            other => panic!("expected Unavailable, got {other:?}"),
+        }
+        assert!(matches!(
+            producer.ready().await,
+            Err(BusError::Unavailable(_))
+        ));
+        assert!(
+            started.elapsed() < Duration::from_secs(25),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    /// Brokers that go away after start: deliveries time out and the send says
+    /// so; once they are back, sends succeed again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn kafka_producer_reports_failed_deliveries() {
+        let topic = "pulse.test.down.points";
+        let cluster = cluster(topic, 2);
+        let brokers = cluster.bootstrap_servers();
+        let producer =
+            KafkaProducer::with_overrides(&brokers, topic, &[("message.timeout.ms", "2000")])
+                .await
+                .unwrap();
+        producer.send(records(0..4)).await.unwrap();
+        for broker in 1..=3 {
+            cluster.broker_down(broker).unwrap();
+        }
+        let started = Instant::now();
+        match producer.send(records(0..4)).await {
+            Err(BusError::Unavailable(reason)) => {
+                assert!(reason.contains("not acknowledged"), "{reason}")
+            }
+            other => panic!("expected Unavailable, got {other:?}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{:?}",
+            started.elapsed()
+        );
+        for broker in 1..=3 {
+            cluster.broker_up(broker).unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while let Err(error) = producer.send(records(0..4)).await {
+            assert!(Instant::now() < deadline, "no recovery: {error}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+mod redis_engine {
+    //! The Redis engine against a real Redis: `PULSE_TEST_REDIS_URL`, by
+    //! default `redis://127.0.0.1:6379`. Every test works under its own key
+    //! prefix and deletes its keys afterwards, pass or fail.
+
+    use std::future::Future;
+    use std::panic::AssertUnwindSafe;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+    use futures::FutureExt;
+
+    use crate::cache::redis::{RedisCache, encode_result};
+    use crate::cache::{Cache, CacheError};
+
+    const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
+    const TTL: Duration = Duration::from_secs(600);
+
+    /// The test Redis's URL, or `None` after a skip notice when it does not
+    /// answer; with `CI` set, an unreachable Redis fails the test instead.
+    async fn redis_url_or_skip() -> Option<String> {
+        let url = std::env::var("PULSE_TEST_REDIS_URL").unwrap_or_else(|_| DEFAULT_URL.into());
+        let client = redis::Client::open(url.as_str())
+            .unwrap_or_else(|e| panic!("PULSE_TEST_REDIS_URL is not a Redis url: {e}"));
+        let ping = async {
+            let mut connection = client.get_multiplexed_async_connection().await?;
+            redis::cmd("PING")
+                .query_async::<String>(&mut connection)
+                .await
+        };
+        let error = match tokio::time::timeout(Duration::from_secs(2), ping).await {
+            Ok(Ok(_)) => return Some(url),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "no answer within 2s".to_string(),
+        };
+        let address = client.get_connection_info().addr().to_string();
+        if std::env::var_os("CI").is_some() {
+            panic!(
+                "Redis is unreachable at {address} ({error}) and CI is set, so the Redis cache \
+                 tests must run: start Redis there or point PULSE_TEST_REDIS_URL at one"
+            );
+        }
+        eprintln!(
+            "skipping: Redis is unreachable at {address} ({error}); set PULSE_TEST_REDIS_URL, \
+             or CI=1 to make this a failure"
+        );
+        None
+    }
+
+    /// A key prefix no other test (or test process) uses.
+    fn unique_prefix(tag: &str) -> String {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        format!(
+            "pulse_test_{tag}_{}_{nanos}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    async fn connection(url: &str) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(url)
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+
+    /// The keys under `prefix`.
+    async fn keys(url: &str, prefix: &str) -> Vec<String> {
+        redis::cmd("KEYS")
+            .arg(format!("{prefix}:*"))
+            .query_async(&mut connection(url).await)
+            .await
+            .unwrap()
+    }
+
+    /// Runs `test`, then deletes every key under `prefix`, also when it panicked.
+    async fn deleting_keys(url: &str, prefix: &str, test: impl Future<Output = ()>) {
+        let outcome = AssertUnwindSafe(test).catch_unwind().await;
+        let leftovers = keys(url, prefix).await;
+        if !leftovers.is_empty() {
+            redis::cmd("DEL")
+                .arg(&leftovers)
+                .exec_async(&mut connection(url).await)
+                .await
+                .unwrap();
+        }
+        if let Err(panic) = outcome {
+            std::panic::resume_unwind(panic);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_cache_conforms() {
+        let Some(url) = redis_url_or_skip().await else {
+            return;
+        };
+        let prefix = unique_prefix("conform");
+        deleting_keys(&url, &prefix, async {
+            let cache = RedisCache::connect(&url, &prefix, TTL).await.unwrap();
+            super::cache_suite(&cache).await;
+            assert_eq!(
+                keys(&url, &prefix).await,
+                vec![format!("{prefix}:latest:cpu:1m")],
+                "one hash per metric and window, under the prefix"
+            );
+        })
+        .await;
+        assert!(keys(&url, &prefix).await.is_empty(), "cleaned up");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_older_windows_never_replace_newer_ones_and_keys_expire() {
+        let Some(url) = redis_url_or_skip().await else {
+            return;
+        };
+        let prefix = unique_prefix("order");
+        deleting_keys(&url, &prefix, async {
+            // Two processors, as during a rebalance: the one with the older
+            // window writes last.
+            let first = RedisCache::connect(&url, &prefix, TTL).await.unwrap();
+            let second = RedisCache::connect(&url, &prefix, TTL).await.unwrap();
+            first
+                .put_latest(&[super::result("cpu", "a", "1m", 120_000, &[3.0])])
+                .await
+                .unwrap();
+            second
+                .put_latest(&[super::result("cpu", "a", "1m", 60_000, &[9.0])])
+                .await
+                .unwrap();
+            let latest = first.latest("cpu", "1m").await.unwrap().unwrap();
+            assert_eq!(
+                latest
+                    .iter()
+                    .map(|r| (r.start_ms, r.agg.last))
+                    .collect::<Vec<_>>(),
+                vec![(120_000, 3.0)]
+            );
+
+            // The same window again (a replay) replaces it.
+            second
+                .put_latest(&[super::result("cpu", "a", "1m", 120_000, &[4.0])])
+                .await
+                .unwrap();
+            let latest = first.latest("cpu", "1m").await.unwrap().unwrap();
+            assert_eq!((latest[0].start_ms, latest[0].agg.last), (120_000, 4.0));
+
+            // Racing writers of one series, in any order: the newest wins.
+            let racing: Vec<_> = (0..16i64)
+                .map(|i| super::result("mem", "a", "1m", ((i * 7) % 16) * 60_000, &[1.0]))
+                .collect();
+            let writes = racing.iter().enumerate().map(|(i, result)| {
+                let cache = if i % 2 == 0 { &first } else { &second };
+                cache.put_latest(std::slice::from_ref(result))
+            });
+            for outcome in futures::future::join_all(writes).await {
+                outcome.unwrap();
+            }
+            let latest = first.latest("mem", "1m").await.unwrap().unwrap();
+            assert_eq!(latest.len(), 1);
+            assert_eq!(latest[0].start_ms, 15 * 60_000);
+
+            // One batch across hashes, with an older result of a series in it.
+            first
+                .put_latest(&[
+                    super::result("cpu", "b", "1m", 120_000, &[1.0]),
+                    super::result("cpu", "a", "5m", 0, &[1.0]),
+                    super::result("cpu", "a", "1m", 0, &[1.0]),
+                ])
+                .await
+                .unwrap();
+            let latest = first.latest("cpu", "1m").await.unwrap().unwrap();
+            assert_eq!(latest.len(), 2);
+            assert!(latest.iter().all(|r| r.start_ms == 120_000));
+            assert_eq!(
+                first.latest("cpu", "5m").await.unwrap().unwrap()[0].start_ms,
+                0
+            );
+
+            let mut redis = connection(&url).await;
+            for key in keys(&url, &prefix).await {
+                let ttl: i64 = redis::cmd("TTL")
+                    .arg(&key)
+                    .query_async(&mut redis)
+                    .await
+                    .unwrap();
+                assert!(ttl > 0 && ttl <= 600, "{key} has TTL {ttl}");
+            }
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_undecodable_entries_are_skipped() {
+        let Some(url) = redis_url_or_skip().await else {
+            return;
+        };
+        let prefix = unique_prefix("garbage");
+        deleting_keys(&url, &prefix, async {
+            let cache = RedisCache::connect(&url, &prefix, TTL).await.unwrap();
+            let mut redis = connection(&url).await;
+            let key = cache.latest_key("cpu", "1m");
+            redis::cmd("HSET")
+                .arg(&key)
+                .arg("00000000000000ff")
+                .arg(b"\x09not a result".as_slice())
+                .exec_async(&mut redis)
+                .await
+                .unwrap();
+            assert!(
+                cache.latest("cpu", "1m").await.unwrap().is_none(),
+                "nothing readable counts as cold"
+            );
+            cache
+                .put_latest(&[super::result("cpu", "a", "1m", 60_000, &[1.0])])
+                .await
+                .unwrap();
+            let latest = cache.latest("cpu", "1m").await.unwrap().unwrap();
+            assert_eq!(latest.len(), 1);
+
+            // A foreign value under a series' field is replaced, not trusted.
+            let series = format!("{:016x}", latest[0].series_id.0);
+            redis::cmd("HSET")
+                .arg(&key)
+                .arg(&series)
+                .arg(b"\x01\x7f".as_slice())
+                .exec_async(&mut redis)
+                .await
+                .unwrap();
+            cache
+                .put_latest(&[super::result("cpu", "a", "1m", 0, &[2.0])])
+                .await
+                .unwrap();
+            assert_eq!(
+                cache.latest("cpu", "1m").await.unwrap().unwrap()[0].start_ms,
+                0
+            );
+
+            // Live: a stray message is skipped, the next window arrives.
+            use futures::StreamExt;
+            let mut live = cache.subscribe().await.unwrap();
+            redis::cmd("PUBLISH")
+                .arg(cache.live_channel())
+                .arg("garbage")
+                .exec_async(&mut redis)
+                .await
+                .unwrap();
+            let good = super::result("cpu", "a", "1m", 180_000, &[7.0]);
+            redis::cmd("PUBLISH")
+                .arg(cache.live_channel())
+                .arg(encode_result(&good))
+                .exec_async(&mut redis)
+                .await
+                .unwrap();
+            let got = tokio::time::timeout(Duration::from_secs(5), live.next())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!((got.start_ms, got.series_id), (180_000, good.series_id));
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_closed_port_is_unavailable_quickly() {
+        let started = Instant::now();
+        match RedisCache::connect("redis://127.0.0.1:1", "pulse_test_closed", TTL).await {
+            Err(CacheError::Unavailable(reason)) => {
+                assert!(reason.contains("127.0.0.1:1"), "{reason}");
+                assert!(reason.contains("connect"), "{reason}");
+            }
+            Ok(cache) => panic!("connected to a closed port: {cache:?}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn redis_invalid_settings_are_refused() {
+        for (url, prefix, ttl) in [
+            ("not a url", "p", TTL),
+            (DEFAULT_URL, "", TTL),
+            (DEFAULT_URL, "p", Duration::ZERO),
+            (DEFAULT_URL, "p", Duration::from_micros(10)),
+        ] {
+            let outcome = RedisCache::connect(url, prefix, ttl).await;
+            assert!(
+                matches!(outcome, Err(CacheError::Unavailable(_))),
+                "{url} {prefix:?} {ttl:?}: {outcome:?}"
+            );
+        }
+    }
+}

@@ -5,6 +5,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub mod embedded;
+pub mod kafka;
 
 /// A record to append. `key` is the series id (see `pulse_core::series`): all
 /// records of one key go to one partition, in order.

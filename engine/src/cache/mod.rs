@@ -6,6 +6,7 @@ use futures::stream::BoxStream;
 use pulse_core::WindowResult;
 
 pub mod memory;
+pub mod redis;
 
 /// Cache failures. The dashboard treats every one as "cold": it answers from the
 /// store instead and says so.

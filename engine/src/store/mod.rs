@@ -7,6 +7,7 @@
 use async_trait::async_trait;
 use pulse_core::{Point, SeriesId, Tags, TimestampMs, WindowResult};
 
+pub mod postgres;
 pub mod sqlite;
 
 /// Progress of one bus partition, stored with the results it produced.

@@ -1,0 +1,1641 @@
+//! The production store: PostgreSQL through sqlx, one schema per pipeline.
+//!
+//! * **Schema**: every table lives in the pipeline's schema
+//!   ([`schema_name`]: `pulse_<namespace>_<pipeline>`), set as the
+//!   `search_path` of every pooled connection, so two pipelines share a
+//!   database without sharing a table.
+//! * **Migrations**: a small versioned list of SQL files
+//!   (`migrations/postgres/`) embedded in the binary and recorded in the
+//!   schema's own `schema_migrations` table, applied under
+//!   `pg_advisory_lock(hashtext(schema))`, so any number of processes may
+//!   migrate at once and every schema of a database migrates on its own.
+//! * **Modes**: with the `timescaledb` extension available, `raw_points` and
+//!   `window_results` are hypertables (one-day chunks; retention and
+//!   compression *policies* are left for later, the retention pass deletes
+//!   rows). Otherwise they are natively range-partitioned by day on their time
+//!   column, with partitions created ahead (today .. +7 days) and on demand
+//!   before a commit writes into a new day, plus a DEFAULT partition as a
+//!   safety net; retention drops whole partitions, then deletes leftovers.
+//!   A schema keeps the mode it was created with.
+//! * **Writes**: one [`Store::commit`] is one transaction, one `UNNEST`-array
+//!   statement per table: that transaction is the exactly-once guarantee.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::str::FromStr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use pulse_core::{Aggregate, Point, SeriesId, Tags, TimestampMs, WindowResult};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Arguments, Executor, Postgres, Row};
+
+use super::{
+    Checkpoint, Commit, LateCount, MetricInfo, OpenWindowKey, OpenWindowState, PartitionCheckpoint,
+    ResultQuery, RetentionReport, Store, StoreError,
+};
+
+/// One partition (or chunk) per UTC day of the time column, in milliseconds.
+const DAY_MS: i64 = 86_400_000;
+/// Daily partitions created ahead by `migrate`: today and this many days after.
+const DAYS_AHEAD: i64 = 7;
+/// New partitions one commit may create per table; rows of further days go to
+/// the DEFAULT partition (a guard against a batch of absurd timestamps).
+const MAX_NEW_PARTITIONS_PER_COMMIT: usize = 64;
+/// How long partition DDL waits for a lock before giving up (and the commit
+/// or retention pass is retried), so DDL never queues the whole table behind it.
+const DDL_LOCK_TIMEOUT: &str = "10s";
+/// PostgreSQL's identifier limit (NAMEDATALEN - 1).
+const MAX_IDENTIFIER_BYTES: usize = 63;
+
+/// One versioned migration; `native` and `timescaledb` differ only where the
+/// time series tables are made.
+struct Migration {
+    version: i64,
+    name: &'static str,
+    native: &'static str,
+    timescaledb: &'static str,
+}
+
+const INITIAL: &str = include_str!("../../migrations/postgres/0001_initial.sql");
+
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "initial",
+        native: INITIAL,
+        timescaledb: INITIAL,
+    },
+    Migration {
+        version: 2,
+        name: "timeseries",
+        native: include_str!("../../migrations/postgres/0002_timeseries.native.sql"),
+        timescaledb: include_str!("../../migrations/postgres/0002_timeseries.timescaledb.sql"),
+    },
+];
+
+const MODE_UNKNOWN: u8 = 0;
+const MODE_TIMESCALEDB: u8 = 1;
+const MODE_NATIVE: u8 = 2;
+
+/// The two time-partitioned tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum TsTable {
+    Raw,
+    Results,
+}
+
+impl TsTable {
+    fn name(self) -> &'static str {
+        match self {
+            TsTable::Raw => "raw_points",
+            TsTable::Results => "window_results",
+        }
+    }
+
+    fn column(self) -> &'static str {
+        match self {
+            TsTable::Raw => "ts",
+            TsTable::Results => "window_start",
+        }
+    }
+}
+
+/// The PostgreSQL schema of a pipeline: `pulse_<namespace>_<pipeline>`,
+/// lowercased, every character outside `[a-z0-9_]` replaced by `_`. A name
+/// longer than PostgreSQL's 63-byte identifier limit is cut to 54 bytes and
+/// ends with `_` and 8 hex digits of a hash of the full name, so two long
+/// names that share a prefix still get different schemas.
+pub fn schema_name(namespace: &str, pipeline: &str) -> String {
+    let sanitise = |s: &str| -> String {
+        s.chars()
+            .map(|c| match c.to_ascii_lowercase() {
+                c @ ('a'..='z' | '0'..='9' | '_') => c,
+                _ => '_',
+            })
+            .collect()
+    };
+    let name = format!("pulse_{}_{}", sanitise(namespace), sanitise(pipeline));
+    if name.len() <= MAX_IDENTIFIER_BYTES {
+        return name;
+    }
+    // FNV-1a, 32 bits: tiny, stable across versions and platforms.
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in namespace.bytes().chain([b'/']).chain(pipeline.bytes()) {
+        hash = (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193);
+    }
+    format!("{}_{hash:08x}", &name[..MAX_IDENTIFIER_BYTES - 9])
+}
+
+fn check_schema(schema: &str) -> Result<(), StoreError> {
+    let valid = !schema.is_empty()
+        && schema.len() <= MAX_IDENTIFIER_BYTES
+        && !schema.starts_with(|c: char| c.is_ascii_digit())
+        && !schema.starts_with("pg_")
+        && schema
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if valid {
+        Ok(())
+    } else {
+        Err(StoreError::Other(format!(
+            "invalid store schema name `{schema}`: use [a-z0-9_], at most 63 bytes, not starting \
+             with a digit or `pg_` (schema_name(namespace, pipeline) makes one)"
+        )))
+    }
+}
+
+/// Maps a driver error: connection trouble and transient conflicts are
+/// `Unavailable` (retry), undecodable data is `Corrupt`, the rest `Other`.
+fn db_error(e: sqlx::Error) -> StoreError {
+    use sqlx::Error as E;
+    match &e {
+        E::Io(_)
+        | E::Tls(_)
+        | E::Protocol(_)
+        | E::PoolTimedOut
+        | E::PoolClosed
+        | E::WorkerCrashed => StoreError::Unavailable(e.to_string()),
+        E::Database(db) => {
+            let code = db.code().map(|c| c.to_string()).unwrap_or_default();
+            // 08 connection exception, 53 insufficient resources, 57 operator
+            // intervention (shutdown, statement/lock timeout), 40001
+            // serialization failure, 40P01 deadlock, 55P03 lock not available.
+            let transient = code.starts_with("08")
+                || code.starts_with("53")
+                || code.starts_with("57")
+                || matches!(code.as_str(), "40001" | "40P01" | "55P03");
+            if transient {
+                StoreError::Unavailable(format!("{e} (SQLSTATE {code})"))
+            } else {
+                StoreError::Other(format!("{e} (SQLSTATE {code})"))
+            }
+        }
+        E::ColumnDecode { .. }
+        | E::Decode(_)
+        | E::ColumnNotFound(_)
+        | E::ColumnIndexOutOfBounds { .. }
+        | E::TypeNotFound { .. } => StoreError::Corrupt(e.to_string()),
+        _ => StoreError::Other(e.to_string()),
+    }
+}
+
+fn col<'r, T>(row: &'r PgRow, index: usize) -> Result<T, StoreError>
+where
+    T: sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>,
+{
+    row.try_get(index)
+        .map_err(|e| StoreError::Corrupt(format!("column {index}: {e}")))
+}
+
+fn arg<'q, T>(args: &mut PgArguments, value: T) -> Result<(), StoreError>
+where
+    T: 'q + sqlx::Encode<'q, Postgres> + sqlx::Type<Postgres>,
+{
+    args.add(value)
+        .map_err(|e| StoreError::Other(format!("encoding a query argument: {e}")))
+}
+
+fn tags_json(tags: &Tags) -> String {
+    serde_json::to_string(tags).unwrap_or_else(|_| "{}".into())
+}
+
+fn parse_tags(text: &str) -> Result<Tags, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("series tags: {e}")))
+}
+
+/// `(year, month, day)` of a day number since 1970-01-01 (proleptic Gregorian).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
+}
+
+/// The day number since 1970-01-01 of a date (proleptic Gregorian).
+fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let yoe = year - era * 400;
+    let mp = i64::from((month + 9) % 12);
+    let doy = (153 * mp + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn day_of(ts_ms: TimestampMs) -> i64 {
+    ts_ms.div_euclid(DAY_MS)
+}
+
+/// Days that get their own partition (years 1000..=9999, so names keep 8
+/// digits); rows of other days land in the DEFAULT partition.
+fn partitionable(day: i64) -> bool {
+    (days_from_civil(1000, 1, 1)..=days_from_civil(9999, 12, 31)).contains(&day)
+}
+
+/// `raw_points_p20260129`: the partition of `table` holding UTC day `day`.
+fn partition_name(table: TsTable, day: i64) -> String {
+    let (y, m, d) = civil_from_days(day);
+    format!("{}_p{y:04}{m:02}{d:02}", table.name())
+}
+
+/// The day of a partition named by [`partition_name`], if it is one.
+fn partition_day(table: TsTable, name: &str) -> Option<i64> {
+    let digits = name.strip_prefix(table.name())?.strip_prefix("_p")?;
+    if digits.len() != 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let year: i64 = digits[..4].parse().ok()?;
+    let month: u32 = digits[4..6].parse().ok()?;
+    let day: u32 = digits[6..].parse().ok()?;
+    let days = days_from_civil(year, month, day);
+    (partition_name(table, days) == name).then_some(days)
+}
+
+fn today() -> i64 {
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    day_of(now_ms)
+}
+
+const RESULT_COLUMNS: &str = "r.series_id, r.metric, s.tags::text, r.window_label, r.window_start, \
+     r.window_end, r.count, r.sum, r.min, r.max, r.last, r.last_ts, r.sketch";
+
+fn result_from_row(row: &PgRow) -> Result<WindowResult, StoreError> {
+    let tags = parse_tags(&col::<String>(row, 2)?)?;
+    let count: i64 = col(row, 6)?;
+    let agg = Aggregate::from_parts(
+        u64::try_from(count).map_err(|_| StoreError::Corrupt(format!("window count {count}")))?,
+        col(row, 7)?,
+        col(row, 8)?,
+        col(row, 9)?,
+        col(row, 10)?,
+        col(row, 11)?,
+        &col::<Vec<u8>>(row, 12)?,
+    )
+    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Ok(WindowResult {
+        series_id: SeriesId::from_i64(col(row, 0)?),
+        metric: col(row, 1)?,
+        tags,
+        window: col(row, 3)?,
+        start_ms: col(row, 4)?,
+        end_ms: col(row, 5)?,
+        agg,
+    })
+}
+
+/// The statement of [`Store::latest`]: the newest window start among the
+/// matching series, then every matching row of that start.
+fn latest_statement(query: &ResultQuery) -> Result<(String, PgArguments), StoreError> {
+    let mut args = PgArguments::default();
+    arg(&mut args, query.metric.clone())?;
+    arg(&mut args, query.window.clone())?;
+    let sql = if query.tags.is_empty() {
+        // max() over the primary key (metric, window_label, window_start, ...)
+        // is one backward index probe per partition.
+        format!(
+            "SELECT {RESULT_COLUMNS} FROM window_results r JOIN series s ON s.series_id = r.series_id \
+             WHERE r.metric = $1 AND r.window_label = $2 AND s.metric = $1 \
+             AND r.window_start = (SELECT max(w.window_start) FROM window_results w \
+                                   WHERE w.metric = $1 AND w.window_label = $2) \
+             ORDER BY r.series_id"
+        )
+    } else {
+        // With a tag filter, the newest window of each matching series (one
+        // probe of window_results_by_series each), so a rarely written series
+        // never makes the query walk every newer window of the metric.
+        arg(&mut args, tags_json(&query.tags))?;
+        format!(
+            "WITH sel AS MATERIALIZED (SELECT series_id, tags FROM series \
+                                       WHERE metric = $1 AND tags @> $3::jsonb) \
+             SELECT {RESULT_COLUMNS} FROM window_results r JOIN sel s ON s.series_id = r.series_id \
+             WHERE r.metric = $1 AND r.window_label = $2 \
+             AND r.window_start = (SELECT max(l.window_start) FROM sel CROSS JOIN LATERAL \
+                 (SELECT w.window_start FROM window_results w \
+                  WHERE w.series_id = sel.series_id AND w.metric = $1 AND w.window_label = $2 \
+                  ORDER BY w.window_start DESC LIMIT 1) l) \
+             ORDER BY r.series_id"
+        )
+    };
+    Ok((sql, args))
+}
+
+/// The statement of [`Store::range`], newest first (the caller reverses), so
+/// the limit keeps the newest windows and the primary key serves the order.
+fn range_statement(query: &ResultQuery) -> Result<(String, PgArguments), StoreError> {
+    let mut args = PgArguments::default();
+    arg(&mut args, query.metric.clone())?;
+    arg(&mut args, query.window.clone())?;
+    arg(&mut args, query.from_ms)?;
+    arg(&mut args, query.to_ms)?;
+    arg(&mut args, i64::try_from(query.limit).unwrap_or(i64::MAX))?;
+    let mut filter = String::new();
+    if !query.tags.is_empty() {
+        arg(&mut args, tags_json(&query.tags))?;
+        filter.push_str(" AND s.tags @> $6::jsonb");
+    }
+    let sql = format!(
+        "SELECT {RESULT_COLUMNS} FROM window_results r JOIN series s ON s.series_id = r.series_id \
+         WHERE r.metric = $1 AND r.window_label = $2 AND r.window_start >= $3 AND r.window_start < $4 \
+         AND s.metric = $1{filter} \
+         ORDER BY r.window_start DESC, r.series_id DESC LIMIT $5"
+    );
+    Ok((sql, args))
+}
+
+/// PostgreSQL/TimescaleDB-backed [`Store`].
+pub struct PostgresStore {
+    pool: PgPool,
+    schema: String,
+    /// `user@host:port/database`, for messages (never the password).
+    target: String,
+    mode: AtomicU8,
+    /// Daily partitions known to exist (native mode).
+    partitions: Mutex<HashSet<(TsTable, i64)>>,
+}
+
+impl PostgresStore {
+    /// Connects to the database at `url` (`postgres://user:pass@host:port/db`)
+    /// for the tables of `schema` (see [`schema_name`]). Call
+    /// [`Store::migrate`] next.
+    pub async fn connect(url: &str, schema: &str) -> Result<PostgresStore, StoreError> {
+        check_schema(schema)?;
+        let mut options = PgConnectOptions::from_str(url).map_err(|e| {
+            StoreError::Other(format!(
+                "invalid PostgreSQL url (expected postgres://user:password@host:port/database): {e}"
+            ))
+        })?;
+        if options.get_application_name().is_none() {
+            options = options.application_name("pulse");
+        }
+        let target = match options.get_socket() {
+            Some(socket) => format!(
+                "{}@{}/{}",
+                options.get_username(),
+                socket.display(),
+                options.get_database().unwrap_or("")
+            ),
+            None => format!(
+                "{}@{}:{}/{}",
+                options.get_username(),
+                options.get_host(),
+                options.get_port(),
+                options.get_database().unwrap_or(options.get_username())
+            ),
+        };
+        let set_path = format!("SET search_path TO \"{schema}\"");
+        let pool = PgPoolOptions::new()
+            .max_connections(10)
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _meta| {
+                let set_path = set_path.clone();
+                Box::pin(async move { conn.execute(set_path.as_str()).await.map(|_| ()) })
+            })
+            .connect_with(options)
+            .await
+            .map_err(|e| {
+                StoreError::Unavailable(format!(
+                    "cannot connect to PostgreSQL at {target}: {e}; check that the server runs and \
+                     accepts connections there, that the database exists and that the user may log \
+                     in (or fix the store url)"
+                ))
+            })?;
+        let store = PostgresStore {
+            pool,
+            schema: schema.to_string(),
+            target,
+            mode: AtomicU8::new(MODE_UNKNOWN),
+            partitions: Mutex::new(HashSet::new()),
+        };
+        let (existing, available) = store.inspect().await?;
+        store.set_mode(match existing.as_deref() {
+            Some("p") => MODE_NATIVE,
+            Some(_) => MODE_TIMESCALEDB,
+            None if available => MODE_TIMESCALEDB,
+            None => MODE_NATIVE,
+        });
+        Ok(store)
+    }
+
+    /// How the time series tables are stored: `"timescaledb"` (hypertables)
+    /// or `"native-partitioning"` (daily range partitions). Before
+    /// [`Store::migrate`] of a new schema this is what migrate will try.
+    pub fn mode(&self) -> &'static str {
+        match self.mode.load(Ordering::Relaxed) {
+            MODE_TIMESCALEDB => "timescaledb",
+            _ => "native-partitioning",
+        }
+    }
+
+    /// The schema this store's tables live in.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    fn native(&self) -> bool {
+        self.mode.load(Ordering::Relaxed) != MODE_TIMESCALEDB
+    }
+
+    fn set_mode(&self, mode: u8) {
+        self.mode.store(mode, Ordering::Relaxed);
+    }
+
+    fn qualified(&self, name: &str) -> String {
+        format!("\"{}\".\"{name}\"", self.schema)
+    }
+
+    /// The relkind of this schema's `raw_points` (if it exists) and whether
+    /// the timescaledb extension is available.
+    async fn inspect(&self) -> Result<(Option<String>, bool), StoreError> {
+        let row = sqlx::query(
+            "SELECT (SELECT c.relkind::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE n.nspname = $1 AND c.relname = 'raw_points'), \
+                    EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb')",
+        )
+        .bind(&self.schema)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok((col(&row, 0)?, col(&row, 1)?))
+    }
+
+    fn unavailable_context(&self, e: StoreError) -> StoreError {
+        match e {
+            StoreError::Unavailable(m) => {
+                StoreError::Unavailable(format!("PostgreSQL at {}: {m}", self.target))
+            }
+            other => other,
+        }
+    }
+
+    /// The body of `migrate`, run while holding the schema's advisory lock on `conn`.
+    async fn migrate_locked(&self, conn: &mut sqlx::PgConnection) -> Result<(), StoreError> {
+        let schema = &self.schema;
+        conn.execute(format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"").as_str())
+            .await
+            .map_err(db_error)?;
+        conn.execute(
+            format!(
+                "CREATE TABLE IF NOT EXISTS \"{schema}\".schema_migrations ( \
+                     version    BIGINT PRIMARY KEY, \
+                     name       TEXT NOT NULL, \
+                     mode       TEXT NOT NULL, \
+                     applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+            )
+            .as_str(),
+        )
+        .await
+        .map_err(db_error)?;
+
+        // A schema keeps its mode; a new one uses TimescaleDB when it can.
+        let (existing, available) = self.inspect().await?;
+        let mode = match existing.as_deref() {
+            Some("p") => MODE_NATIVE,
+            Some(_) => MODE_TIMESCALEDB,
+            None if available => {
+                // Database-wide, so never in the pipeline's schema (dropping
+                // that would drop the extension for every pipeline).
+                let created = conn
+                    .execute("CREATE EXTENSION IF NOT EXISTS timescaledb WITH SCHEMA public")
+                    .await;
+                let exists: bool = sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')",
+                )
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(db_error)?;
+                if exists {
+                    MODE_TIMESCALEDB
+                } else {
+                    tracing::warn!(
+                        schema = %schema,
+                        error = %created.err().map(|e| e.to_string()).unwrap_or_default(),
+                        "timescaledb is available but cannot be created; using native partitioning"
+                    );
+                    MODE_NATIVE
+                }
+            }
+            None => MODE_NATIVE,
+        };
+        self.set_mode(mode);
+
+        let mut search_path = format!("\"{schema}\"");
+        if mode == MODE_TIMESCALEDB {
+            let ext_schema: Option<String> = sqlx::query_scalar(
+                "SELECT n.nspname::text FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace \
+                 WHERE e.extname = 'timescaledb'",
+            )
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(db_error)?;
+            if let Some(ext) = ext_schema {
+                search_path.push_str(&format!(", \"{}\"", ext.replace('"', "\"\"")));
+            }
+        }
+
+        let applied: Vec<i64> = sqlx::query_scalar(
+            format!("SELECT version FROM \"{schema}\".schema_migrations ORDER BY version").as_str(),
+        )
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db_error)?;
+        if let Some(newest) = applied.last()
+            && *newest > MIGRATIONS.last().map_or(0, |m| m.version)
+        {
+            tracing::warn!(
+                schema = %schema,
+                version = newest,
+                "the store schema is newer than this build; running with it unchanged"
+            );
+        }
+        for migration in MIGRATIONS.iter().filter(|m| !applied.contains(&m.version)) {
+            let sql = if mode == MODE_TIMESCALEDB {
+                migration.timescaledb
+            } else {
+                migration.native
+            };
+            let mut tx = sqlx::Connection::begin(&mut *conn)
+                .await
+                .map_err(db_error)?;
+            sqlx::query("SELECT set_config('search_path', $1, true)")
+                .bind(&search_path)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
+            (&mut *tx).execute(sql).await.map_err(|e| {
+                StoreError::Other(format!(
+                    "migration {} ({}) of schema {schema}: {e}",
+                    migration.version, migration.name
+                ))
+            })?;
+            sqlx::query(
+                format!(
+                    "INSERT INTO \"{schema}\".schema_migrations (version, name, mode) VALUES ($1, $2, $3)"
+                )
+                .as_str(),
+            )
+            .bind(migration.version)
+            .bind(migration.name)
+            .bind(self.mode())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+            tx.commit().await.map_err(db_error)?;
+            tracing::info!(schema = %schema, version = migration.version, name = migration.name, "applied store migration");
+        }
+
+        if self.native() {
+            self.load_partitions().await?;
+            let today = today();
+            for table in [TsTable::Raw, TsTable::Results] {
+                self.ensure_partitions(table, (today..=today + DAYS_AHEAD).collect())
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Existing daily partitions of `table`, by name and day.
+    async fn list_partitions(&self, table: TsTable) -> Result<Vec<(String, i64)>, StoreError> {
+        let names: Vec<String> = sqlx::query_scalar(
+            "SELECT c.relname::text FROM pg_inherits i \
+             JOIN pg_class c ON c.oid = i.inhrelid \
+             JOIN pg_class p ON p.oid = i.inhparent \
+             JOIN pg_namespace n ON n.oid = p.relnamespace \
+             WHERE n.nspname = $1 AND p.relname = $2",
+        )
+        .bind(&self.schema)
+        .bind(table.name())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        let mut parts: Vec<(String, i64)> = names
+            .into_iter()
+            .filter_map(|name| partition_day(table, &name).map(|day| (name, day)))
+            .collect();
+        parts.sort_by_key(|(_, day)| *day);
+        Ok(parts)
+    }
+
+    async fn load_partitions(&self) -> Result<(), StoreError> {
+        let mut found = Vec::new();
+        for table in [TsTable::Raw, TsTable::Results] {
+            found.extend(
+                self.list_partitions(table)
+                    .await?
+                    .into_iter()
+                    .map(|(_, day)| (table, day)),
+            );
+        }
+        self.known().extend(found);
+        Ok(())
+    }
+
+    fn known(&self) -> std::sync::MutexGuard<'_, HashSet<(TsTable, i64)>> {
+        self.partitions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Creates the daily partitions of `days` not known to exist yet.
+    async fn ensure_partitions(
+        &self,
+        table: TsTable,
+        days: BTreeSet<i64>,
+    ) -> Result<(), StoreError> {
+        let missing: Vec<i64> = {
+            let known = self.known();
+            days.into_iter()
+                .filter(|day| partitionable(*day) && !known.contains(&(table, *day)))
+                .collect()
+        };
+        if missing.len() > MAX_NEW_PARTITIONS_PER_COMMIT {
+            tracing::warn!(
+                schema = %self.schema,
+                table = table.name(),
+                days = missing.len(),
+                "a commit spans too many new days; the oldest go to the default partition"
+            );
+        }
+        let skip = missing.len().saturating_sub(MAX_NEW_PARTITIONS_PER_COMMIT);
+        for day in missing.into_iter().skip(skip) {
+            self.create_partition(table, day).await?;
+            self.known().insert((table, day));
+        }
+        Ok(())
+    }
+
+    /// Creates the partition of `table` for `day` unless it exists, moving the
+    /// rows the DEFAULT partition holds for that day into it (attaching a
+    /// partition over rows still in DEFAULT would fail).
+    async fn create_partition(&self, table: TsTable, day: i64) -> Result<(), StoreError> {
+        let name = partition_name(table, day);
+        let part = self.qualified(&name);
+        let parent = self.qualified(table.name());
+        let default = self.qualified(&format!("{}_default", table.name()));
+        let column = table.column();
+        let (from, to) = (day * DAY_MS, (day + 1) * DAY_MS);
+
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+            .bind(format!("{}:partitions", self.schema))
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        let exists: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2)",
+        )
+        .bind(&self.schema)
+        .bind(&name)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        if exists {
+            return tx.commit().await.map_err(db_error);
+        }
+        let ddl = format!(
+            "SET LOCAL lock_timeout = '{DDL_LOCK_TIMEOUT}'; \
+             CREATE TABLE {part} (LIKE {parent} INCLUDING DEFAULTS INCLUDING CONSTRAINTS); \
+             WITH moved AS (DELETE FROM {default} WHERE {column} >= {from} AND {column} < {to} RETURNING *) \
+             INSERT INTO {part} SELECT * FROM moved; \
+             ALTER TABLE {parent} ATTACH PARTITION {part} FOR VALUES FROM ({from}) TO ({to});"
+        );
+        (&mut *tx).execute(ddl.as_str()).await.map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        tracing::debug!(schema = %self.schema, partition = %name, "created partition");
+        Ok(())
+    }
+
+    /// Drops the daily partitions of `table` wholly older than `cutoff`
+    /// (for results: whose every window ended before it); returns the rows
+    /// they held.
+    async fn drop_partitions(
+        &self,
+        table: TsTable,
+        cutoff: TimestampMs,
+    ) -> Result<u64, StoreError> {
+        let mut dropped = 0u64;
+        for (name, day) in self.list_partitions(table).await? {
+            if (day + 1) * DAY_MS > cutoff {
+                break;
+            }
+            let part = self.qualified(&name);
+            // Counted before the drop without locking the parent: nothing
+            // writes into a day beyond retention, so the count is exact in
+            // practice, and a long count never blocks commits or queries.
+            let (rows, newest_end): (i64, Option<i64>) = match table {
+                TsTable::Raw => (
+                    sqlx::query_scalar(&format!("SELECT count(*) FROM {part}"))
+                        .persistent(false)
+                        .fetch_one(&self.pool)
+                        .await
+                        .map_err(db_error)?,
+                    None,
+                ),
+                TsTable::Results => {
+                    let row = sqlx::query(&format!("SELECT count(*), max(window_end) FROM {part}"))
+                        .persistent(false)
+                        .fetch_one(&self.pool)
+                        .await
+                        .map_err(db_error)?;
+                    (col(&row, 0)?, col(&row, 1)?)
+                }
+            };
+            if newest_end.is_some_and(|end| end >= cutoff) {
+                continue; // a window reaching past the cutoff: rows are deleted instead
+            }
+            let mut tx = self.pool.begin().await.map_err(db_error)?;
+            let drop = format!("SET LOCAL lock_timeout = '{DDL_LOCK_TIMEOUT}'; DROP TABLE {part};");
+            let outcome = (&mut *tx).execute(drop.as_str()).await;
+            match outcome {
+                Ok(_) => {
+                    tx.commit().await.map_err(db_error)?;
+                    self.known().remove(&(table, day));
+                    dropped += rows as u64;
+                    tracing::info!(schema = %self.schema, partition = %name, rows, "dropped expired partition");
+                }
+                Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => {
+                    tracing::warn!(schema = %self.schema, partition = %name,
+                        "partition busy; deleting its expired rows instead");
+                    break;
+                }
+                Err(e) => return Err(db_error(e)),
+            }
+        }
+        Ok(dropped)
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| self.unavailable_context(db_error(e)))?;
+        sqlx::query("SELECT pg_advisory_lock(hashtext($1))")
+            .bind(&self.schema)
+            .execute(&mut *conn)
+            .await
+            .map_err(db_error)?;
+        let outcome = self.migrate_locked(&mut conn).await;
+        let unlocked = sqlx::query("SELECT pg_advisory_unlock(hashtext($1))")
+            .bind(&self.schema)
+            .execute(&mut *conn)
+            .await;
+        if unlocked.is_err() {
+            // Closing the session is what surely releases its lock.
+            conn.close_on_drop();
+        }
+        outcome?;
+        tracing::info!(schema = %self.schema, mode = self.mode(), target = %self.target, "PostgreSQL store ready");
+        Ok(())
+    }
+
+    async fn load_checkpoint(&self, partitions: &[u32]) -> Result<Checkpoint, StoreError> {
+        let ids: Vec<i64> = partitions.iter().map(|&p| i64::from(p)).collect();
+        // One snapshot, so offsets and open state always belong together.
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        let rows = sqlx::query(
+            "SELECT partition, next_offset, max_event_ts, watermark FROM checkpoints \
+             WHERE partition = ANY($1) ORDER BY partition",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        let open = sqlx::query(
+            "SELECT partition, series_id, window_label, window_start, state FROM open_windows \
+             WHERE partition = ANY($1) ORDER BY partition, series_id, window_label, window_start",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+
+        let partition_of = |row: &PgRow| -> Result<u32, StoreError> {
+            let p: i64 = col(row, 0)?;
+            u32::try_from(p).map_err(|_| StoreError::Corrupt(format!("partition {p}")))
+        };
+        let mut checkpoint = Checkpoint::default();
+        for row in &rows {
+            let next: i64 = col(row, 1)?;
+            checkpoint.partitions.push(PartitionCheckpoint {
+                partition: partition_of(row)?,
+                next_offset: u64::try_from(next)
+                    .map_err(|_| StoreError::Corrupt(format!("next offset {next}")))?,
+                max_event_ts: col(row, 2)?,
+                watermark: col(row, 3)?,
+            });
+        }
+        for row in &open {
+            checkpoint.open.push(OpenWindowState {
+                key: OpenWindowKey {
+                    partition: partition_of(row)?,
+                    series_id: SeriesId::from_i64(col(row, 1)?),
+                    window: col(row, 2)?,
+                    start_ms: col(row, 3)?,
+                },
+                state: col(row, 4)?,
+            });
+        }
+        Ok(checkpoint)
+    }
+
+    async fn commit(&self, commit: &Commit) -> Result<(), StoreError> {
+        let raw_ids: Vec<SeriesId> = commit.raw_points.iter().map(Point::series_id).collect();
+
+        // Partitions first, each in its own short transaction: DDL never sits
+        // inside the commit, and an empty partition left by a failed commit is
+        // harmless.
+        if self.native() {
+            let raw_days = commit
+                .raw_points
+                .iter()
+                .map(|p| day_of(p.timestamp_ms))
+                .collect();
+            let result_days = commit.results.iter().map(|r| day_of(r.start_ms)).collect();
+            self.ensure_partitions(TsTable::Raw, raw_days).await?;
+            self.ensure_partitions(TsTable::Results, result_days)
+                .await?;
+        }
+
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+
+        // Series, sorted by id so concurrent commits lock in one order.
+        let mut series: BTreeMap<i64, (&str, &Tags)> = BTreeMap::new();
+        for r in &commit.results {
+            series.insert(r.series_id.as_i64(), (&r.metric, &r.tags));
+        }
+        for (p, id) in commit.raw_points.iter().zip(&raw_ids) {
+            series.entry(id.as_i64()).or_insert((&p.metric, &p.tags));
+        }
+        if !series.is_empty() {
+            let ids: Vec<i64> = series.keys().copied().collect();
+            let metrics: Vec<&str> = series.values().map(|(m, _)| *m).collect();
+            let tags: Vec<String> = series.values().map(|(_, t)| tags_json(t)).collect();
+            sqlx::query(
+                "INSERT INTO series (series_id, metric, tags) \
+                 SELECT u.id, u.metric, u.tags::jsonb FROM UNNEST($1::bigint[], $2::text[], $3::text[]) \
+                 AS u(id, metric, tags) ORDER BY u.id \
+                 ON CONFLICT (series_id) DO NOTHING",
+            )
+            .bind(&ids)
+            .bind(&metrics)
+            .bind(&tags)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        }
+
+        // Window results: one row per key (the last given wins), key order.
+        let mut results: BTreeMap<(&str, &str, i64, i64), &WindowResult> = BTreeMap::new();
+        for r in &commit.results {
+            results.insert((&r.metric, &r.window, r.start_ms, r.series_id.as_i64()), r);
+        }
+        if !results.is_empty() {
+            let rs: Vec<&WindowResult> = results.into_values().collect();
+            sqlx::query(
+                "INSERT INTO window_results (metric, window_label, window_start, series_id, window_end, \
+                 count, sum, min, max, last, last_ts, sketch) \
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], \
+                 $6::bigint[], $7::float8[], $8::float8[], $9::float8[], $10::float8[], $11::bigint[], $12::bytea[]) \
+                 ON CONFLICT (metric, window_label, window_start, series_id) DO UPDATE SET \
+                 window_end = EXCLUDED.window_end, count = EXCLUDED.count, sum = EXCLUDED.sum, \
+                 min = EXCLUDED.min, max = EXCLUDED.max, last = EXCLUDED.last, \
+                 last_ts = EXCLUDED.last_ts, sketch = EXCLUDED.sketch",
+            )
+            .bind(rs.iter().map(|r| r.metric.as_str()).collect::<Vec<_>>())
+            .bind(rs.iter().map(|r| r.window.as_str()).collect::<Vec<_>>())
+            .bind(rs.iter().map(|r| r.start_ms).collect::<Vec<_>>())
+            .bind(rs.iter().map(|r| r.series_id.as_i64()).collect::<Vec<_>>())
+            .bind(rs.iter().map(|r| r.end_ms).collect::<Vec<_>>())
+            .bind(rs.iter().map(|r| r.agg.count as i64).collect::<Vec<_>>())
+            .bind(rs.iter().map(|r| r.agg.sum).collect::<Vec<_>>())
+            .bind(rs.iter().map(|r| r.agg.min).collect::<Vec<_>>())
+            .bind(rs.iter().map(|r| r.agg.max).collect::<Vec<_>>())
+            .bind(rs.iter().map(|r| r.agg.last).collect::<Vec<_>>())
+            .bind(rs.iter().map(|r| r.agg.last_ts).collect::<Vec<_>>())
+            .bind(rs.iter().map(|r| r.agg.sketch_bytes()).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        }
+
+        if !commit.raw_points.is_empty() {
+            sqlx::query(
+                "INSERT INTO raw_points (series_id, ts, value) \
+                 SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::float8[])",
+            )
+            .bind(raw_ids.iter().map(|id| id.as_i64()).collect::<Vec<_>>())
+            .bind(
+                commit
+                    .raw_points
+                    .iter()
+                    .map(|p| p.timestamp_ms)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                commit
+                    .raw_points
+                    .iter()
+                    .map(|p| p.value)
+                    .collect::<Vec<_>>(),
+            )
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        }
+
+        let mut open: BTreeMap<(i64, i64, &str, i64), &[u8]> = BTreeMap::new();
+        for o in &commit.upsert_open {
+            let k = &o.key;
+            open.insert(
+                (
+                    i64::from(k.partition),
+                    k.series_id.as_i64(),
+                    &k.window,
+                    k.start_ms,
+                ),
+                &o.state,
+            );
+        }
+        if !open.is_empty() {
+            sqlx::query(
+                "INSERT INTO open_windows (partition, series_id, window_label, window_start, state) \
+                 SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], $5::bytea[]) \
+                 ON CONFLICT (partition, series_id, window_label, window_start) \
+                 DO UPDATE SET state = EXCLUDED.state",
+            )
+            .bind(open.keys().map(|k| k.0).collect::<Vec<_>>())
+            .bind(open.keys().map(|k| k.1).collect::<Vec<_>>())
+            .bind(open.keys().map(|k| k.2).collect::<Vec<_>>())
+            .bind(open.keys().map(|k| k.3).collect::<Vec<_>>())
+            .bind(open.values().copied().collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        }
+
+        if !commit.delete_open.is_empty() {
+            let keys = &commit.delete_open;
+            sqlx::query(
+                "DELETE FROM open_windows o \
+                 USING UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::bigint[]) \
+                 AS d(partition, series_id, window_label, window_start) \
+                 WHERE o.partition = d.partition AND o.series_id = d.series_id \
+                 AND o.window_label = d.window_label AND o.window_start = d.window_start",
+            )
+            .bind(
+                keys.iter()
+                    .map(|k| i64::from(k.partition))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                keys.iter()
+                    .map(|k| k.series_id.as_i64())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(keys.iter().map(|k| k.window.as_str()).collect::<Vec<_>>())
+            .bind(keys.iter().map(|k| k.start_ms).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        }
+
+        // Late counts, summed per key first (an upsert may touch a row once).
+        let mut late: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+        for l in &commit.late {
+            *late.entry((&l.metric, &l.window)).or_default() += l.count;
+        }
+        if !late.is_empty() {
+            sqlx::query(
+                "INSERT INTO late_points (metric, window_label, count) \
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[]) \
+                 ON CONFLICT (metric, window_label) DO UPDATE SET count = late_points.count + EXCLUDED.count",
+            )
+            .bind(late.keys().map(|k| k.0).collect::<Vec<_>>())
+            .bind(late.keys().map(|k| k.1).collect::<Vec<_>>())
+            .bind(late.values().map(|&c| c as i64).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        }
+
+        let mut checkpoints: BTreeMap<u32, &PartitionCheckpoint> = BTreeMap::new();
+        for p in &commit.partitions {
+            checkpoints.insert(p.partition, p);
+        }
+        if !checkpoints.is_empty() {
+            let cps: Vec<&PartitionCheckpoint> = checkpoints.into_values().collect();
+            sqlx::query(
+                "INSERT INTO checkpoints (partition, next_offset, max_event_ts, watermark) \
+                 SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[]) \
+                 ON CONFLICT (partition) DO UPDATE SET next_offset = EXCLUDED.next_offset, \
+                 max_event_ts = EXCLUDED.max_event_ts, watermark = EXCLUDED.watermark",
+            )
+            .bind(
+                cps.iter()
+                    .map(|p| i64::from(p.partition))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(cps.iter().map(|p| p.next_offset as i64).collect::<Vec<_>>())
+            .bind(cps.iter().map(|p| p.max_event_ts).collect::<Vec<_>>())
+            .bind(cps.iter().map(|p| p.watermark).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        }
+
+        tx.commit().await.map_err(db_error)
+    }
+
+    async fn latest(&self, query: &ResultQuery) -> Result<Vec<WindowResult>, StoreError> {
+        let (sql, args) = latest_statement(query)?;
+        let rows = sqlx::query_with(&sql, args)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
+        rows.iter().map(result_from_row).collect()
+    }
+
+    async fn range(&self, query: &ResultQuery) -> Result<Vec<WindowResult>, StoreError> {
+        let (sql, args) = range_statement(query)?;
+        let rows = sqlx::query_with(&sql, args)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
+        let mut results = rows
+            .iter()
+            .map(result_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        results.reverse();
+        Ok(results)
+    }
+
+    async fn raw_points(
+        &self,
+        metric: &str,
+        tags: &Tags,
+        from_ms: TimestampMs,
+        to_ms: TimestampMs,
+    ) -> Result<Vec<Point>, StoreError> {
+        let filter = if tags.is_empty() {
+            ""
+        } else {
+            " AND s.tags @> $4::jsonb"
+        };
+        let sql = format!(
+            "SELECT s.metric, s.tags::text, p.ts, p.value FROM raw_points p \
+             JOIN series s ON s.series_id = p.series_id \
+             WHERE s.metric = $1{filter} AND p.ts >= $2 AND p.ts < $3 ORDER BY p.ts, p.series_id"
+        );
+        let mut query = sqlx::query(&sql).bind(metric).bind(from_ms).bind(to_ms);
+        if !tags.is_empty() {
+            query = query.bind(tags_json(tags));
+        }
+        let rows = query.fetch_all(&self.pool).await.map_err(db_error)?;
+        rows.iter()
+            .map(|row| {
+                Ok(Point {
+                    metric: col(row, 0)?,
+                    tags: parse_tags(&col::<String>(row, 1)?)?,
+                    timestamp_ms: col(row, 2)?,
+                    value: col(row, 3)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn metrics(&self) -> Result<Vec<MetricInfo>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT s.metric, count(*), \
+             (SELECT max(r.window_end) FROM window_results r WHERE r.metric = s.metric) \
+             FROM series s GROUP BY s.metric ORDER BY s.metric",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        rows.iter()
+            .map(|row| {
+                Ok(MetricInfo {
+                    name: col(row, 0)?,
+                    series: col::<i64>(row, 1)? as u64,
+                    last_window_end_ms: col(row, 2)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn late_counts(&self, metric: &str) -> Result<Vec<LateCount>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT window_label, count FROM late_points WHERE metric = $1 ORDER BY window_label",
+        )
+        .bind(metric)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        rows.iter()
+            .map(|row| {
+                Ok(LateCount {
+                    metric: metric.to_string(),
+                    window: col(row, 0)?,
+                    count: col::<i64>(row, 1)? as u64,
+                })
+            })
+            .collect()
+    }
+
+    async fn enforce_retention(
+        &self,
+        raw_before_ms: TimestampMs,
+        results_before_ms: TimestampMs,
+    ) -> Result<RetentionReport, StoreError> {
+        let mut report = RetentionReport::default();
+        if self.native() {
+            report.raw_points += self.drop_partitions(TsTable::Raw, raw_before_ms).await?;
+            report.results += self
+                .drop_partitions(TsTable::Results, results_before_ms)
+                .await?;
+        }
+        let raw = sqlx::query("DELETE FROM raw_points WHERE ts < $1")
+            .bind(raw_before_ms)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        // window_start < window_end, so the second condition only prunes partitions.
+        let results =
+            sqlx::query("DELETE FROM window_results WHERE window_end < $1 AND window_start < $1")
+                .bind(results_before_ms)
+                .execute(&self.pool)
+                .await
+                .map_err(db_error)?;
+        report.raw_points += raw.rows_affected();
+        report.results += results.rows_affected();
+        Ok(report)
+    }
+
+    async fn ready(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.unavailable_context(db_error(e)))
+    }
+}
+
+/// Helpers for tests that need a real PostgreSQL.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::future::Future;
+    use std::panic::AssertUnwindSafe;
+    use std::str::FromStr;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use futures::FutureExt;
+    use sqlx::postgres::PgConnectOptions;
+
+    pub(crate) const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+    /// The test database (`PULSE_TEST_DATABASE_URL`, default [`DEFAULT_URL`]),
+    /// or `None` with a skip notice when it does not answer. With `CI` set an
+    /// unreachable database fails the test instead: CI must run these.
+    pub(crate) fn pg_url_or_skip() -> Option<String> {
+        let url = std::env::var("PULSE_TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_URL.into());
+        let options = PgConnectOptions::from_str(&url)
+            .unwrap_or_else(|e| panic!("PULSE_TEST_DATABASE_URL is not a PostgreSQL url: {e}"));
+        if options.get_socket().is_some() {
+            return Some(url);
+        }
+        let address = format!("{}:{}", options.get_host(), options.get_port());
+        let reachable = std::net::ToSocketAddrs::to_socket_addrs(&address)
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .is_some_and(|addr| {
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok()
+            });
+        if reachable {
+            return Some(url);
+        }
+        if std::env::var_os("CI").is_some() {
+            panic!(
+                "PostgreSQL is unreachable at {address} and CI is set, so the PostgreSQL store \
+                 tests must run: start PostgreSQL there or point PULSE_TEST_DATABASE_URL at one"
+            );
+        }
+        eprintln!(
+            "skipping: PostgreSQL is unreachable at {address} (set PULSE_TEST_DATABASE_URL, \
+             or CI=1 to make this a failure)"
+        );
+        None
+    }
+
+    /// A schema name no other test (or test process) uses.
+    pub(crate) fn unique_schema(tag: &str) -> String {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        format!(
+            "pulse_test_{tag}_{}_{nanos}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// Runs `test`, then drops `schemas` whether it passed or panicked.
+    pub(crate) async fn dropping_schemas<T>(
+        url: &str,
+        schemas: &[&str],
+        test: impl Future<Output = T>,
+    ) -> T {
+        let outcome = AssertUnwindSafe(test).catch_unwind().await;
+        match sqlx::PgPool::connect(url).await {
+            Ok(pool) => {
+                for schema in schemas {
+                    let drop = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
+                    if let Err(e) = sqlx::query(&drop).execute(&pool).await {
+                        eprintln!("could not drop test schema {schema}: {e}");
+                    }
+                }
+                pool.close().await;
+            }
+            Err(e) => eprintln!("could not drop test schemas {schemas:?}: {e}"),
+        }
+        match outcome {
+            Ok(value) => value,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{dropping_schemas, pg_url_or_skip, unique_schema};
+    use super::*;
+
+    #[test]
+    fn schema_names_are_sanitised_and_bounded() {
+        assert_eq!(schema_name("default", "cpu"), "pulse_default_cpu");
+        assert_eq!(
+            schema_name("Team-A", "web.metrics v2"),
+            "pulse_team_a_web_metrics_v2"
+        );
+        assert_eq!(schema_name("ns", "prod☃"), "pulse_ns_prod_");
+        let long = schema_name("a-very-long-namespace-name", &"pipeline".repeat(10));
+        assert_eq!(long.len(), 63);
+        assert!(long.starts_with("pulse_a_very_long_namespace_name_pipeline"));
+        assert!(
+            long.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        );
+        let other = schema_name("a-very-long-namespace-name", &"pipeline".repeat(11));
+        assert_ne!(long, other, "long names that share a prefix stay apart");
+        assert_eq!(
+            long,
+            schema_name("a-very-long-namespace-name", &"pipeline".repeat(10)),
+            "stable"
+        );
+        for name in [long, other, schema_name("x", "y")] {
+            check_schema(&name).unwrap();
+        }
+    }
+
+    #[test]
+    fn invalid_schemas_are_refused() {
+        for bad in ["", "Pulse", "a;drop", "9x", "pg_x", "a\"b", &"x".repeat(64)] {
+            assert!(check_schema(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn partition_days_and_names_round_trip() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+        for day in (-800_000..3_000_000).step_by(997) {
+            let (y, m, d) = civil_from_days(day);
+            assert_eq!(days_from_civil(y, m, d), day);
+        }
+        let day = days_from_civil(2026, 1, 29);
+        assert_eq!(partition_name(TsTable::Raw, day), "raw_points_p20260129");
+        assert_eq!(
+            partition_day(TsTable::Raw, "raw_points_p20260129"),
+            Some(day)
+        );
+        assert_eq!(
+            partition_day(TsTable::Results, "raw_points_p20260129"),
+            None
+        );
+        assert_eq!(partition_day(TsTable::Raw, "raw_points_p20261341"), None);
+        assert_eq!(partition_day(TsTable::Raw, "raw_points_default"), None);
+        assert_eq!(day_of(-1), -1);
+        assert!(partitionable(0) && !partitionable(days_from_civil(10_000, 1, 1)));
+    }
+
+    #[tokio::test]
+    async fn unreachable_database_is_unavailable_and_named() {
+        let err = PostgresStore::connect("postgres://pulse@127.0.0.1:1/metricsdb", "pulse_x_y")
+            .await
+            .err()
+            .expect("nothing listens on port 1");
+        match err {
+            StoreError::Unavailable(message) => {
+                assert!(message.contains("127.0.0.1:1/metricsdb"), "{message}");
+                assert!(message.contains("check that the server runs"), "{message}");
+            }
+            other => panic!("expected Unavailable, got {other:?}"),
+        }
+        assert!(matches!(
+            PostgresStore::connect("postgres://x@127.0.0.1:1/db", "Bad-Name").await,
+            Err(StoreError::Other(_))
+        ));
+    }
+
+    async fn table_count(store: &PostgresStore, sql: &str) -> i64 {
+        sqlx::query_scalar(sql)
+            .fetch_one(&store.pool)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn migrations_are_idempotent_and_safe_concurrently() {
+        let Some(url) = pg_url_or_skip() else { return };
+        let (one, two) = (unique_schema("mig_a"), unique_schema("mig_b"));
+        dropping_schemas(&url, &[&one, &two], async {
+            let a1 = PostgresStore::connect(&url, &one).await.unwrap();
+            let a2 = PostgresStore::connect(&url, &one).await.unwrap();
+            let b = PostgresStore::connect(&url, &two).await.unwrap();
+            let (r1, r2, r3) = tokio::join!(a1.migrate(), a2.migrate(), b.migrate());
+            r1.unwrap();
+            r2.unwrap();
+            r3.unwrap();
+            a1.migrate().await.unwrap();
+            a2.migrate().await.unwrap();
+            for store in [&a1, &b] {
+                let versions: Vec<i64> =
+                    sqlx::query_scalar("SELECT version FROM schema_migrations ORDER BY version")
+                        .fetch_all(&store.pool)
+                        .await
+                        .unwrap();
+                assert_eq!(versions, vec![1, 2], "each schema has its own versions");
+                assert_eq!(store.mode(), "native-partitioning");
+            }
+            // Each schema holds its own tables.
+            a1.commit(&Commit {
+                partitions: vec![PartitionCheckpoint {
+                    partition: 0,
+                    next_offset: 5,
+                    max_event_ts: None,
+                    watermark: None,
+                }],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+            assert_eq!(a2.load_checkpoint(&[0]).await.unwrap().partitions.len(), 1);
+            assert!(b.load_checkpoint(&[0]).await.unwrap().partitions.is_empty());
+        })
+        .await;
+    }
+
+    fn point(metric: &str, ts: i64, value: f64) -> Point {
+        Point {
+            metric: metric.into(),
+            tags: [("host".to_string(), "a".to_string())].into(),
+            value,
+            timestamp_ms: ts,
+        }
+    }
+
+    fn window(metric: &str, host: &str, start: i64) -> WindowResult {
+        let tags: Tags = [("host".to_string(), host.to_string())].into();
+        let mut agg = Aggregate::new();
+        agg.add(1.0, start);
+        WindowResult {
+            series_id: SeriesId::of(metric, &tags),
+            metric: metric.into(),
+            tags,
+            window: "1m".into(),
+            start_ms: start,
+            end_ms: start + 60_000,
+            agg,
+        }
+    }
+
+    #[tokio::test]
+    async fn partitions_are_created_on_demand_and_dropped_by_retention() {
+        let Some(url) = pg_url_or_skip() else { return };
+        let schema = unique_schema("parts");
+        dropping_schemas(&url, &[&schema], async {
+            let store = PostgresStore::connect(&url, &schema).await.unwrap();
+            store.migrate().await.unwrap();
+            if store.mode() != "native-partitioning" {
+                eprintln!("skipping: TimescaleDB mode has no native partitions");
+                return;
+            }
+            let today = today();
+            let exists = |table: TsTable, day: i64| {
+                let store = &store;
+                async move {
+                    store
+                        .list_partitions(table)
+                        .await
+                        .unwrap()
+                        .iter()
+                        .any(|(_, d)| *d == day)
+                }
+            };
+            for day in today..=today + DAYS_AHEAD {
+                assert!(exists(TsTable::Raw, day).await && exists(TsTable::Results, day).await);
+            }
+
+            // A row with no partition of its own lands in DEFAULT ...
+            let later = today + 30;
+            sqlx::query("INSERT INTO raw_points (series_id, ts, value) VALUES (1, $1, 1.0)")
+                .bind(later * DAY_MS + 5)
+                .execute(&store.pool)
+                .await
+                .unwrap();
+            assert_eq!(
+                table_count(&store, "SELECT count(*) FROM raw_points_default").await,
+                1
+            );
+
+            let old = today - 10;
+            let edge = (today - 5) * DAY_MS; // retention cutoff - 1h
+            let cutoff = edge + 3_600_000;
+            store
+                .commit(&Commit {
+                    raw_points: vec![
+                        point("cpu", old * DAY_MS + 1, 1.0),
+                        point("cpu", old * DAY_MS + 2, 2.0),
+                        point("cpu", edge, 3.0),
+                        point("cpu", edge + 7_200_000, 4.0),
+                        point("cpu", later * DAY_MS + 10, 5.0),
+                    ],
+                    results: vec![
+                        window("cpu", "a", old * DAY_MS),
+                        window("cpu", "b", old * DAY_MS),
+                        window("cpu", "a", edge),
+                        window("cpu", "a", edge + 7_200_000),
+                    ],
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            // ... and moves into the partition made for that day later.
+            assert!(exists(TsTable::Raw, later).await && exists(TsTable::Raw, old).await);
+            assert!(exists(TsTable::Results, old).await);
+            assert_eq!(
+                table_count(&store, "SELECT count(*) FROM raw_points_default").await,
+                0
+            );
+            assert_eq!(
+                table_count(&store, "SELECT count(*) FROM window_results_default").await,
+                0
+            );
+            let later_part = partition_name(TsTable::Raw, later);
+            assert_eq!(
+                table_count(&store, &format!("SELECT count(*) FROM {later_part}")).await,
+                2
+            );
+
+            let report = store.enforce_retention(cutoff, cutoff).await.unwrap();
+            assert_eq!(
+                report,
+                RetentionReport {
+                    raw_points: 3,
+                    results: 3
+                },
+                "two rows by dropping the old day's partition, one leftover row each"
+            );
+            assert!(!exists(TsTable::Raw, old).await && !exists(TsTable::Results, old).await);
+            assert!(
+                exists(TsTable::Raw, today - 5).await,
+                "the partition of the cutoff stays"
+            );
+            assert!(exists(TsTable::Raw, today).await);
+            assert_eq!(
+                table_count(&store, "SELECT count(*) FROM raw_points").await,
+                3
+            );
+            assert_eq!(
+                table_count(&store, "SELECT count(*) FROM window_results").await,
+                1
+            );
+
+            // A day whose partition was dropped is made again when written to.
+            store
+                .commit(&Commit {
+                    raw_points: vec![point("cpu", old * DAY_MS + 3, 6.0)],
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            assert!(exists(TsTable::Raw, old).await);
+            assert_eq!(
+                table_count(&store, "SELECT count(*) FROM raw_points_default").await,
+                0
+            );
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn latest_and_range_queries_use_indexes() {
+        let Some(url) = pg_url_or_skip() else { return };
+        let schema = unique_schema("explain");
+        dropping_schemas(&url, &[&schema], async {
+            let store = PostgresStore::connect(&url, &schema).await.unwrap();
+            store.migrate().await.unwrap();
+            let base = today() * DAY_MS;
+            // 20 metrics x 50 series x 20 windows = 20,000 results.
+            let mut results = Vec::new();
+            for m in 0..20 {
+                for s in 0..50 {
+                    for w in 0..20 {
+                        results.push(window(&format!("m{m}"), &format!("h{s}"), base + w * 60_000));
+                    }
+                }
+            }
+            store
+                .commit(&Commit {
+                    results,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            sqlx::query("ANALYZE").execute(&store.pool).await.unwrap();
+            let populated: Vec<String> = sqlx::query_scalar(
+                "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = $1 AND c.relname LIKE 'window_results%' AND c.relkind = 'r' \
+                 AND c.reltuples > 0",
+            )
+            .bind(&schema)
+            .fetch_all(&store.pool)
+            .await
+            .unwrap();
+            assert!(!populated.is_empty() || store.mode() == "timescaledb");
+
+            let query = |tags: Tags| ResultQuery {
+                metric: "m7".into(),
+                window: "1m".into(),
+                tags,
+                from_ms: base,
+                to_ms: base + DAY_MS,
+                limit: 100,
+            };
+            let host: Tags = [("host".to_string(), "h3".to_string())].into();
+            let statements = [
+                ("latest", latest_statement(&query(Tags::new())).unwrap()),
+                ("latest with tags", latest_statement(&query(host.clone())).unwrap()),
+                ("range", range_statement(&query(Tags::new())).unwrap()),
+                ("range with tags", range_statement(&query(host.clone())).unwrap()),
+            ];
+            for (what, (sql, args)) in statements {
+                let plan: Vec<String> = sqlx::query_scalar_with(&format!("EXPLAIN {sql}"), args)
+                    .fetch_all(&store.pool)
+                    .await
+                    .unwrap();
+                let plan = plan.join("\n");
+                assert!(plan.contains("Index"), "{what} uses an index:\n{plan}");
+                for relation in &populated {
+                    assert!(
+                        !plan.contains(&format!("Seq Scan on {relation} ")),
+                        "{what} scans {relation} sequentially:\n{plan}"
+                    );
+                }
+            }
+
+            // And the answers are right at this size.
+            let latest = store.latest(&query(Tags::new())).await.unwrap();
+            assert_eq!(latest.len(), 50);
+            assert!(latest.iter().all(|r| r.start_ms == base + 19 * 60_000));
+            let latest = store.latest(&query(host.clone())).await.unwrap();
+            assert_eq!(latest.len(), 1);
+            let range = store.range(&query(Tags::new())).await.unwrap();
+            assert_eq!(range.len(), 100);
+            assert!(range.iter().all(|r| r.start_ms >= base + 18 * 60_000));
+            assert_eq!(store.range(&query(host)).await.unwrap().len(), 20);
+        })
+        .await;
+    }
+}
