@@ -2,6 +2,7 @@
 //! against the durable log alone: the same records appended straight to a fresh
 //! `SqliteBus`.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -35,6 +36,14 @@ pub struct E2eResult {
     pub bus_rate: f64,
     /// Requests answered 429/503 and sent again.
     pub retries: usize,
+    /// CPU time of the whole process (clients included) over the wall time of
+    /// the `pulse up` run, in cores.
+    pub busy_cores: Option<f64>,
+    /// Checkpoints the processor committed to the store, and their total time.
+    pub commits: Option<u64>,
+    pub commit_seconds: Option<f64>,
+    /// Wall time of the `pulse up` run.
+    pub seconds: f64,
 }
 
 /// A directory under the system temp dir, removed when dropped (also on errors).
@@ -65,21 +74,45 @@ impl Drop for TempDir {
     }
 }
 
-/// `n` points over `series` series, spread over the last four minutes in order.
-fn recent_points(n: usize, series: usize) -> Vec<Point> {
+/// One batch of points in both forms the run sends: a request body (JSON
+/// array) for the gateway and bus records for the reference.
+type Batch = (Vec<u8>, Vec<OutgoingRecord>);
+
+/// The points of a run, a [`Batch`] per `batch` points. Points are made a
+/// batch at a time, so the bench itself holds only the encoded forms while
+/// `pulse up` runs.
+fn batches(points: usize, batch: usize, series: usize) -> Result<Vec<Batch>, String> {
     let fleet = fleet(series);
+    // Spread over the last four minutes, in order.
     let start = now_ms() - 240_000;
-    (0..n)
-        .map(|i| {
-            let s = &fleet[i % fleet.len()];
-            Point {
-                metric: s.metric.clone(),
-                tags: s.tags.clone(),
-                value: skewed(i as u64) * 10.0,
-                timestamp_ms: start + (i as i64 * 180_000) / n as i64,
-            }
-        })
-        .collect()
+    let point = |i: usize| {
+        let s = &fleet[i % fleet.len()];
+        Point {
+            metric: s.metric.clone(),
+            tags: s.tags.clone(),
+            value: skewed(i as u64) * 10.0,
+            timestamp_ms: start + (i as i64 * 180_000) / points as i64,
+        }
+    };
+    let mut out = Vec::new();
+    for from in (0..points).step_by(batch) {
+        let chunk: Vec<Point> = (from..(from + batch).min(points)).map(point).collect();
+        let array: Vec<Value> = chunk
+            .iter()
+            .map(|p| json!({"metric_name": p.metric, "value": p.value, "timestamp": p.timestamp_ms as f64 / 1000.0, "tags": p.tags}))
+            .collect();
+        let body =
+            serde_json::to_vec(&array).map_err(|e| format!("encoding a request body: {e}"))?;
+        let records = chunk
+            .iter()
+            .map(|p| OutgoingRecord {
+                key: p.series_id().0,
+                value: encode_point(p),
+            })
+            .collect();
+        out.push((body, records));
+    }
+    Ok(out)
 }
 
 /// Runs the reference, then `pulse up`; `on_up_start` is called right before
@@ -90,31 +123,7 @@ pub async fn measure(
     series: usize,
     on_up_start: impl FnOnce(),
 ) -> Result<E2eResult, String> {
-    let data = recent_points(points, series);
-    let bodies: Vec<Vec<u8>> = data
-        .chunks(batch)
-        .map(|chunk| {
-            let array: Vec<Value> = chunk
-                .iter()
-                .map(|p| json!({"metric_name": p.metric, "value": p.value, "timestamp": p.timestamp_ms as f64 / 1000.0, "tags": p.tags}))
-                .collect();
-            serde_json::to_vec(&array).map_err(|e| format!("encoding a request body: {e}"))
-        })
-        .collect::<Result<_, _>>()?;
-    let records: Vec<Vec<OutgoingRecord>> = data
-        .chunks(batch)
-        .map(|chunk| {
-            chunk
-                .iter()
-                .map(|p| OutgoingRecord {
-                    key: p.series_id().0,
-                    value: encode_point(p),
-                })
-                .collect()
-        })
-        .collect();
-    drop(data);
-
+    let (bodies, records): (Vec<_>, Vec<_>) = batches(points, batch, series)?.into_iter().unzip();
     let bus_rate = points as f64 / reference(records).await?.as_secs_f64();
     on_up_start();
     let up = through_up(bodies, points).await?;
@@ -125,16 +134,22 @@ pub async fn measure(
         accepted_rate: points as f64 / up.accepted.as_secs_f64(),
         bus_rate,
         retries: up.retries,
+        busy_cores: up.busy_cores,
+        commits: up.commits,
+        commit_seconds: up.commit_seconds,
+        seconds: up.processed.as_secs_f64(),
     })
 }
 
 /// Appends every batch to a fresh embedded bus from [`CLIENTS`] concurrent senders.
 async fn reference(batches: Vec<Vec<OutgoingRecord>>) -> Result<Duration, String> {
     let dir = TempDir::new("bus")?;
-    let bus = SqliteBus::open(&dir.path().join("bus.db"), 4)
+    // As many partitions as `pulse up` gives its bus.
+    let partitions = Config::default().bus.partitions;
+    let bus = SqliteBus::open(&dir.path().join("bus.db"), partitions)
         .await
         .map_err(|e| format!("reference bus: {e}"))?;
-    let queue = Arc::new(std::sync::Mutex::new(batches));
+    let queue = Arc::new(std::sync::Mutex::new(VecDeque::from(batches)));
     let started = Instant::now();
     let mut senders = JoinSet::new();
     for _ in 0..CLIENTS {
@@ -144,7 +159,7 @@ async fn reference(batches: Vec<Vec<OutgoingRecord>>) -> Result<Duration, String
                 let Some(batch) = queue
                     .lock()
                     .map_err(|_| "reference bus: queue poisoned".to_string())?
-                    .pop()
+                    .pop_front()
                 else {
                     return Ok::<(), String>(());
                 };
@@ -168,6 +183,9 @@ struct UpTimes {
     accepted: Duration,
     processed: Duration,
     retries: usize,
+    busy_cores: Option<f64>,
+    commits: Option<u64>,
+    commit_seconds: Option<f64>,
 }
 
 async fn through_up(bodies: Vec<Vec<u8>>, points: usize) -> Result<UpTimes, String> {
@@ -203,6 +221,7 @@ async fn drive(
     let metrics_url = format!("http://{}/metrics", running.processor);
     let bodies = Arc::new(bodies);
     let next = Arc::new(AtomicUsize::new(0));
+    let cpu_before = cpu_seconds();
     let started = Instant::now();
     let mut clients = JoinSet::new();
     for _ in 0..CLIENTS {
@@ -223,10 +242,12 @@ async fn drive(
     }
     let client = reqwest::Client::new();
     let deadline = Duration::from_secs(60).max(Duration::from_millis(points as u64));
-    loop {
-        let processed = processed_points(&client, &metrics_url).await?;
+    let text = loop {
+        let text = get_text(&client, &metrics_url).await?;
+        let processed = parse_counter(&text, "pulse_processor_points_total")
+            .ok_or_else(|| format!("{metrics_url} has no pulse_processor_points_total"))?;
         if processed >= points as u64 {
-            break;
+            break text;
         }
         if started.elapsed() > deadline {
             return Err(format!(
@@ -235,12 +256,29 @@ async fn drive(
             ));
         }
         tokio::time::sleep(POLL_EVERY).await;
-    }
+    };
+    let processed = started.elapsed();
+    let busy_cores = cpu_before
+        .zip(cpu_seconds())
+        .map(|(before, after)| (after - before) / processed.as_secs_f64());
     Ok(UpTimes {
         accepted: accepted_after,
-        processed: started.elapsed(),
+        processed,
         retries,
+        busy_cores,
+        commits: parse_counter(&text, "pulse_processor_commit_duration_seconds_count"),
+        commit_seconds: parse_value(&text, "pulse_processor_commit_duration_seconds_sum"),
     })
+}
+
+/// User + system CPU time of this process so far, from /proc (Linux).
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    // utime and stime are fields 14 and 15 of the line, in USER_HZ (100 on Linux).
+    Some((ticks(11)? + ticks(12)?) as f64 / 100.0)
 }
 
 /// Posts bodies until none are left; returns (points accepted, retries).
@@ -290,24 +328,26 @@ async fn post_all(
     Ok((accepted, retries))
 }
 
-/// `pulse_processor_points_total` from the processor's Prometheus text.
-async fn processed_points(client: &reqwest::Client, url: &str) -> Result<u64, String> {
-    let text = client
+async fn get_text(client: &reqwest::Client, url: &str) -> Result<String, String> {
+    client
         .get(url)
         .send()
         .await
         .map_err(|e| format!("GET {url} failed: {e}"))?
         .text()
         .await
-        .map_err(|e| format!("reading {url}: {e}"))?;
-    parse_counter(&text, "pulse_processor_points_total")
-        .ok_or_else(|| format!("{url} has no pulse_processor_points_total"))
+        .map_err(|e| format!("reading {url}: {e}"))
+}
+
+/// The value of an unlabelled sample in Prometheus text format.
+pub fn parse_value(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let value = line.strip_prefix(name)?.strip_prefix(' ')?;
+        value.trim().parse::<f64>().ok()
+    })
 }
 
 /// The value of an unlabelled counter in Prometheus text format.
 pub fn parse_counter(text: &str, name: &str) -> Option<u64> {
-    text.lines().find_map(|line| {
-        let value = line.strip_prefix(name)?.strip_prefix(' ')?;
-        value.trim().parse::<f64>().ok().map(|v| v as u64)
-    })
+    parse_value(text, name).map(|v| v as u64)
 }

@@ -11,6 +11,7 @@ mod window;
 mod tests;
 
 use std::fmt::Write as _;
+use std::time::Duration;
 
 /// Options of `pulse bench`.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -115,129 +116,181 @@ pub async fn measure(args: &BenchArgs) -> Result<Report, String> {
     let sizes = Sizes::of(args);
     let wanted = |stage| args.only.is_empty() || args.only.contains(&stage);
     let mut report = Report::default();
-    let mut rss_note = String::new();
-
+    let mut rss = Vec::new();
     if wanted(Stage::Sketch) {
-        eprintln!(
-            "bench: sketch inserts ({} values, {} run(s))...",
-            sizes.sketch_values, sizes.runs
-        );
-        let s = sketch::measure(sizes.sketch_values, sizes.runs)?;
-        report.rows.push(Row {
-            what: format!(
-                "Sketch inserts: `Aggregate::add`, {} Pareto values",
-                thousands(s.values)
-            ),
-            rate: s.sketch_rate,
-            unit: "values/s",
-            reference: "exact: push into a `Vec<f64>`, sort, read p50/p90/p95/p99".into(),
-            reference_rate: s.exact_rate,
-            target: "faster than exact, ≤ 1 % quantile error".into(),
-        });
-        report.notes.push(format!(
-            "Sketch accuracy: largest relative error of p50/p90/p95/p99 against the exact values {:.3} %; \
-             the encoded sketch takes {} bytes against {} bytes for the kept values.",
-            s.max_relative_error * 100.0,
-            thousands(s.sketch_bytes),
-            thousands(s.values * 8)
-        ));
+        sketch_stage(&sizes, &mut report)?;
     }
-
     if wanted(Stage::Window) {
-        eprintln!(
-            "bench: window aggregation ({} points, {} series, {} run(s))...",
-            sizes.window_points, sizes.window_series, sizes.runs
-        );
-        let w = window::measure(sizes.window_points, sizes.window_series, sizes.runs)?;
-        let met = if w.aggregator_rate >= WINDOW_TARGET {
-            "met"
-        } else {
-            "NOT met"
-        };
-        report.rows.push(Row {
-            what: format!(
-                "Window aggregation, 1 thread: `Aggregator`, {} series × 3 windows (1m, 5m, 15m), {} points",
-                thousands(w.series),
-                thousands(w.points)
-            ),
-            rate: w.aggregator_rate,
-            unit: "points/s",
-            reference: "`FxHashMap` fold of count/sum/min/max per (series, window)".into(),
-            reference_rate: w.fold_rate,
-            target: format!("≥ 2 M points/s per core: {met}"),
-        });
-        report.notes.push(format!(
-            "Window run: {} windows closed, {} (point, window) pairs counted late, close_ready every 10k points, \
-             checkpoint every 100k.",
-            thousands(w.closed),
-            thousands(w.late)
-        ));
-        rss_note = format!("in-memory measurements {}", peak_rss_text());
+        window_stage(&sizes, &mut report)?;
     }
-
+    if wanted(Stage::Sketch) || wanted(Stage::Window) {
+        rss.push(format!("in-memory measurements {}", peak_rss_text()));
+    }
     if wanted(Stage::E2e) {
-        eprintln!(
-            "bench: end to end through pulse up ({} points in batches of {}, {} clients)...",
-            sizes.e2e_points,
-            sizes.batch,
-            e2e::CLIENTS
-        );
-        let reset = std::cell::Cell::new(false);
-        let e = e2e::measure(sizes.e2e_points, sizes.batch, sizes.e2e_series, || {
-            reset.set(reset_peak_rss())
-        })
-        .await?;
-        let reference = format!(
-            "`SqliteBus::send` of the same records, {} per send, {} senders",
+        rss.push(e2e_stage(&sizes, &mut report).await?);
+    }
+    report
+        .notes
+        .push(format!("Peak RSS (VmHWM): {}.", rss.join("; ")));
+    Ok(report)
+}
+
+fn sketch_stage(sizes: &Sizes, report: &mut Report) -> Result<(), String> {
+    eprintln!(
+        "bench: sketch inserts ({} values, {} run(s))...",
+        sizes.sketch_values, sizes.runs
+    );
+    let s = sketch::measure(sizes.sketch_values, sizes.runs)?;
+    let met = if s.max_relative_error <= 0.01 {
+        "met"
+    } else {
+        "NOT met"
+    };
+    report.rows.push(Row {
+        what: format!(
+            "Sketch inserts: `Aggregate::add`, {} Pareto values",
+            thousands(s.values)
+        ),
+        rate: s.sketch_rate,
+        unit: "values/s",
+        reference: "exact: push into a `Vec<f64>`, sort, read p50/p90/p95/p99".into(),
+        reference_rate: s.exact_rate,
+        target: format!("quantiles within 1 % (DESIGN.md): {met}"),
+    });
+    report.notes.push(format!(
+        "Sketch: largest relative error of p50/p90/p95/p99 against the exact values {:.3} %; \
+         the encoded sketch takes {} bytes against {} bytes for the kept values.",
+        s.max_relative_error * 100.0,
+        thousands(s.sketch_bytes),
+        thousands(s.values * 8)
+    ));
+    Ok(())
+}
+
+fn window_stage(sizes: &Sizes, report: &mut Report) -> Result<(), String> {
+    eprintln!(
+        "bench: window aggregation ({} points, {} series, {} run(s))...",
+        sizes.window_points, sizes.window_series, sizes.runs
+    );
+    let w = window::measure(sizes.window_points, sizes.window_series, sizes.runs)?;
+    let met = if w.aggregator_rate >= WINDOW_TARGET {
+        "met"
+    } else {
+        "NOT met"
+    };
+    report.rows.push(Row {
+        what: format!(
+            "Window aggregation, 1 thread: `Aggregator`, {} series × 3 windows (1m, 5m, 15m), {} points",
+            thousands(w.series),
+            thousands(w.points)
+        ),
+        rate: w.aggregator_rate,
+        unit: "points/s",
+        reference: "`FxHashMap` fold of count/sum/min/max per (series, window)".into(),
+        reference_rate: w.fold_rate,
+        target: format!("≥ 2 M points/s per core: {met}"),
+    });
+    let p = &w.phases;
+    let share = |d: Duration| 100.0 * d.as_secs_f64() / p.total.as_secs_f64();
+    let per_point = |d: Duration| d.as_secs_f64() * 1e9 / w.points as f64;
+    report.notes.push(format!(
+        "Window aggregation, where the `Aggregator`'s {:.0} ns per point go: `ingest` {:.0} % ({:.0} ns), \
+         `close_ready` every {} points {:.0} %, `checkpoint` every {} points {:.0} %, freeing each checkpoint's \
+         output (raw points, results, window states) {:.0} % ({:.0} ns). Per run: {} windows closed, {} \
+         (point, window) pairs late.",
+        per_point(p.total),
+        share(p.ingest()),
+        per_point(p.ingest()),
+        thousands(window::CLOSE_EVERY),
+        share(p.close_ready),
+        thousands(window::CHECKPOINT_EVERY),
+        share(p.checkpoint),
+        share(p.free),
+        per_point(p.free),
+        thousands(w.closed),
+        thousands(w.late)
+    ));
+    Ok(())
+}
+
+/// Returns the peak-RSS note of the stage.
+async fn e2e_stage(sizes: &Sizes, report: &mut Report) -> Result<String, String> {
+    eprintln!(
+        "bench: end to end through pulse up ({} points in batches of {}, {} clients)...",
+        sizes.e2e_points,
+        sizes.batch,
+        e2e::CLIENTS
+    );
+    // Whether the peak mark was reset right before `pulse up` started, and
+    // the RSS at that moment.
+    let reset = std::cell::Cell::new((false, None));
+    let e = e2e::measure(sizes.e2e_points, sizes.batch, sizes.e2e_series, || {
+        reset.set((reset_peak_rss(), status_kib("VmRSS:")))
+    })
+    .await?;
+    let reference = format!(
+        "`SqliteBus::send` of the same records, {} per send, {} senders",
+        thousands(e.batch),
+        e2e::CLIENTS
+    );
+    let what = |part: &str| {
+        format!(
+            "End to end, {part}: `pulse up`, {} points of {} series, JSON batches of {}, {} clients",
+            thousands(e.points),
+            thousands(sizes.e2e_series),
             thousands(e.batch),
             e2e::CLIENTS
+        )
+    };
+    report.rows.push(Row {
+        what: what("first POST to last point aggregated"),
+        rate: e.processed_rate,
+        unit: "points/s",
+        reference: reference.clone(),
+        reference_rate: e.bus_rate,
+        target: "—".into(),
+    });
+    report.rows.push(Row {
+        what: what("first POST to last 202 (accepted by the gateway)"),
+        rate: e.accepted_rate,
+        unit: "points/s",
+        reference,
+        reference_rate: e.bus_rate,
+        target: "—".into(),
+    });
+    let mut detail = format!("End to end took {:.2} s", e.seconds);
+    if let Some(busy) = e.busy_cores {
+        let _ = write!(
+            detail,
+            "; the process (clients included) kept {busy:.2} of {} cores busy",
+            cores()
         );
-        let what = |part: &str| {
-            format!(
-                "End to end, {part}: `pulse up`, {} points, JSON batches of {}, {} clients",
-                thousands(e.points),
-                thousands(e.batch),
-                e2e::CLIENTS
-            )
-        };
-        report.rows.push(Row {
-            what: what("first POST to last point aggregated"),
-            rate: e.processed_rate,
-            unit: "points/s",
-            reference: reference.clone(),
-            reference_rate: e.bus_rate,
-            target: "—".into(),
-        });
-        report.rows.push(Row {
-            what: what("first POST to last 202 (accepted by the gateway)"),
-            rate: e.accepted_rate,
-            unit: "points/s",
-            reference,
-            reference_rate: e.bus_rate,
-            target: "—".into(),
-        });
-        if e.retries > 0 {
-            report.notes.push(format!(
-                "The gateway pushed back (429/503) {} time(s); those requests were retried.",
-                e.retries
-            ));
-        }
-        let scope = if reset.get() {
-            "end to end"
-        } else {
-            "whole run (the peak mark could not be reset)"
-        };
-        let e2e_rss = format!("{scope} {}", peak_rss_text());
-        rss_note = if rss_note.is_empty() {
-            e2e_rss
-        } else {
-            format!("{rss_note}; {e2e_rss}")
-        };
     }
-    if !rss_note.is_empty() {
-        report.notes.push(format!("Peak RSS (VmHWM): {rss_note}."));
+    if let (Some(n), Some(s)) = (e.commits, e.commit_seconds) {
+        let _ = write!(
+            detail,
+            "; the processor spent {s:.2} s in {n} store commit(s)"
+        );
     }
-    Ok(report)
+    report.notes.push(format!("{detail}."));
+    if e.retries > 0 {
+        report.notes.push(format!(
+            "The gateway pushed back (429/503) {} time(s); those requests were retried.",
+            e.retries
+        ));
+    }
+    Ok(match reset.get() {
+        (true, Some(kib)) => format!(
+            "end to end {} (from {} MiB when `pulse up` started, the bench's prepared requests and heap it freed earlier included)",
+            peak_rss_text(),
+            kib / 1024
+        ),
+        (true, None) => format!("end to end {}", peak_rss_text()),
+        (false, _) => format!(
+            "whole run {} (the peak mark could not be reset)",
+            peak_rss_text()
+        ),
+    })
 }
 
 /// The report as Markdown: machine, table, notes.
@@ -335,15 +388,16 @@ fn profile() -> &'static str {
     }
 }
 
-/// VmHWM (peak resident set) of this process in KiB, where /proc has it.
-fn peak_rss_kib() -> Option<u64> {
+/// A memory line of /proc/self/status in KiB, e.g. `VmHWM:` (peak resident
+/// set) or `VmRSS:`, where /proc has it.
+fn status_kib(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?;
+    let line = status.lines().find_map(|l| l.strip_prefix(field))?;
     line.trim().trim_end_matches("kB").trim().parse().ok()
 }
 
 fn peak_rss_text() -> String {
-    peak_rss_kib().map_or_else(|| "n/a".into(), |kib| format!("{} MiB", kib / 1024))
+    status_kib("VmHWM:").map_or_else(|| "n/a".into(), |kib| format!("{} MiB", kib / 1024))
 }
 
 /// Resets the peak-RSS mark (Linux: writing 5 to clear_refs), so the next

@@ -9,7 +9,7 @@ use super::data::skewed_values;
 use super::median;
 
 /// The quantiles both sides read at the end.
-const QUANTILES: [&str; 4] = ["p50", "p90", "p95", "p99"];
+const QUANTILES: [(&str, f64); 4] = [("p50", 0.50), ("p90", 0.90), ("p95", 0.95), ("p99", 0.99)];
 
 /// Median rates over `runs` of `n` values, plus how the two sides compare.
 pub struct SketchResult {
@@ -26,7 +26,7 @@ pub fn measure(n: usize, runs: usize) -> Result<SketchResult, String> {
     let values = skewed_values(n);
     let kinds: Vec<AggKind> = QUANTILES
         .iter()
-        .map(|q| q.parse())
+        .map(|(label, _)| label.parse())
         .collect::<Result<_, _>>()?;
     let (mut sketch_rates, mut exact_rates) = (Vec::new(), Vec::new());
     let (mut estimates, mut exact) = (Vec::new(), Vec::new());
@@ -50,7 +50,10 @@ pub fn measure(n: usize, runs: usize) -> Result<SketchResult, String> {
             kept.push(black_box(v));
         }
         kept.sort_unstable_by(f64::total_cmp);
-        exact = QUANTILES.iter().map(|q| nearest_rank(&kept, q)).collect();
+        exact = QUANTILES
+            .iter()
+            .map(|&(_, q)| nearest_rank(&kept, q))
+            .collect();
         exact_rates.push(n as f64 / started.elapsed().as_secs_f64());
         black_box(&kept);
     }
@@ -68,11 +71,8 @@ pub fn measure(n: usize, runs: usize) -> Result<SketchResult, String> {
     })
 }
 
-/// The exact quantile with the rank convention DDSketch uses.
-fn nearest_rank(sorted: &[f64], q: &str) -> f64 {
-    let fraction: f64 = q[1..].parse::<f64>().unwrap_or(50.0) / 100.0;
-    sorted
-        .get((fraction * sorted.len().saturating_sub(1) as f64).floor() as usize)
-        .copied()
-        .unwrap_or(f64::NAN)
+/// The exact quantile `q` with the rank convention DDSketch uses.
+fn nearest_rank(sorted: &[f64], q: f64) -> f64 {
+    let rank = (q * sorted.len().saturating_sub(1) as f64).floor() as usize;
+    sorted.get(rank).copied().unwrap_or(f64::NAN)
 }

@@ -1,9 +1,11 @@
 //! Window aggregation in memory, one thread: the processor's `Aggregator`
 //! against a plain hash-map fold of the same points.
 //!
-//! Points are built in chunks before each timed stretch and moved in, as the
-//! processor moves decoded points in; only ingestion (and the periodic
-//! `close_ready` / `checkpoint` the real loop does) is inside the clock.
+//! Points are built in small chunks right before each timed stretch and moved
+//! in, so they are as cache-warm as in the real loop (which decodes each record
+//! right before ingesting it) while their construction stays off the clock.
+//! On the clock: ingest, plus the `close_ready` and `checkpoint` calls the
+//! real loop makes, and freeing what the checkpoint handed out.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -18,11 +20,11 @@ use super::median;
 
 const PARTITIONS: u32 = 4;
 /// The processor closes due windows after every poll; its polls are this large.
-const CLOSE_EVERY: usize = 10_000;
+pub const CLOSE_EVERY: usize = 10_000;
 /// And it checkpoints about this often at full speed.
-const CHECKPOINT_EVERY: usize = 100_000;
-/// Points built ahead of each timed stretch (bounds the bench's own memory).
-const CHUNK: usize = 1_000;
+pub const CHECKPOINT_EVERY: usize = 100_000;
+/// Points built ahead of each timed stretch: small enough to stay in cache.
+pub const CHUNK: usize = 1_000;
 /// Event time of the first point: a 15-minute boundary, so windows are aligned.
 const BASE_MS: TimestampMs = 1_721_199_600_000;
 
@@ -31,26 +33,50 @@ pub struct WindowResult {
     pub series: usize,
     pub aggregator_rate: f64,
     pub fold_rate: f64,
-    /// Windows closed and window definitions skipped as late, in the last run.
+    /// Where the aggregator's time went, in the median run.
+    pub phases: Phases,
+    /// Windows closed and window definitions skipped as late, per run.
     pub closed: usize,
     pub late: usize,
 }
 
+/// The aggregator's time on the clock, split by what it was spent on.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Phases {
+    pub total: Duration,
+    pub close_ready: Duration,
+    pub checkpoint: Duration,
+    /// Dropping the checkpoint's output (raw points, results, window states),
+    /// which the real loop does once the store has it.
+    pub free: Duration,
+}
+
+impl Phases {
+    /// Everything not in a named phase: `ingest` itself.
+    pub fn ingest(&self) -> Duration {
+        self.total
+            .saturating_sub(self.close_ready + self.checkpoint + self.free)
+    }
+}
+
 pub fn measure(points: usize, series: usize, runs: usize) -> Result<WindowResult, String> {
     let fleet = fleet(series);
-    let (mut agg_rates, mut fold_rates) = (Vec::new(), Vec::new());
+    let (mut agg_runs, mut fold_rates) = (Vec::new(), Vec::new());
     let (mut closed, mut late) = (0, 0);
     for _ in 0..runs {
         let run = aggregator_run(points, &fleet)?;
-        agg_rates.push(points as f64 / run.elapsed.as_secs_f64());
         (closed, late) = (run.closed, run.late);
+        agg_runs.push(run.phases);
         fold_rates.push(points as f64 / fold_run(points, &fleet)?.as_secs_f64());
     }
+    agg_runs.sort_by_key(|p| p.total);
+    let phases = agg_runs[agg_runs.len() / 2];
     Ok(WindowResult {
         points,
         series,
-        aggregator_rate: median(&mut agg_rates),
+        aggregator_rate: points as f64 / phases.total.as_secs_f64(),
         fold_rate: median(&mut fold_rates),
+        phases,
         closed,
         late,
     })
@@ -70,9 +96,18 @@ fn chunk(from: usize, to: usize, fleet: &[Series], offsets: &mut [u64]) -> Vec<(
 }
 
 struct AggregatorRun {
-    elapsed: Duration,
+    phases: Phases,
     closed: usize,
     late: usize,
+}
+
+/// What the aggregator has produced so far, for the accounting check.
+#[derive(Default)]
+struct Tally {
+    added: usize,
+    late: usize,
+    closed: usize,
+    results: usize,
 }
 
 fn aggregator_run(points: usize, fleet: &[Series]) -> Result<AggregatorRun, String> {
@@ -88,32 +123,38 @@ fn aggregator_run(points: usize, fleet: &[Series]) -> Result<AggregatorRun, Stri
         .assign(&partitions, &Checkpoint::default(), now)
         .map_err(|e| format!("window bench: assigning partitions failed: {e}"))?;
     let mut offsets = vec![0; PARTITIONS as usize];
-    let (mut added, mut late, mut closed, mut results) = (0, 0, 0, 0);
-    let mut elapsed = Duration::ZERO;
+    let mut tally = Tally::default();
+    let mut phases = Phases::default();
     let mut done = 0;
     while done < points {
         let batch = chunk(done, (done + CHUNK).min(points), fleet, &mut offsets);
         let started = Instant::now();
         for (partition, offset, point) in batch {
             let outcome = aggregator.ingest(partition, offset, point, now);
-            added += outcome.windows;
-            late += outcome.late;
+            tally.added += outcome.windows;
+            tally.late += outcome.late;
             done += 1;
             if done % CLOSE_EVERY == 0 {
-                closed += aggregator.close_ready();
+                close(&mut aggregator, &mut tally, &mut phases);
             }
             if done % CHECKPOINT_EVERY == 0 {
-                results += black_box(aggregator.checkpoint(None)).commit.results.len();
+                checkpoint(&mut aggregator, &mut tally, &mut phases);
             }
         }
-        elapsed += started.elapsed();
+        phases.total += started.elapsed();
     }
     // The real loop commits what it holds when it stops.
     let started = Instant::now();
-    closed += aggregator.close_ready();
-    results += black_box(aggregator.checkpoint(None)).commit.results.len();
-    elapsed += started.elapsed();
+    close(&mut aggregator, &mut tally, &mut phases);
+    checkpoint(&mut aggregator, &mut tally, &mut phases);
+    phases.total += started.elapsed();
     // Every point went into each of its windows or was counted late there.
+    let Tally {
+        added,
+        late,
+        closed,
+        results,
+    } = tally;
     if added + late != points * per_point || results != closed {
         return Err(format!(
             "window bench: the aggregator's accounting is off: {added} window updates + {late} late for \
@@ -121,10 +162,26 @@ fn aggregator_run(points: usize, fleet: &[Series]) -> Result<AggregatorRun, Stri
         ));
     }
     Ok(AggregatorRun {
-        elapsed,
+        phases,
         closed,
         late,
     })
+}
+
+fn close(aggregator: &mut Aggregator, tally: &mut Tally, phases: &mut Phases) {
+    let started = Instant::now();
+    tally.closed += aggregator.close_ready();
+    phases.close_ready += started.elapsed();
+}
+
+fn checkpoint(aggregator: &mut Aggregator, tally: &mut Tally, phases: &mut Phases) {
+    let started = Instant::now();
+    let checkpointed = black_box(aggregator.checkpoint(None));
+    let made = Instant::now();
+    tally.results += checkpointed.commit.results.len();
+    drop(checkpointed);
+    phases.checkpoint += made - started;
+    phases.free += made.elapsed();
 }
 
 /// Per window: count, sum, min, max. No sketch, no raw points, no lateness.
@@ -157,6 +214,7 @@ fn fold_run(points: usize, fleet: &[Series]) -> Result<Duration, String> {
                     w.3 = w.3.max(v);
                 }
             }
+            // The point is dropped here, on the clock, as the aggregator's are.
         }
         elapsed += started.elapsed();
     }

@@ -374,3 +374,103 @@ impl PartitionWindows {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use pulse_core::codec::state::encode_state;
+
+    use super::*;
+
+    fn tags(host: &str) -> Tags {
+        [("host".to_string(), host.to_string())].into()
+    }
+
+    fn name(metric: &str, host: &str) -> SeriesName {
+        SeriesName {
+            metric: metric.into(),
+            tags: tags(host),
+        }
+    }
+
+    fn get(names: &mut Names, id: u64, metric: &str, host: &str) -> Arc<SeriesName> {
+        names.get(SeriesId(id), metric, &tags(host), || name(metric, host))
+    }
+
+    #[test]
+    fn one_shared_name_per_series_and_colliding_series_stay_apart() {
+        let mut names = Names::default();
+        let a = get(&mut names, 7, "cpu", "a");
+        assert!(Arc::ptr_eq(&a, &get(&mut names, 7, "cpu", "a")));
+        let b = get(&mut names, 7, "mem", "b");
+        assert!(!Arc::ptr_eq(&a, &b), "same id, other series: never merged");
+        assert!(Arc::ptr_eq(&b, &get(&mut names, 7, "mem", "b")));
+
+        // `a` is released while `b` is still used: `b` stays the one name of
+        // its series, and `a` comes back as a new one.
+        names.release(SeriesId(7), &a);
+        assert!(Arc::ptr_eq(&b, &get(&mut names, 7, "mem", "b")));
+        let a2 = get(&mut names, 7, "cpu", "a");
+        assert!(!Arc::ptr_eq(&a, &a2) && !Arc::ptr_eq(&a2, &b));
+
+        // A name still held by someone else is kept.
+        let held = Arc::clone(&b);
+        names.release(SeriesId(7), &b);
+        assert!(Arc::ptr_eq(&held, &get(&mut names, 7, "mem", "b")));
+    }
+
+    #[test]
+    fn a_colliding_series_owns_the_windows_it_opens_and_names_are_dropped_on_close() {
+        let windows = vec![WindowSpec::tumbling(Duration::from_secs(60)).unwrap()];
+        let point = |ts_secs: i64| Point {
+            metric: "cpu".into(),
+            tags: tags("a"),
+            value: 1.0,
+            timestamp_ms: ts_secs * 1000,
+        };
+        let id = point(0).series_id();
+        // Another series under the same id owns the window [0, 60).
+        let mut other = Aggregate::new();
+        other.add(5.0, 1_000);
+        let planted = OpenWindowState {
+            key: OpenWindowKey {
+                partition: 0,
+                series_id: id,
+                window: "1m".into(),
+                start_ms: 0,
+            },
+            state: encode_state("not_cpu", &Tags::new(), &other),
+        };
+        let now = Instant::now();
+        let mut p =
+            PartitionWindows::restore(0, None, [&planted].into_iter(), &windows, now).unwrap();
+        let clash = p.ingest(0, point(10), &windows, 30_000, now);
+        assert!(clash.collision && clash.windows == 0);
+        assert_eq!(
+            (p.names.first.len(), p.names.others.len()),
+            (1, 0),
+            "the colliding name is not kept"
+        );
+        // The window [60, 120) is new: this series opens and owns it.
+        let own = p.ingest(1, point(70), &windows, 30_000, now);
+        assert!(!own.collision && own.windows == 1);
+        let own = p.ingest(2, point(80), &windows, 30_000, now);
+        assert!(!own.collision && own.windows == 1);
+
+        p.ingest(3, point(200), &windows, 30_000, now); // watermark 170 s
+        assert_eq!(p.close_ready(&windows), 2);
+        let mut commit = Commit::default();
+        p.drain_into(&mut commit, &mut BTreeMap::new(), &windows);
+        let got: Vec<_> = commit
+            .results
+            .iter()
+            .map(|r| (r.metric.as_str(), r.start_ms, r.agg.count))
+            .collect();
+        assert_eq!(got, vec![("not_cpu", 0, 1), ("cpu", 60_000, 2)]);
+        // Only the window [180, 240) is open, and only its series is named.
+        assert_eq!(p.open_windows(), 1);
+        assert_eq!((p.names.first.len(), p.names.others.len()), (1, 0));
+        assert_eq!(p.names.first[&id].metric, "cpu");
+    }
+}
