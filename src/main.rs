@@ -6,6 +6,12 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use pulse_core::config::Config;
 
+/// mimalloc instead of glibc malloc: the processor allocates and frees small
+/// strings per point, and mimalloc's thread-local free lists make that about 45 %
+/// faster (BENCHMARKS.md, window aggregation).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "pulse",
