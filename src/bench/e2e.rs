@@ -28,7 +28,7 @@ const MAX_BACKOFF: Duration = Duration::from_millis(200);
 pub struct E2eResult {
     pub points: usize,
     pub batch: usize,
-    /// From the first POST until the processor had aggregated every point.
+    /// From the first POST until the processor's store commit covering every point landed.
     pub processed_rate: f64,
     /// From the first POST until the last 202.
     pub accepted_rate: f64,
@@ -252,6 +252,22 @@ async fn drive(
         if started.elapsed() > deadline {
             return Err(format!(
                 "the processor aggregated only {processed} of {points} points within {} s",
+                deadline.as_secs()
+            ));
+        }
+        tokio::time::sleep(POLL_EVERY).await;
+    };
+    // Aggregated is not stored: the checkpoint that follows covers every point,
+    // so wait for one more commit to land in the store.
+    let commits_seen = parse_counter(&text, "pulse_processor_commits_total").unwrap_or(0);
+    let text = loop {
+        let text = get_text(&client, &metrics_url).await?;
+        if parse_counter(&text, "pulse_processor_commits_total").unwrap_or(0) > commits_seen {
+            break text;
+        }
+        if started.elapsed() > deadline {
+            return Err(format!(
+                "no store commit landed within {} s",
                 deadline.as_secs()
             ));
         }

@@ -243,7 +243,7 @@ async fn e2e_stage(sizes: &Sizes, report: &mut Report) -> Result<String, String>
         )
     };
     report.rows.push(Row {
-        what: what("first POST to last point aggregated"),
+        what: what("first POST to results stored"),
         rate: e.processed_rate,
         unit: "points/s",
         reference: reference.clone(),
