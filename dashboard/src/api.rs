@@ -13,7 +13,7 @@ use pulse_core::result::matches_tags;
 use pulse_core::{TimestampMs, WindowResult};
 use pulse_engine::cache::Cache;
 use pulse_engine::store::{ResultQuery, Store, StoreError};
-use pulse_server::{ApiError, ReadinessCheck};
+use pulse_server::ApiError;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tracing::{error, warn};
@@ -210,23 +210,5 @@ fn store_error(error: StoreError) -> ApiError {
                 "the store could not answer; see the dashboard's logs",
             )
         }
-    }
-}
-
-/// `/readyz` is ready while the store answers; the cache is optional by design.
-pub(crate) struct StoreReady(pub Arc<dyn Store>);
-
-#[async_trait::async_trait]
-impl ReadinessCheck for StoreReady {
-    fn name(&self) -> &str {
-        "store"
-    }
-
-    async fn check(&self) -> Result<String, String> {
-        self.0
-            .ready()
-            .await
-            .map(|()| "answers".to_string())
-            .map_err(|e| e.to_string())
     }
 }

@@ -75,7 +75,8 @@ impl Dashboard {
             .route("/api/v1/live", get(live::live))
             .route_layer(from_fn_with_state(tokens, require_bearer))
             .with_state(state);
-        let checks: Vec<Arc<dyn ReadinessCheck>> = vec![Arc::new(api::StoreReady(store))];
+        let checks: Vec<Arc<dyn ReadinessCheck>> =
+            vec![Arc::new(pulse_server::checks::StoreReady(store))];
         Router::new()
             .route("/", get(api::index))
             .merge(api)

@@ -12,6 +12,7 @@ use pulse_core::now_ms;
 use pulse_engine::bus::{BusConsumer, BusRecord, ConsumerEvent};
 use pulse_engine::cache::Cache;
 use pulse_engine::store::Store;
+use pulse_server::checks::StoreReady;
 use pulse_server::{CancellationToken, ReadinessCheck, ops_router};
 use tracing::{error, info, warn};
 
@@ -65,23 +66,6 @@ impl ReadinessCheck for StatusCheck {
     }
 }
 
-struct StoreCheck(Arc<dyn Store>);
-
-#[async_trait]
-impl ReadinessCheck for StoreCheck {
-    fn name(&self) -> &str {
-        "store"
-    }
-
-    async fn check(&self) -> Result<String, String> {
-        self.0
-            .ready()
-            .await
-            .map(|()| "answers".to_string())
-            .map_err(|e| e.to_string())
-    }
-}
-
 /// The stream processor of one pipeline.
 pub struct Processor {
     config: ProcessorConfig,
@@ -130,7 +114,7 @@ impl Processor {
     /// `/healthz`, `/readyz` (store reachable, commits succeeding) and `/metrics`.
     pub fn router(&self) -> Router {
         let checks: Vec<Arc<dyn ReadinessCheck>> = vec![
-            Arc::new(StoreCheck(Arc::clone(&self.store))),
+            Arc::new(StoreReady(Arc::clone(&self.store))),
             Arc::new(StatusCheck(Arc::clone(&self.status))),
         ];
         ops_router(Arc::clone(&self.registry), checks)

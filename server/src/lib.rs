@@ -3,6 +3,7 @@
 //! logging setup and graceful serving.
 
 pub mod auth;
+pub mod checks;
 pub mod error;
 pub mod http_metrics;
 pub mod ops;
