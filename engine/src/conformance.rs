@@ -446,7 +446,9 @@ mod embedded {
 
 mod postgres_engine {
     use crate::store::postgres::PostgresStore;
-    use crate::store::postgres::testing::{dropping_schemas, pg_url_or_skip, unique_schema};
+    use crate::store::postgres::testing::{
+        dropping_schemas, pg_url_or_skip, unique_name as unique_schema,
+    };
 
     #[tokio::test]
     async fn postgres_store_conforms() {
@@ -730,19 +732,20 @@ mod kafka_engine {
 }
 
 mod redis_engine {
+
     //! The Redis engine against a real Redis: `PULSE_TEST_REDIS_URL`, by
     //! default `redis://127.0.0.1:6379`. Every test works under its own key
     //! prefix and deletes its keys afterwards, pass or fail.
 
     use std::future::Future;
     use std::panic::AssertUnwindSafe;
-    use std::sync::atomic::{AtomicU32, Ordering};
-    use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+    use std::time::{Duration, Instant};
 
     use futures::FutureExt;
 
     use crate::cache::redis::{RedisCache, encode_result};
     use crate::cache::{Cache, CacheError};
+    use crate::store::postgres::testing::unique_name;
 
     const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
     const TTL: Duration = Duration::from_secs(600);
@@ -776,20 +779,6 @@ mod redis_engine {
              or CI=1 to make this a failure"
         );
         None
-    }
-
-    /// A key prefix no other test (or test process) uses.
-    fn unique_prefix(tag: &str) -> String {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        format!(
-            "pulse_test_{tag}_{}_{nanos}_{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        )
     }
 
     async fn connection(url: &str) -> redis::aio::MultiplexedConnection {
@@ -830,7 +819,7 @@ mod redis_engine {
         let Some(url) = redis_url_or_skip().await else {
             return;
         };
-        let prefix = unique_prefix("conform");
+        let prefix = unique_name("conform");
         deleting_keys(&url, &prefix, async {
             let cache = RedisCache::connect(&url, &prefix, TTL).await.unwrap();
             super::cache_suite(&cache).await;
@@ -849,7 +838,7 @@ mod redis_engine {
         let Some(url) = redis_url_or_skip().await else {
             return;
         };
-        let prefix = unique_prefix("order");
+        let prefix = unique_name("order");
         deleting_keys(&url, &prefix, async {
             // Two processors, as during a rebalance: the one with the older
             // window writes last.
@@ -930,7 +919,7 @@ mod redis_engine {
         let Some(url) = redis_url_or_skip().await else {
             return;
         };
-        let prefix = unique_prefix("garbage");
+        let prefix = unique_name("garbage");
         deleting_keys(&url, &prefix, async {
             let cache = RedisCache::connect(&url, &prefix, TTL).await.unwrap();
             let mut redis = connection(&url).await;

@@ -12,6 +12,7 @@
 
 pub mod bus;
 pub mod cache;
+mod sqlite;
 pub mod store;
 
 #[cfg(test)]

@@ -8,14 +8,11 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::SqlitePool;
 use sqlx::{QueryBuilder, Row, Sqlite};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -52,19 +49,9 @@ impl SqliteBus {
         if partitions == 0 {
             return Err(BusError::Other("a bus needs at least one partition".into()));
         }
-        let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
-            .map_err(|e| BusError::Other(format!("bus path {}: {e}", path.display())))?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
+        let pool = crate::sqlite::open_pool(path, "bus")
             .await
-            .map_err(|e| {
-                BusError::Unavailable(format!("cannot open the bus at {}: {e}", path.display()))
-            })?;
+            .map_err(BusError::Unavailable)?;
         for statement in SCHEMA {
             sqlx::query(statement).execute(&pool).await.map_err(other)?;
         }

@@ -1245,8 +1245,8 @@ pub(crate) mod testing {
         None
     }
 
-    /// A schema name no other test (or test process) uses.
-    pub(crate) fn unique_schema(tag: &str) -> String {
+    /// A name (schema, key prefix) no other test or test process uses.
+    pub(crate) fn unique_name(tag: &str) -> String {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -1287,7 +1287,7 @@ pub(crate) mod testing {
 
 #[cfg(test)]
 mod tests {
-    use super::testing::{dropping_schemas, pg_url_or_skip, unique_schema};
+    use super::testing::{dropping_schemas, pg_url_or_skip, unique_name as unique_schema};
     use super::*;
 
     #[test]

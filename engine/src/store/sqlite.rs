@@ -2,15 +2,10 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::str::FromStr;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use pulse_core::{Aggregate, Point, SeriesId, Tags, TimestampMs, WindowResult};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
-};
+use sqlx::sqlite::{SqlitePool, SqliteRow};
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::{
@@ -33,19 +28,9 @@ fn unavailable(e: sqlx::Error) -> StoreError {
 impl SqliteStore {
     /// Opens (or creates) the database file at `path`. Call [`Store::migrate`] next.
     pub async fn open(path: &Path) -> Result<SqliteStore, StoreError> {
-        let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
-            .map_err(|e| StoreError::Other(format!("store path {}: {e}", path.display())))?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
+        let pool = crate::sqlite::open_pool(path, "store")
             .await
-            .map_err(|e| {
-                StoreError::Unavailable(format!("cannot open the store at {}: {e}", path.display()))
-            })?;
+            .map_err(StoreError::Unavailable)?;
         Ok(SqliteStore { pool })
     }
 }
