@@ -8,7 +8,8 @@ use pulse_core::{Aggregate, Point, SeriesId, Tags, WindowResult};
 use crate::bus::{BusConsumer, BusProducer, ConsumerEvent, OutgoingRecord};
 use crate::cache::Cache;
 use crate::store::{
-    Commit, LateCount, OpenWindowKey, OpenWindowState, PartitionCheckpoint, ResultQuery, Store,
+    Commit, LateCount, OpenWindowKey, OpenWindowState, PartitionCheckpoint, RawPoint, ResultQuery,
+    SeriesRow, Store,
 };
 
 fn tags(pairs: &[(&str, &str)]) -> Tags {
@@ -164,6 +165,7 @@ pub async fn store_suite(store: &dyn Store) {
         start_ms: 120_000,
     };
     let raw_tags = tags(&[("host", "a"), ("env", "prod")]);
+    let raw_id = SeriesId::of("cpu", &raw_tags);
     let commit = Commit {
         partitions: vec![PartitionCheckpoint {
             partition: 1,
@@ -178,18 +180,21 @@ pub async fn store_suite(store: &dyn Store) {
             result("cpu", "a", "5m", 0, &[1.0, 2.0, 4.0]),
             result("mem", "a", "1m", 0, &[9.0]),
         ],
+        series: vec![SeriesRow {
+            series_id: raw_id,
+            metric: "cpu".into(),
+            tags: raw_tags.clone(),
+        }],
         raw_points: vec![
-            Point {
-                metric: "cpu".into(),
-                tags: raw_tags.clone(),
-                value: 1.0,
+            RawPoint {
+                series_id: raw_id,
                 timestamp_ms: 10,
+                value: 1.0,
             },
-            Point {
-                metric: "cpu".into(),
-                tags: raw_tags.clone(),
-                value: 2.0,
+            RawPoint {
+                series_id: raw_id,
                 timestamp_ms: 20,
+                value: 2.0,
             },
         ],
         upsert_open: vec![OpenWindowState {
@@ -293,7 +298,15 @@ pub async fn store_suite(store: &dyn Store) {
         .raw_points("cpu", &tags(&[("host", "a")]), 0, 15)
         .await
         .unwrap();
-    assert_eq!(raw, vec![commit.raw_points[0].clone()]);
+    assert_eq!(
+        raw,
+        vec![Point {
+            metric: "cpu".into(),
+            tags: raw_tags.clone(),
+            value: 1.0,
+            timestamp_ms: 10,
+        }]
+    );
 
     let metrics = store.metrics().await.unwrap();
     assert_eq!(

@@ -98,7 +98,8 @@ impl Processor {
                 windows,
                 config.processor.allowed_lateness,
                 config.processor.idle_timeout,
-            ),
+            )
+            .map_err(|e| ProcessorError::Config(format!("processor.windows: {e}")))?,
             config: config.processor.clone(),
             storage: config.storage.clone(),
             consumer,

@@ -116,7 +116,8 @@ fn aggregator_run(points: usize, fleet: &[Series]) -> Result<AggregatorRun, Stri
         .iter()
         .map(WindowSpec::windows_per_point)
         .sum::<usize>();
-    let mut aggregator = Aggregator::new(windows, Duration::from_secs(30), Duration::from_secs(10));
+    let mut aggregator = Aggregator::new(windows, Duration::from_secs(30), Duration::from_secs(10))
+        .map_err(|e| format!("window bench: {e}"))?;
     let now = Instant::now();
     let partitions: Vec<u32> = (0..PARTITIONS).collect();
     aggregator

@@ -31,10 +31,24 @@ pub struct WindowStateV1 {
     /// DDSketch in DataDog's standard binary encoding.
     #[prost(bytes = "vec", tag = "9")]
     pub sketch: Vec<u8>,
+    /// Labels of the windows this window's aggregate still has to be merged
+    /// into when it closes (see `pulse_processor::window::layout`).
+    #[prost(string, repeated, tag = "10")]
+    pub feeds: Vec<String>,
 }
 
-/// Encodes the state of one open window of the series `metric`/`tags`.
-pub fn encode_state(metric: &str, tags: &Tags, agg: &Aggregate) -> Vec<u8> {
+/// A decoded window state.
+#[derive(Debug, Clone)]
+pub struct WindowState {
+    pub metric: String,
+    pub tags: Tags,
+    pub agg: Aggregate,
+    pub feeds: Vec<String>,
+}
+
+/// Encodes the state of one window of the series `metric`/`tags`, and the
+/// labels of the windows it feeds (empty for a closed window).
+pub fn encode_state(metric: &str, tags: &Tags, agg: &Aggregate, feeds: &[&str]) -> Vec<u8> {
     let message = WindowStateV1 {
         metric_name: metric.to_string(),
         tags: tags
@@ -51,6 +65,7 @@ pub fn encode_state(metric: &str, tags: &Tags, agg: &Aggregate) -> Vec<u8> {
         last: agg.last,
         last_ts: agg.last_ts,
         sketch: agg.sketch_bytes(),
+        feeds: feeds.iter().map(|f| f.to_string()).collect(),
     };
     let mut out = Vec::with_capacity(1 + message.encoded_len());
     out.push(RECORD_VERSION);
@@ -59,7 +74,7 @@ pub fn encode_state(metric: &str, tags: &Tags, agg: &Aggregate) -> Vec<u8> {
 }
 
 /// Decodes what [`encode_state`] wrote.
-pub fn decode_state(bytes: &[u8]) -> Result<(String, Tags, Aggregate), RecordError> {
+pub fn decode_state(bytes: &[u8]) -> Result<WindowState, RecordError> {
     let (&version, body) = bytes.split_first().ok_or(RecordError::Empty)?;
     if version != RECORD_VERSION {
         return Err(RecordError::UnknownVersion(version));
@@ -67,11 +82,12 @@ pub fn decode_state(bytes: &[u8]) -> Result<(String, Tags, Aggregate), RecordErr
     let m = WindowStateV1::decode(body).map_err(|e| RecordError::Decode(e.to_string()))?;
     let agg = Aggregate::from_parts(m.count, m.sum, m.min, m.max, m.last, m.last_ts, &m.sketch)
         .map_err(|e| RecordError::Decode(e.to_string()))?;
-    Ok((
-        m.metric_name,
-        m.tags.into_iter().map(|t| (t.key, t.value)).collect(),
+    Ok(WindowState {
+        metric: m.metric_name,
+        tags: m.tags.into_iter().map(|t| (t.key, t.value)).collect(),
         agg,
-    ))
+        feeds: m.feeds,
+    })
 }
 
 #[cfg(test)]
@@ -86,10 +102,11 @@ mod tests {
             agg.add(f64::from(i) * 1.5, i64::from(i));
         }
         let tags: Tags = [("host".to_string(), "a".to_string())].into();
-        let (metric, back_tags, back) = decode_state(&encode_state("m", &tags, &agg)).unwrap();
-        assert_eq!((metric.as_str(), back_tags), ("m", tags));
+        let back = decode_state(&encode_state("m", &tags, &agg, &["5m", "10m/1m"])).unwrap();
+        assert_eq!((back.metric.as_str(), &back.tags), ("m", &tags));
+        assert_eq!(back.feeds, ["5m", "10m/1m"]);
         for kind in AggKind::defaults() {
-            assert_eq!(back.value(kind), agg.value(kind), "{kind}");
+            assert_eq!(back.agg.value(kind), agg.value(kind), "{kind}");
         }
     }
 }

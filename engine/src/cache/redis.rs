@@ -426,7 +426,7 @@ pub enum ValueError {
 
 /// Encodes `result` in [the value format](self#value-format).
 pub fn encode_result(result: &WindowResult) -> Vec<u8> {
-    let state = encode_state(&result.metric, &result.tags, &result.agg);
+    let state = encode_state(&result.metric, &result.tags, &result.agg, &[]);
     // Labels are a few bytes; one longer than u16 would be a bug upstream, and
     // is cut rather than written with a length that lies.
     let window = truncate_utf8(&result.window, usize::from(u16::MAX));
@@ -463,15 +463,15 @@ pub fn decode_result(bytes: &[u8]) -> Result<WindowResult, ValueError> {
         .split_at_checked(window_len)
         .ok_or(ValueError::BadWindow)?;
     let window = std::str::from_utf8(window).map_err(|_| ValueError::BadWindow)?;
-    let (metric, tags, agg) = decode_state(state)?;
+    let state = decode_state(state)?;
     Ok(WindowResult {
         series_id,
-        metric,
-        tags,
+        metric: state.metric,
+        tags: state.tags,
         window: window.to_string(),
         start_ms,
         end_ms,
-        agg,
+        agg: state.agg,
     })
 }
 

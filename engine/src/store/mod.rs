@@ -46,12 +46,33 @@ pub struct LateCount {
     pub count: u64,
 }
 
+/// One raw point as stored. Its series is named by id only: the name and
+/// tags travel once per commit in [`Commit::series`], not once per point,
+/// which keeps the processor's per-point work free of string copies.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RawPoint {
+    pub series_id: SeriesId,
+    pub timestamp_ms: TimestampMs,
+    pub value: f64,
+}
+
+/// The metric and tags behind a series id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeriesRow {
+    pub series_id: SeriesId,
+    pub metric: String,
+    pub tags: Tags,
+}
+
 /// Everything one processor checkpoint writes, atomically.
 #[derive(Debug, Clone, Default)]
 pub struct Commit {
     pub partitions: Vec<PartitionCheckpoint>,
     pub results: Vec<WindowResult>,
-    pub raw_points: Vec<Point>,
+    /// Series of `raw_points` (results carry their own names). A series may be
+    /// given again in later commits; the store keeps the first.
+    pub series: Vec<SeriesRow>,
+    pub raw_points: Vec<RawPoint>,
     pub upsert_open: Vec<OpenWindowState>,
     pub delete_open: Vec<OpenWindowKey>,
     pub late: Vec<LateCount>,

@@ -857,8 +857,6 @@ impl Store for PostgresStore {
     }
 
     async fn commit(&self, commit: &Commit) -> Result<(), StoreError> {
-        let raw_ids: Vec<SeriesId> = commit.raw_points.iter().map(Point::series_id).collect();
-
         // Partitions first, each in its own short transaction: DDL never sits
         // inside the commit, and an empty partition left by a failed commit is
         // harmless.
@@ -881,8 +879,10 @@ impl Store for PostgresStore {
         for r in &commit.results {
             series.insert(r.series_id.as_i64(), (&r.metric, &r.tags));
         }
-        for (p, id) in commit.raw_points.iter().zip(&raw_ids) {
-            series.entry(id.as_i64()).or_insert((&p.metric, &p.tags));
+        for s in &commit.series {
+            series
+                .entry(s.series_id.as_i64())
+                .or_insert((&s.metric, &s.tags));
         }
         if !series.is_empty() {
             let ids: Vec<i64> = series.keys().copied().collect();
@@ -941,7 +941,13 @@ impl Store for PostgresStore {
                 "INSERT INTO raw_points (series_id, ts, value) \
                  SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::float8[])",
             )
-            .bind(raw_ids.iter().map(|id| id.as_i64()).collect::<Vec<_>>())
+            .bind(
+                commit
+                    .raw_points
+                    .iter()
+                    .map(|p| p.series_id.as_i64())
+                    .collect::<Vec<_>>(),
+            )
             .bind(
                 commit
                     .raw_points
@@ -1289,6 +1295,7 @@ pub(crate) mod testing {
 mod tests {
     use super::testing::{dropping_schemas, pg_url_or_skip, unique_name as unique_schema};
     use super::*;
+    use crate::store::RawPoint;
 
     #[test]
     fn schema_names_are_sanitised_and_bounded() {
@@ -1416,12 +1423,11 @@ mod tests {
         .await;
     }
 
-    fn point(metric: &str, ts: i64, value: f64) -> Point {
-        Point {
-            metric: metric.into(),
-            tags: [("host".to_string(), "a".to_string())].into(),
-            value,
+    fn point(metric: &str, ts: i64, value: f64) -> RawPoint {
+        RawPoint {
+            series_id: SeriesId::of(metric, &[("host".to_string(), "a".to_string())].into()),
             timestamp_ms: ts,
+            value,
         }
     }
 

@@ -136,8 +136,8 @@ impl Store for SqliteStore {
         for r in &commit.results {
             series.insert(r.series_id, (&r.metric, &r.tags));
         }
-        for p in &commit.raw_points {
-            series.entry(p.series_id()).or_insert((&p.metric, &p.tags));
+        for s in &commit.series {
+            series.entry(s.series_id).or_insert((&s.metric, &s.tags));
         }
         let series: Vec<_> = series.into_iter().collect();
         for chunk in series.chunks(CHUNK) {
@@ -184,7 +184,7 @@ impl Store for SqliteStore {
             let mut sql =
                 QueryBuilder::<Sqlite>::new("INSERT INTO raw_points (series_id, ts, value) ");
             sql.push_values(chunk, |mut b, p| {
-                b.push_bind(p.series_id().as_i64())
+                b.push_bind(p.series_id.as_i64())
                     .push_bind(p.timestamp_ms)
                     .push_bind(p.value);
             });

@@ -2,6 +2,7 @@
 //! windows close, and what a checkpoint must persist. Pure: no I/O, no clocks
 //! except the `Instant`s handed in, so it is tested and benchmarked directly.
 
+pub mod layout;
 mod partition;
 
 use std::collections::BTreeMap;
@@ -9,12 +10,14 @@ use std::time::{Duration, Instant};
 
 use pulse_core::{Point, TimestampMs, WindowSpec};
 use pulse_engine::store::{Checkpoint, Commit, LateCount};
+use tracing::warn;
 
-pub use partition::{Ingested, PartitionWindows};
+pub use layout::{Layout, LayoutError};
+pub use partition::{Ingested, PartitionWindows, Restored};
 
 /// The aggregation state of every partition assigned to this processor.
 pub struct Aggregator {
-    windows: Vec<WindowSpec>,
+    layout: Layout,
     lateness_ms: i64,
     idle: Duration,
     partitions: BTreeMap<u32, PartitionWindows>,
@@ -36,18 +39,22 @@ pub struct RestoreError {
 }
 
 impl Aggregator {
-    pub fn new(windows: Vec<WindowSpec>, lateness: Duration, idle: Duration) -> Aggregator {
-        Aggregator {
-            windows,
+    pub fn new(
+        windows: Vec<WindowSpec>,
+        lateness: Duration,
+        idle: Duration,
+    ) -> Result<Aggregator, LayoutError> {
+        Ok(Aggregator {
+            layout: Layout::new(windows)?,
             lateness_ms: lateness.as_millis() as i64,
             idle,
             partitions: BTreeMap::new(),
-        }
+        })
     }
 
     /// The configured windows.
     pub fn windows(&self) -> &[WindowSpec] {
-        &self.windows
+        self.layout.windows()
     }
 
     /// Takes over partitions, resuming from `checkpoint` (what the store holds for
@@ -62,7 +69,21 @@ impl Aggregator {
         for &p in partitions {
             let saved = checkpoint.partitions.iter().find(|c| c.partition == p);
             let open = checkpoint.open.iter().filter(|o| o.key.partition == p);
-            let windows = PartitionWindows::restore(p, saved, open, &self.windows, now)?;
+            let (windows, restored) = PartitionWindows::restore(p, saved, open, &self.layout, now)?;
+            if restored.merged_away > 0 {
+                warn!(
+                    message = "Saved windows of definitions no longer configured were merged into the configured windows they fed.",
+                    partition = p,
+                    windows = restored.merged_away
+                );
+            }
+            if restored.unresolved > 0 {
+                warn!(
+                    message = "Saved windows were due in a removed window definition whose onward targets are unknown; windows downstream of it miss their open part.",
+                    partition = p,
+                    windows = restored.unresolved
+                );
+            }
             seeks.push((p, windows.next_offset()));
             self.partitions.insert(p, windows);
         }
@@ -86,7 +107,7 @@ impl Aggregator {
     #[inline]
     pub fn ingest(&mut self, partition: u32, offset: u64, point: Point, now: Instant) -> Ingested {
         match self.partitions.get_mut(&partition) {
-            Some(p) => p.ingest(offset, point, &self.windows, self.lateness_ms, now),
+            Some(p) => p.ingest(offset, point, &self.layout, self.lateness_ms, now),
             None => Ingested::default(),
         }
     }
@@ -104,7 +125,7 @@ impl Aggregator {
         let mut closed = 0;
         for p in self.partitions.values_mut() {
             p.idle_advance(now_ms, now, self.idle, self.lateness_ms);
-            closed += p.close_ready(&self.windows);
+            closed += p.close_ready(&self.layout);
         }
         closed
     }
@@ -113,7 +134,7 @@ impl Aggregator {
     pub fn close_ready(&mut self) -> usize {
         self.partitions
             .values_mut()
-            .map(|p| p.close_ready(&self.windows))
+            .map(|p| p.close_ready(&self.layout))
             .sum()
     }
 
@@ -128,7 +149,7 @@ impl Aggregator {
             if partitions.is_some_and(|only| !only.contains(&id)) {
                 continue;
             }
-            p.drain_into(&mut commit, &mut late, &self.windows);
+            p.drain_into(&mut commit, &mut late, &self.layout);
             offsets.push((id, p.next_offset()));
         }
         commit.late = late

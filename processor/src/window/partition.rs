@@ -1,21 +1,25 @@
 //! Open windows of one partition.
 //!
-//! This is the processor's per-point hot path, so ingesting a point into
-//! windows that are already open allocates nothing: the series' name and tags
-//! are compared once per point against one shared copy (not once per window),
-//! and late points of a known metric are counted without copying its name.
+//! This is the processor's per-point hot path, so ingesting a point into a
+//! window that is already open allocates nothing and touches one window per
+//! chain of definitions (see [`super::layout`]): the series' name and tags are
+//! compared once against the window's shared copy, and late points of a known
+//! metric are counted without copying its name.
 
-use std::collections::BTreeMap;
 use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pulse_core::codec::state::{decode_state, encode_state};
 use pulse_core::{Aggregate, Point, SeriesId, Tags, TimestampMs, WindowResult, WindowSpec};
-use pulse_engine::store::{Commit, OpenWindowKey, OpenWindowState, PartitionCheckpoint};
-use rustc_hash::FxHashMap;
+use pulse_engine::store::{
+    Commit, OpenWindowKey, OpenWindowState, PartitionCheckpoint, RawPoint, SeriesRow,
+};
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::RestoreError;
+use super::layout::{Layout, MAX_WINDOWS, indices};
 use crate::watermark::Clock;
 
 /// An open window: identity `(series, window index, start)`.
@@ -25,6 +29,11 @@ struct Open {
     /// Which series owns this window; shared with the series' other windows.
     name: Arc<SeriesName>,
     agg: Aggregate,
+    /// Definitions this window is merged into when it closes, as a mask: the
+    /// layout's, or for a window restored from a checkpoint taken under
+    /// another window list, what that checkpoint recorded, so no window's
+    /// data is ever merged anywhere twice or not at all.
+    feeds: u64,
     /// Changed since the last checkpoint.
     dirty: bool,
     /// Some state of it is in the store, so closing it must delete that.
@@ -124,13 +133,32 @@ pub struct PartitionWindows {
     names: Names,
     /// Open windows by end time, so closing touches only what is due.
     by_end: BTreeMap<TimestampMs, Vec<Key>>,
+    /// Open windows whose `feeds` differ from the layout's (restored from a
+    /// checkpoint taken under another window list). While there are any,
+    /// ingest looks up the real `feeds` of the windows a point flows through.
+    unusual_feeds: usize,
     /// Output since the last checkpoint.
     closed: Vec<WindowResult>,
     closed_persisted: Vec<OpenWindowKey>,
-    raw: Vec<Point>,
+    raw: Vec<RawPoint>,
+    /// The names of the series in `raw`, each once per checkpoint.
+    series: Vec<SeriesRow>,
+    named: FxHashSet<SeriesId>,
     /// Late points per window definition (by index) and metric, keyed by
     /// metric alone so a known metric is counted without copying its name.
     late: Vec<FxHashMap<String, u64>>,
+}
+
+/// What restoring a partition could not carry over exactly.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Restored {
+    /// Saved windows of definitions no longer configured, merged into the
+    /// configured windows they fed.
+    pub merged_away: usize,
+    /// Saved windows whose data was due in a definition that is no longer
+    /// configured and whose own onward targets are unknown: that part is lost
+    /// for the windows downstream of the removed definition.
+    pub unresolved: usize,
 }
 
 impl PartitionWindows {
@@ -138,10 +166,10 @@ impl PartitionWindows {
     pub fn restore<'a>(
         partition: u32,
         saved: Option<&PartitionCheckpoint>,
-        open: impl Iterator<Item = &'a OpenWindowState>,
-        windows: &[WindowSpec],
+        states: impl Iterator<Item = &'a OpenWindowState>,
+        layout: &Layout,
         now: Instant,
-    ) -> Result<PartitionWindows, RestoreError> {
+    ) -> Result<(PartitionWindows, Restored), RestoreError> {
         let mut p = PartitionWindows {
             partition,
             next_offset: saved.map_or(0, |s| s.next_offset),
@@ -153,43 +181,83 @@ impl PartitionWindows {
             open: FxHashMap::default(),
             names: Names::default(),
             by_end: BTreeMap::new(),
+            unusual_feeds: 0,
             closed: Vec::new(),
             closed_persisted: Vec::new(),
             raw: Vec::new(),
+            series: Vec::new(),
+            named: FxHashSet::default(),
             late: Vec::new(),
         };
-        for state in open {
-            // A window whose definition was removed from the config since the
-            // checkpoint cannot be continued; its state is dropped from the store
-            // at the next checkpoint.
-            let Some(index) = windows.iter().position(|w| w.label == state.key.window) else {
-                p.closed_persisted.push(state.key.clone());
-                continue;
-            };
-            let (metric, tags, agg) = decode_state(&state.state).map_err(|e| RestoreError {
+        let mut decoded = Vec::new();
+        for state in states {
+            let window = decode_state(&state.state).map_err(|e| RestoreError {
                 partition,
                 message: e.to_string(),
             })?;
-            let key = (state.key.series_id, index as u16, state.key.start_ms);
-            let name = p.names.get(key.0, &metric, &tags, || SeriesName {
-                metric: metric.clone(),
-                tags: tags.clone(),
-            });
+            decoded.push((&state.key, window));
+        }
+        // Where the windows of removed definitions sent their data: every
+        // window of a definition records the same targets, so one is enough.
+        let redirect: HashMap<&str, &[String]> = decoded
+            .iter()
+            .filter(|(key, _)| layout.index_of(&key.window).is_none())
+            .map(|(key, w)| (key.window.as_str(), w.feeds.as_slice()))
+            .collect();
+        let mut restored = Restored::default();
+        let mut removed = Vec::new();
+        for (key, window) in &decoded {
+            let (feeds, complete) = resolve(&window.feeds, layout, &redirect);
+            restored.unresolved += usize::from(!complete);
+            let Some(index) = layout.index_of(&key.window) else {
+                removed.push((*key, window, feeds));
+                continue;
+            };
+            let name = p
+                .names
+                .get(key.series_id, &window.metric, &window.tags, || SeriesName {
+                    metric: window.metric.clone(),
+                    tags: window.tags.clone(),
+                });
+            let k = (key.series_id, index as u16, key.start_ms);
             p.by_end
-                .entry(windows[index].end(key.2))
+                .entry(layout.spec(index).end(key.start_ms))
                 .or_default()
-                .push(key);
+                .push(k);
+            p.unusual_feeds += usize::from(feeds != layout.feeds(index));
             p.open.insert(
-                key,
+                k,
                 Open {
                     name,
-                    agg,
+                    agg: window.agg.clone(),
+                    feeds,
                     dirty: false,
                     persisted: true,
                 },
             );
         }
-        Ok(p)
+        // A window whose definition was removed cannot close as itself; its
+        // data goes on to where it was due, and its saved state is deleted.
+        for (key, window, feeds) in removed {
+            let name = p
+                .names
+                .get(key.series_id, &window.metric, &window.tags, || SeriesName {
+                    metric: window.metric.clone(),
+                    tags: window.tags.clone(),
+                });
+            p.forward(
+                key.series_id,
+                key.start_ms,
+                &name,
+                &window.agg,
+                feeds,
+                layout,
+            );
+            p.names.release(key.series_id, &name);
+            p.closed_persisted.push(key.clone());
+            restored.merged_away += 1;
+        }
+        Ok((p, restored))
     }
 
     pub fn next_offset(&self) -> u64 {
@@ -208,75 +276,115 @@ impl PartitionWindows {
         self.next_offset = self.next_offset.max(offset + 1);
     }
 
-    /// Adds a point to every open window of every definition it falls into.
+    /// Adds a point to the windows it falls into: directly to those not fed
+    /// by another window that took the point, and through the feeding window
+    /// to the rest (see [`super::layout`]).
     pub fn ingest(
         &mut self,
         offset: u64,
         point: Point,
-        windows: &[WindowSpec],
+        layout: &Layout,
         lateness_ms: i64,
         now: Instant,
     ) -> Ingested {
         self.next_offset = self.next_offset.max(offset + 1);
         let series = point.series_id();
-        // Looked up at the first window the point can still go into, so a
-        // point late everywhere leaves no trace in `names`.
-        let mut name: Option<Arc<SeriesName>> = None;
+        let ts = point.timestamp_ms;
         let mut outcome = Ingested::default();
-        for (index, spec) in windows.iter().enumerate() {
+        // Definitions the point reaches through a window it went into.
+        let mut reached = 0u64;
+        for &index in layout.order() {
+            let spec = layout.spec(index);
+            let through_feeder = reached & (1 << index) != 0;
             let mut skipped = false;
-            for start in spec.starts(point.timestamp_ms) {
+            for start in spec.starts(ts) {
                 let end = spec.end(start);
                 if self.clock.is_closed(end) {
                     skipped = true;
                     continue;
                 }
-                let name = name.get_or_insert_with(|| {
-                    self.names
-                        .get(series, &point.metric, &point.tags, || SeriesName {
-                            metric: point.metric.clone(),
-                            tags: point.tags.clone(),
-                        })
-                });
                 let key = (series, index as u16, start);
-                let open = self.open.entry(key).or_insert_with(|| {
-                    self.by_end.entry(end).or_default().push(key);
-                    Open {
-                        name: Arc::clone(name),
-                        agg: Aggregate::new(),
-                        dirty: true,
-                        persisted: false,
-                    }
-                });
-                if !Arc::ptr_eq(&open.name, name) {
-                    outcome.collision = true;
+                if through_feeder {
+                    reached |= self.feeds_of(key, layout);
+                    outcome.windows += 1;
                     continue;
                 }
-                open.agg.add(point.value, point.timestamp_ms);
-                open.dirty = true;
+                match self.open.entry(key) {
+                    Entry::Occupied(slot) => {
+                        let open = slot.into_mut();
+                        if !open.name.is(&point.metric, &point.tags) {
+                            outcome.collision = true;
+                            continue;
+                        }
+                        open.agg.add(point.value, ts);
+                        open.dirty = true;
+                        reached |= open.feeds;
+                    }
+                    Entry::Vacant(slot) => {
+                        let name =
+                            self.names
+                                .get(series, &point.metric, &point.tags, || SeriesName {
+                                    metric: point.metric.clone(),
+                                    tags: point.tags.clone(),
+                                });
+                        let mut agg = Aggregate::new();
+                        agg.add(point.value, ts);
+                        slot.insert(Open {
+                            name,
+                            agg,
+                            feeds: layout.feeds(index),
+                            dirty: true,
+                            persisted: false,
+                        });
+                        self.by_end.entry(end).or_default().push(key);
+                        reached |= layout.feeds(index);
+                    }
+                }
                 outcome.windows += 1;
             }
             if skipped {
                 outcome.late += 1;
-                if self.late.len() <= index {
-                    self.late.resize_with(index + 1, FxHashMap::default);
-                }
-                let late = &mut self.late[index];
-                match late.get_mut(point.metric.as_str()) {
-                    Some(count) => *count += 1,
-                    None => {
-                        late.insert(point.metric.clone(), 1);
-                    }
-                }
+                self.count_late(index, &point.metric);
             }
         }
-        // A name no window took (the point collided everywhere) is not kept.
-        if let Some(name) = name {
-            self.names.release(series, &name);
+        self.clock.observe(ts, lateness_ms, now);
+        self.raw.push(RawPoint {
+            series_id: series,
+            timestamp_ms: ts,
+            value: point.value,
+        });
+        if self.named.insert(series) {
+            self.series.push(SeriesRow {
+                series_id: series,
+                metric: point.metric,
+                tags: point.tags,
+            });
         }
-        self.clock.observe(point.timestamp_ms, lateness_ms, now);
-        self.raw.push(point);
         outcome
+    }
+
+    /// The definitions the open window `key` (or, if it is not open yet, the
+    /// one that will be opened for it) passes its data on to.
+    #[inline]
+    fn feeds_of(&self, key: Key, layout: &Layout) -> u64 {
+        let of_layout = layout.feeds(usize::from(key.1));
+        if self.unusual_feeds == 0 {
+            return of_layout;
+        }
+        self.open.get(&key).map_or(of_layout, |open| open.feeds)
+    }
+
+    fn count_late(&mut self, index: usize, metric: &str) {
+        if self.late.len() <= index {
+            self.late.resize_with(index + 1, FxHashMap::default);
+        }
+        let late = &mut self.late[index];
+        match late.get_mut(metric) {
+            Some(count) => *count += 1,
+            None => {
+                late.insert(metric.to_string(), 1);
+            }
+        }
     }
 
     pub fn idle_advance(
@@ -289,23 +397,34 @@ impl PartitionWindows {
         self.clock.idle_advance(now_ms, now, idle, lateness_ms);
     }
 
-    /// Moves every window the watermark has passed to the pending results.
-    pub fn close_ready(&mut self, windows: &[WindowSpec]) -> usize {
+    /// Moves every window the watermark has passed to the pending results,
+    /// merging each into the windows it feeds first.
+    pub fn close_ready(&mut self, layout: &Layout) -> usize {
         let Some(wm) = self.clock.watermark else {
             return 0;
         };
         let mut closed = 0;
+        // Windows fed here that end at `end` are pushed under it again, so the
+        // loop comes back for them.
         while let Some(due) = self.by_end.first_entry() {
             if *due.key() > wm {
                 break;
             }
-            let (end, keys) = due.remove_entry();
+            let (end, mut keys) = due.remove_entry();
+            keys.sort_by_key(|k| layout.rank(usize::from(k.1)));
             for key in keys {
                 let Some(open) = self.open.remove(&key) else {
                     continue;
                 };
                 let (series_id, index, start_ms) = key;
-                let spec = &windows[index as usize];
+                let index = usize::from(index);
+                if open.feeds != layout.feeds(index) {
+                    self.unusual_feeds -= 1;
+                }
+                self.forward(
+                    series_id, start_ms, &open.name, &open.agg, open.feeds, layout,
+                );
+                let spec = layout.spec(index);
                 if open.persisted {
                     self.closed_persisted.push(self.store_key(key, spec));
                 }
@@ -328,6 +447,45 @@ impl PartitionWindows {
         closed
     }
 
+    /// Merges the aggregate of a window of `series` starting at `start` into
+    /// the windows of the definitions in `feeds` that contain it, opening
+    /// them if needed.
+    fn forward(
+        &mut self,
+        series: SeriesId,
+        start: TimestampMs,
+        name: &Arc<SeriesName>,
+        agg: &Aggregate,
+        feeds: u64,
+        layout: &Layout,
+    ) {
+        for target in indices(feeds) {
+            let spec = layout.spec(target);
+            for target_start in spec.starts(start) {
+                let key = (series, target as u16, target_start);
+                let open = self.open.entry(key).or_insert_with(|| {
+                    self.by_end
+                        .entry(spec.end(target_start))
+                        .or_default()
+                        .push(key);
+                    Open {
+                        name: Arc::clone(name),
+                        agg: Aggregate::new(),
+                        feeds: layout.feeds(target),
+                        dirty: true,
+                        persisted: false,
+                    }
+                });
+                // Another series under the same id owns that window (a 64-bit
+                // collision, counted when its points arrived): never merged.
+                if Arc::ptr_eq(&open.name, name) {
+                    open.agg.merge(agg);
+                    open.dirty = true;
+                }
+            }
+        }
+    }
+
     fn store_key(&self, (series_id, _, start_ms): Key, spec: &WindowSpec) -> OpenWindowKey {
         OpenWindowKey {
             partition: self.partition,
@@ -342,26 +500,28 @@ impl PartitionWindows {
         &mut self,
         commit: &mut Commit,
         late: &mut BTreeMap<(String, String), u64>,
-        windows: &[WindowSpec],
+        layout: &Layout,
     ) {
         commit.results.append(&mut self.closed);
         commit.delete_open.append(&mut self.closed_persisted);
         commit.raw_points.append(&mut self.raw);
+        commit.series.append(&mut self.series);
+        self.named.clear();
         for (&key, open) in self.open.iter_mut().filter(|(_, o)| o.dirty) {
-            let spec = &windows[key.1 as usize];
+            let feeds: Vec<&str> = layout.labels(open.feeds).collect();
             commit.upsert_open.push(OpenWindowState {
                 key: OpenWindowKey {
                     partition: self.partition,
                     series_id: key.0,
-                    window: spec.label.clone(),
+                    window: layout.spec(usize::from(key.1)).label.clone(),
                     start_ms: key.2,
                 },
-                state: encode_state(&open.name.metric, &open.name.tags, &open.agg),
+                state: encode_state(&open.name.metric, &open.name.tags, &open.agg, &feeds),
             });
             open.dirty = false;
             open.persisted = true;
         }
-        for (spec, counts) in windows.iter().zip(&mut self.late) {
+        for (spec, counts) in layout.windows().iter().zip(&mut self.late) {
             for (metric, count) in counts.drain() {
                 *late.entry((metric, spec.label.clone())).or_default() += count;
             }
@@ -373,6 +533,25 @@ impl PartitionWindows {
             watermark: self.clock.watermark,
         });
     }
+}
+
+/// The configured definitions a saved window's data is due in: its recorded
+/// targets, with each removed definition replaced by the targets its own
+/// saved windows recorded. Also says whether every target was found.
+fn resolve(labels: &[String], layout: &Layout, redirect: &HashMap<&str, &[String]>) -> (u64, bool) {
+    let mut mask = 0;
+    let mut complete = true;
+    let mut pending: Vec<(&str, usize)> = labels.iter().map(|l| (l.as_str(), 0)).collect();
+    while let Some((label, depth)) = pending.pop() {
+        if let Some(index) = layout.index_of(label) {
+            mask |= 1 << index;
+        } else if let Some(next) = redirect.get(label).filter(|_| depth < MAX_WINDOWS) {
+            pending.extend(next.iter().map(|l| (l.as_str(), depth + 1)));
+        } else {
+            complete = false;
+        }
+    }
+    (mask, complete)
 }
 
 #[cfg(test)]
@@ -422,7 +601,8 @@ mod tests {
 
     #[test]
     fn a_colliding_series_owns_the_windows_it_opens_and_names_are_dropped_on_close() {
-        let windows = vec![WindowSpec::tumbling(Duration::from_secs(60)).unwrap()];
+        let windows =
+            Layout::new(vec![WindowSpec::tumbling(Duration::from_secs(60)).unwrap()]).unwrap();
         let point = |ts_secs: i64| Point {
             metric: "cpu".into(),
             tags: tags("a"),
@@ -440,11 +620,12 @@ mod tests {
                 window: "1m".into(),
                 start_ms: 0,
             },
-            state: encode_state("not_cpu", &Tags::new(), &other),
+            state: encode_state("not_cpu", &Tags::new(), &other, &[]),
         };
         let now = Instant::now();
-        let mut p =
-            PartitionWindows::restore(0, None, [&planted].into_iter(), &windows, now).unwrap();
+        let mut p = PartitionWindows::restore(0, None, [&planted].into_iter(), &windows, now)
+            .unwrap()
+            .0;
         let clash = p.ingest(0, point(10), &windows, 30_000, now);
         assert!(clash.collision && clash.windows == 0);
         assert_eq!(

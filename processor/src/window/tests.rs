@@ -1,4 +1,4 @@
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use pulse_core::{Point, Tags, WindowSpec};
@@ -24,7 +24,7 @@ fn minute_windows() -> Vec<WindowSpec> {
 }
 
 fn fresh(windows: Vec<WindowSpec>, partitions: &[u32]) -> Aggregator {
-    let mut a = Aggregator::new(windows, LATENESS, IDLE);
+    let mut a = Aggregator::new(windows, LATENESS, IDLE).unwrap();
     a.assign(partitions, &Checkpoint::default(), Instant::now())
         .unwrap();
     a
@@ -108,7 +108,7 @@ fn the_same_id_with_another_name_is_a_collision_not_a_merge() {
     let p = point("a", 2.0, 11);
     let mut other = pulse_core::Aggregate::new();
     other.add(1.0, 10_000);
-    let state = pulse_core::codec::state::encode_state("not_cpu", &Tags::new(), &other);
+    let state = pulse_core::codec::state::encode_state("not_cpu", &Tags::new(), &other, &[]);
     let key = OpenWindowKey {
         partition: 0,
         series_id: p.series_id(),
@@ -119,7 +119,7 @@ fn the_same_id_with_another_name_is_a_collision_not_a_merge() {
         partitions: vec![],
         open: vec![OpenWindowState { key, state }],
     };
-    let mut a = Aggregator::new(minute_windows(), LATENESS, IDLE);
+    let mut a = Aggregator::new(minute_windows(), LATENESS, IDLE).unwrap();
     a.assign(&[0], &checkpoint, Instant::now()).unwrap();
     let got = a.ingest(0, 0, p, Instant::now());
     assert!(got.collision);
@@ -215,7 +215,7 @@ fn run(crash_at: &[usize]) -> FakeStore {
         if let Some(i) = crashes.iter().position(|c| *c == offset) {
             crashes.remove(i);
             // Crash: everything since the last checkpoint is lost; restart from the store.
-            a = Aggregator::new(windows.clone(), LATENESS, IDLE);
+            a = Aggregator::new(windows.clone(), LATENESS, IDLE).unwrap();
             let seeks = a.assign(&[0], &store.checkpoint(), now).unwrap();
             offset = seeks[0].1 as usize;
         }
@@ -238,4 +238,159 @@ fn crash_and_resume_from_checkpoints_gives_the_uninterrupted_results() {
         clean.late.values().sum::<u64>() > 0,
         "the stream does contain late points"
     );
+}
+
+fn defs(labels: &[(u64, u64)]) -> Vec<WindowSpec> {
+    labels
+        .iter()
+        .map(|&(size, slide)| {
+            WindowSpec::sliding(Duration::from_secs(size), Duration::from_secs(slide)).unwrap()
+        })
+        .collect()
+}
+
+/// Every window each point falls into, filled point by point: what the
+/// window chain must reproduce. A point is late for a window that ended at or
+/// before the watermark (highest timestamp seen so far minus the lateness).
+fn direct(windows: &[WindowSpec], points: &[Point]) -> Vec<ResultRow> {
+    let mut open: BTreeMap<(String, String, i64), pulse_core::Aggregate> = BTreeMap::new();
+    let mut max_ts = i64::MIN;
+    for p in points {
+        let wm = max_ts.saturating_sub(LATENESS.as_millis() as i64);
+        for w in windows {
+            for start in w.starts(p.timestamp_ms) {
+                if max_ts == i64::MIN || w.end(start) > wm {
+                    open.entry((p.tags["host"].clone(), w.label.clone(), start))
+                        .or_default()
+                        .add(p.value, p.timestamp_ms);
+                }
+            }
+        }
+        max_ts = max_ts.max(p.timestamp_ms);
+    }
+    let mut rows: Vec<ResultRow> = open
+        .into_iter()
+        .map(|((host, window, start), a)| {
+            (host, start, window, a.count, a.sum, a.min, a.max, a.last)
+        })
+        .collect();
+    rows.sort_by(|x, y| x.partial_cmp(y).unwrap());
+    rows
+}
+
+/// Runs `points` through an aggregator with `before`, checkpointing every 150
+/// points; from `switch_at` on, a restarted one with `after` continues from
+/// the last checkpoint. A final far-future point closes everything.
+fn run_switching(
+    points: &[Point],
+    before: &[WindowSpec],
+    after: &[WindowSpec],
+    switch_at: usize,
+) -> FakeStore {
+    let now = Instant::now();
+    let mut store = FakeStore::default();
+    let mut a = fresh(before.to_vec(), &[0]);
+    let mut offset = 0;
+    let mut switched = false;
+    while offset < points.len() {
+        a.ingest(0, offset as u64, points[offset].clone(), now);
+        offset += 1;
+        if offset % 150 == 0 {
+            a.close_ready();
+            store.apply(&mut a);
+        }
+        if offset == switch_at && !switched {
+            switched = true;
+            a = Aggregator::new(after.to_vec(), LATENESS, IDLE).unwrap();
+            offset = a.assign(&[0], &store.checkpoint(), now).unwrap()[0].1 as usize;
+        }
+    }
+    let end = points.iter().map(|p| p.timestamp_ms).max().unwrap() + 86_400_000;
+    a.ingest(0, offset as u64, point("z", 0.0, end / 1000), now);
+    a.close_ready();
+    store.apply(&mut a);
+    store.results.retain(|r| r.0 != "z");
+    store.results.sort_by(|x, y| x.partial_cmp(y).unwrap());
+    store
+}
+
+fn rows_of<'a>(rows: &'a [ResultRow], window: &'a str) -> Vec<&'a ResultRow> {
+    rows.iter().filter(|r| r.2 == window).collect()
+}
+
+#[test]
+fn the_window_chain_gives_what_adding_each_point_to_every_window_gives() {
+    // 1m feeds 5m and the sliding 10m/1m, 5m feeds 15m; 7m stands alone.
+    let windows = defs(&[(60, 60), (300, 300), (900, 900), (600, 60), (420, 420)]);
+    // Some points 75 s behind: late for their 1m window, often not for 5m.
+    let mut points = stream();
+    for p in points.iter_mut().step_by(41) {
+        p.timestamp_ms -= 75_000;
+    }
+    let got = run_switching(&points, &windows, &windows, usize::MAX);
+    let want = direct(&windows, &points);
+    assert!(want.len() > 100, "{} windows", want.len());
+    assert_eq!(got.results, want);
+    // Points late for 1m but not for 5m reach 5m directly.
+    let late_1m = got
+        .late
+        .get(&("cpu".into(), "1m".into()))
+        .copied()
+        .unwrap_or(0);
+    let late_5m = got
+        .late
+        .get(&("cpu".into(), "5m".into()))
+        .copied()
+        .unwrap_or(0);
+    assert!(late_1m > late_5m, "late 1m {late_1m}, late 5m {late_5m}");
+}
+
+#[test]
+fn quantiles_of_a_chained_window_equal_those_of_direct_adds() {
+    let windows = defs(&[(60, 60), (300, 300)]);
+    let mut a = fresh(windows, &[0]);
+    let now = Instant::now();
+    let mut reference = pulse_core::Aggregate::new();
+    for i in 0..290 {
+        let value = f64::from((i * 37) % 101) * 1.5;
+        reference.add(value, i64::from(i) * 1000);
+        a.ingest(0, i as u64, point("a", value, i64::from(i)), now);
+    }
+    a.ingest(0, 290, point("a", 0.0, 10_000), now);
+    a.close_ready();
+    let results = a.checkpoint(None).commit.results;
+    let five = results.iter().find(|r| r.window == "5m").unwrap();
+    for kind in pulse_core::AggKind::defaults() {
+        assert_eq!(five.agg.value(kind), reference.value(kind), "{kind}");
+    }
+}
+
+#[test]
+fn changing_the_window_list_across_a_restart_loses_and_doubles_nothing() {
+    let points = stream();
+    let full = defs(&[(60, 60), (300, 300), (900, 900)]);
+    let clean = run_switching(&points, &full, &full, usize::MAX);
+    for (after, kept) in [
+        // An intermediate definition removed: 1m windows due in 5m go on to 15m.
+        (defs(&[(60, 60), (900, 900)]), vec!["1m", "15m"]),
+        // The head of the chain removed: 5m windows are fed directly from now on.
+        (defs(&[(300, 300), (900, 900)]), vec!["5m", "15m"]),
+        // A definition added: the existing ones are unchanged.
+        (
+            defs(&[(60, 60), (300, 300), (900, 900), (1800, 1800)]),
+            vec!["1m", "5m", "15m"],
+        ),
+    ] {
+        for switch_at in [300, 1001] {
+            let switched = run_switching(&points, &full, &after, switch_at);
+            for window in &kept {
+                assert_eq!(
+                    rows_of(&switched.results, window),
+                    rows_of(&clean.results, window),
+                    "{window} after switching to {:?} at {switch_at}",
+                    after.iter().map(|w| w.label.as_str()).collect::<Vec<_>>()
+                );
+            }
+        }
+    }
 }
