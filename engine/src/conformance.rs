@@ -8,8 +8,8 @@ use pulse_core::{Aggregate, Point, SeriesId, Tags, WindowResult};
 use crate::bus::{BusConsumer, BusProducer, ConsumerEvent, OutgoingRecord};
 use crate::cache::Cache;
 use crate::store::{
-    Commit, LateCount, OpenWindowKey, OpenWindowState, PartitionCheckpoint, RawPoint, ResultQuery,
-    SeriesRow, Store,
+    Commit, DeadLetter, LateCount, OpenWindowKey, OpenWindowState, PartitionCheckpoint, RawPoint,
+    ResultQuery, SeriesRow, Store,
 };
 
 fn tags(pairs: &[(&str, &str)]) -> Tags {
@@ -207,6 +207,12 @@ pub async fn store_suite(store: &dyn Store) {
             window: "1m".into(),
             count: 2,
         }],
+        dead_letters: vec![DeadLetter {
+            partition: 1,
+            offset: 16,
+            reason: "unknown record format version 9".into(),
+            payload: vec![9, 0, 255],
+        }],
     };
     store.commit(&commit).await.unwrap();
     store
@@ -220,6 +226,9 @@ pub async fn store_suite(store: &dyn Store) {
         })
         .await
         .unwrap();
+
+    assert_eq!(store.dead_letters(10).await.unwrap(), commit.dead_letters);
+    assert!(store.dead_letters(0).await.unwrap().is_empty());
 
     let checkpoint = store.load_checkpoint(&[1]).await.unwrap();
     assert_eq!(checkpoint.partitions, commit.partitions);

@@ -265,9 +265,14 @@ impl Processor {
                     }
                 }
                 Err(error) => {
-                    self.aggregator.skip(record.partition, record.offset);
                     self.metrics.undecodable_records.inc();
-                    warn!(message = "Skipping a bus record that does not decode.", %error, partition = record.partition, offset = record.offset);
+                    warn!(message = "A bus record does not decode; it goes to the store's dead letters and processing goes on.", %error, partition = record.partition, offset = record.offset);
+                    self.aggregator.dead_letter(
+                        record.partition,
+                        record.offset,
+                        error.to_string(),
+                        record.value,
+                    );
                 }
             }
         }

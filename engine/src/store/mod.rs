@@ -64,6 +64,17 @@ pub struct SeriesRow {
     pub tags: Tags,
 }
 
+/// A bus record the processor could not decode (unknown format version,
+/// corrupt bytes). It is kept whole with the reason, in the same transaction
+/// as the offsets that move past it, so it is neither lost nor retried forever.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub partition: u32,
+    pub offset: u64,
+    pub reason: String,
+    pub payload: Vec<u8>,
+}
+
 /// Everything one processor checkpoint writes, atomically.
 #[derive(Debug, Clone, Default)]
 pub struct Commit {
@@ -76,6 +87,7 @@ pub struct Commit {
     pub upsert_open: Vec<OpenWindowState>,
     pub delete_open: Vec<OpenWindowKey>,
     pub late: Vec<LateCount>,
+    pub dead_letters: Vec<DeadLetter>,
 }
 
 impl Commit {
@@ -86,6 +98,7 @@ impl Commit {
             && self.upsert_open.is_empty()
             && self.delete_open.is_empty()
             && self.late.is_empty()
+            && self.dead_letters.is_empty()
     }
 }
 
@@ -166,6 +179,9 @@ pub trait Store: Send + Sync {
 
     /// Every metric with stored series, by name.
     async fn metrics(&self) -> Result<Vec<MetricInfo>, StoreError>;
+
+    /// The newest `limit` dead letters, newest first.
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError>;
 
     /// Late-point totals of `metric`, per window.
     async fn late_counts(&self, metric: &str) -> Result<Vec<LateCount>, StoreError>;

@@ -32,8 +32,8 @@ use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow
 use sqlx::{Arguments, Executor, Postgres, Row};
 
 use super::{
-    Checkpoint, Commit, LateCount, MetricInfo, OpenWindowKey, OpenWindowState, PartitionCheckpoint,
-    ResultQuery, RetentionReport, Store, StoreError,
+    Checkpoint, Commit, DeadLetter, LateCount, MetricInfo, OpenWindowKey, OpenWindowState,
+    PartitionCheckpoint, ResultQuery, RetentionReport, Store, StoreError,
 };
 
 /// One partition (or chunk) per UTC day of the time column, in milliseconds.
@@ -73,7 +73,14 @@ const MIGRATIONS: &[Migration] = &[
         native: include_str!("../../migrations/postgres/0002_timeseries.native.sql"),
         timescaledb: include_str!("../../migrations/postgres/0002_timeseries.timescaledb.sql"),
     },
+    Migration {
+        version: 3,
+        name: "dead_letters",
+        native: DEAD_LETTERS,
+        timescaledb: DEAD_LETTERS,
+    },
 ];
+const DEAD_LETTERS: &str = include_str!("../../migrations/postgres/0003_dead_letters.sql");
 
 const MODE_UNKNOWN: u8 = 0;
 const MODE_TIMESCALEDB: u8 = 1;
@@ -1042,6 +1049,24 @@ impl Store for PostgresStore {
             .map_err(db_error)?;
         }
 
+        if !commit.dead_letters.is_empty() {
+            let d = &commit.dead_letters;
+            sqlx::query(
+                "INSERT INTO dead_letters (partition, \"offset\", reason, payload, received_at) \
+                 SELECT *, $5 FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::bytea[]) \
+                 ON CONFLICT (partition, \"offset\") DO UPDATE SET reason = EXCLUDED.reason, \
+                 payload = EXCLUDED.payload, received_at = EXCLUDED.received_at",
+            )
+            .bind(d.iter().map(|l| i64::from(l.partition)).collect::<Vec<_>>())
+            .bind(d.iter().map(|l| l.offset as i64).collect::<Vec<_>>())
+            .bind(d.iter().map(|l| l.reason.as_str()).collect::<Vec<_>>())
+            .bind(d.iter().map(|l| l.payload.as_slice()).collect::<Vec<_>>())
+            .bind(pulse_core::now_ms())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        }
+
         let mut checkpoints: BTreeMap<u32, &PartitionCheckpoint> = BTreeMap::new();
         for p in &commit.partitions {
             checkpoints.insert(p.partition, p);
@@ -1166,12 +1191,39 @@ impl Store for PostgresStore {
             .collect()
     }
 
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT partition, \"offset\", reason, payload FROM dead_letters \
+             ORDER BY received_at DESC, partition, \"offset\" DESC LIMIT $1",
+        )
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        rows.iter()
+            .map(|row| {
+                Ok(DeadLetter {
+                    partition: col::<i64>(row, 0)? as u32,
+                    offset: col::<i64>(row, 1)? as u64,
+                    reason: col(row, 2)?,
+                    payload: col(row, 3)?,
+                })
+            })
+            .collect()
+    }
+
     async fn enforce_retention(
         &self,
         raw_before_ms: TimestampMs,
         results_before_ms: TimestampMs,
     ) -> Result<RetentionReport, StoreError> {
         let mut report = RetentionReport::default();
+        // Dead letters are raw input too, kept as long as raw points.
+        sqlx::query("DELETE FROM dead_letters WHERE received_at < $1")
+            .bind(raw_before_ms)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
         if self.native() {
             report.raw_points += self.drop_partitions(TsTable::Raw, raw_before_ms).await?;
             report.results += self
@@ -1402,7 +1454,7 @@ mod tests {
                         .fetch_all(&store.pool)
                         .await
                         .unwrap();
-                assert_eq!(versions, vec![1, 2], "each schema has its own versions");
+                assert_eq!(versions, vec![1, 2, 3], "each schema has its own versions");
                 assert_eq!(store.mode(), "native-partitioning");
             }
             // Each schema holds its own tables.

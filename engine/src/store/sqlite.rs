@@ -9,8 +9,8 @@ use sqlx::sqlite::{SqlitePool, SqliteRow};
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::{
-    Checkpoint, Commit, LateCount, MetricInfo, OpenWindowKey, OpenWindowState, PartitionCheckpoint,
-    ResultQuery, RetentionReport, Store, StoreError,
+    Checkpoint, Commit, DeadLetter, LateCount, MetricInfo, OpenWindowKey, OpenWindowState,
+    PartitionCheckpoint, ResultQuery, RetentionReport, Store, StoreError,
 };
 
 /// Rows per multi-row statement; 12 parameters each stays far below SQLite's limit.
@@ -232,6 +232,22 @@ impl Store for SqliteStore {
             .map_err(unavailable)?;
         }
 
+        let received_at = pulse_core::now_ms();
+        for d in &commit.dead_letters {
+            sqlx::query(
+                "INSERT OR REPLACE INTO dead_letters (partition, \"offset\", reason, payload, received_at) \
+                 VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(i64::from(d.partition))
+            .bind(d.offset as i64)
+            .bind(&d.reason)
+            .bind(&d.payload)
+            .bind(received_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        }
+
         for p in &commit.partitions {
             sqlx::query(
                 "INSERT INTO checkpoints (partition, next_offset, max_event_ts, watermark) VALUES (?, ?, ?, ?) \
@@ -363,12 +379,38 @@ impl Store for SqliteStore {
             .collect())
     }
 
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT partition, \"offset\", reason, payload FROM dead_letters \
+             ORDER BY received_at DESC, partition, \"offset\" DESC LIMIT ?",
+        )
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(rows
+            .iter()
+            .map(|row| DeadLetter {
+                partition: row.get::<i64, _>(0) as u32,
+                offset: row.get::<i64, _>(1) as u64,
+                reason: row.get(2),
+                payload: row.get(3),
+            })
+            .collect())
+    }
+
     async fn enforce_retention(
         &self,
         raw_before_ms: TimestampMs,
         results_before_ms: TimestampMs,
     ) -> Result<RetentionReport, StoreError> {
         let raw = sqlx::query("DELETE FROM raw_points WHERE ts < ?")
+            .bind(raw_before_ms)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        // Dead letters are raw input too, kept as long as raw points.
+        sqlx::query("DELETE FROM dead_letters WHERE received_at < ?")
             .bind(raw_before_ms)
             .execute(&self.pool)
             .await

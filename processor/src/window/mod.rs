@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use pulse_core::{Point, TimestampMs, WindowSpec};
-use pulse_engine::store::{Checkpoint, Commit, LateCount};
+use pulse_engine::store::{Checkpoint, Commit, DeadLetter, LateCount};
 use tracing::warn;
 
 pub use layout::{Layout, LayoutError};
@@ -112,10 +112,16 @@ impl Aggregator {
         }
     }
 
-    /// Moves past a record that could not be decoded (it is counted by the caller).
-    pub fn skip(&mut self, partition: u32, offset: u64) {
+    /// Moves past a record that could not be decoded, keeping it for the
+    /// store's dead letters (it is counted and logged by the caller).
+    pub fn dead_letter(&mut self, partition: u32, offset: u64, reason: String, payload: Vec<u8>) {
         if let Some(p) = self.partitions.get_mut(&partition) {
-            p.skip(offset);
+            p.dead_letter(DeadLetter {
+                partition,
+                offset,
+                reason,
+                payload,
+            });
         }
     }
 

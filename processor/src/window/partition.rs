@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use pulse_core::codec::state::{decode_state, encode_state};
 use pulse_core::{Aggregate, Point, SeriesId, Tags, TimestampMs, WindowResult, WindowSpec};
 use pulse_engine::store::{
-    Commit, OpenWindowKey, OpenWindowState, PartitionCheckpoint, RawPoint, SeriesRow,
+    Commit, DeadLetter, OpenWindowKey, OpenWindowState, PartitionCheckpoint, RawPoint, SeriesRow,
 };
 use rustc_hash::{FxHashMap, FxHashSet};
 
@@ -144,6 +144,7 @@ pub struct PartitionWindows {
     /// The names of the series in `raw`, each once per checkpoint.
     series: Vec<SeriesRow>,
     named: FxHashSet<SeriesId>,
+    dead_letters: Vec<DeadLetter>,
     /// Late points per window definition (by index) and metric, keyed by
     /// metric alone so a known metric is counted without copying its name.
     late: Vec<FxHashMap<String, u64>>,
@@ -187,6 +188,7 @@ impl PartitionWindows {
             raw: Vec::new(),
             series: Vec::new(),
             named: FxHashSet::default(),
+            dead_letters: Vec::new(),
             late: Vec::new(),
         };
         let mut decoded = Vec::new();
@@ -272,8 +274,9 @@ impl PartitionWindows {
         self.open.len()
     }
 
-    pub fn skip(&mut self, offset: u64) {
-        self.next_offset = self.next_offset.max(offset + 1);
+    pub fn dead_letter(&mut self, letter: DeadLetter) {
+        self.next_offset = self.next_offset.max(letter.offset + 1);
+        self.dead_letters.push(letter);
     }
 
     /// Adds a point to the windows it falls into: directly to those not fed
@@ -506,6 +509,7 @@ impl PartitionWindows {
         commit.delete_open.append(&mut self.closed_persisted);
         commit.raw_points.append(&mut self.raw);
         commit.series.append(&mut self.series);
+        commit.dead_letters.append(&mut self.dead_letters);
         self.named.clear();
         for (&key, open) in self.open.iter_mut().filter(|(_, o)| o.dirty) {
             let feeds: Vec<&str> = layout.labels(open.feeds).collect();

@@ -394,3 +394,23 @@ fn changing_the_window_list_across_a_restart_loses_and_doubles_nothing() {
         }
     }
 }
+
+#[test]
+fn an_undecodable_record_becomes_a_dead_letter_committed_with_the_offset_past_it() {
+    let mut a = fresh(minute_windows(), &[0]);
+    let now = Instant::now();
+    a.ingest(0, 0, point("a", 1.0, 0), now);
+    a.dead_letter(0, 1, "unknown record format version 7".into(), vec![7, 1]);
+    a.ingest(0, 2, point("a", 2.0, 1), now);
+    let c = a.checkpoint(None);
+    assert_eq!(c.offsets, vec![(0, 3)]);
+    assert_eq!(c.commit.dead_letters.len(), 1);
+    let letter = &c.commit.dead_letters[0];
+    assert_eq!((letter.partition, letter.offset), (0, 1));
+    assert_eq!(letter.payload, vec![7, 1]);
+    assert_eq!(c.commit.raw_points.len(), 2, "the stream goes on around it");
+    assert!(
+        a.checkpoint(None).commit.dead_letters.is_empty(),
+        "handed over once"
+    );
+}
