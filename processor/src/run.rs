@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use axum::Router;
 use prometheus_client::registry::Registry;
-use pulse_core::codec::record::decode_point;
+use pulse_core::codec::record::{decode_key, decode_point};
 use pulse_core::config::{Config, ProcessorConfig, StorageConfig};
 use pulse_core::now_ms;
 use pulse_engine::bus::{BusConsumer, BusRecord, ConsumerEvent};
@@ -251,9 +251,13 @@ impl Processor {
         for record in records {
             match decode_point(&record.value) {
                 Ok(point) => {
-                    let outcome =
-                        self.aggregator
-                            .ingest(record.partition, record.offset, point, now);
+                    let outcome = self.aggregator.ingest(
+                        record.partition,
+                        record.offset,
+                        decode_key(&record.key).ok(),
+                        point,
+                        now,
+                    );
                     self.metrics.points.inc();
                     if outcome.collision {
                         self.metrics.series_collisions.inc();

@@ -18,10 +18,6 @@ impl ReadinessCheck for StoreReady {
     }
 
     async fn check(&self) -> Result<String, String> {
-        self.0
-            .ready()
-            .await
-            .map(|()| "answers".to_string())
-            .map_err(|e| e.to_string())
+        self.0.ready().await.map_err(|e| e.to_string())
     }
 }

@@ -83,14 +83,25 @@ pub fn measure(points: usize, series: usize, runs: usize) -> Result<WindowResult
 }
 
 /// Points `from..to` of the stream as the bus would deliver them: with their
-/// series' partition and a dense offset per partition.
-fn chunk(from: usize, to: usize, fleet: &[Series], offsets: &mut [u64]) -> Vec<(u32, u64, Point)> {
+/// series' partition, a dense offset per partition and the series id as key.
+fn chunk(
+    from: usize,
+    to: usize,
+    fleet: &[Series],
+    offsets: &mut [u64],
+) -> Vec<(u32, u64, SeriesId, Point)> {
     (from..to)
         .map(|i| {
-            let partition = fleet[i % fleet.len()].id.partition(PARTITIONS);
+            let key = fleet[i % fleet.len()].id;
+            let partition = key.partition(PARTITIONS);
             let offset = offsets[partition as usize];
             offsets[partition as usize] += 1;
-            (partition, offset, stream_point(i as u64, fleet, BASE_MS))
+            (
+                partition,
+                offset,
+                key,
+                stream_point(i as u64, fleet, BASE_MS),
+            )
         })
         .collect()
 }
@@ -130,8 +141,8 @@ fn aggregator_run(points: usize, fleet: &[Series]) -> Result<AggregatorRun, Stri
     while done < points {
         let batch = chunk(done, (done + CHUNK).min(points), fleet, &mut offsets);
         let started = Instant::now();
-        for (partition, offset, point) in batch {
-            let outcome = aggregator.ingest(partition, offset, point, now);
+        for (partition, offset, key, point) in batch {
+            let outcome = aggregator.ingest(partition, offset, Some(key), point, now);
             tally.added += outcome.windows;
             tally.late += outcome.late;
             done += 1;
@@ -198,8 +209,7 @@ fn fold_run(points: usize, fleet: &[Series]) -> Result<Duration, String> {
         let batch = chunk(done, (done + CHUNK).min(points), fleet, &mut offsets);
         done += batch.len();
         let started = Instant::now();
-        for (_, _, point) in batch {
-            let series = point.series_id();
+        for (_, _, series, point) in batch {
             let v = point.value;
             for (index, spec) in windows.iter().enumerate() {
                 for start in spec.starts(point.timestamp_ms) {

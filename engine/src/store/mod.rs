@@ -194,6 +194,7 @@ pub trait Store: Send + Sync {
         results_before_ms: TimestampMs,
     ) -> Result<RetentionReport, StoreError>;
 
-    /// Whether the store answers (for `/readyz`).
-    async fn ready(&self) -> Result<(), StoreError>;
+    /// Whether the store answers, and what it is (engine, place, mode), for
+    /// `/readyz` details.
+    async fn ready(&self) -> Result<String, StoreError>;
 }

@@ -359,6 +359,62 @@ fn range_statement(query: &ResultQuery) -> Result<(String, PgArguments), StoreEr
     Ok((sql, args))
 }
 
+/// Retention and compression of the hypertables, installed as TimescaleDB
+/// policies when the schema runs in TimescaleDB mode (native partitioning
+/// drops partitions in the retention pass instead).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimescalePolicies {
+    pub raw_retention: Duration,
+    pub result_retention: Duration,
+    /// Chunks whose newest possible row is older than this are compressed.
+    pub compress_after: Duration,
+}
+
+/// The statements that install `policies` on `schema`'s hypertables. Each
+/// policy is removed and added again, so a changed config takes effect on the
+/// next start. The time columns are milliseconds since the epoch, so
+/// TimescaleDB needs a function giving "now" in that unit.
+fn policy_statements(schema: &str, policies: &TimescalePolicies) -> Vec<String> {
+    let now_ms = format!("\"{schema}\".pulse_now_ms");
+    let mut statements = vec![format!(
+        "CREATE OR REPLACE FUNCTION {now_ms}() RETURNS BIGINT LANGUAGE SQL STABLE AS \
+         $$ SELECT (extract(epoch FROM now()) * 1000)::bigint $$"
+    )];
+    let tables = [
+        ("raw_points", "series_id", "ts", policies.raw_retention),
+        (
+            "window_results",
+            "metric, window_label",
+            "window_start",
+            policies.result_retention,
+        ),
+    ];
+    for (table, segment_by, order_by, retention) in tables {
+        let table = format!("\"{schema}\".{table}");
+        statements.extend([
+            format!("SELECT set_integer_now_func('{table}', '{now_ms}', replace_if_exists => true)"),
+            format!(
+                "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM timescaledb_information.hypertables \
+                 WHERE format('%I.%I', hypertable_schema, hypertable_name)::regclass = '{table}'::regclass \
+                 AND compression_enabled) THEN ALTER TABLE {table} SET (timescaledb.compress, \
+                 timescaledb.compress_segmentby = '{segment_by}', timescaledb.compress_orderby = '{order_by}'); \
+                 END IF; END $$"
+            ),
+            format!("SELECT remove_compression_policy('{table}', if_exists => true)"),
+            format!(
+                "SELECT add_compression_policy('{table}', compress_after => {}::bigint)",
+                policies.compress_after.as_millis()
+            ),
+            format!("SELECT remove_retention_policy('{table}', if_exists => true)"),
+            format!(
+                "SELECT add_retention_policy('{table}', drop_after => {}::bigint)",
+                retention.as_millis()
+            ),
+        ]);
+    }
+    statements
+}
+
 /// PostgreSQL/TimescaleDB-backed [`Store`].
 pub struct PostgresStore {
     pool: PgPool,
@@ -368,6 +424,7 @@ pub struct PostgresStore {
     mode: AtomicU8,
     /// Daily partitions known to exist (native mode).
     partitions: Mutex<HashSet<(TsTable, i64)>>,
+    policies: Option<TimescalePolicies>,
 }
 
 impl PostgresStore {
@@ -422,6 +479,7 @@ impl PostgresStore {
             target,
             mode: AtomicU8::new(MODE_UNKNOWN),
             partitions: Mutex::new(HashSet::new()),
+            policies: None,
         };
         let (existing, available) = store.inspect().await?;
         store.set_mode(match existing.as_deref() {
@@ -441,6 +499,39 @@ impl PostgresStore {
             MODE_TIMESCALEDB => "timescaledb",
             _ => "native-partitioning",
         }
+    }
+
+    /// Retention and compression to install as policies when the schema is
+    /// (or becomes, at [`Store::migrate`]) TimescaleDB hypertables.
+    pub fn with_timescale_policies(mut self, policies: TimescalePolicies) -> PostgresStore {
+        self.policies = Some(policies);
+        self
+    }
+
+    /// Installs the configured policies; a failure is logged, not fatal: the
+    /// retention pass still deletes old rows, only compression is missed.
+    async fn apply_policies(&self, conn: &mut sqlx::PgConnection) {
+        let Some(policies) = &self.policies else {
+            return;
+        };
+        for statement in policy_statements(&self.schema, policies) {
+            if let Err(error) = conn.execute(statement.as_str()).await {
+                tracing::warn!(
+                    schema = %self.schema,
+                    %error,
+                    statement,
+                    "cannot install a TimescaleDB retention/compression policy; old rows are still deleted by the retention pass"
+                );
+                return;
+            }
+        }
+        tracing::info!(
+            schema = %self.schema,
+            raw_retention_ms = policies.raw_retention.as_millis() as u64,
+            result_retention_ms = policies.result_retention.as_millis() as u64,
+            compress_after_ms = policies.compress_after.as_millis() as u64,
+            "TimescaleDB retention and compression policies installed"
+        );
     }
 
     /// The schema this store's tables live in.
@@ -600,6 +691,15 @@ impl PostgresStore {
             tracing::info!(schema = %schema, version = migration.version, name = migration.name, "applied store migration");
         }
 
+        if !self.native() {
+            self.apply_policies(conn).await;
+        }
+        tracing::info!(
+            schema = %schema,
+            target = %self.target,
+            mode = self.mode(),
+            "store schema ready"
+        );
         if self.native() {
             self.load_partitions().await?;
             let today = today();
@@ -1247,11 +1347,18 @@ impl Store for PostgresStore {
         Ok(report)
     }
 
-    async fn ready(&self) -> Result<(), StoreError> {
+    async fn ready(&self) -> Result<String, StoreError> {
         sqlx::query("SELECT 1")
             .execute(&self.pool)
             .await
-            .map(|_| ())
+            .map(|_| {
+                format!(
+                    "PostgreSQL at {} answers; schema {}, {}",
+                    self.target,
+                    self.schema,
+                    self.mode()
+                )
+            })
             .map_err(|e| self.unavailable_context(db_error(e)))
     }
 }
@@ -1381,6 +1488,47 @@ mod tests {
         for bad in ["", "Pulse", "a;drop", "9x", "pg_x", "a\"b", &"x".repeat(64)] {
             assert!(check_schema(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn timescale_policies_are_reinstalled_with_the_configured_ages() {
+        let statements = policy_statements(
+            "pulse_default_web",
+            &TimescalePolicies {
+                raw_retention: Duration::from_secs(7 * 86_400),
+                result_retention: Duration::from_secs(90 * 86_400),
+                compress_after: Duration::from_secs(2 * 86_400),
+            },
+        );
+        let all = statements.join(";\n");
+        assert!(statements[0].contains("\"pulse_default_web\".pulse_now_ms()"));
+        for table in ["raw_points", "window_results"] {
+            let t = format!("'\"pulse_default_web\".{table}'");
+            for call in [
+                "set_integer_now_func(",
+                "remove_compression_policy(",
+                "add_compression_policy(",
+                "remove_retention_policy(",
+                "add_retention_policy(",
+            ] {
+                assert!(all.contains(&format!("{call}{t}")), "{call} of {table}");
+            }
+            // Removed before added, so a changed age replaces the old policy.
+            let removed = all.find(&format!("remove_retention_policy({t}")).unwrap();
+            assert!(removed < all.find(&format!("add_retention_policy({t}")).unwrap());
+        }
+        assert!(all.contains("compress_after => 172800000::bigint"));
+        assert!(
+            all.contains("'\"pulse_default_web\".raw_points', drop_after => 604800000::bigint")
+        );
+        assert!(
+            all.contains(
+                "'\"pulse_default_web\".window_results', drop_after => 7776000000::bigint"
+            )
+        );
+        assert!(
+            all.contains("compress_segmentby = 'series_id', timescaledb.compress_orderby = 'ts'")
+        );
     }
 
     #[test]

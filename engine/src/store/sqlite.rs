@@ -426,11 +426,11 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn ready(&self) -> Result<(), StoreError> {
+    async fn ready(&self) -> Result<String, StoreError> {
         sqlx::query("SELECT 1")
             .execute(&self.pool)
             .await
-            .map(|_| ())
+            .map(|_| "embedded SQLite store answers".to_string())
             .map_err(unavailable)
     }
 }

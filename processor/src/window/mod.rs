@@ -8,7 +8,7 @@ mod partition;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use pulse_core::{Point, TimestampMs, WindowSpec};
+use pulse_core::{Point, SeriesId, TimestampMs, WindowSpec};
 use pulse_engine::store::{Checkpoint, Commit, DeadLetter, LateCount};
 use tracing::warn;
 
@@ -104,10 +104,19 @@ impl Aggregator {
 
     /// Adds one decoded record. Records of unassigned partitions (in flight
     /// across a rebalance) are ignored: their new owner reads them again.
+    /// `key` is the series id the record claims (its bus key), if any; see
+    /// [`PartitionWindows::ingest`].
     #[inline]
-    pub fn ingest(&mut self, partition: u32, offset: u64, point: Point, now: Instant) -> Ingested {
+    pub fn ingest(
+        &mut self,
+        partition: u32,
+        offset: u64,
+        key: Option<SeriesId>,
+        point: Point,
+        now: Instant,
+    ) -> Ingested {
         match self.partitions.get_mut(&partition) {
-            Some(p) => p.ingest(offset, point, &self.layout, self.lateness_ms, now),
+            Some(p) => p.ingest(offset, key, point, &self.layout, self.lateness_ms, now),
             None => Ingested::default(),
         }
     }

@@ -113,6 +113,31 @@ impl Names {
     }
 }
 
+/// A point's series id, as the record claimed it or once confirmed.
+#[derive(Debug, Clone, Copy)]
+enum Series {
+    Claimed(SeriesId),
+    Known(SeriesId),
+}
+
+impl Series {
+    fn id(self) -> SeriesId {
+        match self {
+            Series::Claimed(id) | Series::Known(id) => id,
+        }
+    }
+}
+
+/// Where [`PartitionWindows::place`] put a point.
+struct Placed {
+    series: Series,
+    outcome: Ingested,
+    /// Definitions for which the point came after its window closed.
+    late: u64,
+    /// The point opened a window, so its series is named in this checkpoint.
+    opened: bool,
+}
+
 /// What ingesting one point did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Ingested {
@@ -282,54 +307,119 @@ impl PartitionWindows {
     /// Adds a point to the windows it falls into: directly to those not fed
     /// by another window that took the point, and through the feeding window
     /// to the rest (see [`super::layout`]).
+    ///
+    /// `claimed` is the series id the record was keyed with, which spares
+    /// hashing the name per point. It is trusted only once confirmed: a point
+    /// whose name equals that of an open window under the id has that id (the
+    /// window's name was hashed when it opened); otherwise the id is computed,
+    /// and a wrong key only costs the hash.
     pub fn ingest(
         &mut self,
         offset: u64,
+        claimed: Option<SeriesId>,
         point: Point,
         layout: &Layout,
         lateness_ms: i64,
         now: Instant,
     ) -> Ingested {
         self.next_offset = self.next_offset.max(offset + 1);
-        let series = point.series_id();
+        let mut series = match claimed {
+            Some(id) => Series::Claimed(id),
+            None => Series::Known(point.series_id()),
+        };
+        let placed = loop {
+            match self.place(series, &point, layout) {
+                Some(placed) => break placed,
+                None => series = Series::Known(point.series_id()),
+            }
+        };
         let ts = point.timestamp_ms;
-        let mut outcome = Ingested::default();
+        for index in indices(placed.late) {
+            self.count_late(index, &point.metric);
+        }
+        self.clock.observe(ts, lateness_ms, now);
+        // A point that reached no window still needs a confirmed id for its raw row.
+        let id = match placed.series {
+            Series::Known(id) => id,
+            Series::Claimed(_) => point.series_id(),
+        };
+        self.raw.push(RawPoint {
+            series_id: id,
+            timestamp_ms: ts,
+            value: point.value,
+        });
+        // A series is named with the window it opens; a point that reached
+        // only open windows has a name in the store already.
+        if placed.opened || (placed.outcome.windows == 0 && self.named.insert(id)) {
+            self.series.push(SeriesRow {
+                series_id: id,
+                metric: point.metric,
+                tags: point.tags,
+            });
+        }
+        placed.outcome
+    }
+
+    /// The window part of [`PartitionWindows::ingest`] for the point as
+    /// `series`. `None` when the claimed id turned out not to be the point's,
+    /// before anything was changed.
+    fn place(&mut self, mut series: Series, point: &Point, layout: &Layout) -> Option<Placed> {
+        let ts = point.timestamp_ms;
+        let mut placed = Placed {
+            series,
+            outcome: Ingested::default(),
+            late: 0,
+            opened: false,
+        };
         // Definitions the point reaches through a window it went into.
         let mut reached = 0u64;
         for &index in layout.order() {
             let spec = layout.spec(index);
             let through_feeder = reached & (1 << index) != 0;
-            let mut skipped = false;
             for start in spec.starts(ts) {
                 let end = spec.end(start);
                 if self.clock.is_closed(end) {
-                    skipped = true;
+                    placed.late |= 1 << index;
                     continue;
                 }
-                let key = (series, index as u16, start);
+                let key = (series.id(), index as u16, start);
                 if through_feeder {
                     reached |= self.feeds_of(key, layout);
-                    outcome.windows += 1;
+                    placed.outcome.windows += 1;
                     continue;
                 }
-                match self.open.entry(key) {
+                let entry = self.open.entry(key);
+                let same_name = match &entry {
+                    Entry::Occupied(slot) => slot.get().name.is(&point.metric, &point.tags),
+                    Entry::Vacant(_) => false,
+                };
+                // Sharing a name with the open window confirms a claimed id;
+                // anything else is checked against the name's own hash.
+                if !same_name
+                    && matches!(series, Series::Claimed(_))
+                    && point.series_id() != series.id()
+                {
+                    return None;
+                }
+                series = Series::Known(series.id());
+                match entry {
+                    Entry::Occupied(_) if !same_name => {
+                        placed.outcome.collision = true;
+                        continue;
+                    }
                     Entry::Occupied(slot) => {
                         let open = slot.into_mut();
-                        if !open.name.is(&point.metric, &point.tags) {
-                            outcome.collision = true;
-                            continue;
-                        }
                         open.agg.add(point.value, ts);
                         open.dirty = true;
                         reached |= open.feeds;
                     }
                     Entry::Vacant(slot) => {
-                        let name =
-                            self.names
-                                .get(series, &point.metric, &point.tags, || SeriesName {
-                                    metric: point.metric.clone(),
-                                    tags: point.tags.clone(),
-                                });
+                        let name = self.names.get(series.id(), &point.metric, &point.tags, || {
+                            SeriesName {
+                                metric: point.metric.clone(),
+                                tags: point.tags.clone(),
+                            }
+                        });
                         let mut agg = Aggregate::new();
                         agg.add(point.value, ts);
                         slot.insert(Open {
@@ -341,29 +431,15 @@ impl PartitionWindows {
                         });
                         self.by_end.entry(end).or_default().push(key);
                         reached |= layout.feeds(index);
+                        placed.opened = true;
                     }
                 }
-                outcome.windows += 1;
-            }
-            if skipped {
-                outcome.late += 1;
-                self.count_late(index, &point.metric);
+                placed.outcome.windows += 1;
             }
         }
-        self.clock.observe(ts, lateness_ms, now);
-        self.raw.push(RawPoint {
-            series_id: series,
-            timestamp_ms: ts,
-            value: point.value,
-        });
-        if self.named.insert(series) {
-            self.series.push(SeriesRow {
-                series_id: series,
-                metric: point.metric,
-                tags: point.tags,
-            });
-        }
-        outcome
+        placed.outcome.late = placed.late.count_ones() as usize;
+        placed.series = series;
+        Some(placed)
     }
 
     /// The definitions the open window `key` (or, if it is not open yet, the
@@ -630,7 +706,7 @@ mod tests {
         let mut p = PartitionWindows::restore(0, None, [&planted].into_iter(), &windows, now)
             .unwrap()
             .0;
-        let clash = p.ingest(0, point(10), &windows, 30_000, now);
+        let clash = p.ingest(0, None, point(10), &windows, 30_000, now);
         assert!(clash.collision && clash.windows == 0);
         assert_eq!(
             (p.names.first.len(), p.names.others.len()),
@@ -638,12 +714,12 @@ mod tests {
             "the colliding name is not kept"
         );
         // The window [60, 120) is new: this series opens and owns it.
-        let own = p.ingest(1, point(70), &windows, 30_000, now);
+        let own = p.ingest(1, None, point(70), &windows, 30_000, now);
         assert!(!own.collision && own.windows == 1);
-        let own = p.ingest(2, point(80), &windows, 30_000, now);
+        let own = p.ingest(2, None, point(80), &windows, 30_000, now);
         assert!(!own.collision && own.windows == 1);
 
-        p.ingest(3, point(200), &windows, 30_000, now); // watermark 170 s
+        p.ingest(3, None, point(200), &windows, 30_000, now); // watermark 170 s
         assert_eq!(p.close_ready(&windows), 2);
         let mut commit = Commit::default();
         p.drain_into(&mut commit, &mut BTreeMap::new(), &windows);

@@ -34,11 +34,11 @@ fn fresh(windows: Vec<WindowSpec>, partitions: &[u32]) -> Aggregator {
 fn window_closes_once_the_watermark_passes_its_end() {
     let mut a = fresh(minute_windows(), &[0]);
     let now = Instant::now();
-    a.ingest(0, 0, point("a", 1.0, 0), now);
-    a.ingest(0, 1, point("a", 3.0, 59), now);
-    a.ingest(0, 2, point("a", 5.0, 89), now); // watermark 59s: [0,60) still open
+    a.ingest(0, 0, None, point("a", 1.0, 0), now);
+    a.ingest(0, 1, None, point("a", 3.0, 59), now);
+    a.ingest(0, 2, None, point("a", 5.0, 89), now); // watermark 59s: [0,60) still open
     assert_eq!(a.close_ready(), 0);
-    a.ingest(0, 3, point("a", 7.0, 90), now); // watermark 60s: closes [0,60)
+    a.ingest(0, 3, None, point("a", 7.0, 90), now); // watermark 60s: closes [0,60)
     assert_eq!(a.close_ready(), 1);
     let c = a.checkpoint(None);
     assert_eq!(c.commit.results.len(), 1);
@@ -59,11 +59,11 @@ fn window_closes_once_the_watermark_passes_its_end() {
 fn late_point_after_watermark_is_counted_not_aggregated() {
     let mut a = fresh(minute_windows(), &[0]);
     let now = Instant::now();
-    a.ingest(0, 0, point("a", 1.0, 10), now);
-    a.ingest(0, 1, point("a", 1.0, 200), now); // watermark 170s
-    let late = a.ingest(0, 2, point("a", 100.0, 20), now);
+    a.ingest(0, 0, None, point("a", 1.0, 10), now);
+    a.ingest(0, 1, None, point("a", 1.0, 200), now); // watermark 170s
+    let late = a.ingest(0, 2, None, point("a", 100.0, 20), now);
     assert_eq!((late.windows, late.late), (0, 1));
-    let on_time = a.ingest(0, 3, point("a", 2.0, 175), now); // window [120,180) still open
+    let on_time = a.ingest(0, 3, None, point("a", 2.0, 175), now); // window [120,180) still open
     assert_eq!((on_time.windows, on_time.late), (1, 0));
     a.close_ready();
     let c = a.checkpoint(None);
@@ -83,7 +83,7 @@ fn late_point_after_watermark_is_counted_not_aggregated() {
 fn sliding_window_point_lands_in_every_overlapping_window() {
     let sliding = WindowSpec::sliding(Duration::from_secs(300), Duration::from_secs(60)).unwrap();
     let mut a = fresh(vec![sliding], &[0]);
-    let got = a.ingest(0, 0, point("a", 1.0, 1000), Instant::now());
+    let got = a.ingest(0, 0, None, point("a", 1.0, 1000), Instant::now());
     assert_eq!(got.windows, 5);
     assert_eq!(a.open_windows(), 5);
 }
@@ -92,7 +92,7 @@ fn sliding_window_point_lands_in_every_overlapping_window() {
 fn idle_partition_closes_windows_by_wall_clock() {
     let mut a = fresh(minute_windows(), &[0]);
     let start = Instant::now();
-    a.ingest(0, 0, point("a", 1.0, 1_000), start);
+    a.ingest(0, 0, None, point("a", 1.0, 1_000), start);
     assert_eq!(
         a.advance(2_000_000, start + Duration::from_secs(5)),
         0,
@@ -121,7 +121,7 @@ fn the_same_id_with_another_name_is_a_collision_not_a_merge() {
     };
     let mut a = Aggregator::new(minute_windows(), LATENESS, IDLE).unwrap();
     a.assign(&[0], &checkpoint, Instant::now()).unwrap();
-    let got = a.ingest(0, 0, p, Instant::now());
+    let got = a.ingest(0, 0, None, p, Instant::now());
     assert!(got.collision);
     assert_eq!(got.windows, 0);
 }
@@ -206,7 +206,7 @@ fn run(crash_at: &[usize]) -> FakeStore {
     let mut offset = 0usize;
     let mut crashes: Vec<usize> = crash_at.to_vec();
     while offset < points.len() {
-        a.ingest(0, offset as u64, points[offset].clone(), now);
+        a.ingest(0, offset as u64, None, points[offset].clone(), now);
         offset += 1;
         if offset % 150 == 0 {
             a.close_ready();
@@ -220,7 +220,7 @@ fn run(crash_at: &[usize]) -> FakeStore {
             offset = seeks[0].1 as usize;
         }
     }
-    a.ingest(0, offset as u64, point("a", 0.0, 1_000_000), now);
+    a.ingest(0, offset as u64, None, point("a", 0.0, 1_000_000), now);
     a.close_ready();
     store.apply(&mut a);
     store.results.sort_by(|x, y| x.partial_cmp(y).unwrap());
@@ -293,7 +293,14 @@ fn run_switching(
     let mut offset = 0;
     let mut switched = false;
     while offset < points.len() {
-        a.ingest(0, offset as u64, points[offset].clone(), now);
+        // Records carry their series id as key; every 13th claims a wrong one.
+        let point = points[offset].clone();
+        let key = if offset % 13 == 0 {
+            pulse_core::SeriesId(offset as u64)
+        } else {
+            point.series_id()
+        };
+        a.ingest(0, offset as u64, Some(key), point, now);
         offset += 1;
         if offset % 150 == 0 {
             a.close_ready();
@@ -306,7 +313,7 @@ fn run_switching(
         }
     }
     let end = points.iter().map(|p| p.timestamp_ms).max().unwrap() + 86_400_000;
-    a.ingest(0, offset as u64, point("z", 0.0, end / 1000), now);
+    a.ingest(0, offset as u64, None, point("z", 0.0, end / 1000), now);
     a.close_ready();
     store.apply(&mut a);
     store.results.retain(|r| r.0 != "z");
@@ -354,9 +361,9 @@ fn quantiles_of_a_chained_window_equal_those_of_direct_adds() {
     for i in 0..290 {
         let value = f64::from((i * 37) % 101) * 1.5;
         reference.add(value, i64::from(i) * 1000);
-        a.ingest(0, i as u64, point("a", value, i64::from(i)), now);
+        a.ingest(0, i as u64, None, point("a", value, i64::from(i)), now);
     }
-    a.ingest(0, 290, point("a", 0.0, 10_000), now);
+    a.ingest(0, 290, None, point("a", 0.0, 10_000), now);
     a.close_ready();
     let results = a.checkpoint(None).commit.results;
     let five = results.iter().find(|r| r.window == "5m").unwrap();
@@ -399,9 +406,9 @@ fn changing_the_window_list_across_a_restart_loses_and_doubles_nothing() {
 fn an_undecodable_record_becomes_a_dead_letter_committed_with_the_offset_past_it() {
     let mut a = fresh(minute_windows(), &[0]);
     let now = Instant::now();
-    a.ingest(0, 0, point("a", 1.0, 0), now);
+    a.ingest(0, 0, None, point("a", 1.0, 0), now);
     a.dead_letter(0, 1, "unknown record format version 7".into(), vec![7, 1]);
-    a.ingest(0, 2, point("a", 2.0, 1), now);
+    a.ingest(0, 2, None, point("a", 2.0, 1), now);
     let c = a.checkpoint(None);
     assert_eq!(c.offsets, vec![(0, 3)]);
     assert_eq!(c.commit.dead_letters.len(), 1);
