@@ -1,7 +1,12 @@
 //! The `pulse` command: every role of the platform in one binary.
 //!
-//! `pulse up` wires the gateway, processor and dashboard to the embedded engines
-//! in one process; the same [`up::start`] is what the end-to-end tests run.
+//! `pulse up` runs the gateway, processor and dashboard in one process, on the
+//! embedded engines unless the config names Kafka, PostgreSQL or Redis; the same
+//! [`up::start`] is what the end-to-end tests run. `pulse gateway|processor|dashboard`
+//! run one role alone ([`up::start_role`]) on the production engines.
+//! [`engines`] turns a config into the engines.
 
 pub mod bench;
+pub mod browser;
+pub mod engines;
 pub mod up;

@@ -3,8 +3,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use pulse::engines::EngineSummary;
+use pulse::up::{Role, UpError};
 use pulse_core::config::Config;
+use pulse_server::CancellationToken;
 
 /// mimalloc instead of glibc malloc: the processor allocates and frees small
 /// strings per point, and mimalloc's thread-local free lists make that about 45 %
@@ -23,9 +26,52 @@ struct Cli {
     command: Command,
 }
 
+/// Overrides of the engine keys; unset, the config decides (by default the
+/// embedded engines).
+#[derive(Args, Debug, Default)]
+struct EngineArgs {
+    /// Kafka bootstrap servers (bus.kafka_brokers), e.g. kafka-0:9092,kafka-1:9092.
+    #[arg(long, value_name = "BROKERS")]
+    kafka: Option<String>,
+    /// PostgreSQL/TimescaleDB URL (storage.database_url), e.g.
+    /// postgres://pulse@db:5432/metrics. A password here is visible in the process
+    /// list: prefer PULSE_STORAGE__DATABASE_URL for one.
+    #[arg(long, value_name = "URL")]
+    database: Option<String>,
+    /// Redis URL (cache.redis_url), e.g. redis://cache:6379. Prefer
+    /// PULSE_CACHE__REDIS_URL for one with a password.
+    #[arg(long, value_name = "URL")]
+    redis: Option<String>,
+}
+
+impl EngineArgs {
+    fn apply(self, config: &mut Config) {
+        if let Some(brokers) = self.kafka {
+            config.bus.kafka_brokers = Some(brokers);
+        }
+        if let Some(url) = self.database {
+            config.storage.database_url = Some(url);
+        }
+        if let Some(url) = self.redis {
+            config.cache.redis_url = Some(url);
+        }
+    }
+}
+
+/// What every single-role command takes.
+#[derive(Args, Debug)]
+struct RoleArgs {
+    /// Config file (TOML or YAML); PULSE_<SECTION>__<KEY> variables override it.
+    #[arg(long, short, env = "PULSE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    engines: EngineArgs,
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Run gateway, processor and dashboard in one process on embedded engines.
+    /// Run gateway, processor and dashboard in one process: on embedded engines
+    /// (nothing to install) unless Kafka, PostgreSQL or Redis are configured.
     Up {
         /// Config file (TOML or YAML); PULSE_<SECTION>__<KEY> variables override it.
         #[arg(long, short, env = "PULSE_CONFIG")]
@@ -42,7 +88,16 @@ enum Command {
         /// Processor health/metrics address (processor.listen).
         #[arg(long)]
         processor_listen: Option<std::net::SocketAddr>,
+        #[command(flatten)]
+        engines: EngineArgs,
     },
+    /// Run the ingestion gateway alone (gateway.listen); needs Kafka (bus.kafka_brokers).
+    Gateway(RoleArgs),
+    /// Run the stream processor alone (health and metrics on processor.listen);
+    /// needs Kafka and PostgreSQL (bus.kafka_brokers, storage.database_url).
+    Processor(RoleArgs),
+    /// Run the query API alone (dashboard.listen); needs PostgreSQL (storage.database_url).
+    Dashboard(RoleArgs),
     /// Print the effective configuration (defaults, file, environment) as TOML.
     Config {
         #[arg(long, short, env = "PULSE_CONFIG")]
@@ -69,6 +124,7 @@ fn main() -> ExitCode {
                 gateway_listen,
                 dashboard_listen,
                 processor_listen,
+                engines,
             } => {
                 let mut config = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
                 if let Some(d) = data_dir {
@@ -83,8 +139,13 @@ fn main() -> ExitCode {
                 if let Some(a) = processor_listen {
                     config.processor.listen = a;
                 }
+                engines.apply(&mut config);
+                config.validate().map_err(|e| e.to_string())?;
                 up(config).await
             }
+            Command::Gateway(args) => role(Role::Gateway, args).await,
+            Command::Processor(args) => role(Role::Processor, args).await,
+            Command::Dashboard(args) => role(Role::Dashboard, args).await,
             Command::Config { config } => {
                 let config = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
                 print!("{}", config.to_toml());
@@ -102,8 +163,47 @@ fn main() -> ExitCode {
     }
 }
 
-async fn up(config: Config) -> Result<(), String> {
+/// Starts logging and a token that Ctrl-C or SIGTERM cancels, so a start that
+/// still waits for an engine can be interrupted too.
+fn prepare(stopping: &'static str) -> CancellationToken {
     pulse_server::telemetry::init();
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    tokio::spawn(async move {
+        pulse_server::shutdown_signal().await;
+        println!("{stopping}");
+        token.cancel();
+    });
+    shutdown
+}
+
+/// What a start abandoned on Ctrl-C becomes: a clean stop, not an error.
+fn started<T>(outcome: Result<T, UpError>) -> Result<Option<T>, String> {
+    match outcome {
+        Ok(running) => Ok(Some(running)),
+        Err(e) if e.is_cancelled() => {
+            println!("Stopped before starting: {e}.");
+            Ok(None)
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The engine lines of the banner.
+fn print_engines(engines: &EngineSummary) {
+    for (part, description) in [
+        ("bus", &engines.bus),
+        ("store", &engines.store),
+        ("cache", &engines.cache),
+    ] {
+        if let Some(description) = description {
+            println!("  {part:<10} {description}");
+        }
+    }
+}
+
+async fn up(config: Config) -> Result<(), String> {
+    let shutdown = prepare("Stopping: committing open windows' progress...");
     let windows: Vec<String> = config
         .window_specs()
         .map_err(|e| e.to_string())?
@@ -111,23 +211,30 @@ async fn up(config: Config) -> Result<(), String> {
         .map(|w| w.label)
         .collect();
     let lateness = pulse_core::duration::label(config.processor.allowed_lateness);
-    let running = pulse::up::start(config).await.map_err(|e| e.to_string())?;
-    println!(
-        "Pulse is up on embedded engines; data in {}",
-        running.data_dir.display()
-    );
+    let Some(running) = started(pulse::up::start_until(config, shutdown).await)? else {
+        return Ok(());
+    };
+    match (&running.engines.data_dir, running.engines.all_embedded()) {
+        (Some(dir), true) => println!("Pulse is up on embedded engines; data in {}", dir.display()),
+        (Some(dir), false) => println!(
+            "Pulse is up; the embedded engines keep their data in {}",
+            dir.display()
+        ),
+        (None, _) => println!("Pulse is up"),
+    }
     println!(
         "  gateway    http://{}   POST /metrics, POST /v1/metrics",
         running.gateway
     );
     println!(
-        "  dashboard  http://{}   GET /dashboard, /api/v1/query_range, /api/v1/metrics, /api/v1/live",
+        "  dashboard  http://{}   web UI at /, GET /dashboard, /api/v1/query_range, /api/v1/metrics, /api/v1/live",
         running.dashboard
     );
     println!(
         "  processor  http://{}   /healthz, /readyz, /metrics",
         running.processor
     );
+    print_engines(&running.engines);
     println!(
         "  windows {}; allowed lateness {lateness}",
         windows.join(", ")
@@ -137,13 +244,39 @@ async fn up(config: Config) -> Result<(), String> {
         running.gateway.port()
     );
     println!("Press Ctrl-C to stop.");
-    let token = running.shutdown_token();
-    tokio::spawn(async move {
-        pulse_server::shutdown_signal().await;
-        println!("Stopping: committing open windows' progress...");
-        token.cancel();
-    });
     running.wait().await?;
     println!("Pulse stopped cleanly.");
+    Ok(())
+}
+
+/// `pulse gateway|processor|dashboard`: one role alone.
+async fn role(role: Role, args: RoleArgs) -> Result<(), String> {
+    let mut config = Config::load(args.config.as_deref()).map_err(|e| e.to_string())?;
+    args.engines.apply(&mut config);
+    config.validate().map_err(|e| e.to_string())?;
+    // Refuse an impossible engine choice before anything else happens.
+    pulse::engines::check_roles(&config, &[role]).map_err(|e| e.to_string())?;
+    let stopping = match role {
+        Role::Processor => "Stopping: committing open windows' progress...",
+        Role::Gateway | Role::Dashboard => "Stopping: finishing the requests in flight...",
+    };
+    let shutdown = prepare(stopping);
+    let Some(running) = started(pulse::up::start_role(config, role, shutdown).await)? else {
+        return Ok(());
+    };
+    let name = role.name();
+    println!("Pulse {name} is up");
+    let routes = match role {
+        Role::Gateway => "POST /metrics, POST /v1/metrics, /healthz, /readyz, /metrics",
+        Role::Processor => "/healthz, /readyz, /metrics",
+        Role::Dashboard => {
+            "web UI at /, GET /dashboard, /api/v1/query_range, /api/v1/metrics, /api/v1/live, /healthz, /readyz, /metrics"
+        }
+    };
+    println!("  {name:<10} http://{}   {routes}", running.addr);
+    print_engines(&running.engines);
+    println!("Press Ctrl-C to stop.");
+    running.wait().await?;
+    println!("Pulse {name} stopped cleanly.");
     Ok(())
 }

@@ -1,4 +1,7 @@
-//! `pulse up`: the whole data path in one process on the embedded engines.
+//! Starting Pulse's roles: all three in one process (`pulse up`, [`start`]) or
+//! one alone (`pulse gateway|processor|dashboard`, [`start_role`]), on the
+//! engines the configuration selects (see [`crate::engines`]). Both go through
+//! the same steps: listen, open the engines, build the role routers, serve.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,35 +10,33 @@ use std::sync::{Arc, Mutex};
 use prometheus_client::registry::Registry;
 use pulse_core::config::Config;
 use pulse_dashboard::Dashboard;
-use pulse_engine::bus::embedded::SqliteBus;
-use pulse_engine::cache::Cache;
-use pulse_engine::cache::memory::MemoryCache;
-use pulse_engine::store::Store;
-use pulse_engine::store::sqlite::SqliteStore;
 use pulse_gateway::Gateway;
 use pulse_processor::Processor;
 use pulse_server::{CancellationToken, bind, serve};
+use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tracing::error;
 
-/// Why `pulse up` could not start.
+pub use crate::engines::Role;
+use crate::engines::{self, EngineError, EngineSummary};
+
+/// Why Pulse could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum UpError {
-    #[error(
-        "cannot create the data directory {path}: {source}; set storage.data_dir to a writable place"
-    )]
-    DataDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("embedded bus: {0}")]
-    Bus(#[from] pulse_engine::bus::BusError),
-    #[error("embedded store: {0}")]
-    Store(#[from] pulse_engine::store::StoreError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
     #[error(transparent)]
     Bind(#[from] pulse_server::serve::BindError),
     #[error("processor: {0}")]
     Processor(#[from] pulse_processor::ProcessorError),
+}
+
+impl UpError {
+    /// Whether the start was abandoned because shutdown was requested while
+    /// waiting for an engine (not a failure).
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self, UpError::Engine(EngineError::Cancelled(_)))
+    }
 }
 
 /// A running `pulse up`: where it listens, and how to stop it.
@@ -43,107 +44,127 @@ pub struct Running {
     pub gateway: SocketAddr,
     pub dashboard: SocketAddr,
     pub processor: SocketAddr,
+    /// `storage.data_dir` (used by the embedded engines only).
     pub data_dir: PathBuf,
-    shutdown: CancellationToken,
-    tasks: JoinSet<Result<(), String>>,
+    /// Which engine each part runs on.
+    pub engines: EngineSummary,
+    tasks: Tasks,
 }
 
-/// Opens the embedded engines under `config.storage.data_dir`, binds the three
-/// listeners and starts every role. Returns once all of them accept requests.
+/// One role running alone (`pulse gateway|processor|dashboard`).
+pub struct RunningRole {
+    pub role: Role,
+    /// Its HTTP listener (the processor's serves /healthz, /readyz, /metrics).
+    pub addr: SocketAddr,
+    pub engines: EngineSummary,
+    tasks: Tasks,
+}
+
+/// Starts every role in this process on the engines the config selects (by
+/// default the embedded ones under `config.storage.data_dir`). Returns once
+/// all of them accept requests.
 pub async fn start(config: Config) -> Result<Running, UpError> {
-    let data_dir = config.storage.data_dir.clone();
-    std::fs::create_dir_all(&data_dir).map_err(|source| UpError::DataDir {
-        path: data_dir.clone(),
-        source,
-    })?;
-    let bus = SqliteBus::open(&data_dir.join("bus.db"), config.bus.partitions).await?;
-    let store = SqliteStore::open(&data_dir.join("store.db")).await?;
-    store.migrate().await?;
-    let store: Arc<dyn Store> = Arc::new(store);
-    let cache: Arc<dyn Cache> = Arc::new(MemoryCache::new());
+    start_until(config, CancellationToken::new()).await
+}
 
-    // One registry per role: each answers its own /metrics, as separate
-    // Deployments would, and the shared HTTP histogram is registered once each.
-    let registry = || Arc::new(Mutex::new(Registry::default()));
-    let gateway = Gateway::router(&config, bus.clone(), registry());
-    let dashboard = Dashboard::router(&config, Arc::clone(&store), Arc::clone(&cache), registry());
-    let processor = Processor::new(
-        &config,
-        Box::new(bus.consumer()),
-        Arc::clone(&store),
-        cache,
-        registry(),
-    )?;
-
-    let gateway_listener = bind("gateway", config.gateway.listen, "gateway.listen").await?;
-    let dashboard_listener = bind("dashboard", config.dashboard.listen, "dashboard.listen").await?;
-    let processor_listener = bind("processor", config.processor.listen, "processor.listen").await?;
-    let local =
-        |l: &tokio::net::TcpListener| l.local_addr().expect("a bound listener has an address");
-    let (gateway_addr, dashboard_addr, processor_addr) = (
-        local(&gateway_listener),
-        local(&dashboard_listener),
-        local(&processor_listener),
-    );
-
-    let shutdown = CancellationToken::new();
-    // The HTTP servers stop only after the processor has flushed, so /readyz and
-    // /metrics stay answerable during shutdown; the gateway stops first.
-    let servers_stop = CancellationToken::new();
-    let mut tasks = JoinSet::new();
-    let serve_role = |name: &'static str, listener, router, stop: CancellationToken| async move {
-        serve(listener, router, stop)
-            .await
-            .map_err(|e| format!("{name} server failed: {e}"))
-    };
-    tasks.spawn(serve_role(
-        "gateway",
-        gateway_listener,
-        gateway,
-        shutdown.clone(),
-    ));
-    tasks.spawn(serve_role(
-        "dashboard",
-        dashboard_listener,
-        dashboard,
-        servers_stop.clone(),
-    ));
-    tasks.spawn(serve_role(
-        "processor",
-        processor_listener,
-        processor.router(),
-        servers_stop.clone(),
-    ));
-    let processor_stop = shutdown.clone();
-    tasks.spawn(async move {
-        let outcome = processor
-            .run(processor_stop)
-            .await
-            .map_err(|e| format!("processor failed: {e}"));
-        servers_stop.cancel();
-        outcome
-    });
+/// Like [`start`], stopping when `shutdown` is cancelled, including while it
+/// still waits for an engine that cannot be reached yet (then it returns an
+/// error for which [`UpError::is_cancelled`] holds).
+pub async fn start_until(config: Config, shutdown: CancellationToken) -> Result<Running, UpError> {
+    let launched = launch(&config, &Role::ALL, shutdown).await?;
     Ok(Running {
-        gateway: gateway_addr,
-        dashboard: dashboard_addr,
-        processor: processor_addr,
-        data_dir,
-        shutdown,
-        tasks,
+        gateway: launched.addr(Role::Gateway),
+        dashboard: launched.addr(Role::Dashboard),
+        processor: launched.addr(Role::Processor),
+        data_dir: config.storage.data_dir.clone(),
+        engines: launched.engines,
+        tasks: launched.tasks,
+    })
+}
+
+/// Starts `role` alone, as its own Deployment would run it: its listener (with
+/// `/healthz`, `/readyz`, `/metrics`) and its work. It needs the shared
+/// production engines (see [`engines::check_roles`]); stops when `shutdown` is
+/// cancelled.
+pub async fn start_role(
+    config: Config,
+    role: Role,
+    shutdown: CancellationToken,
+) -> Result<RunningRole, UpError> {
+    let launched = launch(&config, &[role], shutdown).await?;
+    Ok(RunningRole {
+        role,
+        addr: launched.addr(role),
+        engines: launched.engines,
+        tasks: launched.tasks,
     })
 }
 
 impl Running {
     /// A token that stops everything when cancelled (wire it to Ctrl-C).
     pub fn shutdown_token(&self) -> CancellationToken {
-        self.shutdown.clone()
+        self.tasks.shutdown.clone()
     }
 
     /// Waits until every role has stopped, on shutdown or because one failed
     /// (then the others are stopped too). Returns the first failure.
-    pub async fn wait(mut self) -> Result<(), String> {
+    pub async fn wait(self) -> Result<(), String> {
+        self.tasks.wait().await
+    }
+
+    /// Stops gracefully: the gateway stops accepting, the processor commits
+    /// its progress, then the remaining servers close.
+    pub async fn stop(self) -> Result<(), String> {
+        self.tasks.shutdown.cancel();
+        self.tasks.wait().await
+    }
+}
+
+impl RunningRole {
+    /// A token that stops the role when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.tasks.shutdown.clone()
+    }
+
+    /// Waits until the role has stopped; returns its failure, if any.
+    pub async fn wait(self) -> Result<(), String> {
+        self.tasks.wait().await
+    }
+
+    /// Stops gracefully (the processor commits its progress first).
+    pub async fn stop(self) -> Result<(), String> {
+        self.tasks.shutdown.cancel();
+        self.tasks.wait().await
+    }
+}
+
+/// What [`launch`] started.
+struct Launched {
+    addrs: Vec<(Role, SocketAddr)>,
+    engines: EngineSummary,
+    tasks: Tasks,
+}
+
+impl Launched {
+    fn addr(&self, role: Role) -> SocketAddr {
+        self.addrs
+            .iter()
+            .find(|(r, _)| *r == role)
+            .map(|(_, a)| *a)
+            .expect("launch binds a listener for every role it starts")
+    }
+}
+
+/// The tasks of the running roles, and the token that stops them.
+struct Tasks {
+    shutdown: CancellationToken,
+    set: JoinSet<Result<(), String>>,
+}
+
+impl Tasks {
+    async fn wait(mut self) -> Result<(), String> {
         let mut first_error = None;
-        while let Some(joined) = self.tasks.join_next().await {
+        while let Some(joined) = self.set.join_next().await {
             let outcome = joined
                 .map_err(|e| format!("a role task ended abnormally: {e}"))
                 .and_then(|r| r);
@@ -155,11 +176,106 @@ impl Running {
         }
         first_error.map_or(Ok(()), Err)
     }
+}
 
-    /// Stops gracefully: the gateway stops accepting, the processor commits
-    /// its progress, then the remaining servers close.
-    pub async fn stop(self) -> Result<(), String> {
-        self.shutdown.cancel();
-        self.wait().await
+/// The steps every way of running Pulse shares: refuse an impossible engine
+/// choice, bind the roles' listeners (so a taken port shows at once, not after
+/// waiting for a database), open the engines, then serve each role.
+async fn launch(
+    config: &Config,
+    roles: &[Role],
+    shutdown: CancellationToken,
+) -> Result<Launched, UpError> {
+    engines::check_roles(config, roles)?;
+    let mut listeners: Vec<(Role, TcpListener)> = Vec::with_capacity(roles.len());
+    for &role in roles {
+        let (addr, key) = match role {
+            Role::Gateway => (config.gateway.listen, "gateway.listen"),
+            Role::Processor => (config.processor.listen, "processor.listen"),
+            Role::Dashboard => (config.dashboard.listen, "dashboard.listen"),
+        };
+        listeners.push((role, bind(role.name(), addr, key).await?));
     }
+    let mut engines = engines::connect(config, roles, &shutdown).await?;
+
+    // One registry per role: each answers its own /metrics, as separate
+    // Deployments would, and the shared HTTP histogram is registered once each.
+    let registry = || Arc::new(Mutex::new(Registry::default()));
+    // The HTTP servers next to a processor stop only after it has flushed, so
+    // /readyz and /metrics stay answerable during shutdown; the gateway stops
+    // first.
+    let servers_stop = if roles.contains(&Role::Processor) {
+        CancellationToken::new()
+    } else {
+        shutdown.clone()
+    };
+    let shared = engines.store.clone().zip(engines.cache.clone());
+    let store_and_cache = || {
+        shared
+            .clone()
+            .expect("the engines of the processor and the dashboard include a store and a cache")
+    };
+    let mut routers = Vec::with_capacity(roles.len());
+    let mut processor = None;
+    for (role, listener) in listeners {
+        let (router, stop) = match role {
+            Role::Gateway => {
+                let producer = engines
+                    .producer
+                    .clone()
+                    .expect("the gateway's engines include a bus producer");
+                let router = Gateway::router(config, producer, registry());
+                (router, shutdown.clone())
+            }
+            Role::Dashboard => {
+                let (store, cache) = store_and_cache();
+                let router = Dashboard::router(config, store, cache, registry());
+                (router, servers_stop.clone())
+            }
+            Role::Processor => {
+                let (store, cache) = store_and_cache();
+                let consumer = engines
+                    .consumer
+                    .take()
+                    .expect("the processor's engines include a bus consumer");
+                let built = Processor::new(config, consumer, store, cache, registry())?;
+                let router = built.router();
+                processor = Some(built);
+                (router, servers_stop.clone())
+            }
+        };
+        routers.push((role, listener, router, stop));
+    }
+
+    let mut set = JoinSet::new();
+    let mut addrs = Vec::with_capacity(routers.len());
+    for (role, listener, router, stop) in routers {
+        addrs.push((
+            role,
+            listener
+                .local_addr()
+                .expect("a bound listener has an address"),
+        ));
+        set.spawn(async move {
+            serve(listener, router, stop)
+                .await
+                .map_err(|e| format!("{} server failed: {e}", role.name()))
+        });
+    }
+    if let Some(processor) = processor {
+        let processor_stop = shutdown.clone();
+        set.spawn(async move {
+            let outcome = processor
+                .run(processor_stop)
+                .await
+                .map_err(|e| format!("processor failed: {e}"));
+            servers_stop.cancel();
+            outcome
+        });
+    }
+    Ok(Launched {
+        addrs,
+        engines: engines.summary,
+        tasks: Tasks { shutdown, set },
+    })
 }

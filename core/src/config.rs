@@ -27,6 +27,9 @@ pub struct Config {
     pub limits: Limits,
     pub storage: StorageConfig,
     pub bus: BusConfig,
+    pub cache: CacheConfig,
+    /// Dashboards the UI serves at `/d/<name>` (`[[dashboards]]`); see `board`.
+    pub dashboards: crate::board::Boards,
 }
 
 /// Which pipeline this process serves; names topics and schemas.
@@ -154,20 +157,35 @@ impl Default for DashboardConfig {
 pub struct StorageConfig {
     /// Directory of the embedded engines' files (`pulse up`).
     pub data_dir: PathBuf,
+    /// PostgreSQL or TimescaleDB URL (`postgres://user:password@host:5432/db`).
+    /// The pipeline's tables live in its own schema, `pulse_<namespace>_<pipeline>`.
+    /// Unset or empty: the embedded SQLite store in `data_dir`.
+    #[serde(
+        deserialize_with = "empty_as_none",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub database_url: Option<String>,
     /// How long raw points are kept.
     #[serde(with = "crate::duration::as_label")]
     pub raw_retention: Duration,
     /// How long window results are kept.
     #[serde(with = "crate::duration::as_label")]
     pub result_retention: Duration,
+    /// With TimescaleDB: chunks older than this are compressed (a policy
+    /// installed at start). Keep it above the longest window plus the allowed
+    /// lateness, so results are written before their chunk is compressed.
+    #[serde(with = "crate::duration::as_label")]
+    pub compress_after: Duration,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             data_dir: PathBuf::from("./pulse-data"),
+            database_url: None,
             raw_retention: Duration::from_secs(7 * 86_400),
             result_retention: Duration::from_secs(90 * 86_400),
+            compress_after: Duration::from_secs(2 * 86_400),
         }
     }
 }
@@ -177,13 +195,77 @@ impl Default for StorageConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct BusConfig {
     /// Partitions of the points topic; a series always lands on the same one.
+    /// With Kafka the topic's own partition count is used (the operator creates
+    /// the topic with this one).
     pub partitions: u32,
+    /// Kafka bootstrap servers, comma-separated (`kafka-0:9092,kafka-1:9092`).
+    /// Unset or empty: the embedded log in `storage.data_dir`, which only works
+    /// inside `pulse up`.
+    #[serde(
+        deserialize_with = "empty_as_none",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub kafka_brokers: Option<String>,
+    /// The Kafka topic of the points. Unset or empty:
+    /// `pulse.<namespace>.<pipeline>.points` (see [`Config::points_topic`]).
+    #[serde(
+        deserialize_with = "empty_as_none",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub topic: Option<String>,
+    /// Kafka consumer group session timeout: how long a processor that died
+    /// without leaving the group (killed, or cut off) keeps its partitions
+    /// before the brokers hand them to the other members. Must lie within the
+    /// brokers' `group.min.session.timeout.ms`..`group.max.session.timeout.ms`.
+    #[serde(with = "crate::duration::as_label")]
+    pub session_timeout: Duration,
 }
 
 impl Default for BusConfig {
     fn default() -> Self {
-        BusConfig { partitions: 4 }
+        BusConfig {
+            partitions: 4,
+            kafka_brokers: None,
+            topic: None,
+            session_timeout: Duration::from_secs(10),
+        }
     }
+}
+
+/// The cache of the latest closed windows and the live channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Redis URL (`redis://[user:password@]host:6379[/db]`, `rediss://` for TLS,
+    /// `unix:///path`). Keys live under `pulse:<namespace>:<pipeline>`. Unset or
+    /// empty: an in-process cache, which only the processes of one `pulse up`
+    /// share.
+    #[serde(
+        deserialize_with = "empty_as_none",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub redis_url: Option<String>,
+    /// How long a cached latest window lives after its last write (Redis). Keep
+    /// it well above the longest window plus `processor.allowed_lateness`, or
+    /// that window's answers come from the store between two closings.
+    #[serde(with = "crate::duration::as_label")]
+    pub ttl: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            redis_url: None,
+            ttl: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// An optional string where empty (or blank) means unset, so a deployment can
+/// pass `PULSE_STORAGE__DATABASE_URL=""` from an optional secret.
+fn empty_as_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let value = Option::<String>::deserialize(d)?;
+    Ok(value.filter(|v| !v.trim().is_empty()))
 }
 
 /// A configuration that could not be loaded, with what, where and what to do.
@@ -197,7 +279,7 @@ pub enum ConfigError {
 
 /// Top-level sections, so unrelated `PULSE_*` variables (PulseAudio sets
 /// `PULSE_SERVER`) are not mistaken for configuration.
-const SECTIONS: [&str; 7] = [
+const SECTIONS: [&str; 8] = [
     "pipeline",
     "gateway",
     "processor",
@@ -205,6 +287,7 @@ const SECTIONS: [&str; 7] = [
     "limits",
     "storage",
     "bus",
+    "cache",
 ];
 
 impl Config {
@@ -228,10 +311,12 @@ impl Config {
                 _ => figment.merge(Toml::file(path)),
             };
         }
+        // The filter sees keys as written (`GATEWAY.LISTEN`): figment lowercases
+        // them only afterwards, so the section is compared ignoring case.
         let env = Env::prefixed("PULSE_").split("__").filter(|key| {
-            SECTIONS
-                .iter()
-                .any(|s| key.as_str().starts_with(&format!("{s}.")))
+            key.as_str().split_once('.').is_some_and(|(section, _)| {
+                SECTIONS.iter().any(|s| s.eq_ignore_ascii_case(section))
+            })
         });
         let config: Config = figment
             .merge(env)
@@ -322,7 +407,95 @@ impl Config {
                 "namespace and name must not be empty".into(),
             ));
         }
+        self.validate_engines()
+    }
+
+    /// Checks the connection keys of the production engines.
+    fn validate_engines(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            key: key.into(),
+            message,
+        };
+        if let Some(brokers) = &self.bus.kafka_brokers {
+            let bad = brokers
+                .split(',')
+                .map(str::trim)
+                .find(|b| b.is_empty() || b.contains(char::is_whitespace));
+            if let Some(bad) = bad {
+                return Err(invalid(
+                    "bus.kafka_brokers",
+                    format!(
+                        "`{brokers}` is not a comma-separated list of host:port ({bad:?} is not one), \
+                         e.g. \"kafka-0:9092,kafka-1:9092\""
+                    ),
+                ));
+            }
+            let topic = self.points_topic();
+            if let Err(why) = check_topic(&topic) {
+                let how = if self.bus.topic.is_some() {
+                    ""
+                } else {
+                    " (derived from pipeline.namespace and pipeline.name; set bus.topic)"
+                };
+                return Err(invalid(
+                    "bus.topic",
+                    format!("`{topic}` is not a valid Kafka topic{how}: {why}"),
+                ));
+            }
+        } else if let Some(topic) = &self.bus.topic {
+            check_topic(topic).map_err(|why| invalid("bus.topic", format!("`{topic}` {why}")))?;
+        }
+        if let Some(url) = &self.storage.database_url {
+            if !has_scheme(url, &["postgres", "postgresql"]) {
+                return Err(invalid(
+                    "storage.database_url",
+                    "must be a PostgreSQL URL such as postgres://user:password@host:5432/database"
+                        .into(),
+                ));
+            }
+        }
+        if let Some(url) = &self.cache.redis_url {
+            if !has_scheme(url, &["redis", "rediss", "unix", "redis+unix"]) {
+                return Err(invalid(
+                    "cache.redis_url",
+                    "must be a Redis URL such as redis://host:6379 (rediss:// for TLS, unix:///path)"
+                        .into(),
+                ));
+            }
+        }
+        if self.cache.ttl < Duration::from_secs(1) {
+            return Err(invalid("cache.ttl", "must be at least 1s".into()));
+        }
+        let session = self.bus.session_timeout;
+        if session < Duration::from_secs(1) || session > Duration::from_secs(3600) {
+            return Err(invalid(
+                "bus.session_timeout",
+                "must be 1s to 1h (and within the brokers' group session timeout range)".into(),
+            ));
+        }
         Ok(())
+    }
+
+    /// The Kafka topic of the points: `bus.topic`, or by default
+    /// `pulse.<namespace>.<pipeline>.points` (DESIGN.md, Names).
+    pub fn points_topic(&self) -> String {
+        self.bus.topic.clone().unwrap_or_else(|| {
+            format!(
+                "pulse.{}.{}.points",
+                self.pipeline.namespace, self.pipeline.name
+            )
+        })
+    }
+
+    /// The Kafka consumer group of the pipeline's processors:
+    /// `pulse-<namespace>-<pipeline>`.
+    pub fn consumer_group(&self) -> String {
+        format!("pulse-{}-{}", self.pipeline.namespace, self.pipeline.name)
+    }
+
+    /// The prefix of every Redis key of the pipeline: `pulse:<namespace>:<pipeline>`.
+    pub fn cache_prefix(&self) -> String {
+        format!("pulse:{}:{}", self.pipeline.namespace, self.pipeline.name)
     }
 
     /// The configured windows as specs, in configuration order.
@@ -345,6 +518,31 @@ impl Config {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}"))
     }
+}
+
+/// Kafka's rules for topic names: 1 to 249 of `[a-zA-Z0-9._-]`, not `.` or `..`.
+fn check_topic(topic: &str) -> Result<(), String> {
+    if topic.is_empty() || topic.len() > 249 {
+        return Err("must be 1 to 249 characters long".into());
+    }
+    if topic == "." || topic == ".." {
+        return Err("must not be `.` or `..`".into());
+    }
+    if let Some(c) = topic
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "may hold only letters, digits, `.`, `_` and `-`, not {c:?}"
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `url` starts with one of `schemes` followed by `://` (case-insensitive).
+fn has_scheme(url: &str, schemes: &[&str]) -> bool {
+    url.split_once("://")
+        .is_some_and(|(scheme, _)| schemes.iter().any(|s| s.eq_ignore_ascii_case(scheme)))
 }
 
 #[cfg(test)]
@@ -417,5 +615,166 @@ mod tests {
         assert_eq!(c.bus.partitions, 2);
         assert!(Config::load(Some(&dir.join("missing.toml"))).is_err());
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn engines_default_to_embedded_and_names_follow_the_pipeline() {
+        let c = Config::default();
+        assert_eq!(c.bus.kafka_brokers, None);
+        assert_eq!(c.storage.database_url, None);
+        assert_eq!(c.cache.redis_url, None);
+        assert_eq!(c.cache.ttl, Duration::from_secs(3600));
+        assert_eq!(c.points_topic(), "pulse.local.default.points");
+        assert_eq!(c.consumer_group(), "pulse-local-default");
+        assert_eq!(c.cache_prefix(), "pulse:local:default");
+        // Unset keys are left out of `pulse config`, and what it prints loads back.
+        let text = c.to_toml();
+        assert!(
+            text.contains("[cache]") && text.contains("ttl = \"1h\""),
+            "{text}"
+        );
+        assert!(!text.contains("database_url"), "{text}");
+        assert_eq!(Config::from_toml(&text).unwrap(), c);
+
+        let c = Config::from_toml("[pipeline]\nnamespace = \"prod\"\nname = \"web\"").unwrap();
+        assert_eq!(c.points_topic(), "pulse.prod.web.points");
+        assert_eq!(c.consumer_group(), "pulse-prod-web");
+        assert_eq!(c.cache_prefix(), "pulse:prod:web");
+    }
+
+    #[test]
+    fn toml_file_sets_the_engine_keys() {
+        let dir = std::env::temp_dir().join(format!("pulse-engines-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("pulse.toml");
+        std::fs::write(
+            &path,
+            r#"
+            [bus]
+            kafka_brokers = "kafka-0:9092, kafka-1:9092"
+            topic = "points.custom"
+            [storage]
+            database_url = "postgres://pulse:secret@db:5432/metrics"
+            [cache]
+            redis_url = "redis://cache:6379/2"
+            ttl = "2h"
+            "#,
+        )
+        .unwrap();
+        let c = Config::load(Some(&path)).unwrap();
+        std::fs::remove_dir_all(&dir).ok();
+        assert_eq!(
+            c.bus.kafka_brokers.as_deref(),
+            Some("kafka-0:9092, kafka-1:9092")
+        );
+        assert_eq!(c.points_topic(), "points.custom");
+        assert_eq!(
+            c.storage.database_url.as_deref(),
+            Some("postgres://pulse:secret@db:5432/metrics")
+        );
+        assert_eq!(c.cache.redis_url.as_deref(), Some("redis://cache:6379/2"));
+        assert_eq!(c.cache.ttl, Duration::from_secs(7200));
+    }
+
+    #[test]
+    fn empty_connection_strings_mean_unset() {
+        let c = Config::from_toml(
+            "[bus]\nkafka_brokers = \"\"\n[storage]\ndatabase_url = \" \"\n[cache]\nredis_url = \"\"",
+        )
+        .unwrap();
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn bad_engine_keys_name_the_key() {
+        for (toml, key) in [
+            (
+                "[bus]\nkafka_brokers = \"a:9092,,b:9092\"",
+                "bus.kafka_brokers",
+            ),
+            (
+                "[bus]\nkafka_brokers = \"a:9092 b:9092\"",
+                "bus.kafka_brokers",
+            ),
+            ("[bus]\ntopic = \"no spaces\"", "bus.topic"),
+            ("[bus]\ntopic = \"..\"", "bus.topic"),
+            (
+                "[bus]\nkafka_brokers = \"k:9092\"\n[pipeline]\nname = \"a/b\"",
+                "bus.topic",
+            ),
+            (
+                "[storage]\ndatabase_url = \"mysql://db/x\"",
+                "storage.database_url",
+            ),
+            (
+                "[storage]\ndatabase_url = \"db:5432\"",
+                "storage.database_url",
+            ),
+            (
+                "[cache]\nredis_url = \"http://cache:6379\"",
+                "cache.redis_url",
+            ),
+            ("[cache]\nttl = \"500ms\"", "cache.ttl"),
+            ("[cache]\nttl = \"soon\"", "ttl"),
+            ("[cache]\nredis = \"redis://cache\"", "redis"),
+        ] {
+            let err = Config::from_toml(toml).unwrap_err().to_string();
+            assert!(err.contains(key), "{toml:?}: {err}");
+        }
+        // The derived topic is only checked when Kafka is used.
+        Config::from_toml("[pipeline]\nname = \"a/b\"").unwrap();
+    }
+
+    /// The environment overrides the file for the new keys (and `cache` is a
+    /// recognised section). Setting variables in this process would race the
+    /// other tests, so the check runs in a child test process.
+    #[test]
+    fn environment_overrides_the_engine_keys() {
+        let name = concat!(module_path!(), "::environment_overrides_the_engine_keys");
+        let name = name.split_once("::").map_or(name, |(_, rest)| rest);
+        if let Some(path) = std::env::var_os("PULSE_TEST_CONFIG_CHILD") {
+            let c = Config::load(Some(Path::new(&path))).unwrap();
+            assert_eq!(c.bus.kafka_brokers.as_deref(), Some("env-kafka:9092"));
+            assert_eq!(c.points_topic(), "env.topic");
+            assert_eq!(
+                c.storage.database_url.as_deref(),
+                Some("postgres://env@db:5432/pulse")
+            );
+            assert_eq!(c.cache.redis_url.as_deref(), Some("redis://env-cache:6379"));
+            assert_eq!(c.cache.ttl, Duration::from_secs(300));
+            assert_eq!(c.gateway.listen.port(), 9001);
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("pulse-env-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("pulse.toml");
+        std::fs::write(
+            &path,
+            "[bus]\nkafka_brokers = \"file-kafka:9092\"\n[cache]\nredis_url = \"redis://file:6379\"\nttl = \"2h\"\n",
+        )
+        .unwrap();
+        let output = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([name, "--exact", "--nocapture", "--test-threads=1"])
+            .env("PULSE_TEST_CONFIG_CHILD", &path)
+            .env("PULSE_BUS__KAFKA_BROKERS", "env-kafka:9092")
+            .env("PULSE_BUS__TOPIC", "env.topic")
+            .env(
+                "PULSE_STORAGE__DATABASE_URL",
+                "postgres://env@db:5432/pulse",
+            )
+            .env("PULSE_CACHE__REDIS_URL", "redis://env-cache:6379")
+            .env("PULSE_CACHE__TTL", "5m")
+            .env("PULSE_GATEWAY__LISTEN", "127.0.0.1:9001")
+            // PulseAudio's variable is not configuration.
+            .env("PULSE_SERVER", "unix:/run/pulse/native")
+            .output()
+            .unwrap();
+        std::fs::remove_dir_all(&dir).ok();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success() && stdout.contains("1 passed"),
+            "child test failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
 }

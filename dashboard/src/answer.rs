@@ -5,7 +5,7 @@
 //! Results are always combined with [`Aggregate::merge`], never by averaging their
 //! values: the p95 of three hosts is the p95 of the union of their points.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use pulse_core::{AggKind, Aggregate, Tags, TimestampMs, WindowResult};
 use pulse_engine::store::MetricInfo;
@@ -218,6 +218,37 @@ pub fn live_event<'a>(result: &'a WindowResult, aggs: &[AggKind]) -> LiveEvent<'
     }
 }
 
+/// The `GET /api/v1/tags` answer: which tag keys and values the matching series
+/// carry, for the UI's filter and group-by pickers.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TagsAnswer {
+    pub metric_name: String,
+    pub window: String,
+    /// Every key with its values, both sorted.
+    pub keys: BTreeMap<String, BTreeSet<String>>,
+    /// Distinct series seen.
+    pub series: usize,
+    /// The range held more rows than `dashboard.max_points_per_query`, so series
+    /// seen only in its oldest windows may be missing.
+    pub truncated: bool,
+}
+
+/// The distinct tag keys and values among `results`, and how many series they
+/// came from.
+pub fn tag_values(results: &[WindowResult]) -> (BTreeMap<String, BTreeSet<String>>, usize) {
+    let mut keys: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut series = BTreeSet::new();
+    for result in results {
+        if !series.insert(result.series_id) {
+            continue;
+        }
+        for (key, value) in &result.tags {
+            keys.entry(key.clone()).or_default().insert(value.clone());
+        }
+    }
+    (keys, series.len())
+}
+
 /// The `GET /api/v1/metrics` answer: stored metrics and the windows one may ask for.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct MetricsAnswer<'a> {
@@ -376,6 +407,27 @@ mod tests {
         assert_eq!(kept.len(), 2);
         let (kept, truncated) = trim_to_limit(rows(&[0]), 0);
         assert_eq!((kept.len(), truncated), (0, true));
+    }
+
+    #[test]
+    fn tag_values_lists_each_key_and_value_once_and_counts_series() {
+        let mut env = result(Some("b"), 0, &[1.0]);
+        env.tags.insert("env".into(), "prod".into());
+        env.series_id = SeriesId::of("cpu", &env.tags);
+        let results = [
+            result(Some("b"), 0, &[1.0]),
+            result(Some("a"), 0, &[1.0]),
+            result(Some("a"), 60_000, &[2.0]),
+            result(None, 0, &[3.0]),
+            env,
+        ];
+        let (keys, series) = tag_values(&results);
+        assert_eq!(series, 4);
+        assert_eq!(
+            serde_json::to_value(&keys).unwrap(),
+            json!({"env": ["prod"], "host": ["a", "b"]})
+        );
+        assert_eq!(tag_values(&[]), (BTreeMap::new(), 0));
     }
 
     #[test]

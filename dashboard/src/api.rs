@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{FromRequestParts, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -18,7 +18,10 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tracing::{error, warn};
 
-use crate::answer::{self, MetricsAnswer, RangeAnswer, Source};
+use pulse_core::board::{Board, DEFAULT_BOARD};
+
+use crate::answer::{self, MetricsAnswer, RangeAnswer, Source, TagsAnswer};
+use crate::boards;
 use crate::metrics::{DashboardMetrics, Endpoint};
 use crate::params::{KnownWindows, LatestParams, LatestRequest, RangeParams, RangeRequest};
 
@@ -32,6 +35,8 @@ pub(crate) struct AppState {
     pub max_points_per_query: usize,
     /// Named in the `no_data` answer, because "no window yet" usually means "wait".
     pub allowed_lateness: Duration,
+    /// The configured dashboards (`[[dashboards]]`), already validated.
+    pub boards: Arc<Vec<Board>>,
 }
 
 /// `axum::extract::Query`, but a malformed query string is a 400 in the shared
@@ -161,6 +166,73 @@ pub(crate) async fn query_range(
     }))
 }
 
+/// `GET /api/v1/tags`: the tag keys and values of the series a `query_range`
+/// with the same parameters would read (`group_by` and `aggs` are ignored).
+pub(crate) async fn tags(
+    State(state): State<AppState>,
+    Params(params): Params<RangeParams>,
+) -> Result<Json<TagsAnswer>, ApiError> {
+    let request = RangeRequest::parse(&params, &state.windows, pulse_core::now_ms())?;
+    let query = ResultQuery {
+        metric: request.metric.clone(),
+        window: request.window.clone(),
+        tags: request.tags.clone(),
+        from_ms: request.from_ms,
+        to_ms: request.to_ms,
+        limit: state.max_points_per_query.saturating_add(1),
+    };
+    let results = state.store.range(&query).await.map_err(store_error)?;
+    state.metrics.query(Endpoint::Tags, Source::Store);
+    let truncated = results.len() > state.max_points_per_query;
+    let (keys, series) = answer::tag_values(&results);
+    Ok(Json(TagsAnswer {
+        metric_name: request.metric,
+        window: request.window,
+        keys,
+        series,
+        truncated,
+    }))
+}
+
+/// `GET /api/v1/dashboards`: the boards the UI can show, `default` first.
+pub(crate) async fn dashboards(State(state): State<AppState>) -> Response {
+    Json(boards::list(&state.boards, state.windows.labels())).into_response()
+}
+
+/// `GET /api/v1/dashboards/{name}`: one board's panels with their defaults
+/// filled; `default` is made from the stored metrics.
+pub(crate) async fn dashboard_board(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let windows = state.windows.labels();
+    if name == DEFAULT_BOARD {
+        let metrics = state.store.metrics().await.map_err(store_error)?;
+        state.metrics.query(Endpoint::Metrics, Source::Store);
+        return Ok(Json(boards::default_view(&metrics, windows)).into_response());
+    }
+    match state.boards.iter().find(|b| b.name == name) {
+        Some(board) => Ok(Json(boards::view(board, windows)).into_response()),
+        None => Err(no_such_board(&state.boards, &name)),
+    }
+}
+
+/// 404 naming the boards that do exist.
+pub(crate) fn no_such_board(boards: &[Board], name: &str) -> ApiError {
+    let names: Vec<&str> = std::iter::once(DEFAULT_BOARD)
+        .chain(boards.iter().map(|b| b.name.as_str()))
+        .collect();
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no_such_dashboard",
+        format!(
+            "no dashboard named `{name}`; configured: {}",
+            names.join(", ")
+        ),
+    )
+    .with_details(json!({ "dashboards": names }))
+}
+
 /// `GET /api/v1/metrics`: what can be queried.
 pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let metrics = state.store.metrics().await.map_err(store_error)?;
@@ -172,16 +244,20 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, A
     .into_response())
 }
 
-/// `GET /`: a small index of the API, until the web UI takes this path. It holds
-/// no data, so it needs no token.
-pub(crate) async fn index() -> Json<Value> {
+/// `GET /` for API clients (no `Accept: text/html`): a small index of the API.
+/// Browsers get the web UI at the same path (see [`crate::ui`]). It holds no
+/// data, so it needs no token.
+pub(crate) fn index() -> Json<Value> {
     Json(json!({
         "service": "pulse-dashboard",
+        "ui": "open / or /d/<dashboard> in a browser",
         "endpoints": {
             "/dashboard": "latest closed window across series: metric, window, tags?, aggs?",
             "/api/v1/query_range": "merged windows over time: metric, window, from?, to?, tags?, group_by?, aggs?",
             "/api/v1/metrics": "stored metrics and configured windows",
             "/api/v1/live": "server-sent events of closed windows: metric?, window?",
+            "/api/v1/tags": "tag keys and values of the series in a range: metric, window, from?, to?, tags?",
+            "/api/v1/dashboards": "the dashboards the UI shows; /api/v1/dashboards/<name> for one",
             "/healthz": "liveness",
             "/readyz": "readiness of the store",
             "/metrics": "Prometheus metrics",

@@ -6,7 +6,9 @@
 //! | `GET /api/v1/query_range?metric=&window=[&from=][&to=][&tags=][&group_by=][&aggs=]` | merged windows over a range, per group |
 //! | `GET /api/v1/metrics` | stored metrics and configured windows |
 //! | `GET /api/v1/live[?metric=][&window=]` | server-sent events of newly closed windows |
-//! | `GET /` | a JSON index of the above (the web UI will live here) |
+//! | `GET /api/v1/tags?metric=&window=[&from=][&to=][&tags=]` | tag keys and values of the series in a range |
+//! | `GET /api/v1/dashboards[/{name}]` | the dashboards of the UI and their panels |
+//! | `GET /`, `GET /d/{name}`, `GET /assets/*` | the web UI (`ui`); `/` is a JSON index for non-browsers |
 //! | `/healthz`, `/readyz`, `/metrics` | operations |
 //!
 //! Series are always combined by merging their aggregates, so every quantile is the
@@ -28,10 +30,12 @@ use pulse_server::{ReadinessCheck, ops_router};
 
 mod answer;
 mod api;
+mod boards;
 mod instant;
 mod live;
 mod metrics;
 mod params;
+mod ui;
 
 use api::AppState;
 use metrics::DashboardMetrics;
@@ -44,8 +48,8 @@ impl Dashboard {
     /// Router with the API + /healthz /readyz /metrics, metrics registered in `registry`.
     ///
     /// When `dashboard.read_tokens` is non-empty every API route needs one of them
-    /// as a bearer token; the operational endpoints and the index stay open, so
-    /// probes and scrapers need no secret.
+    /// as a bearer token; the operational endpoints and the UI's pages and assets
+    /// (which hold no data) stay open, so probes and scrapers need no secret.
     pub fn router(
         config: &Config,
         store: Arc<dyn Store>,
@@ -66,19 +70,32 @@ impl Dashboard {
             metrics,
             max_points_per_query: config.dashboard.max_points_per_query,
             allowed_lateness: config.processor.allowed_lateness,
+            boards: Arc::new(config.dashboards.as_slice().to_vec()),
         };
+        for problem in pulse_core::board::check_windows(&state.boards, state.windows.labels()) {
+            tracing::warn!(message = "A dashboard panel asks for a window that is not computed; it will show the error.", %problem);
+        }
         let tokens = Tokens(Arc::new(config.dashboard.read_tokens.clone()));
         let api = Router::new()
             .route("/dashboard", get(api::dashboard))
             .route("/api/v1/query_range", get(api::query_range))
             .route("/api/v1/metrics", get(api::metrics))
             .route("/api/v1/live", get(live::live))
+            .route("/api/v1/tags", get(api::tags))
+            .route("/api/v1/dashboards", get(api::dashboards))
+            .route("/api/v1/dashboards/{name}", get(api::dashboard_board))
             .route_layer(from_fn_with_state(tokens, require_bearer))
+            .with_state(state.clone());
+        // The pages and assets hold no data, so they stay open like the probes.
+        let ui = Router::new()
+            .route("/", get(ui::root))
+            .route("/d/{name}", get(ui::board))
+            .route("/assets/{*path}", get(ui::asset))
             .with_state(state);
         let checks: Vec<Arc<dyn ReadinessCheck>> =
             vec![Arc::new(pulse_server::checks::StoreReady(store))];
         Router::new()
-            .route("/", get(api::index))
+            .merge(ui)
             .merge(api)
             .merge(ops_router(registry, checks))
             .route_layer(from_fn_with_state(http_metrics, track))

@@ -14,6 +14,7 @@ pub enum Endpoint {
     Dashboard,
     QueryRange,
     Metrics,
+    Tags,
 }
 
 impl Endpoint {
@@ -22,6 +23,7 @@ impl Endpoint {
             Endpoint::Dashboard => "dashboard",
             Endpoint::QueryRange => "query_range",
             Endpoint::Metrics => "metrics",
+            Endpoint::Tags => "tags",
         }
     }
 }

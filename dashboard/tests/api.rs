@@ -774,3 +774,212 @@ async fn live_delivers_a_published_window_and_counts_the_subscriber() {
             .contains("pulse_dashboard_live_subscribers 0")
     );
 }
+
+/// A config with one dashboard, `web`, as `[[dashboards]]` would give it.
+fn config_with_board() -> Config {
+    Config::from_toml(
+        r#"
+[[dashboards]]
+name = "web"
+title = "Web fleet"
+[[dashboards.panels]]
+metric = "cpu_usage"
+group_by = ["host"]
+[[dashboards.panels]]
+kind = "stat"
+title = "CPU p95"
+metric = "cpu_usage"
+window = "5m"
+aggs = "p95"
+thresholds = [{ value = 90, color = "red" }]
+"#,
+    )
+    .unwrap()
+}
+
+fn html(uri: &str) -> Request<Body> {
+    Request::get(uri)
+        .header(header::ACCEPT, "text/html,application/xhtml+xml,*/*;q=0.8")
+        .body(Body::empty())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn dashboards_lists_default_first_and_answers_each_board_with_defaults_filled() {
+    let fixture = Fixture::new(config_with_board()).await;
+    fixture
+        .commit(vec![
+            result("mem_used", "1m", &host("db-01"), START, &[1.0]),
+            result("cpu_usage", "1m", &host("web-01"), START, &[1.0]),
+        ])
+        .await;
+    let list = fixture.get("/api/v1/dashboards").await.json();
+    let names: Vec<&str> = list["dashboards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["default", "web"]);
+    assert_eq!(list["windows"], json!(["1m", "5m", "15m"]));
+
+    let web = fixture.get("/api/v1/dashboards/web").await.json();
+    assert_eq!(web["title"], "Web fleet");
+    assert_eq!(
+        web["panels"][0]["window"], "1m",
+        "the first configured window"
+    );
+    assert_eq!(web["panels"][0]["aggs"], json!(["avg"]));
+    assert_eq!(web["panels"][1]["thresholds"][0]["color"], "red");
+
+    let default = fixture.get("/api/v1/dashboards/default").await.json();
+    let metrics: Vec<&str> = default["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["metric"].as_str().unwrap())
+        .collect();
+    assert_eq!(metrics, ["cpu_usage", "mem_used"], "one panel per metric");
+
+    let missing = fixture.get("/api/v1/dashboards/nope").await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert_eq!(missing.json()["error"]["code"], "no_such_dashboard");
+    assert_eq!(
+        missing.json()["error"]["details"]["dashboards"],
+        json!(["default", "web"])
+    );
+}
+
+#[tokio::test]
+async fn tags_lists_the_keys_and_values_of_the_series_in_range() {
+    let fixture = Fixture::new(Config::default()).await;
+    fixture
+        .commit(vec![
+            result("cpu_usage", "5m", &host("web-01"), START, &[1.0]),
+            result("cpu_usage", "5m", &host("web-02"), START, &[1.0]),
+            result("cpu_usage", "5m", &[("host", "db-01")], START, &[1.0]),
+            result(
+                "cpu_usage",
+                "5m",
+                &host("web-09"),
+                START - 86_400_000,
+                &[1.0],
+            ),
+            result("mem_used", "5m", &[("zone", "a")], START, &[1.0]),
+        ])
+        .await;
+    let range = format!(
+        "from={}&to={}",
+        START / 1000 - 60,
+        (START + FIVE_MINUTES) / 1000
+    );
+    let body = fixture
+        .get(&format!("/api/v1/tags?metric=cpu_usage&window=5m&{range}"))
+        .await
+        .json();
+    assert_eq!(
+        body["keys"],
+        json!({"env": ["prod"], "host": ["db-01", "web-01", "web-02"]})
+    );
+    assert_eq!(body["series"], 3);
+    assert_eq!(body["truncated"], false);
+    let narrowed = fixture
+        .get(&format!(
+            "/api/v1/tags?metric=cpu_usage&window=5m&tags=env:prod&{range}"
+        ))
+        .await
+        .json();
+    assert_eq!(narrowed["keys"]["host"], json!(["web-01", "web-02"]));
+    let bad = fixture.get("/api/v1/tags?metric=cpu_usage&window=7m").await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn browsers_get_the_page_and_api_clients_the_index() {
+    let fixture = Fixture::new(config_with_board()).await;
+    for uri in ["/", "/d/web", "/d/default"] {
+        let page = fixture.request(html(uri)).await;
+        assert_eq!(page.status, StatusCode::OK, "{uri}");
+        assert_eq!(
+            page.headers[header::CONTENT_TYPE],
+            "text/html; charset=utf-8"
+        );
+        assert!(page.body.contains("/assets/app.js"), "{uri}");
+        let csp = page.headers[header::CONTENT_SECURITY_POLICY]
+            .to_str()
+            .unwrap();
+        assert!(csp.contains("script-src 'self'"), "{csp}");
+        assert_eq!(page.headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+    }
+    assert!(fixture.get("/").await.json()["endpoints"].is_object());
+
+    // An unknown board: the page with a 404 for browsers, the error shape otherwise.
+    let page = fixture.request(html("/d/nope")).await;
+    assert_eq!(page.status, StatusCode::NOT_FOUND);
+    assert!(page.body.contains("<html"));
+    let json = fixture.get("/d/nope").await;
+    assert_eq!(json.status, StatusCode::NOT_FOUND);
+    assert_eq!(json.json()["error"]["code"], "no_such_dashboard");
+}
+
+#[tokio::test]
+async fn assets_are_embedded_typed_and_revalidated_with_etags() {
+    let fixture = Fixture::new(Config::default()).await;
+    for (path, content_type) in [
+        ("/assets/app.js", "text/javascript; charset=utf-8"),
+        (
+            "/assets/uPlot.iife.min.js",
+            "text/javascript; charset=utf-8",
+        ),
+        ("/assets/app.css", "text/css; charset=utf-8"),
+        ("/assets/favicon.svg", "image/svg+xml"),
+    ] {
+        let asset = fixture.get(path).await;
+        assert_eq!(asset.status, StatusCode::OK, "{path}");
+        assert_eq!(asset.headers[header::CONTENT_TYPE], content_type, "{path}");
+        assert_eq!(asset.headers[header::CACHE_CONTROL], "no-cache");
+        assert!(!asset.body.is_empty());
+        let etag = asset.headers[header::ETAG].to_str().unwrap().to_string();
+        let again = fixture
+            .request(
+                Request::get(path)
+                    .header(header::IF_NONE_MATCH, &etag)
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(again.status, StatusCode::NOT_MODIFIED, "{path}");
+        assert!(again.body.is_empty());
+        assert_eq!(again.headers[header::ETAG], etag.as_str());
+    }
+    let missing = fixture.get("/assets/nope.js").await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert_eq!(missing.json()["error"]["code"], "not_found");
+    let traversal = fixture.get("/assets/../Cargo.toml").await;
+    assert_ne!(traversal.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn with_read_tokens_the_pages_stay_open_and_the_new_endpoints_need_one() {
+    let mut config = config_with_board();
+    config.dashboard.read_tokens = vec!["s3cret".into()];
+    let fixture = Fixture::new(config).await;
+    for open in ["/d/web", "/assets/app.js"] {
+        assert_eq!(
+            fixture.request(html(open)).await.status,
+            StatusCode::OK,
+            "{open}"
+        );
+    }
+    for closed in [
+        "/api/v1/dashboards",
+        "/api/v1/dashboards/web",
+        "/api/v1/tags?metric=cpu_usage&window=1m",
+    ] {
+        assert_eq!(
+            fixture.get(closed).await.status,
+            StatusCode::UNAUTHORIZED,
+            "{closed}"
+        );
+    }
+}

@@ -23,6 +23,8 @@ use crate::window::{Aggregator, RestoreError};
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long shutdown keeps trying to commit the final checkpoint.
 const SHUTDOWN_COMMIT_BUDGET: Duration = Duration::from_secs(10);
+/// Most closed windows held for a cache that refused them.
+const CACHE_BACKLOG: usize = 20_000;
 /// How often retention runs.
 const RETENTION_EVERY: Duration = Duration::from_secs(600);
 
@@ -78,6 +80,8 @@ pub struct Processor {
     status: Arc<Mutex<Status>>,
     registry: Arc<Mutex<Registry>>,
     last_offsets: Vec<(u32, u64)>,
+    /// Closed windows the cache has not taken yet.
+    cache_backlog: Vec<pulse_core::WindowResult>,
 }
 
 impl Processor {
@@ -109,6 +113,7 @@ impl Processor {
             status: Arc::default(),
             registry,
             last_offsets: Vec::new(),
+            cache_backlog: Vec::new(),
         })
     }
 
@@ -292,6 +297,7 @@ impl Processor {
             && partitions.is_none()
             && checkpointed.offsets == self.last_offsets
         {
+            self.update_cache(Vec::new()).await;
             return true;
         }
         let mut backoff = Duration::from_millis(100);
@@ -353,17 +359,33 @@ impl Processor {
         if let Err(error) = self.consumer.commit(&checkpointed.offsets).await {
             warn!(message = "Cannot report offsets to the bus (the store holds the authoritative ones).", %error);
         }
-        if !commit.results.is_empty() {
-            let cached = async {
-                self.cache.put_latest(&commit.results).await?;
-                self.cache.publish(&commit.results).await
-            };
-            if let Err(error) = cached.await {
+        self.update_cache(commit.results).await;
+        true
+    }
+
+    /// Puts newly closed windows into the cache and announces them. What the
+    /// cache refuses (Redis down, or reconnecting: its first command after an
+    /// outage fails) is kept and sent again with the next checkpoint's windows,
+    /// the newest [`CACHE_BACKLOG`] of them, so the latest windows reach the
+    /// cache once it is back even if no further window closes.
+    async fn update_cache(&mut self, results: Vec<pulse_core::WindowResult>) {
+        self.cache_backlog.extend(results);
+        if self.cache_backlog.is_empty() {
+            return;
+        }
+        let excess = self.cache_backlog.len().saturating_sub(CACHE_BACKLOG);
+        self.cache_backlog.drain(..excess);
+        let cached = async {
+            self.cache.put_latest(&self.cache_backlog).await?;
+            self.cache.publish(&self.cache_backlog).await
+        };
+        match cached.await {
+            Ok(()) => self.cache_backlog.clear(),
+            Err(error) => {
                 self.metrics.cache_failures.inc();
-                warn!(message = "Cannot update the cache; the dashboard answers from the store meanwhile.", %error, windows = commit.results.len());
+                warn!(message = "Cannot update the cache; the dashboard answers from the store meanwhile, and the windows are sent again with the next checkpoint.", %error, windows = self.cache_backlog.len());
             }
         }
-        true
     }
 
     async fn report_progress(&mut self) {

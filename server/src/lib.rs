@@ -3,9 +3,11 @@
 //! logging setup and graceful serving.
 
 pub mod auth;
+#[cfg(feature = "engine")]
 pub mod checks;
 pub mod error;
 pub mod http_metrics;
+pub mod ingest;
 pub mod ops;
 pub mod serve;
 pub mod telemetry;

@@ -76,12 +76,12 @@ impl Drop for TempDir {
 
 /// One batch of points in both forms the run sends: a request body (JSON
 /// array) for the gateway and bus records for the reference.
-type Batch = (Vec<u8>, Vec<OutgoingRecord>);
+pub(super) type Batch = (Vec<u8>, Vec<OutgoingRecord>);
 
 /// The points of a run, a [`Batch`] per `batch` points. Points are made a
 /// batch at a time, so the bench itself holds only the encoded forms while
 /// `pulse up` runs.
-fn batches(points: usize, batch: usize, series: usize) -> Result<Vec<Batch>, String> {
+pub(super) fn batches(points: usize, batch: usize, series: usize) -> Result<Vec<Batch>, String> {
     let fleet = fleet(series);
     // Spread over the last four minutes, in order.
     let start = now_ms() - 240_000;
@@ -219,21 +219,9 @@ async fn drive(
 ) -> Result<UpTimes, String> {
     let url = format!("http://{}/v1/metrics", running.gateway);
     let metrics_url = format!("http://{}/metrics", running.processor);
-    let bodies = Arc::new(bodies);
-    let next = Arc::new(AtomicUsize::new(0));
     let cpu_before = cpu_seconds();
     let started = Instant::now();
-    let mut clients = JoinSet::new();
-    for _ in 0..CLIENTS {
-        let (url, bodies, next) = (url.clone(), Arc::clone(&bodies), Arc::clone(&next));
-        clients.spawn(post_all(url, bodies, next));
-    }
-    let (mut accepted, mut retries) = (0, 0);
-    while let Some(joined) = clients.join_next().await {
-        let (a, r) = joined.map_err(|e| format!("an HTTP client task failed: {e}"))??;
-        accepted += a;
-        retries += r;
-    }
+    let (accepted, retries) = post_bodies(&url, bodies).await?;
     let accepted_after = started.elapsed();
     if accepted != points {
         return Err(format!(
@@ -288,13 +276,33 @@ async fn drive(
 }
 
 /// User + system CPU time of this process so far, from /proc (Linux).
-fn cpu_seconds() -> Option<f64> {
+pub(super) fn cpu_seconds() -> Option<f64> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     // Fields after the command name, which is in parentheses and may hold spaces.
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     let ticks = |i: usize| fields.get(i)?.parse::<u64>().ok();
     // utime and stime are fields 14 and 15 of the line, in USER_HZ (100 on Linux).
     Some((ticks(11)? + ticks(12)?) as f64 / 100.0)
+}
+
+/// POSTs every body (a JSON array of points) to `url` from [`CLIENTS`]
+/// concurrent clients, each taking the next body not yet sent; returns once
+/// every body was answered, with (points accepted, 429/503 retries).
+pub(super) async fn post_bodies(url: &str, bodies: Vec<Vec<u8>>) -> Result<(usize, usize), String> {
+    let bodies = Arc::new(bodies);
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut clients = JoinSet::new();
+    for _ in 0..CLIENTS {
+        let (url, bodies, next) = (url.to_string(), Arc::clone(&bodies), Arc::clone(&next));
+        clients.spawn(post_all(url, bodies, next));
+    }
+    let (mut accepted, mut retries) = (0, 0);
+    while let Some(joined) = clients.join_next().await {
+        let (a, r) = joined.map_err(|e| format!("an HTTP client task failed: {e}"))??;
+        accepted += a;
+        retries += r;
+    }
+    Ok((accepted, retries))
 }
 
 /// Posts bodies until none are left; returns (points accepted, retries).

@@ -4,7 +4,11 @@
 
 mod data;
 mod e2e;
+mod kafka;
+mod processor;
 mod sketch;
+mod store;
+mod ui;
 mod window;
 
 #[cfg(test)]
@@ -27,6 +31,10 @@ pub struct BenchArgs {
     /// Run only these measurements (comma-separated); all by default.
     #[arg(long, value_enum, value_delimiter = ',')]
     pub only: Vec<Stage>,
+    /// PostgreSQL of the store and processor measurements (each run makes
+    /// fresh schemas there and drops them) [default: postgres://postgres@127.0.0.1:5432/test].
+    #[arg(long, env = "PULSE_BENCH_DATABASE_URL")]
+    pub database: Option<String>,
 }
 
 /// One measurement of `pulse bench`.
@@ -35,6 +43,15 @@ pub enum Stage {
     Sketch,
     Window,
     E2e,
+    /// Gateway → Kafka (librdkafka's in-process mock cluster).
+    Kafka,
+    /// Window-result writes to PostgreSQL.
+    Store,
+    /// The processor on Kafka and PostgreSQL.
+    Processor,
+    /// The web UI in headless Chromium; only when named (`--only ui`), since it
+    /// needs Chromium.
+    Ui,
 }
 
 /// The throughput target of the window aggregation, per core.
@@ -49,6 +66,9 @@ struct Sizes {
     e2e_points: usize,
     e2e_series: usize,
     batch: usize,
+    kafka_points: usize,
+    store_rows: usize,
+    processor_points: usize,
     /// Repetitions of the in-memory measurements; the median is reported.
     runs: usize,
 }
@@ -63,6 +83,9 @@ impl Sizes {
                 e2e_points: 4_000,
                 e2e_series: 100,
                 batch: 1_000,
+                kafka_points: 4_000,
+                store_rows: 2_000,
+                processor_points: 20_000,
                 runs: 1,
             }
         } else {
@@ -73,6 +96,9 @@ impl Sizes {
                 e2e_points: 200_000,
                 e2e_series: 1_000,
                 batch: 5_000,
+                kafka_points: 200_000,
+                store_rows: 50_000,
+                processor_points: 1_000_000,
                 runs: 3,
             }
         };
@@ -129,10 +155,59 @@ pub async fn measure(args: &BenchArgs) -> Result<Report, String> {
     if wanted(Stage::E2e) {
         rss.push(e2e_stage(&sizes, &mut report).await?);
     }
-    report
-        .notes
-        .push(format!("Peak RSS (VmHWM): {}.", rss.join("; ")));
+    if wanted(Stage::Kafka) {
+        let (points, batch, series) = (sizes.kafka_points, sizes.batch, sizes.e2e_series);
+        kafka::stage(points, batch, series, sizes.runs, &mut report).await?;
+    }
+    if wanted(Stage::Store) || wanted(Stage::Processor) {
+        postgres_stages(args, &sizes, &mut report).await?;
+    }
+    if args.only.contains(&Stage::Ui) {
+        ui::stage(args.quick, &mut report).await?;
+    }
+    if !rss.is_empty() {
+        report
+            .notes
+            .push(format!("Peak RSS (VmHWM): {}.", rss.join("; ")));
+    }
     Ok(report)
+}
+
+/// The measurements that need PostgreSQL: skipped with a notice in a full run
+/// when it does not answer, an error when named with `--only`.
+async fn postgres_stages(
+    args: &BenchArgs,
+    sizes: &Sizes,
+    report: &mut Report,
+) -> Result<(), String> {
+    let url = args
+        .database
+        .clone()
+        .or_else(|| std::env::var("PULSE_BENCH_DATABASE_URL").ok())
+        .unwrap_or_else(|| store::DEFAULT_DATABASE.into());
+    if let Err(why) = store::connect(&url).await {
+        if args.only.is_empty() {
+            let skip = format!(
+                "Skipped the store and processor measurements: {why} (set --database or PULSE_BENCH_DATABASE_URL)."
+            );
+            eprintln!("bench: {skip}");
+            report.notes.push(skip);
+            return Ok(());
+        }
+        return Err(format!(
+            "the store and processor measurements need PostgreSQL: {why}; start it there or set \
+             --database / PULSE_BENCH_DATABASE_URL"
+        ));
+    }
+    let only = |stage| args.only.is_empty() || args.only.contains(&stage);
+    if only(Stage::Store) {
+        let (rows, series) = (sizes.store_rows, sizes.e2e_series);
+        store::stage(&url, rows, series, sizes.batch, sizes.runs, report).await?;
+    }
+    if only(Stage::Processor) {
+        processor::stage(&url, sizes.processor_points, sizes.e2e_series, report).await?;
+    }
+    Ok(())
 }
 
 fn sketch_stage(sizes: &Sizes, report: &mut Report) -> Result<(), String> {
@@ -303,11 +378,14 @@ pub fn render(report: &Report) -> String {
         cpu_model(),
         profile()
     );
-    let _ = writeln!(
-        out,
-        "| what | rate | reference | reference rate | ratio | target |"
-    );
-    let _ = writeln!(out, "|---|---:|---|---:|---:|---|");
+    // `--only ui` measures latencies, reported in the notes alone.
+    if !report.rows.is_empty() {
+        let _ = writeln!(
+            out,
+            "| what | rate | reference | reference rate | ratio | target |"
+        );
+        let _ = writeln!(out, "|---|---:|---|---:|---:|---|");
+    }
     for row in &report.rows {
         let _ = writeln!(
             out,
@@ -327,6 +405,11 @@ pub fn render(report: &Report) -> String {
         let _ = writeln!(out, "- {note}");
     }
     out
+}
+
+/// `met` or `NOT met`.
+fn met(ok: bool) -> &'static str {
+    if ok { "met" } else { "NOT met" }
 }
 
 /// The median of `values` (mean of the middle two for an even count).

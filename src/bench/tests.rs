@@ -9,7 +9,13 @@ async fn quick_bench_measures_every_stage_and_renders_a_table() {
         ..BenchArgs::default()
     };
     let report = measure(&args).await.expect("the quick bench runs");
-    assert_eq!(report.rows.len(), 4, "{report:?}");
+    // Sketch, window, the two end-to-end rows and gateway → Kafka always; the
+    // store and processor rows need PostgreSQL, which CI always has.
+    let rows = report.rows.len();
+    assert!((5..=7).contains(&rows), "{report:?}");
+    if std::env::var_os("CI").is_some() {
+        assert_eq!(rows, 7, "{report:?}");
+    }
     for row in &report.rows {
         assert!(row.rate.is_finite() && row.rate > 0.0, "{row:?}");
         assert!(

@@ -324,3 +324,478 @@ pub async fn check_dashboard(
         "every expected window was returned and checked"
     );
 }
+
+/// The URL of a service a test needs (PostgreSQL, Redis): `$env`, or `default`.
+/// `None`, after a skip notice, when nothing answers there; with `CI` set an
+/// unreachable service fails the test instead. The same policy as the engine
+/// conformance suites, for every end-to-end test that needs a service.
+pub fn service_url_or_skip(
+    service: &str,
+    env: &str,
+    default: &str,
+    default_port: u16,
+) -> Option<String> {
+    use std::net::{TcpStream, ToSocketAddrs};
+
+    let url = std::env::var(env).unwrap_or_else(|_| default.into());
+    let address = pulse::engines::url_endpoint(&url, default_port);
+    if address.contains("://") {
+        // A Unix socket: nothing to probe cheaply; let the test find out.
+        return Some(url);
+    }
+    let reachable = address
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .is_some_and(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok());
+    if reachable {
+        return Some(url);
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!(
+            "{service} is unreachable at {address} and CI is set, so this test must run: start \
+             {service} there or point {env} at one"
+        );
+    }
+    eprintln!(
+        "skipping: {service} is unreachable at {address} (set {env}, or CI=1 to make this a failure)"
+    );
+    None
+}
+
+/// The test PostgreSQL (`PULSE_TEST_DATABASE_URL`), or `None` after a skip notice.
+pub fn test_database_url() -> Option<String> {
+    service_url_or_skip(
+        "PostgreSQL",
+        "PULSE_TEST_DATABASE_URL",
+        "postgres://postgres@127.0.0.1:5432/test",
+        5432,
+    )
+}
+
+/// The test Redis (`PULSE_TEST_REDIS_URL`), or `None` after a skip notice.
+pub fn test_redis_url() -> Option<String> {
+    service_url_or_skip(
+        "Redis",
+        "PULSE_TEST_REDIS_URL",
+        "redis://127.0.0.1:6379",
+        6379,
+    )
+}
+
+/// The real `pulse` binary as a child process; its stdout and stderr lines
+/// are collected as they come (so it never blocks on a full pipe). Killed when
+/// dropped, so a failing test leaves nothing running.
+pub struct PulseProcess {
+    child: std::process::Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl PulseProcess {
+    pub fn spawn(args: &[&str]) -> PulseProcess {
+        use std::io::{BufRead, BufReader};
+        use std::process::{Command, Stdio};
+
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pulse"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("pulse starts");
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let collect = |pipe: Box<dyn std::io::Read + Send>| {
+            let lines = std::sync::Arc::clone(&lines);
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    lines.lock().unwrap().push(line);
+                }
+            });
+        };
+        collect(Box::new(stdout));
+        collect(Box::new(stderr));
+        PulseProcess { child, lines }
+    }
+
+    /// Everything printed so far, one line each.
+    pub fn output(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    /// The lines printed so far that `matches` accepts.
+    pub fn lines_matching(&self, matches: impl Fn(&str) -> bool) -> Vec<String> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| matches(l))
+            .cloned()
+            .collect()
+    }
+
+    /// Waits until at least `count` printed lines satisfy `matches`; panics
+    /// with the output after `timeout` or if the process exits first.
+    pub fn wait_for_lines(
+        &mut self,
+        what: &str,
+        count: usize,
+        timeout: Duration,
+        matches: impl Fn(&str) -> bool,
+    ) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let found = self.lines_matching(&matches);
+            if found.len() >= count {
+                return found;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(200)); // let the readers finish
+                panic!("pulse exited ({status}) before {what}:\n{}", self.output());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {what} within {timeout:?}:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The address printed on the banner line of `role` (`  gateway  http://...`).
+    pub fn banner_url(&mut self, role: &str, timeout: Duration) -> String {
+        let line = self.wait_for_lines(&format!("the {role} banner line"), 1, timeout, |l| {
+            l.trim_start()
+                .strip_prefix(role)
+                .is_some_and(|rest| rest.trim_start().starts_with("http://"))
+        });
+        let rest = line[0].trim_start().strip_prefix(role).unwrap();
+        rest.split_whitespace().next().unwrap().to_string()
+    }
+
+    /// Whether the process still runs.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Sends SIGKILL (no chance to flush or leave anything) and reaps the process.
+    pub fn kill(&mut self) -> std::process::ExitStatus {
+        let _ = self.child.kill();
+        self.child.wait().unwrap()
+    }
+
+    /// Sends SIGTERM and waits (at most `timeout`) for the exit.
+    pub fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pulse did not stop within {timeout:?} of SIGTERM:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for PulseProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---- Exact expectations for the production-engine crash tests (kill, rebalance) ----
+
+/// A window definition of those tests: label, size and slide in ms.
+pub type WindowDef = (&'static str, i64, i64);
+
+/// `["1m", "5m", { size = "10m", slide = "1m" }]`: 1m feeds both others.
+pub const CHAIN_WINDOWS: [WindowDef; 3] = [
+    ("1m", 60_000, 60_000),
+    ("5m", 300_000, 300_000),
+    ("10m/1m", 600_000, 60_000),
+];
+
+/// `n` points of 16 series (two metrics) over 30 minutes of event time that
+/// began `start_ms`: one point per 9 ms of stream clock on average (whatever
+/// `n`, the span stays 30 minutes), 10 % of them up to 10 s out of order
+/// (never late with an allowed lateness of 30 s), and after the first 22
+/// minutes 0.5 % of them 20 to 21 minutes behind the stream, late for every
+/// window. Values are multiples of 1/4, so every sum is exact in f64. The
+/// second element says which points are late by construction.
+pub fn crash_stream(n: usize, start_ms: i64, seed: u64) -> (Vec<pulse_core::Point>, Vec<bool>) {
+    let series: Vec<(&str, String)> = (0..8)
+        .map(|h| ("crash_cpu", format!("web-{h:02}")))
+        .chain((0..8).map(|h| ("crash_mem", format!("db-{h:02}"))))
+        .collect();
+    let mut state = seed;
+    let mut next = move || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        state >> 33
+    };
+    let span = 30 * 60_000;
+    let (mut points, mut late) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for i in 0..n {
+        let (metric, host) = &series[i % series.len()];
+        let clock = start_ms + (i as i64 * span) / n as i64;
+        let roll = next() % 1000;
+        let (ts, is_late) = if roll < 100 {
+            (clock - (next() % 10_000) as i64, false)
+        } else if roll < 105 && clock - start_ms > 22 * 60_000 {
+            (clock - 20 * 60_000 - (next() % 60_000) as i64, true)
+        } else {
+            (clock, false)
+        };
+        let value = 1.0 + ((next() % 400) as f64 * 0.25) * if next() % 10 == 0 { 8.0 } else { 1.0 };
+        points.push(pulse_core::Point {
+            metric: (*metric).to_string(),
+            tags: [("host".to_string(), host.clone())].into(),
+            value,
+            timestamp_ms: ts,
+        });
+        late.push(is_late);
+    }
+    (points, late)
+}
+
+/// Sends `points` through a Kafka producer in the real record format (key =
+/// series id), in order, `batch` records per send.
+pub async fn send_points(
+    producer: &pulse_engine::bus::kafka::KafkaProducer,
+    points: &[pulse_core::Point],
+    batch: usize,
+) {
+    use pulse_engine::bus::{BusProducer, OutgoingRecord};
+    for chunk in points.chunks(batch) {
+        let records = chunk
+            .iter()
+            .map(|p| OutgoingRecord {
+                key: p.series_id().0,
+                value: pulse_core::codec::record::encode_point(p),
+            })
+            .collect();
+        producer
+            .send(records)
+            .await
+            .expect("the mock Kafka takes the batch");
+    }
+}
+
+/// What the store must hold after the points went through the processor.
+#[derive(Debug, Default)]
+pub struct ExactResults {
+    /// (metric, series id, window label, window start) → the aggregate of
+    /// every point that counts in that window, added in bus order.
+    pub windows: BTreeMap<(String, u64, &'static str, i64), pulse_core::Aggregate>,
+    /// (metric, window label) → points late for that definition.
+    pub late: BTreeMap<(String, &'static str), u64>,
+}
+
+/// Computes, independently of the processor, what `points` (in the order they
+/// were sent) must produce: per partition (series id mod `partitions`) a
+/// watermark trailing the highest event time by `lateness_ms`; a point counts
+/// in every window of `windows` that is still open when it arrives, and is
+/// late for a definition with a window already closed. Checks that exactly
+/// the points `late_by_design` says are late, for every definition, so the
+/// outcome cannot depend on where a processor was stopped.
+pub fn exact_results(
+    points: &[pulse_core::Point],
+    late_by_design: &[bool],
+    partitions: u64,
+    lateness_ms: i64,
+    windows: &[WindowDef],
+) -> ExactResults {
+    let mut out = ExactResults::default();
+    let mut max_ts: BTreeMap<u64, i64> = BTreeMap::new();
+    for (p, &designed) in points.iter().zip(late_by_design) {
+        let id = p.series_id().0;
+        let partition = id % partitions;
+        let watermark = max_ts.get(&partition).map(|m| m - lateness_ms);
+        let ts = p.timestamp_ms;
+        let mut late_for = 0;
+        for &(label, size, slide) in windows {
+            let newest = ts.div_euclid(slide) * slide;
+            let mut skipped = false;
+            for k in 0..size / slide {
+                let start = newest - k * slide;
+                if watermark.is_some_and(|wm| start + size <= wm) {
+                    skipped = true;
+                    continue;
+                }
+                out.windows
+                    .entry((p.metric.clone(), id, label, start))
+                    .or_default()
+                    .add(p.value, ts);
+            }
+            if skipped {
+                late_for += 1;
+                *out.late.entry((p.metric.clone(), label)).or_default() += 1;
+            }
+        }
+        let expected = if designed { windows.len() } else { 0 };
+        assert_eq!(
+            late_for,
+            expected,
+            "a point ({p:?}) is late for {late_for} of {} window definitions: the stream is ambiguous",
+            windows.len()
+        );
+        let max = max_ts.entry(partition).or_insert(ts);
+        *max = (*max).max(ts);
+    }
+    out
+}
+
+/// Compares every window result and late count in `store` with `exact`:
+/// count, sum, min, max and last exactly, and the quantiles p1 to p99
+/// exactly (the sketch's bins add up, so a merged sketch equals the sketch
+/// of an uninterrupted run). Returns how many windows were checked.
+pub async fn check_exact(
+    store: &dyn pulse_engine::store::Store,
+    exact: &ExactResults,
+    windows: &[WindowDef],
+) -> usize {
+    use pulse_core::AggKind;
+    use pulse_engine::store::ResultQuery;
+
+    let metrics: std::collections::BTreeSet<&str> =
+        exact.windows.keys().map(|k| k.0.as_str()).collect();
+    let quantiles: Vec<(String, AggKind)> = (1..100)
+        .map(|p| {
+            (
+                format!("p{p}"),
+                format!("p{p}").parse().expect("a quantile"),
+            )
+        })
+        .collect();
+    let mut stored = BTreeMap::new();
+    for &metric in &metrics {
+        for &(label, _, _) in windows {
+            let results = store
+                .range(&ResultQuery {
+                    metric: metric.to_string(),
+                    window: label.to_string(),
+                    tags: pulse_core::Tags::new(),
+                    from_ms: i64::MIN,
+                    to_ms: i64::MAX,
+                    limit: 1_000_000,
+                })
+                .await
+                .expect("the store answers");
+            for r in results {
+                let key = (r.metric.clone(), r.series_id.0, label, r.start_ms);
+                assert!(
+                    stored.insert(key.clone(), r.agg).is_none(),
+                    "{key:?} stored twice"
+                );
+            }
+        }
+    }
+    let missing: Vec<_> = exact
+        .windows
+        .keys()
+        .filter(|k| !stored.contains_key(*k))
+        .collect();
+    let extra: Vec<_> = stored
+        .keys()
+        .filter(|k| !exact.windows.contains_key(*k))
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{} windows missing from the store (first {:?}), {} not expected (first {:?})",
+        missing.len(),
+        missing.first(),
+        extra.len(),
+        extra.first()
+    );
+    for (key, want) in &exact.windows {
+        let got = &stored[key];
+        let what = format!("{key:?}");
+        assert_eq!(
+            got.count, want.count,
+            "{what}: count (nothing lost, nothing twice)"
+        );
+        assert_eq!(got.sum, want.sum, "{what}: sum");
+        assert_eq!(got.min, want.min, "{what}: min");
+        assert_eq!(got.max, want.max, "{what}: max");
+        assert_eq!(
+            (got.last_ts, got.last),
+            (want.last_ts, want.last),
+            "{what}: last"
+        );
+        for (name, kind) in &quantiles {
+            assert_eq!(got.value(*kind), want.value(*kind), "{what}: {name}");
+        }
+    }
+    for &metric in &metrics {
+        let got: BTreeMap<String, u64> = store
+            .late_counts(metric)
+            .await
+            .expect("the store answers")
+            .into_iter()
+            .filter(|l| l.count > 0)
+            .map(|l| (l.window, l.count))
+            .collect();
+        let want: BTreeMap<String, u64> = exact
+            .late
+            .iter()
+            .filter(|(k, _)| k.0 == metric)
+            .map(|(k, &c)| (k.1.to_string(), c))
+            .collect();
+        assert_eq!(got, want, "late points of {metric}, per window");
+    }
+    exact.windows.len()
+}
+
+/// librdkafka's mock Kafka cluster (one broker, in this test process) with
+/// `topic`. Unlike `MockCluster::new`'s, its consumer groups form at once:
+/// the mock otherwise waits 3 s for more members before a group's first
+/// assignment, longer than the short `session.timeout.ms` of the crash tests,
+/// so the waiting member would time out of the group it is joining.
+pub struct MockKafka {
+    /// The client that owns the cluster; the cluster lives as long as it.
+    holder: rdkafka::producer::BaseProducer,
+}
+
+impl MockKafka {
+    pub fn start(topic: &str, partitions: i32) -> MockKafka {
+        use rdkafka::producer::Producer;
+        let holder: rdkafka::producer::BaseProducer = rdkafka::ClientConfig::new()
+            .set("test.mock.num.brokers", "1")
+            .create()
+            .expect("the mock Kafka cluster starts");
+        holder
+            .client()
+            .mock_cluster()
+            .expect("a mock cluster")
+            .create_topic(topic, partitions, 1)
+            .expect("the mock creates the topic");
+        // SAFETY: the pointer is the live cluster `holder` owns; the call only
+        // sets a default, under the cluster's lock.
+        unsafe {
+            let raw = rdkafka::bindings::rd_kafka_handle_mock_cluster(holder.client().native_ptr());
+            assert!(!raw.is_null());
+            rdkafka::bindings::rd_kafka_mock_group_initial_rebalance_delay_ms(raw, 0);
+        }
+        MockKafka { holder }
+    }
+
+    pub fn bootstrap_servers(&self) -> String {
+        use rdkafka::producer::Producer;
+        self.holder
+            .client()
+            .mock_cluster()
+            .expect("a mock cluster")
+            .bootstrap_servers()
+    }
+}

@@ -18,6 +18,16 @@
 //! count and `commit` only mirrors them to the group (for lag and for a
 //! partition's first start).
 //!
+//! **Handing partitions over.** librdkafka's default revoke handling gives the
+//! partitions up inside the callback, so the group could hand them to another
+//! member before this processor has committed their windows, and the new owner
+//! would resume from an older checkpoint (counting a stretch twice). Ours
+//! defers that: the revoke only queues `Revoked`, and the partitions are given
+//! up at the start of the `next` call after the one that handed the event out,
+//! which the processor makes only once it has committed the revoked
+//! partitions. librdkafka holds the rebalance until then. Closing the consumer
+//! gives them up at once, as there is nothing left to commit.
+//!
 //! **Seeking.** `rd_kafka_seek` fails with "Local: Erroneous state" while a
 //! partition is still starting to fetch, which is exactly when the processor
 //! seeks (right after `Assigned`). So `seek` only records the wanted position
@@ -38,12 +48,14 @@ use futures::{FutureExt, StreamExt};
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, RebalanceProtocol,
+    StreamConsumer,
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
 use tokio::sync::OnceCell;
 
 use super::{BusConsumer, BusError, BusProducer, BusRecord, ConsumerEvent, OutgoingRecord};
@@ -68,6 +80,9 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 /// Watermark look-ups for `end_offsets`.
 const WATERMARK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the consumer waits before fetching again once its local queue
+/// holds `queued.min.messages` records (see `KafkaConsumer::with_overrides`).
+const FETCH_QUEUE_BACKOFF_MS: &str = "10";
 /// A synchronous commit that has not answered by then is reported as failed
 /// (the commit is advisory; the processor goes on).
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -124,6 +139,9 @@ impl ClientContext for LogContext {
         self.client_error(&error, reason);
     }
 }
+
+/// The consumer's group-less offsets client uses no rebalance callbacks.
+impl ConsumerContext for LogContext {}
 
 /// Maps a librdkafka error to a [`BusError`]; `what` says what was being done
 /// and where (topic, brokers, group).
@@ -405,6 +423,12 @@ struct Shared {
     positions: BTreeMap<u32, u64>,
     /// Positions asked for by `seek`, applied by the next `next`.
     seeks: BTreeMap<u32, u64>,
+    /// A revoke whose partitions are not given up yet (see the module doc).
+    revoke_held: bool,
+    /// `Revoked` was handed out while held: the next `next` gives them up.
+    release_due: bool,
+    /// The consumer is closing: revokes are not held.
+    closing: bool,
 }
 
 /// The consumer's librdkafka context: logging plus rebalance bookkeeping.
@@ -445,6 +469,59 @@ impl ClientContext for GroupContext {
 }
 
 impl ConsumerContext for GroupContext {
+    /// Like `rdkafka`'s default, except that a revoke of the eager protocol is
+    /// held until the processor committed (see the module doc).
+    fn rebalance(
+        &self,
+        base_consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let eager = !matches!(
+            base_consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        let outcome = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.pre_rebalance(base_consumer, &Rebalance::Assign(tpl));
+                let assigned = if eager {
+                    base_consumer.assign(tpl)
+                } else {
+                    base_consumer.incremental_assign(tpl)
+                };
+                self.post_rebalance(base_consumer, &Rebalance::Assign(tpl));
+                assigned
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.pre_rebalance(base_consumer, &Rebalance::Revoke(tpl));
+                let mut shared = lock(&self.shared);
+                if eager && !shared.closing {
+                    shared.revoke_held = true;
+                    return;
+                }
+                drop(shared);
+                if eager {
+                    base_consumer.unassign()
+                } else {
+                    base_consumer.incremental_unassign(tpl)
+                }
+            }
+            other => {
+                let error = KafkaError::Rebalance(other.into());
+                self.pre_rebalance(base_consumer, &Rebalance::Error(error));
+                base_consumer.unassign()
+            }
+        };
+        if let Err(error) = outcome {
+            tracing::warn!(
+                message = "Kafka rejected an assignment change during a rebalance; the group will retry.",
+                topic = %self.topic,
+                group = %self.group,
+                %error
+            );
+        }
+    }
+
     /// Before librdkafka unassigns: forget the partitions (their positions and
     /// pending seeks belong to the old assignment) and queue `Revoked`. A
     /// rebalance error makes `rdkafka` drop the whole assignment, so it is
@@ -507,6 +584,13 @@ impl ConsumerContext for GroupContext {
 /// timeout). The close blocks the dropping thread briefly.
 pub struct KafkaConsumer {
     consumer: Arc<StreamConsumer<GroupContext>>,
+    /// A client outside the group for `end_offsets`: the member's own broker
+    /// connection carries its long-polling fetches, and a broker answers one
+    /// connection's requests in order, so an offsets request there waits for
+    /// the fetch in flight (up to `fetch.wait.max.ms`, 500 ms). Asked once
+    /// per partition that made `end_offsets` take 10 s for 32 partitions of
+    /// a caught-up consumer, stalling the processor (BENCHMARKS.md).
+    offsets: Arc<BaseConsumer<LogContext>>,
     shared: Arc<Mutex<Shared>>,
     brokers: String,
     topic: String,
@@ -543,7 +627,15 @@ impl KafkaConsumer {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
-            .set("partition.assignment.strategy", "range,roundrobin");
+            .set("partition.assignment.strategy", "range,roundrobin")
+            // Every partition's fetch queue is forwarded to the one consumer
+            // queue, so `queued.min.messages` (100,000) caps the records
+            // fetched ahead across all partitions, and each time it is reached
+            // librdkafka postpones the next fetch by this long (default 1 s).
+            // A processor drains 100,000 records in well under a second, so
+            // the default made reading bursty: `pulse bench --only processor`
+            // read in bursts with ~0.9 s stalls (see BENCHMARKS.md).
+            .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS);
         for (key, value) in overrides {
             config.set(*key, *value);
         }
@@ -557,6 +649,16 @@ impl KafkaConsumer {
             group: group.to_owned(),
             shared: Arc::clone(&shared),
         };
+        let mut offsets_config = config.clone();
+        offsets_config
+            .remove("group.id")
+            .set("client.id", "pulse-consumer-offsets");
+        let offsets: BaseConsumer<LogContext> = offsets_config
+            .create_with_context(LogContext {
+                role: "consumer",
+                brokers: Arc::from(brokers),
+            })
+            .map_err(|e| bus_error(&what, &e))?;
         let consumer: StreamConsumer<GroupContext> = config
             .create_with_context(context)
             .map_err(|e| bus_error(&what, &e))?;
@@ -571,6 +673,7 @@ impl KafkaConsumer {
         );
         Ok(KafkaConsumer {
             consumer: Arc::new(consumer),
+            offsets: Arc::new(offsets),
             shared,
             brokers: brokers.to_owned(),
             topic: topic.to_owned(),
@@ -634,6 +737,33 @@ impl KafkaConsumer {
         Ok(())
     }
 
+    /// The next queued rebalance event; handing out a held revoke makes the
+    /// following `next` give the partitions up.
+    fn pop_event(&self) -> Option<ConsumerEvent> {
+        let mut shared = lock(&self.shared);
+        let event = shared.events.pop_front()?;
+        if matches!(event, ConsumerEvent::Revoked(_)) && shared.revoke_held {
+            shared.release_due = true;
+        }
+        Some(event)
+    }
+
+    /// Gives up held partitions once the processor had their `Revoked` (and
+    /// so committed them): librdkafka then completes the rebalance.
+    fn release_revoked(&self) -> Result<(), BusError> {
+        {
+            let mut shared = lock(&self.shared);
+            if !shared.release_due {
+                return Ok(());
+            }
+            shared.release_due = false;
+            shared.revoke_held = false;
+        }
+        self.consumer
+            .unassign()
+            .map_err(|e| bus_error(&self.what("giving up revoked partitions of"), &e))
+    }
+
     /// Turns a fetched message into a record and advances the partition's
     /// position. `None` for a message with impossible coordinates.
     fn take(&self, message: &BorrowedMessage<'_>) -> Option<BusRecord> {
@@ -662,7 +792,20 @@ impl KafkaConsumer {
 impl Drop for KafkaConsumer {
     fn drop(&mut self) {
         // The close itself (leave the group, after a final revoke callback)
-        // runs in `rdkafka`'s drop of the last handle to the consumer.
+        // runs in `rdkafka`'s drop of the last handle to the consumer; it must
+        // not wait for a held revoke that no `next` will release.
+        let held = {
+            let mut shared = lock(&self.shared);
+            shared.closing = true;
+            std::mem::take(&mut shared.revoke_held)
+        };
+        if held && let Err(error) = self.consumer.unassign() {
+            tracing::warn!(
+                message = "Cannot give up revoked Kafka partitions while closing.",
+                topic = %self.topic,
+                %error
+            );
+        }
         tracing::info!(
             message = "Kafka consumer leaving its group.",
             topic = %self.topic,
@@ -674,7 +817,8 @@ impl Drop for KafkaConsumer {
 #[async_trait]
 impl BusConsumer for KafkaConsumer {
     async fn next(&mut self, max: usize, wait: Duration) -> Result<ConsumerEvent, BusError> {
-        if let Some(event) = lock(&self.shared).events.pop_front() {
+        self.release_revoked()?;
+        if let Some(event) = self.pop_event() {
             return Ok(event);
         }
         self.apply_seeks()?;
@@ -716,10 +860,7 @@ impl BusConsumer for KafkaConsumer {
         if !records.is_empty() {
             return Ok(ConsumerEvent::Records(records));
         }
-        Ok(lock(&self.shared)
-            .events
-            .pop_front()
-            .unwrap_or(ConsumerEvent::Idle))
+        Ok(self.pop_event().unwrap_or(ConsumerEvent::Idle))
     }
 
     /// Records the position; the next `next` applies it. A partition not
@@ -773,19 +914,38 @@ impl BusConsumer for KafkaConsumer {
             return Ok(Vec::new());
         }
         let what = self.what("reading the end offsets of");
-        let consumer = Arc::clone(&self.consumer);
+        let offsets = Arc::clone(&self.offsets);
         let topic = self.topic.clone();
         tokio::task::spawn_blocking(move || {
-            let mut ends = Vec::with_capacity(assigned.len());
-            for partition in assigned {
+            // One ListOffsets request per leader for every partition: the
+            // "offset" of each entry is the timestamp asked for, and -1
+            // (`Offset::End`) asks for the end of the log.
+            let mut list = TopicPartitionList::new();
+            for &partition in &assigned {
                 let p = i32::try_from(partition).map_err(|_| {
                     BusError::Other(format!("partition {partition} is beyond Kafka's range"))
                 })?;
-                let (_low, high) = consumer
-                    .fetch_watermarks(&topic, p, WATERMARK_TIMEOUT)
-                    .map_err(|e| bus_error(&format!("{what} (partition {partition})"), &e))?;
-                ends.push((partition, u64::try_from(high).unwrap_or(0)));
+                list.add_partition_offset(&topic, p, Offset::End)
+                    .map_err(|e| bus_error(&what, &e))?;
             }
+            let found = offsets
+                .offsets_for_times(list, WATERMARK_TIMEOUT)
+                .map_err(|e| bus_error(&what, &e))?;
+            let mut ends = Vec::with_capacity(assigned.len());
+            for element in found.elements_for_topic(&topic) {
+                let partition = u32::try_from(element.partition()).unwrap_or(0);
+                element
+                    .error()
+                    .map_err(|e| bus_error(&format!("{what} (partition {partition})"), &e))?;
+                let Offset::Offset(end) = element.offset() else {
+                    return Err(BusError::Unavailable(format!(
+                        "{what} (partition {partition}): no end offset but {:?}",
+                        element.offset()
+                    )));
+                };
+                ends.push((partition, u64::try_from(end).unwrap_or(0)));
+            }
+            ends.sort_unstable();
             Ok(ends)
         })
         .await

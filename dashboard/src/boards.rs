@@ -1,0 +1,255 @@
+//! Dashboards as the UI reads them (`GET /api/v1/dashboards[/<name>]`): the
+//! configured boards with every default filled in, and the `default` board made
+//! from the stored metrics. Pure, so what a page will show is tested without HTTP.
+
+use pulse_core::board::{Board, DEFAULT_BOARD, Panel, PanelKind, Threshold};
+use pulse_core::{Tags, TimestampMs};
+use pulse_engine::store::MetricInfo;
+use serde::Serialize;
+
+/// Where a board comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BoardSource {
+    /// `[[dashboards]]` in the config file (later: a `Dashboard` resource).
+    Config,
+    /// Made from `GET /api/v1/metrics`: one panel per stored metric.
+    Metrics,
+}
+
+/// One line of `GET /api/v1/dashboards`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BoardSummary {
+    pub name: String,
+    pub title: String,
+    /// `None` for the default board, whose panels depend on the stored metrics.
+    pub panels: Option<usize>,
+    pub source: BoardSource,
+}
+
+/// `GET /api/v1/dashboards`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BoardList<'a> {
+    pub dashboards: Vec<BoardSummary>,
+    pub windows: &'a [String],
+}
+
+/// `GET /api/v1/dashboards/<name>`: a board ready to draw.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BoardView<'a> {
+    pub name: String,
+    pub title: String,
+    pub source: BoardSource,
+    /// The windows one may pick in the UI: the configured ones.
+    pub windows: &'a [String],
+    pub panels: Vec<PanelView>,
+}
+
+/// A panel with nothing left to default: the page sends these values as the
+/// query parameters of `query_range` and `/dashboard`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PanelView {
+    /// Stable within the board (`p1`, `p2`, …), for the page's element ids.
+    pub id: String,
+    pub title: String,
+    pub kind: PanelKind,
+    pub metric: String,
+    pub window: String,
+    pub aggs: Vec<String>,
+    pub tags: Tags,
+    pub group_by: Vec<String>,
+    pub thresholds: Vec<Threshold>,
+    /// End of the metric's newest stored window, on the default board only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_window_end_ms: Option<TimestampMs>,
+}
+
+/// The default board first, then the configured ones in config order.
+pub fn list<'a>(boards: &[Board], windows: &'a [String]) -> BoardList<'a> {
+    let default = BoardSummary {
+        name: DEFAULT_BOARD.into(),
+        title: "All metrics".into(),
+        panels: None,
+        source: BoardSource::Metrics,
+    };
+    let configured = boards.iter().map(|b| BoardSummary {
+        name: b.name.clone(),
+        title: b.title().to_string(),
+        panels: Some(b.panels.len()),
+        source: BoardSource::Config,
+    });
+    BoardList {
+        dashboards: std::iter::once(default).chain(configured).collect(),
+        windows,
+    }
+}
+
+/// Whether `/d/<name>` exists, without reading the store.
+pub fn exists(boards: &[Board], name: &str) -> bool {
+    name == DEFAULT_BOARD || boards.iter().any(|b| b.name == name)
+}
+
+/// A configured board with its defaults filled: the first configured window
+/// where a panel names none, and a title made from the metric where it has none.
+pub fn view<'a>(board: &Board, windows: &'a [String]) -> BoardView<'a> {
+    BoardView {
+        name: board.name.clone(),
+        title: board.title().to_string(),
+        source: BoardSource::Config,
+        windows,
+        panels: board
+            .panels
+            .iter()
+            .enumerate()
+            .map(|(i, p)| panel_view(i, p, windows))
+            .collect(),
+    }
+}
+
+/// The `default` board: one line chart of the average per stored metric, in
+/// name order, on the first configured window.
+pub fn default_view<'a>(metrics: &[MetricInfo], windows: &'a [String]) -> BoardView<'a> {
+    let mut metrics: Vec<&MetricInfo> = metrics.iter().collect();
+    metrics.sort_by(|a, b| a.name.cmp(&b.name));
+    BoardView {
+        name: DEFAULT_BOARD.into(),
+        title: "All metrics".into(),
+        source: BoardSource::Metrics,
+        windows,
+        panels: metrics
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let mut panel = panel_view(i, &Panel::of_metric(&m.name), windows);
+                panel.title = m.name.clone();
+                panel.last_window_end_ms = m.last_window_end_ms;
+                panel
+            })
+            .collect(),
+    }
+}
+
+fn panel_view(index: usize, panel: &Panel, windows: &[String]) -> PanelView {
+    let window = panel
+        .window
+        .clone()
+        .or_else(|| windows.first().cloned())
+        .unwrap_or_default();
+    let title = panel.title.clone().unwrap_or_else(|| {
+        let by = if panel.group_by.is_empty() {
+            String::new()
+        } else {
+            format!(" by {}", panel.group_by.join(", "))
+        };
+        format!("{} · {}{by}", panel.metric, panel.aggs.join(", "))
+    });
+    PanelView {
+        id: format!("p{}", index + 1),
+        title,
+        kind: panel.kind,
+        metric: panel.metric.clone(),
+        window,
+        aggs: panel.aggs.clone(),
+        tags: panel.tags.clone(),
+        group_by: panel.group_by.clone(),
+        thresholds: panel.thresholds.clone(),
+        last_window_end_ms: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use pulse_core::board::Boards;
+    use serde_json::json;
+
+    use super::*;
+
+    fn boards() -> Vec<Board> {
+        let mut cpu = Panel::of_metric("cpu_usage");
+        cpu.group_by = vec!["host".into()];
+        cpu.aggs = vec!["avg".into(), "p95".into()];
+        let mut stat = Panel::of_metric("mem_used");
+        stat.kind = PanelKind::Stat;
+        stat.title = Some("Memory".into());
+        stat.window = Some("5m".into());
+        let boards = Boards::new(vec![Board {
+            name: "web".into(),
+            title: Some("Web fleet".into()),
+            panels: vec![cpu, stat],
+        }])
+        .unwrap();
+        boards.as_slice().to_vec()
+    }
+
+    fn windows() -> Vec<String> {
+        vec!["1m".into(), "5m".into()]
+    }
+
+    #[test]
+    fn the_list_starts_with_the_default_board() {
+        let windows = windows();
+        let list = serde_json::to_value(list(&boards(), &windows)).unwrap();
+        assert_eq!(
+            list,
+            json!({
+                "dashboards": [
+                    {"name": "default", "title": "All metrics", "panels": null, "source": "metrics"},
+                    {"name": "web", "title": "Web fleet", "panels": 2, "source": "config"},
+                ],
+                "windows": ["1m", "5m"],
+            })
+        );
+        assert!(exists(&boards(), "default") && exists(&boards(), "web"));
+        assert!(!exists(&boards(), "nope") && !exists(&[], "web"));
+    }
+
+    #[test]
+    fn configured_panels_get_the_first_window_and_a_title() {
+        let windows = windows();
+        let view = view(&boards()[0], &windows);
+        let [cpu, stat] = &view.panels[..] else {
+            panic!("two panels")
+        };
+        assert_eq!(
+            (cpu.id.as_str(), cpu.window.as_str()),
+            ("p1", "1m"),
+            "the first configured window"
+        );
+        assert_eq!(cpu.title, "cpu_usage · avg, p95 by host");
+        assert_eq!(
+            (stat.title.as_str(), stat.window.as_str()),
+            ("Memory", "5m")
+        );
+        let value = serde_json::to_value(&view).unwrap();
+        assert_eq!(value["panels"][1]["kind"], "stat");
+        assert_eq!(value["source"], "config");
+        assert!(value["panels"][0].get("last_window_end_ms").is_none());
+    }
+
+    #[test]
+    fn the_default_board_has_one_line_panel_per_metric_by_name() {
+        let windows = windows();
+        let metrics = [
+            MetricInfo {
+                name: "mem_used".into(),
+                series: 2,
+                last_window_end_ms: Some(60_000),
+            },
+            MetricInfo {
+                name: "cpu_usage".into(),
+                series: 5,
+                last_window_end_ms: None,
+            },
+        ];
+        let view = default_view(&metrics, &windows);
+        let names: Vec<_> = view.panels.iter().map(|p| p.title.as_str()).collect();
+        assert_eq!(names, ["cpu_usage", "mem_used"]);
+        assert!(
+            view.panels
+                .iter()
+                .all(|p| p.kind == PanelKind::Line && p.window == "1m" && p.aggs == ["avg"])
+        );
+        assert_eq!(view.panels[1].last_window_end_ms, Some(60_000));
+        assert!(default_view(&[], &windows).panels.is_empty());
+    }
+}

@@ -1,0 +1,285 @@
+//! StatsD aggregation, as StatsD users expect it: per flush interval, counters
+//! are summed (each sample scaled by its sample rate), gauges keep their last
+//! value, sets count distinct members. Each series that changed in the interval
+//! becomes one point at flush time.
+//!
+//! Timers, histograms and distributions are *not* aggregated here: every sample
+//! is forwarded as a point. Pulse's processor already computes count, sum, min,
+//! max and quantiles per window from mergeable sketches across every pod; a
+//! percentile computed here per pod could not be merged into a fleet-wide one
+//! (the p95 of p95s is not a p95). The cost is volume, which the batches'
+//! compression absorbs. Their sample rate is not used to invent samples, so
+//! quantiles stay exact while a window's count is the count of samples sent.
+
+use std::collections::{HashMap, HashSet};
+
+use pulse_core::validate::UncheckedPoint;
+use pulse_core::{Tags, TimestampMs};
+
+use crate::parse::Rejection;
+use crate::parse::statsd::{Kind, Line, Values};
+
+type SeriesKey = (String, Tags);
+
+#[derive(Debug)]
+struct GaugeState {
+    value: f64,
+    /// Changed since the last flush.
+    touched: bool,
+}
+
+/// The state between two flushes; memory is bounded by `max_series` per kind.
+#[derive(Debug)]
+pub struct Aggregator {
+    max_series: usize,
+    counters: HashMap<SeriesKey, f64>,
+    gauges: HashMap<SeriesKey, GaugeState>,
+    sets: HashMap<SeriesKey, HashSet<String>>,
+    /// Samples of timers, histograms and distributions, waiting to be taken.
+    samples: Vec<UncheckedPoint>,
+}
+
+impl Aggregator {
+    pub fn new(max_series: usize) -> Aggregator {
+        Aggregator {
+            max_series,
+            counters: HashMap::new(),
+            gauges: HashMap::new(),
+            sets: HashMap::new(),
+            samples: Vec::new(),
+        }
+    }
+
+    /// Adds one line; `now_ms` stamps samples that carry no timestamp. Returns
+    /// how many samples the line held (the points it stands for).
+    pub fn add(&mut self, line: Line<'_>, now_ms: TimestampMs) -> Result<usize, Rejection> {
+        let Line {
+            name,
+            kind,
+            values,
+            sample_rate,
+            tags,
+            timestamp_secs,
+        } = line;
+        let key = (name, tags);
+        let full = |len: usize, known: bool| len >= self.max_series && !known;
+        match (kind, values) {
+            (Kind::Counter, Values::Numbers(values)) => {
+                if full(self.counters.len(), self.counters.contains_key(&key)) {
+                    return Err(too_many_series(kind));
+                }
+                let sum: f64 = values.iter().map(|v| v / sample_rate).sum();
+                *self.counters.entry(key).or_insert(0.0) += sum;
+                Ok(values.len())
+            }
+            (Kind::Gauge, Values::Numbers(values)) => {
+                let last = *values.last().unwrap_or(&0.0);
+                self.set_gauge(key, |_| last).map(|()| values.len())
+            }
+            (Kind::Gauge, Values::GaugeDelta(delta)) => {
+                self.set_gauge(key, |old| old + delta).map(|()| 1)
+            }
+            (Kind::Set, Values::Members(members)) => {
+                if full(self.sets.len(), self.sets.contains_key(&key)) {
+                    return Err(too_many_series(kind));
+                }
+                let set = self.sets.entry(key).or_default();
+                // A set is bounded too: its members are what it holds.
+                for member in &members {
+                    if set.len() < self.max_series {
+                        set.insert((*member).to_string());
+                    }
+                }
+                Ok(members.len())
+            }
+            (_, Values::Numbers(values)) => {
+                let timestamp_secs = Some(timestamp_secs.unwrap_or(now_ms as f64 / 1000.0));
+                let (metric, tags) = key;
+                let count = values.len();
+                self.samples
+                    .extend(values.into_iter().map(|value| UncheckedPoint {
+                        metric: metric.clone(),
+                        tags: tags.clone(),
+                        value,
+                        timestamp_secs,
+                    }));
+                Ok(count)
+            }
+            (kind, _) => Err(Rejection::malformed(format!(
+                "values do not fit the type `{}`",
+                kind.symbol()
+            ))),
+        }
+    }
+
+    fn set_gauge(&mut self, key: SeriesKey, update: impl Fn(f64) -> f64) -> Result<(), Rejection> {
+        if self.gauges.len() >= self.max_series && !self.gauges.contains_key(&key) {
+            return Err(too_many_series(Kind::Gauge));
+        }
+        let state = self.gauges.entry(key).or_insert(GaugeState {
+            value: 0.0,
+            touched: false,
+        });
+        let value = update(state.value);
+        if value.is_finite() {
+            state.value = value;
+            state.touched = true;
+            Ok(())
+        } else {
+            Err(Rejection::new(
+                "invalid_value",
+                "the gauge would not be finite",
+            ))
+        }
+    }
+
+    /// Samples (timers, histograms, distributions) waiting to be forwarded.
+    pub fn pending_samples(&self) -> usize {
+        self.samples.len()
+    }
+
+    /// Takes the samples waiting to be forwarded.
+    pub fn take_samples(&mut self) -> Vec<UncheckedPoint> {
+        std::mem::take(&mut self.samples)
+    }
+
+    /// Ends an interval: one point per counter, set and changed gauge, stamped
+    /// `now_ms`. Gauges keep their value for later adjustments; when their
+    /// table is full, those unchanged for a whole interval are forgotten.
+    pub fn flush(&mut self, now_ms: TimestampMs) -> Vec<UncheckedPoint> {
+        let timestamp_secs = Some(now_ms as f64 / 1000.0);
+        let point = |(metric, tags): SeriesKey, value: f64| UncheckedPoint {
+            metric,
+            tags,
+            value,
+            timestamp_secs,
+        };
+        let mut points = Vec::with_capacity(self.counters.len() + self.sets.len());
+        points.extend(self.counters.drain().map(|(key, sum)| point(key, sum)));
+        points.extend(
+            self.sets
+                .drain()
+                .map(|(key, members)| point(key, members.len() as f64)),
+        );
+        if self.gauges.len() >= self.max_series {
+            self.gauges.retain(|_, state| state.touched);
+        }
+        for (key, state) in &mut self.gauges {
+            if state.touched {
+                state.touched = false;
+                points.push(point(key.clone(), state.value));
+            }
+        }
+        points
+    }
+}
+
+fn too_many_series(kind: Kind) -> Rejection {
+    Rejection::new(
+        "too_many_series",
+        format!(
+            "more distinct `{}` series in one flush interval than statsd.max_series",
+            kind.symbol()
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse::statsd::parse_line;
+
+    const NOW: i64 = 1_721_199_945_000;
+
+    fn feed(agg: &mut Aggregator, lines: &[&str]) {
+        for line in lines {
+            agg.add(parse_line(line).unwrap(), NOW).unwrap();
+        }
+    }
+
+    fn values(points: &[UncheckedPoint], metric: &str) -> Vec<f64> {
+        let mut values: Vec<f64> = points
+            .iter()
+            .filter(|p| p.metric == metric)
+            .map(|p| p.value)
+            .collect();
+        values.sort_by(f64::total_cmp);
+        values
+    }
+
+    #[test]
+    fn counters_are_summed_with_their_sample_rate_per_series() {
+        let mut agg = Aggregator::new(100);
+        feed(
+            &mut agg,
+            &["hits:1|c", "hits:2|c", "hits:1|c|@0.1", "hits:5|c|#env:a"],
+        );
+        let points = agg.flush(NOW);
+        assert_eq!(values(&points, "hits"), vec![5.0, 13.0]);
+        assert!(
+            points
+                .iter()
+                .all(|p| p.timestamp_secs == Some(NOW as f64 / 1000.0))
+        );
+        assert!(agg.flush(NOW).is_empty(), "an idle counter sends nothing");
+    }
+
+    #[test]
+    fn gauges_keep_the_last_value_and_deltas_adjust_it() {
+        let mut agg = Aggregator::new(100);
+        feed(&mut agg, &["temp:10|g", "temp:12|g"]);
+        assert_eq!(values(&agg.flush(NOW), "temp"), vec![12.0]);
+        feed(&mut agg, &["temp:+3|g", "temp:-1|g"]);
+        assert_eq!(values(&agg.flush(NOW), "temp"), vec![14.0]);
+        assert!(
+            agg.flush(NOW).is_empty(),
+            "an unchanged gauge sends nothing"
+        );
+    }
+
+    #[test]
+    fn sets_count_distinct_members() {
+        let mut agg = Aggregator::new(100);
+        feed(&mut agg, &["users:alice|s", "users:bob|s", "users:alice|s"]);
+        assert_eq!(values(&agg.flush(NOW), "users"), vec![2.0]);
+    }
+
+    #[test]
+    fn every_timer_histogram_and_distribution_sample_is_kept() {
+        let mut agg = Aggregator::new(100);
+        feed(
+            &mut agg,
+            &[
+                "lat:10|ms|@0.5",
+                "lat:20|ms",
+                "size:1:2:3|d",
+                "q:7|h|T1721199900",
+            ],
+        );
+        assert_eq!(agg.pending_samples(), 6);
+        let samples = agg.take_samples();
+        assert_eq!(values(&samples, "lat"), vec![10.0, 20.0]);
+        assert_eq!(values(&samples, "size"), vec![1.0, 2.0, 3.0]);
+        let q = samples.iter().find(|p| p.metric == "q").unwrap();
+        assert_eq!(q.timestamp_secs, Some(1_721_199_900.0));
+        assert!(agg.flush(NOW).is_empty());
+        assert_eq!(agg.pending_samples(), 0);
+    }
+
+    #[test]
+    fn series_beyond_the_limit_are_refused_until_the_next_flush() {
+        let mut agg = Aggregator::new(2);
+        feed(&mut agg, &["a:1|c", "b:1|c", "a:1|c"]);
+        let refused = agg.add(parse_line("c:1|c").unwrap(), NOW).unwrap_err();
+        assert_eq!(refused.reason, "too_many_series");
+        agg.flush(NOW);
+        feed(&mut agg, &["c:1|c"]);
+        // Gauges: a full table forgets the ones unchanged for an interval.
+        feed(&mut agg, &["g1:1|g", "g2:1|g"]);
+        agg.flush(NOW);
+        feed(&mut agg, &["g1:2|g"]);
+        agg.flush(NOW);
+        feed(&mut agg, &["g3:1|g"]);
+        assert_eq!(values(&agg.flush(NOW), "g3"), vec![1.0]);
+    }
+}

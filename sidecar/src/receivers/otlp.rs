@@ -1,0 +1,288 @@
+//! OTLP/HTTP metrics: `POST /v1/metrics` on the OTLP port, protobuf
+//! (`application/x-protobuf`) or JSON (`application/json`), optionally gzip or
+//! zstd compressed, answered as the OTLP specification asks: `200` with an
+//! `ExportMetricsServiceResponse` (carrying `partial_success` when data points
+//! were rejected), `400` with a `google.rpc.Status` for a body that cannot be
+//! read, `503` + `Retry-After` when the buffer cannot take the points; each
+//! body in the request's own encoding.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsPartialSuccess, ExportMetricsServiceResponse,
+};
+use prost::Message;
+use pulse_core::codec::body::{BodyError, decode_content};
+
+use super::Intake;
+use crate::config::OtlpConfig;
+use crate::parse::otlp::{Encoding, decode, to_points};
+
+const RECEIVER: &str = "otlp";
+
+/// `google.rpc.Status`, the error body of OTLP/HTTP (details omitted).
+#[derive(Clone, PartialEq, prost::Message, serde::Serialize)]
+struct Status {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+}
+
+/// gRPC status codes used in `Status.code`.
+const INVALID_ARGUMENT: i32 = 3;
+const RESOURCE_EXHAUSTED: i32 = 8;
+const UNAVAILABLE: i32 = 14;
+
+struct Receiver {
+    intake: Arc<Intake>,
+    config: OtlpConfig,
+    max_points: usize,
+}
+
+/// The OTLP route. `max_points` bounds the points of one request.
+pub fn router(intake: Arc<Intake>, config: OtlpConfig, max_points: usize) -> Router {
+    Router::new()
+        .route("/v1/metrics", post(receive))
+        .with_state(Arc::new(Receiver {
+            intake,
+            config,
+            max_points,
+        }))
+}
+
+async fn receive(
+    State(receiver): State<Arc<Receiver>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/x-protobuf");
+    let encoding = if content_type.starts_with("application/json") {
+        Encoding::Json
+    } else if content_type.starts_with("application/x-protobuf")
+        || content_type.starts_with("application/protobuf")
+    {
+        Encoding::Protobuf
+    } else {
+        receiver.intake.metrics.rejected(RECEIVER, "malformed", 1);
+        return status(
+            Encoding::Json,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            INVALID_ARGUMENT,
+            format!(
+                "content type `{content_type}` is not OTLP; send application/x-protobuf or application/json"
+            ),
+        );
+    };
+    let body = match axum::body::to_bytes(body, receiver.config.max_body_bytes).await {
+        Ok(body) => body,
+        Err(_) => {
+            receiver.intake.metrics.rejected(RECEIVER, "malformed", 1);
+            return status(
+                encoding,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                RESOURCE_EXHAUSTED,
+                format!(
+                    "the body is larger than otlp.max_body_bytes ({}) or could not be read",
+                    receiver.config.max_body_bytes
+                ),
+            );
+        }
+    };
+    let content_encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let work = Arc::clone(&receiver);
+    let mapped =
+        tokio::task::spawn_blocking(move || work.map(&body, content_encoding.as_deref(), encoding))
+            .await;
+    let (points, rejected) = match mapped {
+        Ok(Ok(mapped)) => mapped,
+        Ok(Err((http, code, message))) => {
+            receiver.intake.metrics.rejected(RECEIVER, "malformed", 1);
+            return status(encoding, http, code, message);
+        }
+        Err(error) => {
+            return status(
+                encoding,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                UNAVAILABLE,
+                error.to_string(),
+            );
+        }
+    };
+    if let Err(error) = receiver.intake.write(RECEIVER, points).await {
+        let mut response = status(
+            encoding,
+            StatusCode::SERVICE_UNAVAILABLE,
+            UNAVAILABLE,
+            format!("the sidecar cannot buffer points ({error}); retry later"),
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return response;
+    }
+    let partial_success = (!rejected.is_empty()).then(|| ExportMetricsPartialSuccess {
+        rejected_data_points: rejected.len() as i64,
+        error_message: format!(
+            "{} data points were rejected; the first: {}",
+            rejected.len(),
+            rejected[0]
+        ),
+    });
+    let answer = ExportMetricsServiceResponse { partial_success };
+    match encoding {
+        Encoding::Protobuf => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/x-protobuf")],
+            answer.encode_to_vec(),
+        )
+            .into_response(),
+        // `{}` for a full success, rather than `{"partialSuccess":null}`.
+        Encoding::Json => match answer.partial_success {
+            Some(partial) => (
+                StatusCode::OK,
+                axum::Json(serde_json::json!({"partialSuccess": partial})),
+            )
+                .into_response(),
+            None => (StatusCode::OK, axum::Json(serde_json::json!({}))).into_response(),
+        },
+    }
+}
+
+type Refusal = (StatusCode, i32, String);
+
+impl Receiver {
+    /// Decompresses, decodes, maps and validates one request body.
+    fn map(
+        &self,
+        body: &Bytes,
+        content_encoding: Option<&str>,
+        encoding: Encoding,
+    ) -> Result<(Vec<pulse_core::Point>, Vec<String>), Refusal> {
+        let decoded = decode_content(content_encoding, body, self.config.max_decompressed_bytes)
+            .map_err(|error| {
+                let http = match error {
+                    BodyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                    BodyError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    _ => StatusCode::BAD_REQUEST,
+                };
+                (http, INVALID_ARGUMENT, error.to_string())
+            })?;
+        let request = decode(&decoded, encoding)
+            .map_err(|rejection| (StatusCode::BAD_REQUEST, INVALID_ARGUMENT, rejection.message))?;
+        let now = pulse_core::now_ms();
+        let mapped = to_points(
+            request,
+            &self.config.resource_attributes,
+            self.max_points,
+            now,
+        )
+        .map_err(|too_many| {
+            (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                RESOURCE_EXHAUSTED,
+                format!("the request makes more than {} points", too_many.limit),
+            )
+        })?;
+        let mut rejected: Vec<String> = Vec::new();
+        for rejection in &mapped.rejected {
+            self.intake.metrics.rejected(RECEIVER, rejection.reason, 1);
+            rejected.push(rejection.message.clone());
+        }
+        let (points, errors) = self.intake.admit(RECEIVER, mapped.points, now);
+        rejected.extend(errors.into_iter().map(|e| {
+            let field = e.field.unwrap_or_default();
+            format!("{field} {}", e.message)
+        }));
+        Ok((points, rejected))
+    }
+}
+
+fn status(encoding: Encoding, http: StatusCode, code: i32, message: String) -> Response {
+    let status = Status { code, message };
+    match encoding {
+        Encoding::Protobuf => (
+            http,
+            [(header::CONTENT_TYPE, "application/x-protobuf")],
+            status.encode_to_vec(),
+        )
+            .into_response(),
+        Encoding::Json => (http, axum::Json(status)).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::Request;
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::config::OtlpConfig;
+    use crate::receivers::testing;
+
+    const JSON: &str = r#"{"resourceMetrics":[{"scopeMetrics":[{"metrics":[
+        {"name":"g","gauge":{"dataPoints":[{"asDouble":1.5},{"asDouble":"NaN"}]}}]}]}]}"#;
+
+    async fn call(router: &Router, content_type: &str, body: Vec<u8>) -> (StatusCode, Bytes) {
+        let response = router
+            .clone()
+            .oneshot(
+                Request::post("/v1/metrics")
+                    .header(header::CONTENT_TYPE, content_type)
+                    .body(Body::from(body))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let status = response.status();
+        (
+            status,
+            axum::body::to_bytes(response.into_body(), usize::MAX)
+                .await
+                .unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn json_and_protobuf_requests_are_answered_in_kind() {
+        let fixture = testing::intake();
+        let router = router(Arc::clone(&fixture.intake), OtlpConfig::default(), 1000);
+        let (status, body) = call(&router, "application/json", JSON.as_bytes().to_vec()).await;
+        assert_eq!(status, StatusCode::OK);
+        let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            answer["partialSuccess"]["rejectedDataPoints"], 1,
+            "{answer}"
+        );
+
+        let request: ExportMetricsServiceRequest = serde_json::from_str(JSON).unwrap();
+        let (status, body) = call(&router, "application/x-protobuf", request.encode_to_vec()).await;
+        assert_eq!(status, StatusCode::OK);
+        let answer = ExportMetricsServiceResponse::decode(body).unwrap();
+        assert_eq!(answer.partial_success.unwrap().rejected_data_points, 1);
+        assert_eq!(fixture.buffer.depth().1, 2);
+    }
+
+    #[tokio::test]
+    async fn garbage_is_a_400_status_and_other_content_types_a_415() {
+        let fixture = testing::intake();
+        let router = router(Arc::clone(&fixture.intake), OtlpConfig::default(), 1000);
+        let (status, body) = call(&router, "application/x-protobuf", vec![0xff; 16]).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(Status::decode(body).unwrap().code, INVALID_ARGUMENT);
+        let (status, _) = call(&router, "text/plain", b"x".to_vec()).await;
+        assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    }
+}
