@@ -17,8 +17,10 @@
 //!   before a commit writes into a new day, plus a DEFAULT partition as a
 //!   safety net; retention drops whole partitions, then deletes leftovers.
 //!   A schema keeps the mode it was created with.
-//! * **Writes**: one [`Store::commit`] is one transaction, one `UNNEST`-array
-//!   statement per table: that transaction is the exactly-once guarantee.
+//! * **Writes**: one [`Store::commit`] is one transaction, one statement per
+//!   table: that transaction is the exactly-once guarantee. Window results and
+//!   raw points go in with a binary `COPY` (results fall back to an `UNNEST`
+//!   upsert when a window is already stored), the rest as `UNNEST` arrays.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::str::FromStr;
@@ -1201,6 +1203,7 @@ impl Store for PostgresStore {
             .await
             .map_err(db_error)?;
         }
+
         let mut open: BTreeMap<(i64, i64, &str, i64), &[u8]> = BTreeMap::new();
         for o in &commit.upsert_open {
             let k = &o.key;
