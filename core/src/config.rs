@@ -261,6 +261,17 @@ impl Default for CacheConfig {
     }
 }
 
+/// The Kafka topic of a pipeline's points, `pulse.<namespace>.<pipeline>.points`
+/// (DESIGN.md "Names"); the operator creates it under this name.
+pub fn points_topic(namespace: &str, pipeline: &str) -> String {
+    format!("pulse.{namespace}.{pipeline}.points")
+}
+
+/// The Kafka topic of a pipeline's anomalies, `pulse.<namespace>.<pipeline>.anomalies`.
+pub fn anomalies_topic(namespace: &str, pipeline: &str) -> String {
+    format!("pulse.{namespace}.{pipeline}.anomalies")
+}
+
 /// An optional string where empty (or blank) means unset, so a deployment can
 /// pass `PULSE_STORAGE__DATABASE_URL=""` from an optional secret.
 fn empty_as_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
@@ -479,12 +490,10 @@ impl Config {
     /// The Kafka topic of the points: `bus.topic`, or by default
     /// `pulse.<namespace>.<pipeline>.points` (DESIGN.md, Names).
     pub fn points_topic(&self) -> String {
-        self.bus.topic.clone().unwrap_or_else(|| {
-            format!(
-                "pulse.{}.{}.points",
-                self.pipeline.namespace, self.pipeline.name
-            )
-        })
+        self.bus
+            .topic
+            .clone()
+            .unwrap_or_else(|| points_topic(&self.pipeline.namespace, &self.pipeline.name))
     }
 
     /// The Kafka consumer group of the pipeline's processors:

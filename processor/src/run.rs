@@ -14,7 +14,7 @@ use pulse_engine::cache::Cache;
 use pulse_engine::store::Store;
 use pulse_server::checks::StoreReady;
 use pulse_server::{CancellationToken, ReadinessCheck, ops_router};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::metrics::{PartitionLabel, ProcessorMetrics, WindowLabel};
 use crate::window::{Aggregator, RestoreError};
@@ -175,11 +175,12 @@ impl Processor {
             }
             backoff = Duration::from_millis(100);
             if Instant::now() >= next_checkpoint {
-                self.aggregator.advance(now_ms(), Instant::now());
+                let caught_up = self.report_progress().await;
+                self.aggregator
+                    .advance(now_ms(), Instant::now(), &caught_up);
                 if !self.commit(None, &shutdown).await {
                     break;
                 }
-                self.report_progress().await;
                 next_checkpoint = Instant::now() + interval;
             }
         }
@@ -388,30 +389,41 @@ impl Processor {
         }
     }
 
-    async fn report_progress(&mut self) {
-        let Ok(ends) = self.consumer.end_offsets().await else {
-            return;
+    /// Publishes lag and watermarks, and returns the partitions read to the
+    /// end of the bus: only those may count as idle. None when the bus cannot
+    /// say.
+    async fn report_progress(&mut self) -> Vec<u32> {
+        let ends = match self.consumer.end_offsets().await {
+            Ok(ends) => ends,
+            Err(error) => {
+                debug!(message = "Cannot read the bus's end offsets; no partition counts as idle meanwhile.", %error);
+                return Vec::new();
+            }
         };
+        let mut caught_up = Vec::new();
         let mut total = 0;
         for (partition, next, watermark) in self.aggregator.progress() {
             let label = PartitionLabel {
                 partition: partition.to_string(),
             };
-            let end = ends
-                .iter()
-                .find(|(p, _)| *p == partition)
-                .map_or(next, |(_, e)| *e);
-            let lag = end.saturating_sub(next);
-            total += lag;
-            self.metrics.bus_lag.get_or_create(&label).set(lag as i64);
             if let Some(wm) = watermark {
                 self.metrics
                     .watermark_seconds
                     .get_or_create(&label)
                     .set(wm / 1000);
             }
+            let Some(&(_, end)) = ends.iter().find(|(p, _)| *p == partition) else {
+                continue;
+            };
+            let lag = end.saturating_sub(next);
+            if lag == 0 {
+                caught_up.push(partition);
+            }
+            total += lag;
+            self.metrics.bus_lag.get_or_create(&label).set(lag as i64);
         }
         self.status.lock().unwrap_or_else(|e| e.into_inner()).lag = total;
+        caught_up
     }
 }
 

@@ -136,10 +136,18 @@ impl Aggregator {
 
     /// Lets idle partitions' watermarks follow the wall clock, then closes every
     /// window the watermarks have passed. Returns how many windows closed.
-    pub fn advance(&mut self, now_ms: TimestampMs, now: Instant) -> usize {
+    ///
+    /// Only partitions in `caught_up` (read to the end of the bus) may count as
+    /// idle. A partition whose records wait unread, because the processor was
+    /// held up by a store outage or is working through a backlog, has not gone
+    /// quiet: moving its watermark to the wall clock would make the waiting
+    /// records late.
+    pub fn advance(&mut self, now_ms: TimestampMs, now: Instant, caught_up: &[u32]) -> usize {
         let mut closed = 0;
-        for p in self.partitions.values_mut() {
-            p.idle_advance(now_ms, now, self.idle, self.lateness_ms);
+        for (id, p) in self.partitions.iter_mut() {
+            if caught_up.contains(id) {
+                p.idle_advance(now_ms, now, self.idle, self.lateness_ms);
+            }
             closed += p.close_ready(&self.layout);
         }
         closed

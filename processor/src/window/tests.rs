@@ -94,11 +94,32 @@ fn idle_partition_closes_windows_by_wall_clock() {
     let start = Instant::now();
     a.ingest(0, 0, None, point("a", 1.0, 1_000), start);
     assert_eq!(
-        a.advance(2_000_000, start + Duration::from_secs(5)),
+        a.advance(2_000_000, start + Duration::from_secs(5), &[0]),
         0,
         "not idle yet"
     );
-    assert_eq!(a.advance(2_000_000, start + Duration::from_secs(10)), 1);
+    assert_eq!(a.advance(2_000_000, start + Duration::from_secs(10), &[0]), 1);
+}
+
+#[test]
+fn a_partition_with_unread_records_is_not_idle() {
+    let mut a = fresh(minute_windows(), &[0, 1]);
+    let start = Instant::now();
+    a.ingest(0, 0, None, point("a", 1.0, 1_000), start);
+    a.ingest(1, 0, None, point("b", 1.0, 1_000), start);
+    let later = start + Duration::from_secs(60);
+    assert_eq!(
+        a.advance(2_000_000, later, &[1]),
+        1,
+        "the caught-up partition follows the wall clock"
+    );
+    assert_eq!(
+        a.advance(2_000_000, later, &[]),
+        0,
+        "the one with records waiting keeps its event-time watermark"
+    );
+    let outcome = a.ingest(0, 1, None, point("a", 2.0, 1_010), later);
+    assert_eq!(outcome.windows, 1, "so its waiting records are not late");
 }
 
 #[test]
