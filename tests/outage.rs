@@ -270,9 +270,11 @@ checkpoint_interval = "200ms"
     let running = tokio::spawn(processor.run(shutdown.clone()));
     let client = reqwest::Client::new();
 
-    // Event time alone closes windows here (the idle timeout is an hour): a
-    // processor held up by the outage must not see the stream as idle and let
-    // its watermark jump to the wall clock, which would make the next phase late.
+    // Event time alone closes windows here (the idle timeout is an hour): the
+    // phases carry event times 40 minutes old and arrive seconds apart, so a
+    // caught-up partition going idle between two phases would rightly count
+    // the next phase late. (That a partition with unread records never counts
+    // as idle is proven in processor/tests/backlog.rs.)
     let start = (pulse_core::now_ms() / MINUTE - 40) * MINUTE;
     let mut sent = Vec::new();
     let phase = |n: i64| points(start + n * 3 * MINUTE, 3);
