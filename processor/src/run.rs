@@ -17,7 +17,7 @@ use pulse_server::{CancellationToken, ReadinessCheck, ops_router};
 use tracing::{debug, error, info, warn};
 
 use crate::metrics::{PartitionLabel, ProcessorMetrics, WindowLabel};
-use crate::window::{Aggregator, RestoreError};
+use crate::window::{Aggregator, Checkpointed, RestoreError};
 
 /// Longest pause between retries of a failing store or bus.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -79,7 +79,12 @@ pub struct Processor {
     metrics: ProcessorMetrics,
     status: Arc<Mutex<Status>>,
     registry: Arc<Mutex<Registry>>,
+    /// Offsets of the last checkpoint launched, to skip empty ones.
     last_offsets: Vec<(u32, u64)>,
+    /// The checkpoint being written while ingestion goes on.
+    in_flight: Option<tokio::task::JoinHandle<Landing>>,
+    /// A checkpoint whose write was stopped; written before any later one.
+    unlanded: Option<Checkpointed>,
     /// Closed windows the cache has not taken yet.
     cache_backlog: Vec<pulse_core::WindowResult>,
 }
@@ -113,6 +118,8 @@ impl Processor {
             status: Arc::default(),
             registry,
             last_offsets: Vec::new(),
+            in_flight: None,
+            unlanded: None,
             cache_backlog: Vec::new(),
         })
     }
@@ -144,6 +151,16 @@ impl Processor {
             let event = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
+                // A checkpoint landed: its windows reach the cache now, not at
+                // the next checkpoint.
+                outcome = written(&mut self.in_flight) => {
+                    self.in_flight = None;
+                    if !self.take_landing(outcome).await {
+                        break;
+                    }
+                    self.update_cache(Vec::new()).await;
+                    continue;
+                }
                 event = self.consumer.next(self.config.max_poll_records, wait) => event,
             };
             match event {
@@ -158,7 +175,9 @@ impl Processor {
                         ?partitions
                     );
                     self.aggregator.close_ready();
-                    self.commit(Some(&partitions), &shutdown).await;
+                    if !self.commit_now(Some(&partitions), &shutdown).await {
+                        break;
+                    }
                     self.aggregator.revoke(&partitions);
                     self.set_assigned();
                 }
@@ -178,9 +197,10 @@ impl Processor {
                 let caught_up = self.report_progress().await;
                 self.aggregator
                     .advance(now_ms(), Instant::now(), &caught_up);
-                if !self.commit(None, &shutdown).await {
+                if !self.settle(&shutdown).await {
                     break;
                 }
+                self.launch(None, &shutdown);
                 next_checkpoint = Instant::now() + interval;
             }
         }
@@ -193,7 +213,7 @@ impl Processor {
                 deadline.cancel();
             })
         };
-        if self.commit(None, &deadline).await {
+        if self.commit_now(None, &deadline).await {
             info!(message = "Processor stopped after committing its progress.");
         } else {
             error!(
@@ -289,54 +309,92 @@ impl Processor {
         self.aggregator.close_ready();
     }
 
-    /// Commits a checkpoint, retrying until it lands or `stop` fires. Returns
-    /// whether it landed. Nothing is ingested meanwhile, which is the
-    /// backpressure: a store outage pauses the processor instead of losing data.
-    async fn commit(&mut self, partitions: Option<&[u32]>, stop: &CancellationToken) -> bool {
+    /// Takes a checkpoint and starts writing it to the store, so the next
+    /// records are aggregated while it is written (about half of the
+    /// processor's time otherwise). At most one checkpoint is in flight:
+    /// callers [`settle`](Self::settle) the previous one first, which keeps the
+    /// commits in order and makes a failing store stop ingestion one
+    /// checkpoint later, which is the backpressure.
+    fn launch(&mut self, partitions: Option<&[u32]>, stop: &CancellationToken) {
+        debug_assert!(self.in_flight.is_none() && self.unlanded.is_none());
         let checkpointed = self.aggregator.checkpoint(partitions);
         if checkpointed.commit.is_empty()
             && partitions.is_none()
             && checkpointed.offsets == self.last_offsets
         {
-            self.update_cache(Vec::new()).await;
-            return true;
-        }
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let started = Instant::now();
-            match self.store.commit(&checkpointed.commit).await {
-                Ok(()) => {
-                    self.metrics
-                        .commit_seconds
-                        .observe(started.elapsed().as_secs_f64());
-                    self.metrics.commits.inc();
-                    let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
-                    if let Some((since, _)) = status.failing.take() {
-                        info!(
-                            message = "Store commits succeed again.",
-                            outage_secs = since.elapsed().as_secs()
-                        );
-                    }
-                    break;
-                }
-                Err(error) => {
-                    self.metrics.commit_failures.inc();
-                    warn!(message = "Store refused a checkpoint; holding it and retrying.", %error, retry_in_ms = backoff.as_millis() as u64);
-                    self.status
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .failing
-                        .get_or_insert_with(|| (Instant::now(), error.to_string()));
-                    if sleep_or_shutdown(backoff, stop).await {
-                        return false;
-                    }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
-            }
+            return;
         }
         if partitions.is_none() {
             self.last_offsets = checkpointed.offsets.clone();
         }
+        self.in_flight = Some(tokio::spawn(land(
+            Arc::clone(&self.store),
+            checkpointed,
+            stop.clone(),
+            Arc::clone(&self.status),
+            self.metrics.clone(),
+        )));
+    }
+
+    /// Waits for the checkpoint in flight (and retries one that did not land
+    /// before) until it is in the store or `stop` fires. Returns whether
+    /// nothing is left unwritten; a checkpoint that did not land is kept, never
+    /// dropped, since the offsets of later ones cover its records.
+    async fn settle(&mut self, stop: &CancellationToken) -> bool {
+        if let Some(task) = self.in_flight.take()
+            && !self.take_landing(task.await).await
+        {
+            return false;
+        }
+        if let Some(checkpointed) = self.unlanded.take() {
+            let landing = land(
+                Arc::clone(&self.store),
+                checkpointed,
+                stop.clone(),
+                Arc::clone(&self.status),
+                self.metrics.clone(),
+            );
+            if !self.take_landing(Ok(landing.await)).await || self.unlanded.is_some() {
+                return false;
+            }
+        }
+        self.update_cache(Vec::new()).await;
+        true
+    }
+
+    /// Takes the end of a checkpoint's write: once in the store, its offsets go
+    /// to the bus and its windows to the cache; one that did not land is kept
+    /// for the next try. False only when the write task itself failed.
+    async fn take_landing(&mut self, outcome: Result<Landing, tokio::task::JoinError>) -> bool {
+        match outcome {
+            Ok(Landing::Landed(checkpointed)) => {
+                self.landed(checkpointed).await;
+                true
+            }
+            Ok(Landing::Stopped(checkpointed)) => {
+                self.unlanded = Some(checkpointed);
+                true
+            }
+            Err(error) => {
+                // Only a panic in the store engine gets here; the checkpoint's
+                // records are replayed from the bus after a restart.
+                error!(message = "Writing a checkpoint failed unexpectedly; stopping so a restart replays it.", %error);
+                false
+            }
+        }
+    }
+
+    /// Writes a checkpoint now and waits for it: the previous one first.
+    async fn commit_now(&mut self, partitions: Option<&[u32]>, stop: &CancellationToken) -> bool {
+        if !self.settle(stop).await {
+            return false;
+        }
+        self.launch(partitions, stop);
+        self.settle(stop).await
+    }
+
+    /// What follows a checkpoint in the store: metrics, the bus's offsets, the cache.
+    async fn landed(&mut self, checkpointed: Checkpointed) {
         let commit = checkpointed.commit;
         for result in &commit.results {
             self.metrics
@@ -360,8 +418,7 @@ impl Processor {
         if let Err(error) = self.consumer.commit(&checkpointed.offsets).await {
             warn!(message = "Cannot report offsets to the bus (the store holds the authoritative ones).", %error);
         }
-        self.update_cache(commit.results).await;
-        true
+        self.cache_backlog.extend(commit.results);
     }
 
     /// Puts newly closed windows into the cache and announces them. What the
@@ -424,6 +481,68 @@ impl Processor {
         }
         self.status.lock().unwrap_or_else(|e| e.into_inner()).lag = total;
         caught_up
+    }
+}
+
+/// How a checkpoint's write ended.
+enum Landing {
+    /// In the store.
+    Landed(Checkpointed),
+    /// Not written: `stop` fired while the store refused it.
+    Stopped(Checkpointed),
+}
+
+/// The end of the checkpoint write in flight; never, when there is none.
+async fn written(
+    in_flight: &mut Option<tokio::task::JoinHandle<Landing>>,
+) -> Result<Landing, tokio::task::JoinError> {
+    match in_flight {
+        Some(task) => task.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes a checkpoint, retrying with backoff until it lands or `stop` fires.
+/// Nothing is lost while it retries: the checkpoint is handed back either way.
+async fn land(
+    store: Arc<dyn Store>,
+    checkpointed: Checkpointed,
+    stop: CancellationToken,
+    status: Arc<Mutex<Status>>,
+    metrics: ProcessorMetrics,
+) -> Landing {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let started = Instant::now();
+        match store.commit(&checkpointed.commit).await {
+            Ok(()) => {
+                metrics
+                    .commit_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                metrics.commits.inc();
+                let mut status = status.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some((since, _)) = status.failing.take() {
+                    info!(
+                        message = "Store commits succeed again.",
+                        outage_secs = since.elapsed().as_secs()
+                    );
+                }
+                return Landing::Landed(checkpointed);
+            }
+            Err(error) => {
+                metrics.commit_failures.inc();
+                warn!(message = "Store refused a checkpoint; holding it and retrying.", %error, retry_in_ms = backoff.as_millis() as u64);
+                status
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .failing
+                    .get_or_insert_with(|| (Instant::now(), error.to_string()));
+                if sleep_or_shutdown(backoff, &stop).await {
+                    return Landing::Stopped(checkpointed);
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
     }
 }
 
