@@ -6,6 +6,7 @@
 //! run one role alone ([`up::start_role`]) on the production engines.
 //! [`engines`] turns a config into the engines.
 
+pub mod alloc;
 pub mod bench;
 pub mod browser;
 pub mod engines;

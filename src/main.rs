@@ -105,9 +105,22 @@ enum Command {
     },
     /// Measure sketch, aggregation and end-to-end throughput; see BENCHMARKS.md.
     Bench(pulse::bench::BenchArgs),
+    /// Run the Kubernetes operator: reconciles MetricPipelines and Dashboards
+    /// (on the leader), serves /healthz, /readyz, /metrics and the sidecar
+    /// injection webhook.
+    Operator(OperatorArgs),
+    /// Print the CustomResourceDefinitions of MetricPipeline and Dashboard as
+    /// YAML (`pulse crds | kubectl apply -f -`).
+    Crds {
+        /// Write each CRD to `<dir>/<name>.yaml` instead (`--out-dir crds`
+        /// regenerates the repository's copies).
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
+    pulse::alloc::configure();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
@@ -152,6 +165,8 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Command::Bench(args) => pulse::bench::run(args).await,
+            Command::Crds { out_dir } => crds(out_dir.as_deref()),
+            Command::Operator(args) => operator(args).await,
         }
     });
     match outcome {
@@ -161,6 +176,73 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Flags of `pulse operator` (the chart sets them; see the README's "Operator").
+#[derive(Args, Debug)]
+struct OperatorArgs {
+    /// Plain HTTP address of /healthz, /readyz and /metrics.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    listen: std::net::SocketAddr,
+    /// HTTPS address of the sidecar injection webhook (path /mutate-pods).
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    webhook_listen: std::net::SocketAddr,
+    /// Directory with the webhook's tls.crt and tls.key; the webhook is off without them.
+    #[arg(long, default_value = "/etc/pulse/webhook-tls")]
+    webhook_tls_dir: PathBuf,
+    /// The pulse image the pipeline and dashboard Deployments run.
+    #[arg(long, env = "PULSE_IMAGE", default_value = "")]
+    image: String,
+    /// The image of the injected sidecar.
+    #[arg(long, env = "PULSE_SIDECAR_IMAGE", default_value = "")]
+    sidecar_image: String,
+    /// The sidecar's resources as JSON (a ResourceRequirements); small defaults when unset.
+    #[arg(long, env = "PULSE_SIDECAR_RESOURCES")]
+    sidecar_resources: Option<String>,
+    /// sizeLimit of the sidecar's buffer emptyDir.
+    #[arg(long, env = "PULSE_SIDECAR_BUFFER_SIZE_LIMIT", default_value = "256Mi")]
+    sidecar_buffer_size_limit: String,
+    /// Reconcile without holding the `pulse-operator` Lease (one replica only).
+    #[arg(long)]
+    no_leader_election: bool,
+}
+
+/// `pulse operator`.
+async fn operator(args: OperatorArgs) -> Result<(), String> {
+    pulse_server::telemetry::init();
+    pulse_operator::run::run(pulse_operator::run::Options {
+        listen: args.listen,
+        webhook_listen: args.webhook_listen,
+        webhook_tls_dir: args.webhook_tls_dir,
+        image: args.image,
+        sidecar_image: args.sidecar_image,
+        sidecar_resources: args.sidecar_resources,
+        sidecar_buffer_size_limit: args.sidecar_buffer_size_limit,
+        leader_election: !args.no_leader_election,
+    })
+    .await
+    .map_err(|e| e.to_string())
+}
+
+/// `pulse crds`: both CRDs to stdout as one YAML stream, or one file each.
+fn crds(out_dir: Option<&std::path::Path>) -> Result<(), String> {
+    let crds = pulse_operator::crd::crds_yaml().map_err(|e| e.to_string())?;
+    match out_dir {
+        None => {
+            for crd in crds {
+                print!("---\n{}", crd.yaml);
+            }
+        }
+        Some(dir) => {
+            for crd in crds {
+                let path = dir.join(format!("{}.yaml", crd.name));
+                std::fs::write(&path, crd.yaml)
+                    .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+                println!("wrote {}", path.display());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Starts logging and a token that Ctrl-C or SIGTERM cancels, so a start that

@@ -62,7 +62,9 @@ pub struct GatewayConfig {
     pub max_points_per_request: usize,
     /// Requests handled at once; more wait, and past the queue get 503.
     pub max_in_flight: usize,
-    /// Bearer tokens allowed to write. Empty: no authentication.
+    /// Bearer tokens allowed to write. Empty: no authentication. Also one text
+    /// of tokens separated by newlines or commas (see [`tokens_from_list_or_text`]).
+    #[serde(deserialize_with = "tokens_from_list_or_text")]
     pub tokens: Vec<String>,
 }
 
@@ -135,7 +137,9 @@ impl Default for ProcessorConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct DashboardConfig {
     pub listen: SocketAddr,
-    /// Bearer tokens allowed to read. Empty: no authentication.
+    /// Bearer tokens allowed to read. Empty: no authentication. Also one text
+    /// of tokens separated by newlines or commas.
+    #[serde(deserialize_with = "tokens_from_list_or_text")]
     pub read_tokens: Vec<String>,
     /// Most windows one `query_range` answer may hold.
     pub max_points_per_query: usize,
@@ -277,6 +281,32 @@ pub fn anomalies_topic(namespace: &str, pipeline: &str) -> String {
 fn empty_as_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     let value = Option::<String>::deserialize(d)?;
     Ok(value.filter(|v| !v.trim().is_empty()))
+}
+
+/// Tokens as a list, or as one text holding them separated by newlines, commas
+/// or spaces: how a Kubernetes Secret's value reaches a pod through one
+/// environment variable (`PULSE_GATEWAY__TOKENS` from a `secretKeyRef`), where
+/// a trailing newline is common. Tokens never hold whitespace or commas.
+fn tokens_from_list_or_text<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrText {
+        Text(String),
+        // The environment provider reads an all-digit value as a number.
+        Number(u64),
+        List(Vec<String>),
+    }
+    Ok(match ListOrText::deserialize(d)? {
+        ListOrText::Text(text) => text
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|t| !t.is_empty())
+            .map(str::to_string)
+            .collect(),
+        ListOrText::Number(n) => vec![n.to_string()],
+        ListOrText::List(list) => list,
+    })
 }
 
 /// A configuration that could not be loaded, with what, where and what to do.
@@ -686,6 +716,19 @@ mod tests {
     }
 
     #[test]
+    fn tokens_are_a_list_or_one_text_of_lines_or_commas() {
+        let c = Config::from_toml(
+            "[gateway]\ntokens = \"a-1\\nb-2, c-3\\n\"\n[dashboard]\nread_tokens = [\"r-1\"]",
+        )
+        .unwrap();
+        assert_eq!(c.gateway.tokens, ["a-1", "b-2", "c-3"]);
+        assert_eq!(c.dashboard.read_tokens, ["r-1"]);
+        // An empty text is no token at all, so no authentication.
+        let c = Config::from_toml("[gateway]\ntokens = \"\\n\"").unwrap();
+        assert!(c.gateway.tokens.is_empty());
+    }
+
+    #[test]
     fn empty_connection_strings_mean_unset() {
         let c = Config::from_toml(
             "[bus]\nkafka_brokers = \"\"\n[storage]\ndatabase_url = \" \"\n[cache]\nredis_url = \"\"",
@@ -752,6 +795,8 @@ mod tests {
             assert_eq!(c.cache.redis_url.as_deref(), Some("redis://env-cache:6379"));
             assert_eq!(c.cache.ttl, Duration::from_secs(300));
             assert_eq!(c.gateway.listen.port(), 9001);
+            assert_eq!(c.gateway.tokens, ["ingest-1", "ingest-2"]);
+            assert_eq!(c.dashboard.read_tokens, ["123456"]);
             return;
         }
         let dir = std::env::temp_dir().join(format!("pulse-env-test-{}", std::process::id()));
@@ -774,6 +819,10 @@ mod tests {
             .env("PULSE_CACHE__REDIS_URL", "redis://env-cache:6379")
             .env("PULSE_CACHE__TTL", "5m")
             .env("PULSE_GATEWAY__LISTEN", "127.0.0.1:9001")
+            // Token Secrets as the operator passes them: one value, one
+            // token per line, trailing newline; and an all-digit token.
+            .env("PULSE_GATEWAY__TOKENS", "ingest-1\ningest-2\n")
+            .env("PULSE_DASHBOARD__READ_TOKENS", "123456")
             // PulseAudio's variable is not configuration.
             .env("PULSE_SERVER", "unix:/run/pulse/native")
             .output()

@@ -334,6 +334,17 @@ const KEYS: [&str; 13] = [
     "limits",
 ];
 
+/// The tags of `PULSE_SIDECAR_TAGS__<KEY>=<value>` variables, values kept
+/// verbatim, keys lowercased like every other variable's.
+fn env_tags(vars: impl IntoIterator<Item = (String, String)>) -> Vec<(String, String)> {
+    vars.into_iter()
+        .filter_map(|(name, value)| {
+            let key = name.strip_prefix("PULSE_SIDECAR_TAGS__")?;
+            (!key.is_empty()).then(|| (key.to_lowercase(), value))
+        })
+        .collect()
+}
+
 impl Config {
     /// Loads defaults, then `file` (by extension: `.toml`, `.yaml`/`.yml`), then
     /// the environment. Call [`Config::validate`] after applying the flags.
@@ -355,14 +366,22 @@ impl Config {
                 _ => figment.merge(Toml::file(path)),
             };
         }
+        // Tags are read apart: figment parses every variable's value, so a
+        // tag value such as `123` or `true` (a namespace, a pod name) would
+        // become a number or a bool and fail to load.
         let env = Env::prefixed("PULSE_SIDECAR_").split("__").filter(|key| {
             let top = key.as_str().split('.').next().unwrap_or_default();
-            KEYS.iter().any(|k| k.eq_ignore_ascii_case(top))
+            !top.eq_ignore_ascii_case("tags") && KEYS.iter().any(|k| k.eq_ignore_ascii_case(top))
         });
-        figment.merge(env).extract().map_err(|e| ConfigError::Load {
-            path: origin,
-            message: e.to_string(),
-        })
+        let mut config: Config = figment
+            .merge(env)
+            .extract()
+            .map_err(|e| ConfigError::Load {
+                path: origin,
+                message: e.to_string(),
+            })?;
+        config.tags.extend(env_tags(std::env::vars()));
+        Ok(config)
     }
 
     /// Checks what serde cannot: a usable gateway URL and sizes that fit
@@ -445,6 +464,23 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tags_from_the_environment_stay_strings() {
+        let vars = [
+            ("PULSE_SIDECAR_TAGS__NAMESPACE", "123"),
+            ("PULSE_SIDECAR_TAGS__POD", "true"),
+            ("PULSE_SIDECAR_TAGS__Build", "007"),
+            ("PULSE_SIDECAR_TAGS__", "no key"),
+            ("PULSE_SIDECAR_GATEWAY", "http://gateway:9000"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        assert_eq!(
+            env_tags(vars),
+            [("namespace", "123"), ("pod", "true"), ("build", "007")]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        );
+    }
 
     fn with_gateway() -> Config {
         Config {

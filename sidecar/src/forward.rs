@@ -190,6 +190,15 @@ impl Breaker {
     }
 }
 
+/// The token a token file holds: its first one. The file is the pipeline's
+/// ingest token Secret, which may list several tokens (newline or comma
+/// separated) for the gateway to accept while they are rotated.
+fn first_token(text: &str) -> &str {
+    text.split(|c: char| c == ',' || c.is_whitespace())
+        .find(|token| !token.is_empty())
+        .unwrap_or_default()
+}
+
 /// The bearer token, from a file that is re-read when it changes (a rotated
 /// Secret), at most every [`TOKEN_RECHECK`], or at once after a 401/403.
 pub struct Token {
@@ -221,7 +230,7 @@ impl Token {
                     if stamp.is_none() || stamp != self.stamp || self.value.is_none() {
                         match std::fs::read_to_string(path) {
                             Ok(text) => {
-                                let token = text.trim().to_string();
+                                let token = first_token(&text).to_string();
                                 if self.value.is_some() && self.value.as_deref() != Some(&token) {
                                     tracing::info!(message = "The token file changed; using the new token.", path = %path.display());
                                 }
@@ -612,6 +621,25 @@ mod tests {
             "a vanished file keeps the last token"
         );
         assert_eq!(Token::new(None).get(true), None);
+    }
+
+    #[test]
+    fn a_token_file_listing_several_tokens_gives_the_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        for (text, expected) in [
+            ("new-token\nold-token\n", Some("new-token")),
+            (" new-token, old-token", Some("new-token")),
+            ("\n\n  only\n", Some("only")),
+            (" \n,\n", None),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            assert_eq!(
+                Token::new(Some(path.clone())).get(true),
+                expected,
+                "{text:?}"
+            );
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 mod data;
 mod e2e;
 mod kafka;
+mod operator;
 mod processor;
 mod sketch;
 mod store;
@@ -52,6 +53,9 @@ pub enum Stage {
     /// The web UI in headless Chromium; only when named (`--only ui`), since it
     /// needs Chromium.
     Ui,
+    /// The operator's MetricPipeline reconciler over 1,000 pipelines; only
+    /// when named (`--only operator`).
+    Operator,
 }
 
 /// The throughput target of the window aggregation, per core.
@@ -161,6 +165,9 @@ pub async fn measure(args: &BenchArgs) -> Result<Report, String> {
     }
     if wanted(Stage::Store) || wanted(Stage::Processor) {
         postgres_stages(args, &sizes, &mut report).await?;
+    }
+    if args.only.contains(&Stage::Operator) {
+        operator::stage(if args.quick { 100 } else { 1_000 }, &mut report).await?;
     }
     if args.only.contains(&Stage::Ui) {
         ui::stage(args.quick, &mut report).await?;

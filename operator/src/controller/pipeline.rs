@@ -1,0 +1,340 @@
+//! Reconciling a `MetricPipeline`: finalizer -> validate -> topics -> schema ->
+//! build -> apply -> status, and cleanup by its deletion policy.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::{Api, Resource, ResourceExt};
+use pulse_engine::store::postgres::schema_name;
+
+use super::status::{self, Check};
+use super::{Context, Error, apply, error_policy as requeue_policy, key};
+use crate::admin::topics::{TopicSpec, TopicsOutcome, ensure_topics};
+use crate::build::pipeline_objects;
+use crate::crd::{DeletionPolicy, MetricPipeline, MetricPipelineStatus, SecretKeyRef};
+use crate::names;
+use crate::validate::{ValidatedPipeline, validate_pipeline};
+
+/// The kind label of metrics and logs.
+pub const KIND: &str = "MetricPipeline";
+/// How often a healthy pipeline is checked again (owned objects and spec
+/// changes wake it sooner).
+const RESYNC: Duration = Duration::from_secs(300);
+/// How soon a pipeline whose pods are still starting is checked again.
+const PROGRESSING: Duration = Duration::from_secs(30);
+
+/// The reconcile entry point kube-runtime's `Controller` calls.
+pub async fn reconcile(pipeline: Arc<MetricPipeline>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.reconcile(KIND);
+    let Some(namespace) = pipeline.namespace() else {
+        // Only a cluster-scoped copy could lack one; nothing to reconcile.
+        return Ok(Action::await_change());
+    };
+    let object_key = key(pipeline.as_ref());
+    let api: Api<MetricPipeline> = Api::namespaced(ctx.client.clone(), &namespace);
+    let result = finalizer(&api, names::FINALIZER, pipeline, |event| async {
+        match event {
+            Finalizer::Apply(pipeline) => apply_pipeline(&pipeline, &ctx).await,
+            Finalizer::Cleanup(pipeline) => cleanup(&pipeline, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    if result.is_ok() {
+        ctx.succeeded(&object_key);
+    }
+    result
+}
+
+/// Requeues a failed pipeline reconcile with backoff.
+pub fn error_policy(pipeline: Arc<MetricPipeline>, error: &Error, ctx: Arc<Context>) -> Action {
+    requeue_policy(KIND, pipeline.as_ref(), error, &ctx)
+}
+
+/// The pipeline's topics as the spec wants them.
+fn topic_specs(pipeline: &ValidatedPipeline) -> [TopicSpec; 2] {
+    let topics = &pipeline.topics;
+    let retention_ms = i64::try_from(topics.retention.as_millis()).unwrap_or(i64::MAX);
+    [&topics.points, &topics.anomalies].map(|name| TopicSpec {
+        name: name.clone(),
+        partitions: topics.partitions,
+        replication_factor: topics.replication_factor,
+        retention_ms,
+    })
+}
+
+async fn apply_pipeline(pipeline: &MetricPipeline, ctx: &Context) -> Result<Action, Error> {
+    let validated = match validate_pipeline(pipeline) {
+        Ok(validated) => validated,
+        Err(invalid) => {
+            ctx.metrics.failure(KIND, "InvalidSpec");
+            let failed = Check::failed(status::READY, "InvalidSpec", invalid.to_string());
+            let checks = [
+                Check::unknown(status::TOPICS_READY),
+                Check::unknown(status::SCHEMA_READY),
+                Check::unknown(status::GATEWAY_READY),
+                Check::unknown(status::PROCESSOR_READY),
+                failed,
+            ];
+            write_status(pipeline, ctx, &checks).await?;
+            // A spec change wakes the controller; until then, look rarely.
+            return Ok(Action::requeue(RESYNC));
+        }
+    };
+    let mut checks = Vec::new();
+    let brokers = &validated.topics.brokers;
+    match ensure_topics(ctx.topics.as_ref(), brokers, &topic_specs(&validated)).await {
+        Ok(TopicsOutcome::Ready) => checks.push(Check::ok(
+            status::TOPICS_READY,
+            "TopicsReady",
+            format!(
+                "topics {} and {} match the spec",
+                validated.topics.points, validated.topics.anomalies
+            ),
+        )),
+        Ok(TopicsOutcome::DecreaseRefused {
+            topic,
+            current,
+            desired,
+        }) => checks.push(Check::failed(
+            status::TOPICS_READY,
+            "PartitionDecreaseRefused",
+            format!(
+                "topic {topic} has {current} partitions and spec.kafka.partitions asks for {desired}; Kafka \
+                 cannot remove partitions, so set spec.kafka.partitions to {current} or more"
+            ),
+        )),
+        Err(error) => return fail(pipeline, ctx, checks, status::TOPICS_READY, error.into()).await,
+    }
+    let schema = schema_name(&validated.namespace, validated.name.as_str());
+    let migrated = async {
+        let url = database_url(ctx, &validated.namespace, &validated.database_url_secret).await?;
+        ctx.schemas.migrate(&url, &schema).await?;
+        Ok::<_, Error>(())
+    }
+    .await;
+    match migrated {
+        Ok(()) => checks.push(Check::ok(
+            status::SCHEMA_READY,
+            "Migrated",
+            format!("schema {schema} is migrated"),
+        )),
+        Err(error) => return fail(pipeline, ctx, checks, status::SCHEMA_READY, error).await,
+    }
+    let objects = pipeline_objects(&validated, &ctx.image);
+    let ns = validated.namespace.as_str();
+    apply(&ctx.client, ns, &objects.service_account).await?;
+    apply(&ctx.client, ns, &objects.config_map).await?;
+    apply(&ctx.client, ns, &objects.gateway_service).await?;
+    let gateway = apply(&ctx.client, ns, &objects.gateway).await?;
+    let processor = apply(&ctx.client, ns, &objects.processor).await?;
+    apply(&ctx.client, ns, &objects.gateway_pdb).await?;
+    apply(&ctx.client, ns, &objects.processor_pdb).await?;
+    checks.push(status::deployment_check(status::GATEWAY_READY, &gateway));
+    checks.push(status::deployment_check(
+        status::PROCESSOR_READY,
+        &processor,
+    ));
+    let ready = status::ready(&checks);
+    let all_ready = ready.ok == Some(true);
+    checks.push(ready);
+    write_status(pipeline, ctx, &checks).await?;
+    Ok(Action::requeue(if all_ready {
+        RESYNC
+    } else {
+        PROGRESSING
+    }))
+}
+
+/// Records a failed step in the status (the steps before it as checked, the
+/// ones after it unknown), publishes a Warning, and returns the error so the
+/// error policy requeues with backoff.
+async fn fail(
+    pipeline: &MetricPipeline,
+    ctx: &Context,
+    mut checks: Vec<Check>,
+    step: &'static str,
+    error: Error,
+) -> Result<Action, Error> {
+    checks.push(Check::failed(step, error.reason(), error.to_string()));
+    for later in [
+        status::TOPICS_READY,
+        status::SCHEMA_READY,
+        status::GATEWAY_READY,
+        status::PROCESSOR_READY,
+    ] {
+        if !checks.iter().any(|c| c.type_ == later) {
+            checks.push(Check::unknown(later));
+        }
+    }
+    checks.push(status::ready(&checks));
+    if let Err(status_error) = write_status(pipeline, ctx, &checks).await {
+        tracing::warn!(message = "Cannot record a failure in the status.", %status_error);
+    }
+    Err(error)
+}
+
+/// Writes the conditions (server-side apply on /status) and publishes an
+/// Event when they changed: Normal when the pipeline became ready, Warning
+/// naming the failing condition otherwise.
+async fn write_status(
+    pipeline: &MetricPipeline,
+    ctx: &Context,
+    checks: &[Check],
+) -> Result<(), Error> {
+    let namespace = pipeline.namespace().unwrap_or_default();
+    let name = pipeline.name_any();
+    let previous = pipeline
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let conditions = status::conditions(
+        previous,
+        checks,
+        pipeline.meta().generation,
+        Timestamp::now(),
+    );
+    let changed = status::changed(previous, &conditions);
+    let ready = checks.iter().find(|c| c.type_ == status::READY).cloned();
+    let body = serde_json::json!({
+        "apiVersion": MetricPipeline::api_version(&()),
+        "kind": MetricPipeline::kind(&()),
+        "status": MetricPipelineStatus {
+            conditions,
+            observed_generation: pipeline.meta().generation,
+            gateway_endpoint: Some(names::gateway_url(&namespace, &name)),
+        },
+    });
+    let api: Api<MetricPipeline> = Api::namespaced(ctx.client.clone(), &namespace);
+    api.patch_status(
+        &name,
+        &PatchParams::apply(names::FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map_err(Error::kube(format!(
+        "writing the status of MetricPipeline {namespace}/{name}"
+    )))?;
+    if let (true, Some(ready)) = (changed, ready) {
+        let type_ = if ready.ok == Some(true) {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        };
+        ctx.publish(
+            &pipeline.object_ref(&()),
+            type_,
+            &ready.reason,
+            "Reconcile",
+            ready.message,
+        )
+        .await;
+    }
+    Ok(())
+}
+
+/// The database URL from the Secret the spec names.
+async fn database_url(
+    ctx: &Context,
+    namespace: &str,
+    secret: &SecretKeyRef,
+) -> Result<String, Error> {
+    let problem = |problem: &str| Error::DatabaseSecret {
+        namespace: namespace.to_string(),
+        name: secret.name.clone(),
+        key: secret.key.clone(),
+        problem: problem.to_string(),
+    };
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let found = api
+        .get_opt(&secret.name)
+        .await
+        .map_err(Error::kube(format!(
+            "reading Secret {namespace}/{}",
+            secret.name
+        )))?
+        .ok_or_else(|| problem("the Secret does not exist"))?;
+    let value = found
+        .data
+        .as_ref()
+        .and_then(|data| data.get(&secret.key))
+        .ok_or_else(|| problem("the Secret has no such key"))?;
+    String::from_utf8(value.0.clone()).map_err(|_| problem("the value is not UTF-8 text"))
+}
+
+/// Cleanup on deletion: `Retain` keeps topics and schema, `Delete` drops them.
+/// The owned objects go with the resource through their owner references.
+/// The annotation `pulse.dev/skip-cleanup: "true"` skips the external
+/// cleanup, for when Kafka or the database is gone for good.
+async fn cleanup(pipeline: &MetricPipeline, ctx: &Context) -> Result<Action, Error> {
+    let namespace = pipeline.namespace().unwrap_or_default();
+    let name = pipeline.name_any();
+    let regarding = pipeline.object_ref(&());
+    let points = names::points_topic(&namespace, &name);
+    let anomalies = names::anomalies_topic(&namespace, &name);
+    let schema = schema_name(&namespace, &name);
+    let skip = pipeline
+        .annotations()
+        .get(names::SKIP_CLEANUP_ANNOTATION)
+        .is_some_and(|v| v == "true");
+    if skip || pipeline.spec.deletion_policy == DeletionPolicy::Retain {
+        let why = if skip {
+            format!("{} is \"true\"", names::SKIP_CLEANUP_ANNOTATION)
+        } else {
+            "deletionPolicy is Retain".to_string()
+        };
+        ctx.publish(
+            &regarding,
+            EventType::Normal,
+            "DataRetained",
+            "Cleanup",
+            format!("topics {points}, {anomalies} and schema {schema} are kept: {why}"),
+        )
+        .await;
+        return Ok(Action::await_change());
+    }
+    let dropped = async {
+        let brokers = &pipeline.spec.kafka.brokers;
+        ctx.topics.delete(brokers, &points).await?;
+        ctx.topics.delete(brokers, &anomalies).await?;
+        let url = database_url(ctx, &namespace, &pipeline.spec.database.url_secret_ref).await?;
+        ctx.schemas.drop_schema(&url, &schema).await?;
+        Ok::<_, Error>(())
+    }
+    .await;
+    match dropped {
+        Ok(()) => {
+            ctx.publish(
+                &regarding,
+                EventType::Normal,
+                "DataDeleted",
+                "Cleanup",
+                format!("topics {points}, {anomalies} and schema {schema} are deleted"),
+            )
+            .await;
+            Ok(Action::await_change())
+        }
+        Err(error) => {
+            ctx.publish(
+                &regarding,
+                EventType::Warning,
+                "CleanupFailed",
+                "Cleanup",
+                format!(
+                    "{error}. Deletion waits for the cleanup; to delete without it, annotate the resource \
+                     with {}=true",
+                    names::SKIP_CLEANUP_ANNOTATION
+                ),
+            )
+            .await;
+            Err(error)
+        }
+    }
+}

@@ -1,0 +1,544 @@
+//! The reconcilers against the in-process API server of `fixtures` (a
+//! `tower_test::mock::pair()` behind a kube `Client`), with fake topic and
+//! schema admins: every request is checked in order (method, path, body).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::runtime::controller::Action;
+use pulse_operator::admin::SchemaAdmin;
+use pulse_operator::controller::{Context, Error, dashboard, pipeline};
+use pulse_operator::crd::{Dashboard, DeletionPolicy, MetricPipeline};
+use pulse_operator::fixtures::{
+    DATABASE_URL, FakeApi, FakeSchemaAdmin, FakeTopicAdmin, Recorded, database_secret,
+};
+use pulse_operator::metrics::Metrics;
+use pulse_operator::names;
+use serde_json::Value;
+
+const SECRET: &str = "GET /api/v1/namespaces/shop/secrets/checkout-db";
+const PIPELINE: &str = "/apis/pulse.dev/v1alpha1/namespaces/shop/metricpipelines/checkout";
+const EVENT: &str = "POST /apis/events.k8s.io/v1/namespaces/shop/events";
+const POINTS: &str = "pulse.shop.checkout.points";
+const ANOMALIES: &str = "pulse.shop.checkout.anomalies";
+const SCHEMA: &str = "pulse_shop_checkout";
+
+struct Harness {
+    api: FakeApi,
+    topics: Arc<FakeTopicAdmin>,
+    schemas: Arc<FakeSchemaAdmin>,
+    ctx: Arc<Context>,
+}
+
+fn harness() -> Harness {
+    let (api, client) = FakeApi::start();
+    let topics = FakeTopicAdmin::new();
+    let schemas = FakeSchemaAdmin::new();
+    let ctx = Arc::new(Context::new(
+        client,
+        topics.clone(),
+        schemas.clone(),
+        Metrics::new(),
+        "ghcr.io/pulse/pulse:test".into(),
+    ));
+    api.insert(&database_secret());
+    api.deployments_available(true);
+    Harness {
+        api,
+        topics,
+        schemas,
+        ctx,
+    }
+}
+
+impl Harness {
+    async fn reconcile(&self, mp: MetricPipeline) -> Result<Action, Error> {
+        self.api.insert(&mp);
+        pipeline::reconcile(Arc::new(mp), self.ctx.clone()).await
+    }
+}
+
+fn applies(kinds: &[(&str, &str)]) -> Vec<String> {
+    kinds
+        .iter()
+        .map(|(prefix, name)| format!("PATCH {prefix}/namespaces/shop/{name}"))
+        .collect()
+}
+
+/// The server-side applies of a pipeline's objects, in the builders' order.
+fn pipeline_applies() -> Vec<String> {
+    applies(&[
+        ("/api/v1", "serviceaccounts/checkout-pulse"),
+        ("/api/v1", "configmaps/checkout-pulse-config"),
+        ("/api/v1", "services/checkout-gateway"),
+        ("/apis/apps/v1", "deployments/checkout-gateway"),
+        ("/apis/apps/v1", "deployments/checkout-processor"),
+        ("/apis/policy/v1", "poddisruptionbudgets/checkout-gateway"),
+        ("/apis/policy/v1", "poddisruptionbudgets/checkout-processor"),
+    ])
+}
+
+/// The condition `type_` of a status patch body: (status, reason).
+fn condition(patch: &Recorded, type_: &str) -> (String, String) {
+    let conditions = patch.body["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let found = conditions
+        .iter()
+        .find(|c| c["type"] == type_)
+        .unwrap_or_else(|| panic!("no {type_} condition in {}", patch.body));
+    (
+        found["status"].as_str().unwrap_or_default().to_string(),
+        found["reason"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+/// Whether a query is a forced server-side apply by the operator's field manager.
+fn forced_apply(query: &str) -> bool {
+    let mut pairs: Vec<&str> = query.split('&').filter(|p| !p.is_empty()).collect();
+    pairs.sort_unstable();
+    pairs == ["fieldManager=pulse-operator", "force=true"]
+}
+
+fn cond(status: &str, reason: &str) -> (String, String) {
+    (status.to_string(), reason.to_string())
+}
+
+fn status_patch(recorded: &[Recorded]) -> Recorded {
+    let patches: Vec<_> = recorded
+        .iter()
+        .filter(|r| r.method == "PATCH" && r.path.ends_with("/status"))
+        .collect();
+    assert_eq!(patches.len(), 1, "one status patch expected");
+    patches[0].clone()
+}
+
+fn event_reasons(recorded: &[Recorded]) -> Vec<String> {
+    recorded
+        .iter()
+        .filter(|r| r.line() == EVENT)
+        .map(|r| r.body["reason"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_new_pipeline_first_gets_the_finalizer_and_nothing_else() {
+    let h = harness();
+    let action = h
+        .reconcile(MetricPipeline::test())
+        .await
+        .expect("reconcile");
+    assert_eq!(action, Action::await_change());
+    let recorded = h.api.recorded();
+    assert_eq!(h.api.lines(), vec![format!("PATCH {PIPELINE}")]);
+    let operations = recorded[0].body.as_array().cloned().unwrap_or_default();
+    assert!(
+        operations
+            .iter()
+            .any(|op| op["op"] == "add" && op["value"] == serde_json::json!([names::FINALIZER])),
+        "{}",
+        recorded[0].body
+    );
+    assert!(
+        h.topics.calls().is_empty(),
+        "no topic work before the finalizer"
+    );
+}
+
+#[tokio::test]
+async fn a_finalized_pipeline_gets_topics_schema_objects_and_a_ready_status() {
+    let h = harness();
+    let action = h
+        .reconcile(MetricPipeline::test().finalized())
+        .await
+        .expect("reconcile");
+    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+
+    let mut expected = vec![SECRET.to_string()];
+    expected.extend(pipeline_applies());
+    expected.push(format!("PATCH {PIPELINE}/status"));
+    expected.push(EVENT.to_string());
+    assert_eq!(h.api.lines(), expected);
+
+    let recorded = h.api.recorded();
+    for apply in &recorded[1..8] {
+        assert!(forced_apply(&apply.query), "{}", apply.line());
+        assert_eq!(
+            apply.body["metadata"]["ownerReferences"][0]["uid"],
+            "uid-checkout"
+        );
+        assert_eq!(
+            apply.body["metadata"]["labels"][names::LABEL_MANAGED_BY],
+            names::MANAGED_BY
+        );
+    }
+    let gateway = &recorded[4];
+    assert_eq!(
+        gateway.body["spec"]["template"]["spec"]["containers"][0]["image"],
+        "ghcr.io/pulse/pulse:test"
+    );
+    let status = status_patch(&recorded);
+    assert!(forced_apply(&status.query), "{}", status.query);
+    for type_ in [
+        "TopicsReady",
+        "SchemaReady",
+        "GatewayReady",
+        "ProcessorReady",
+        "Ready",
+    ] {
+        assert_eq!(
+            condition(&status, type_).0,
+            "True",
+            "{type_}: {}",
+            status.body
+        );
+    }
+    assert_eq!(status.body["status"]["observedGeneration"], 1);
+    assert_eq!(
+        status.body["status"]["gatewayEndpoint"],
+        "http://checkout-gateway.shop.svc:9000"
+    );
+    assert_eq!(event_reasons(&recorded), vec!["Reconciled"]);
+
+    let points = h.topics.topic(POINTS).expect("points topic created");
+    assert_eq!(points.partitions, 6);
+    assert!(h.topics.topic(ANOMALIES).is_some());
+    assert!(h.schemas.has(SCHEMA));
+    assert_eq!(h.schemas.urls(), vec![DATABASE_URL.to_string()]);
+}
+
+#[tokio::test]
+async fn a_second_reconcile_changes_nothing_and_publishes_no_event() {
+    let h = harness();
+    h.reconcile(MetricPipeline::test().finalized())
+        .await
+        .expect("first");
+    // The stored object now carries the status of the first reconcile.
+    let stored = status_patch(&h.api.recorded()).body["status"].clone();
+    let mut again = MetricPipeline::test().finalized();
+    again.status = serde_json::from_value(stored).ok();
+    h.api.clear();
+    h.reconcile(again).await.expect("second");
+    assert!(
+        event_reasons(&h.api.recorded()).is_empty(),
+        "{:?}",
+        h.api.lines()
+    );
+    let creates: Vec<_> = h
+        .topics
+        .calls()
+        .into_iter()
+        .filter(|c| !c.starts_with("describe"))
+        .collect();
+    assert_eq!(
+        creates,
+        vec![format!("create {POINTS}"), format!("create {ANOMALIES}")]
+    );
+}
+
+#[tokio::test]
+async fn kafka_down_is_a_false_topics_condition_and_a_backoff_requeue() {
+    let h = harness();
+    h.topics.set_down(true);
+    let mp = MetricPipeline::test().finalized();
+    let error = h.reconcile(mp.clone()).await.expect_err("kafka is down");
+    assert_eq!(error.reason(), "KafkaUnavailable");
+    assert_eq!(
+        h.api.lines(),
+        vec![format!("PATCH {PIPELINE}/status"), EVENT.to_string()]
+    );
+    let status = status_patch(&h.api.recorded());
+    assert_eq!(
+        condition(&status, "TopicsReady"),
+        cond("False", "KafkaUnavailable")
+    );
+    assert_eq!(
+        condition(&status, "SchemaReady"),
+        cond("Unknown", "NotChecked")
+    );
+    assert_eq!(
+        condition(&status, "Ready"),
+        cond("False", "KafkaUnavailable")
+    );
+    assert_eq!(event_reasons(&h.api.recorded()), vec!["KafkaUnavailable"]);
+
+    let mp = Arc::new(mp);
+    let first = pipeline::error_policy(mp.clone(), &error, h.ctx.clone());
+    let second = pipeline::error_policy(mp, &error, h.ctx.clone());
+    assert_eq!(first, Action::requeue(Duration::from_secs(5)));
+    assert_eq!(second, Action::requeue(Duration::from_secs(10)));
+    assert!(h.ctx.metrics.render().contains(
+        "pulse_operator_reconcile_errors_total{kind=\"MetricPipeline\",reason=\"KafkaUnavailable\"} 2"
+    ));
+}
+
+#[tokio::test]
+async fn database_down_is_a_false_schema_condition_after_ready_topics() {
+    let h = harness();
+    h.schemas.set_down(true);
+    let error = h
+        .reconcile(MetricPipeline::test().finalized())
+        .await
+        .expect_err("database is down");
+    assert_eq!(error.reason(), "DatabaseUnavailable");
+    assert_eq!(
+        h.api.lines(),
+        vec![
+            SECRET.to_string(),
+            format!("PATCH {PIPELINE}/status"),
+            EVENT.to_string()
+        ]
+    );
+    let status = status_patch(&h.api.recorded());
+    assert_eq!(
+        condition(&status, "TopicsReady"),
+        cond("True", "TopicsReady")
+    );
+    assert_eq!(
+        condition(&status, "SchemaReady"),
+        cond("False", "DatabaseUnavailable")
+    );
+    assert_eq!(
+        condition(&status, "GatewayReady"),
+        cond("Unknown", "NotChecked")
+    );
+    assert_eq!(
+        condition(&status, "Ready"),
+        cond("False", "DatabaseUnavailable")
+    );
+}
+
+#[tokio::test]
+async fn a_missing_database_secret_says_which_secret() {
+    let (api, client) = FakeApi::start();
+    let ctx = Arc::new(Context::new(
+        client,
+        FakeTopicAdmin::new(),
+        FakeSchemaAdmin::new(),
+        Metrics::new(),
+        "pulse:test".into(),
+    ));
+    let mp = MetricPipeline::test().finalized();
+    api.insert(&mp);
+    let error = pipeline::reconcile(Arc::new(mp), ctx)
+        .await
+        .expect_err("no secret");
+    assert_eq!(error.reason(), "DatabaseSecretMissing");
+    assert!(error.to_string().contains("shop/checkout-db"), "{error}");
+    let status = status_patch(&api.recorded());
+    assert_eq!(
+        condition(&status, "SchemaReady"),
+        cond("False", "DatabaseSecretMissing")
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_spec_is_a_condition_and_a_slow_requeue_not_an_error() {
+    let h = harness();
+    let action = h
+        .reconcile(MetricPipeline::test().finalized().invalid())
+        .await
+        .expect("an invalid spec is not an error");
+    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+    assert_eq!(
+        h.api.lines(),
+        vec![format!("PATCH {PIPELINE}/status"), EVENT.to_string()]
+    );
+    let status = status_patch(&h.api.recorded());
+    assert_eq!(condition(&status, "Ready"), cond("False", "InvalidSpec"));
+    let message = status.body["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+        .and_then(|c| c["message"].as_str().map(String::from))
+        .unwrap_or_default();
+    assert!(message.contains("spec.windows"), "{message}");
+    assert!(h.topics.calls().is_empty());
+}
+
+#[tokio::test]
+async fn fewer_partitions_are_refused_in_the_status_and_the_rest_still_applies() {
+    let h = harness();
+    h.topics.insert(POINTS, 12, 86_400_000);
+    h.topics.insert(ANOMALIES, 12, 86_400_000);
+    let action = h
+        .reconcile(MetricPipeline::test().finalized().partitions(6))
+        .await
+        .expect("a refused decrease is not an error");
+    assert_eq!(action, Action::requeue(Duration::from_secs(30)));
+    let status = status_patch(&h.api.recorded());
+    assert_eq!(
+        condition(&status, "TopicsReady"),
+        cond("False", "PartitionDecreaseRefused")
+    );
+    assert_eq!(
+        condition(&status, "GatewayReady"),
+        cond("True", "Available")
+    );
+    assert_eq!(
+        condition(&status, "Ready"),
+        cond("False", "PartitionDecreaseRefused")
+    );
+    assert_eq!(h.topics.topic(POINTS).map(|t| t.partitions), Some(12));
+    assert!(h.topics.calls().iter().all(|c| !c.starts_with("grow")));
+}
+
+#[tokio::test]
+async fn pods_not_yet_available_make_ready_false_and_requeue_sooner() {
+    let h = harness();
+    h.api.deployments_available(false);
+    let action = h
+        .reconcile(MetricPipeline::test().finalized())
+        .await
+        .expect("reconcile");
+    assert_eq!(action, Action::requeue(Duration::from_secs(30)));
+    let status = status_patch(&h.api.recorded());
+    assert_eq!(
+        condition(&status, "GatewayReady"),
+        cond("False", "Progressing")
+    );
+    assert_eq!(condition(&status, "Ready"), cond("False", "Progressing"));
+}
+
+#[tokio::test]
+async fn deleting_with_retain_keeps_topics_and_schema_and_removes_the_finalizer() {
+    let h = harness();
+    h.topics.insert(POINTS, 6, 1);
+    h.schemas.migrate(DATABASE_URL, SCHEMA).await.expect("fake");
+    let action = h
+        .reconcile(MetricPipeline::test().finalized().deleting())
+        .await
+        .expect("cleanup");
+    assert_eq!(action, Action::await_change());
+    assert_eq!(
+        h.api.lines(),
+        vec![EVENT.to_string(), format!("PATCH {PIPELINE}")]
+    );
+    assert_eq!(event_reasons(&h.api.recorded()), vec!["DataRetained"]);
+    let removal = &h.api.recorded()[1];
+    assert!(
+        removal
+            .body
+            .as_array()
+            .is_some_and(|ops| ops.iter().any(|op| op["op"] == "remove")),
+        "{}",
+        removal.body
+    );
+    assert!(h.topics.topic(POINTS).is_some());
+    assert!(h.schemas.has(SCHEMA));
+}
+
+#[tokio::test]
+async fn deleting_with_delete_drops_topics_and_schema_then_the_finalizer() {
+    let h = harness();
+    h.topics.insert(POINTS, 6, 1);
+    h.topics.insert(ANOMALIES, 6, 1);
+    h.schemas.migrate(DATABASE_URL, SCHEMA).await.expect("fake");
+    h.reconcile(
+        MetricPipeline::test()
+            .finalized()
+            .deletion_policy(DeletionPolicy::Delete)
+            .deleting(),
+    )
+    .await
+    .expect("cleanup");
+    assert_eq!(
+        h.api.lines(),
+        vec![
+            SECRET.to_string(),
+            EVENT.to_string(),
+            format!("PATCH {PIPELINE}")
+        ]
+    );
+    assert_eq!(event_reasons(&h.api.recorded()), vec!["DataDeleted"]);
+    assert!(h.topics.topic(POINTS).is_none());
+    assert!(h.topics.topic(ANOMALIES).is_none());
+    assert!(!h.schemas.has(SCHEMA));
+}
+
+#[tokio::test]
+async fn a_stuck_cleanup_keeps_the_finalizer_until_skip_cleanup_is_set() {
+    let h = harness();
+    h.topics.set_down(true);
+    let mp = MetricPipeline::test()
+        .finalized()
+        .deletion_policy(DeletionPolicy::Delete)
+        .deleting();
+    let error = h.reconcile(mp.clone()).await.expect_err("kafka is down");
+    assert_eq!(error.reason(), "KafkaUnavailable");
+    assert_eq!(
+        h.api.lines(),
+        vec![EVENT.to_string()],
+        "the finalizer stays"
+    );
+    let note = h.api.recorded()[0].body["note"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(note.contains(names::SKIP_CLEANUP_ANNOTATION), "{note}");
+
+    h.api.clear();
+    h.reconcile(mp.annotated(names::SKIP_CLEANUP_ANNOTATION, "true"))
+        .await
+        .expect("skipped cleanup");
+    assert_eq!(
+        h.api.lines(),
+        vec![EVENT.to_string(), format!("PATCH {PIPELINE}")]
+    );
+    assert_eq!(event_reasons(&h.api.recorded()), vec!["DataRetained"]);
+}
+
+#[tokio::test]
+async fn a_dashboard_without_its_pipeline_says_so() {
+    let h = harness();
+    let board = Dashboard::test();
+    h.api.insert(&board);
+    let action = dashboard::reconcile(Arc::new(board), h.ctx.clone())
+        .await
+        .expect("a missing pipeline is not an error");
+    assert_eq!(action, Action::requeue(Duration::from_secs(60)));
+    let board_path = "/apis/pulse.dev/v1alpha1/namespaces/shop/dashboards/storefront";
+    assert_eq!(
+        h.api.lines(),
+        vec![
+            format!("GET {PIPELINE}"),
+            format!("PATCH {board_path}/status"),
+            EVENT.to_string()
+        ]
+    );
+    let status = status_patch(&h.api.recorded());
+    assert_eq!(
+        condition(&status, "Ready"),
+        cond("False", "PipelineNotFound")
+    );
+}
+
+#[tokio::test]
+async fn a_dashboard_over_its_pipeline_applies_its_objects_and_reports_its_url() {
+    let h = harness();
+    h.api.insert(&MetricPipeline::test().finalized());
+    let board = Dashboard::test();
+    h.api.insert(&board);
+    dashboard::reconcile(Arc::new(board), h.ctx.clone())
+        .await
+        .expect("reconcile");
+    let board_path = "/apis/pulse.dev/v1alpha1/namespaces/shop/dashboards/storefront";
+    let lines = h.api.lines();
+    assert_eq!(lines[0], format!("GET {PIPELINE}"));
+    assert_eq!(
+        &lines[1..4],
+        applies(&[
+            ("/api/v1", "configmaps/storefront-dashboard-config"),
+            ("/api/v1", "services/storefront-dashboard"),
+            ("/apis/apps/v1", "deployments/storefront-dashboard"),
+        ])
+        .as_slice()
+    );
+    assert_eq!(lines[4], format!("PATCH {board_path}/status"));
+    let status = status_patch(&h.api.recorded());
+    assert_eq!(condition(&status, "Ready"), cond("True", "Reconciled"));
+    assert_eq!(
+        status.body["status"]["url"],
+        Value::String(names::dashboard_url("shop", "storefront"))
+    );
+}
