@@ -321,6 +321,8 @@ struct ApiState {
     answered: usize,
     /// Whether requests are kept in `recorded` (a benchmark turns it off).
     forget: bool,
+    /// Requests whose path contains this are refused with 403 Forbidden.
+    refused: Option<String>,
 }
 
 /// An in-process Kubernetes API server for the reconcilers: stores the
@@ -382,6 +384,12 @@ impl FakeApi {
         lock(&self.state).forget = true;
     }
 
+    /// Refuses (403 Forbidden, as missing RBAC would) every request whose
+    /// path contains `fragment`.
+    pub fn refuse(&self, fragment: &str) {
+        lock(&self.state).refused = Some(fragment.into());
+    }
+
     /// How many requests were answered so far.
     pub fn answered(&self) -> usize {
         lock(&self.state).answered
@@ -409,6 +417,19 @@ impl FakeApi {
                 query,
                 body: body.clone(),
             });
+        }
+        if state
+            .refused
+            .as_deref()
+            .is_some_and(|fragment| path.contains(fragment))
+        {
+            return respond(
+                StatusCode::FORBIDDEN,
+                &json!({
+                    "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                    "message": format!("{path} is forbidden"), "reason": "Forbidden", "code": 403
+                }),
+            );
         }
         let answer = match method.as_str() {
             "GET" => state.objects.get(&path).cloned(),
@@ -480,13 +501,28 @@ fn patch(state: &mut ApiState, path: &str, body: Value) -> Option<Value> {
         };
         applied["status"] = json!({"replicas": replicas, "availableReplicas": available});
     }
-    // An apply to a stored object (a Lease) replaces it; applies of objects
-    // nothing reads back are echoed without being kept, so a long benchmark
-    // measures the operator's memory, not the fake's.
+    // An apply to a stored object (a Lease) merges into it, as server-side
+    // apply keeps the fields it does not set; applies of objects nothing
+    // reads back are echoed without being kept, so a long benchmark measures
+    // the operator's memory, not the fake's.
     if let Some(stored) = state.objects.get_mut(path) {
-        *stored = applied.clone();
+        merge(stored, applied);
+        return Some(stored.clone());
     }
     Some(applied)
+}
+
+/// Merges `applied` into `stored`, object fields recursively (enough of
+/// server-side apply for the objects a test stores).
+fn merge(stored: &mut Value, applied: Value) {
+    match (stored, applied) {
+        (Value::Object(stored), Value::Object(applied)) => {
+            for (key, value) in applied {
+                merge(stored.entry(key).or_insert(Value::Null), value);
+            }
+        }
+        (stored, applied) => *stored = applied,
+    }
 }
 
 fn respond(status: StatusCode, value: &Value) -> Response<Body> {

@@ -542,3 +542,30 @@ async fn a_dashboard_over_its_pipeline_applies_its_objects_and_reports_its_url()
         Value::String(names::dashboard_url("shop", "storefront"))
     );
 }
+
+#[tokio::test]
+async fn a_refused_apply_shows_in_ready_and_is_retried() {
+    let h = harness();
+    h.api.refuse("/deployments/");
+    let error = h
+        .reconcile(MetricPipeline::test().finalized())
+        .await
+        .expect_err("the API refuses Deployments");
+    assert_eq!(error.reason(), "KubernetesApiError");
+    assert!(error.to_string().contains("checkout-gateway"), "{error}");
+    let lines = h.api.lines();
+    assert_eq!(
+        lines[lines.len() - 2..],
+        [format!("PATCH {PIPELINE}/status"), EVENT.to_string()]
+    );
+    let status = status_patch(&h.api.recorded());
+    assert_eq!(condition(&status, "SchemaReady"), cond("True", "Migrated"));
+    assert_eq!(
+        condition(&status, "GatewayReady"),
+        cond("Unknown", "NotChecked")
+    );
+    assert_eq!(
+        condition(&status, "Ready"),
+        cond("False", "KubernetesApiError")
+    );
+}

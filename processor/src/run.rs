@@ -25,6 +25,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const SHUTDOWN_COMMIT_BUDGET: Duration = Duration::from_secs(10);
 /// Most closed windows held for a cache that refused them.
 const CACHE_BACKLOG: usize = 20_000;
+/// How long a bus read waits at most while a checkpoint is being written.
+const IN_FLIGHT_POLL: Duration = Duration::from_millis(10);
 /// How often retention runs.
 const RETENTION_EVERY: Duration = Duration::from_secs(600);
 
@@ -145,22 +147,20 @@ impl Processor {
         let mut next_checkpoint = Instant::now() + interval;
         let mut backoff = Duration::from_millis(100);
         loop {
+            // While a checkpoint is being written, look for its end often, so
+            // its windows reach the cache soon after it lands. (The bus read is
+            // never raced against the write: a `next` dropped midway could
+            // lose the records it had taken.)
+            let longest = match self.in_flight {
+                Some(_) => IN_FLIGHT_POLL,
+                None => Duration::from_millis(250),
+            };
             let wait = next_checkpoint
                 .saturating_duration_since(Instant::now())
-                .min(Duration::from_millis(250));
+                .min(longest);
             let event = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
-                // A checkpoint landed: its windows reach the cache now, not at
-                // the next checkpoint.
-                outcome = written(&mut self.in_flight) => {
-                    self.in_flight = None;
-                    if !self.take_landing(outcome).await {
-                        break;
-                    }
-                    self.update_cache(Vec::new()).await;
-                    continue;
-                }
                 event = self.consumer.next(self.config.max_poll_records, wait) => event,
             };
             match event {
@@ -193,6 +193,11 @@ impl Processor {
                 }
             }
             backoff = Duration::from_millis(100);
+            if self.in_flight.as_ref().is_some_and(|t| t.is_finished())
+                && !self.settle(&shutdown).await
+            {
+                break;
+            }
             if Instant::now() >= next_checkpoint {
                 let caught_up = self.report_progress().await;
                 self.aggregator
@@ -490,16 +495,6 @@ enum Landing {
     Landed(Checkpointed),
     /// Not written: `stop` fired while the store refused it.
     Stopped(Checkpointed),
-}
-
-/// The end of the checkpoint write in flight; never, when there is none.
-async fn written(
-    in_flight: &mut Option<tokio::task::JoinHandle<Landing>>,
-) -> Result<Landing, tokio::task::JoinError> {
-    match in_flight {
-        Some(task) => task.await,
-        None => std::future::pending().await,
-    }
 }
 
 /// Writes a checkpoint, retrying with backoff until it lands or `stop` fires.

@@ -30,8 +30,12 @@ const HOSTS: [&str; 6] = ["a", "b", "c", "d", "e", "f"];
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_is_aggregated_not_counted_late_when_the_idle_timeout_is_short() {
     let dir = tempfile::tempdir().unwrap();
-    let bus = SqliteBus::open(&dir.path().join("bus.db"), 2).await.unwrap();
-    let store = SqliteStore::open(&dir.path().join("store.db")).await.unwrap();
+    let bus = SqliteBus::open(&dir.path().join("bus.db"), 2)
+        .await
+        .unwrap();
+    let store = SqliteStore::open(&dir.path().join("store.db"))
+        .await
+        .unwrap();
     store.migrate().await.unwrap();
     let store: Arc<dyn Store> = Arc::new(store);
 

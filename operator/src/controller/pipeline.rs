@@ -110,7 +110,13 @@ async fn apply_pipeline(pipeline: &MetricPipeline, ctx: &Context) -> Result<Acti
                  cannot remove partitions, so set spec.kafka.partitions to {current} or more"
             ),
         )),
-        Err(error) => return fail(pipeline, ctx, checks, status::TOPICS_READY, error.into()).await,
+        Err(error) => return fail(
+                pipeline,
+                ctx,
+                checks,
+                Some(status::TOPICS_READY),
+                error.into(),
+            ).await,
     }
     let schema = schema_name(&validated.namespace, validated.name.as_str());
     let migrated = async {
@@ -125,17 +131,26 @@ async fn apply_pipeline(pipeline: &MetricPipeline, ctx: &Context) -> Result<Acti
             "Migrated",
             format!("schema {schema} is migrated"),
         )),
-        Err(error) => return fail(pipeline, ctx, checks, status::SCHEMA_READY, error).await,
+        Err(error) => return fail(pipeline, ctx, checks, Some(status::SCHEMA_READY), error).await,
     }
     let objects = pipeline_objects(&validated, &ctx.image);
     let ns = validated.namespace.as_str();
-    apply(&ctx.client, ns, &objects.service_account).await?;
-    apply(&ctx.client, ns, &objects.config_map).await?;
-    apply(&ctx.client, ns, &objects.gateway_service).await?;
-    let gateway = apply(&ctx.client, ns, &objects.gateway).await?;
-    let processor = apply(&ctx.client, ns, &objects.processor).await?;
-    apply(&ctx.client, ns, &objects.gateway_pdb).await?;
-    apply(&ctx.client, ns, &objects.processor_pdb).await?;
+    let applied = async {
+        apply(&ctx.client, ns, &objects.service_account).await?;
+        apply(&ctx.client, ns, &objects.config_map).await?;
+        apply(&ctx.client, ns, &objects.gateway_service).await?;
+        let gateway = apply(&ctx.client, ns, &objects.gateway).await?;
+        let processor = apply(&ctx.client, ns, &objects.processor).await?;
+        apply(&ctx.client, ns, &objects.gateway_pdb).await?;
+        apply(&ctx.client, ns, &objects.processor_pdb).await?;
+        Ok::<_, Error>((gateway, processor))
+    }
+    .await;
+    let (gateway, processor) = match applied {
+        Ok(deployments) => deployments,
+        // No condition of its own: Ready carries the API's refusal.
+        Err(error) => return fail(pipeline, ctx, checks, None, error).await,
+    };
     checks.push(status::deployment_check(status::GATEWAY_READY, &gateway));
     checks.push(status::deployment_check(
         status::PROCESSOR_READY,
@@ -154,15 +169,19 @@ async fn apply_pipeline(pipeline: &MetricPipeline, ctx: &Context) -> Result<Acti
 
 /// Records a failed step in the status (the steps before it as checked, the
 /// ones after it unknown), publishes a Warning, and returns the error so the
-/// error policy requeues with backoff.
+/// error policy requeues with backoff. A failure without a condition of its
+/// own (`step` `None`: applying the objects) shows in `Ready`.
 async fn fail(
     pipeline: &MetricPipeline,
     ctx: &Context,
     mut checks: Vec<Check>,
-    step: &'static str,
+    step: Option<&'static str>,
     error: Error,
 ) -> Result<Action, Error> {
-    checks.push(Check::failed(step, error.reason(), error.to_string()));
+    let failed = |type_| Check::failed(type_, error.reason(), error.to_string());
+    if let Some(step) = step {
+        checks.push(failed(step));
+    }
     for later in [
         status::TOPICS_READY,
         status::SCHEMA_READY,
@@ -173,7 +192,11 @@ async fn fail(
             checks.push(Check::unknown(later));
         }
     }
-    checks.push(status::ready(&checks));
+    let ready = match step {
+        Some(_) => status::ready(&checks),
+        None => failed(status::READY),
+    };
+    checks.push(ready);
     if let Err(status_error) = write_status(pipeline, ctx, &checks).await {
         tracing::warn!(message = "Cannot record a failure in the status.", %status_error);
     }

@@ -98,7 +98,10 @@ fn idle_partition_closes_windows_by_wall_clock() {
         0,
         "not idle yet"
     );
-    assert_eq!(a.advance(2_000_000, start + Duration::from_secs(10), &[0]), 1);
+    assert_eq!(
+        a.advance(2_000_000, start + Duration::from_secs(10), &[0]),
+        1
+    );
 }
 
 #[test]
