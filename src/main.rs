@@ -120,7 +120,6 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    pulse::alloc::configure();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,

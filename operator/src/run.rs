@@ -270,8 +270,6 @@ mod tests {
             ready: Arc::new(AtomicBool::new(false)),
         };
         drop(health.metrics.reconcile("MetricPipeline"));
-        // reqwest is built without a default TLS provider; plain HTTP still asks for one.
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let shutdown = CancellationToken::new();
         // Port 0: any free port; read it back from a probe bind.
         let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("probe port");
@@ -280,13 +278,27 @@ mod tests {
         let server = serve_health(addr, health.clone(), shutdown.clone())
             .await
             .expect("bind");
-        let get = |path: &str| {
-            let url = format!("http://{addr}{path}");
-            async move {
-                let response = reqwest::get(url).await.expect("request");
-                let status = response.status().as_u16();
-                (status, response.text().await.unwrap_or_default())
-            }
+        let get = |path: &'static str| async move {
+            use http_body_util::BodyExt;
+            let tcp = tokio::net::TcpStream::connect(addr)
+                .await
+                .expect("connects");
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                    .await
+                    .expect("HTTP/1.1");
+            tokio::spawn(connection);
+            let request = http::Request::get(path)
+                .header("host", "localhost")
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .expect("a request");
+            let response = sender.send_request(request).await.expect("an answer");
+            let status = response.status().as_u16();
+            let body = response.into_body().collect().await.expect("a body");
+            (
+                status,
+                String::from_utf8_lossy(&body.to_bytes()).into_owned(),
+            )
         };
         assert_eq!(get("/healthz").await.0, 200);
         assert_eq!(get("/readyz").await.0, 503);
