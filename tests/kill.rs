@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use pulse_engine::bus::kafka::KafkaProducer;
 use pulse_engine::store::Store;
-use pulse_engine::store::postgres::{PostgresStore, schema_name};
+use pulse_engine::store::postgres::PostgresStore;
 
 use common::*;
 
@@ -76,32 +76,10 @@ async fn a_processor_killed_at_random_moments_stores_exactly_the_uninterrupted_r
     let Some(database) = test_database_url() else {
         return;
     };
-    let pipeline = format!(
-        "kill-{}-{}",
-        std::process::id(),
-        clock_nanos() % 1_000_000_000
-    );
-    let schema = schema_name("test", &pipeline);
-    let topic = format!("pulse.test.{pipeline}.points");
-    let kafka = MockKafka::start(&topic, PARTITIONS);
-    // The body runs as a task, so the schema is dropped even when it fails.
-    let outcome = tokio::spawn(kill_and_check(
-        kafka.bootstrap_servers(),
-        database.clone(),
-        pipeline,
-        topic,
-        schema.clone(),
-    ))
+    on_fresh_pipeline(&database, "kill", PARTITIONS, |p| {
+        kill_and_check(p.brokers, database.clone(), p.name, p.topic, p.schema)
+    })
     .await;
-    drop(kafka);
-    let pool = sqlx::PgPool::connect(&database).await.unwrap();
-    sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
-        .execute(&pool)
-        .await
-        .unwrap();
-    if let Err(e) = outcome {
-        std::panic::resume_unwind(e.into_panic());
-    }
 }
 
 /// One kill: how long the processor took to get its partitions (`None`: it

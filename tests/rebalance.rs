@@ -10,14 +10,14 @@ mod common;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use prometheus_client::registry::Registry;
 use pulse_core::config::Config;
 use pulse_engine::bus::kafka::{KafkaConsumer, KafkaProducer};
 use pulse_engine::cache::memory::MemoryCache;
 use pulse_engine::store::Store;
-use pulse_engine::store::postgres::{PostgresStore, schema_name};
+use pulse_engine::store::postgres::PostgresStore;
 use pulse_processor::{Processor, ProcessorError};
 use pulse_server::{CancellationToken, serve};
 use serde_json::Value;
@@ -178,32 +178,10 @@ async fn scaling_one_two_one_hands_windows_over_without_loss_or_double_counting(
     let Some(database) = test_database_url() else {
         return;
     };
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    let pipeline = format!("rebalance-{}-{nanos}", std::process::id());
-    let schema = schema_name("test", &pipeline);
-    let topic = format!("pulse.test.{pipeline}.points");
-    let kafka = MockKafka::start(&topic, PARTITIONS);
-    // The body runs as a task, so the schema is dropped even when it fails.
-    let outcome = tokio::spawn(scale_and_check(
-        kafka.bootstrap_servers(),
-        database.clone(),
-        pipeline,
-        topic,
-        schema.clone(),
-    ))
+    on_fresh_pipeline(&database, "rebalance", PARTITIONS, |p| {
+        scale_and_check(p.brokers, database.clone(), p.name, p.topic, p.schema)
+    })
     .await;
-    drop(kafka);
-    let pool = sqlx::PgPool::connect(&database).await.unwrap();
-    sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
-        .execute(&pool)
-        .await
-        .unwrap();
-    if let Err(e) = outcome {
-        std::panic::resume_unwind(e.into_panic());
-    }
 }
 
 async fn scale_and_check(

@@ -7,7 +7,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
@@ -33,14 +33,6 @@ fn closed_port() -> u16 {
 
 /// A pipeline name no other test (run) uses, so its schema, topic and Redis
 /// keys start empty.
-fn unique_pipeline(tag: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!("{tag}-{}-{nanos}", std::process::id())
-}
-
 #[test]
 fn a_processor_without_its_database_says_where_and_keeps_retrying() {
     let dir = tempfile::tempdir().unwrap();
@@ -133,29 +125,17 @@ async fn up_on_kafka_postgresql_and_redis_aggregates_end_to_end() {
     let (Some(database), Some(redis)) = (test_database_url(), test_redis_url()) else {
         return;
     };
-    let pipeline = unique_pipeline("roles");
-    let schema = pulse_engine::store::postgres::schema_name("test", &pipeline);
-    let topic = format!("pulse.test.{pipeline}.points");
-    let kafka = mock_kafka(&topic);
-    // The test's body runs as a task, so the schema is dropped even when it fails.
-    let outcome = tokio::spawn(run_up_on_production_engines(
-        kafka.bootstrap_servers(),
-        database.clone(),
-        redis,
-        pipeline,
-        topic,
-        schema.clone(),
-    ))
+    on_fresh_pipeline(&database, "roles", PARTITIONS, |p| {
+        run_up_on_production_engines(
+            p.brokers,
+            database.clone(),
+            redis,
+            p.name,
+            p.topic,
+            p.schema,
+        )
+    })
     .await;
-    drop(kafka);
-    let pool = sqlx::PgPool::connect(&database).await.unwrap();
-    sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
-        .execute(&pool)
-        .await
-        .unwrap();
-    if let Err(e) = outcome {
-        std::panic::resume_unwind(e.into_panic());
-    }
 }
 
 async fn run_up_on_production_engines(

@@ -799,3 +799,46 @@ impl MockKafka {
             .bootstrap_servers()
     }
 }
+
+/// A pipeline of one test's own: a unique name, its schema and Kafka topic,
+/// and the brokers of a mock Kafka cluster serving that topic.
+pub struct FreshPipeline {
+    pub name: String,
+    pub schema: String,
+    pub topic: String,
+    pub brokers: String,
+}
+
+/// Runs `body` on a fresh pipeline (`<prefix>-<pid>-<nanos>`, a [`MockKafka`]
+/// with `partitions` partitions) as a task, then drops the pipeline's schema
+/// from `database` even when the body failed, and re-raises the body's panic.
+pub async fn on_fresh_pipeline<F, Fut>(database: &str, prefix: &str, partitions: i32, body: F)
+where
+    F: FnOnce(FreshPipeline) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let name = format!("{prefix}-{}-{nanos}", std::process::id());
+    let schema = pulse_engine::store::postgres::schema_name("test", &name);
+    let topic = format!("pulse.test.{name}.points");
+    let kafka = MockKafka::start(&topic, partitions);
+    let pipeline = FreshPipeline {
+        name,
+        schema: schema.clone(),
+        topic,
+        brokers: kafka.bootstrap_servers(),
+    };
+    let outcome = tokio::spawn(body(pipeline)).await;
+    drop(kafka);
+    let pool = sqlx::PgPool::connect(database).await.unwrap();
+    sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}

@@ -21,8 +21,6 @@ use crate::validate::{validate_dashboard, validate_pipeline};
 
 /// The kind label of metrics and logs.
 pub const KIND: &str = "Dashboard";
-const RESYNC: Duration = Duration::from_secs(300);
-const PROGRESSING: Duration = Duration::from_secs(30);
 /// How soon a dashboard whose pipeline is missing looks again.
 const PIPELINE_MISSING: Duration = Duration::from_secs(60);
 
@@ -72,7 +70,7 @@ async fn reconcile_in(
         Err((reason, message)) => {
             ctx.metrics.failure(KIND, reason);
             not_ready(dashboard, ctx, reason, message).await?;
-            return Ok(Action::requeue(RESYNC));
+            return Ok(Action::requeue(status::RESYNC));
         }
     };
     let objects = dashboard_objects(&validated, &ctx.image);
@@ -83,15 +81,9 @@ async fn reconcile_in(
         status::DASHBOARD_READY,
         &deployment,
     )];
-    let ready = status::ready(&checks);
-    let all_ready = ready.ok == Some(true);
-    checks.push(ready);
+    let again = status::conclude(&mut checks);
     write_status(dashboard, ctx, &checks).await?;
-    Ok(Action::requeue(if all_ready {
-        RESYNC
-    } else {
-        PROGRESSING
-    }))
+    Ok(Action::requeue(again))
 }
 
 async fn not_ready(

@@ -2,7 +2,6 @@
 //! build -> apply -> status, and cleanup by its deletion policy.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
@@ -23,11 +22,6 @@ use crate::validate::{ValidatedPipeline, validate_pipeline};
 
 /// The kind label of metrics and logs.
 pub const KIND: &str = "MetricPipeline";
-/// How often a healthy pipeline is checked again (owned objects and spec
-/// changes wake it sooner).
-const RESYNC: Duration = Duration::from_secs(300);
-/// How soon a pipeline whose pods are still starting is checked again.
-const PROGRESSING: Duration = Duration::from_secs(30);
 
 /// The reconcile entry point kube-runtime's `Controller` calls.
 pub async fn reconcile(pipeline: Arc<MetricPipeline>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -84,7 +78,7 @@ async fn apply_pipeline(pipeline: &MetricPipeline, ctx: &Context) -> Result<Acti
             ];
             write_status(pipeline, ctx, &checks).await?;
             // A spec change wakes the controller; until then, look rarely.
-            return Ok(Action::requeue(RESYNC));
+            return Ok(Action::requeue(status::RESYNC));
         }
     };
     let mut checks = Vec::new();
@@ -156,15 +150,9 @@ async fn apply_pipeline(pipeline: &MetricPipeline, ctx: &Context) -> Result<Acti
         status::PROCESSOR_READY,
         &processor,
     ));
-    let ready = status::ready(&checks);
-    let all_ready = ready.ok == Some(true);
-    checks.push(ready);
+    let again = status::conclude(&mut checks);
     write_status(pipeline, ctx, &checks).await?;
-    Ok(Action::requeue(if all_ready {
-        RESYNC
-    } else {
-        PROGRESSING
-    }))
+    Ok(Action::requeue(again))
 }
 
 /// Records a failed step in the status (the steps before it as checked, the

@@ -2,6 +2,8 @@
 //! with the previous ones so `lastTransitionTime` moves only when a
 //! condition's status changes (the Kubernetes API conventions).
 
+use std::time::Duration;
+
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -59,6 +61,25 @@ impl Check {
             None => "Unknown",
         }
     }
+}
+
+/// How often a healthy resource is checked again (owned objects and spec
+/// changes wake it sooner).
+pub const RESYNC: Duration = Duration::from_secs(300);
+/// How soon a resource whose pods are still starting is checked again.
+pub const PROGRESSING: Duration = Duration::from_secs(30);
+
+/// Appends the `Ready` condition to `checks` and says when to look again:
+/// soon while something is still coming up, rarely once everything is ready.
+pub fn conclude(checks: &mut Vec<Check>) -> Duration {
+    let ready = ready(checks);
+    let again = if ready.ok == Some(true) {
+        RESYNC
+    } else {
+        PROGRESSING
+    };
+    checks.push(ready);
+    again
 }
 
 /// The `Ready` condition over `checks`: `True` when all are, else the first
