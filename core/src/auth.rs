@@ -13,6 +13,12 @@ pub enum AuthDecision {
     Denied,
 }
 
+/// The token of an `Authorization: Bearer <token>` header value, if it is one.
+pub fn bearer_token(header: Option<&str>) -> Option<&str> {
+    let (scheme, token) = header?.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
 /// Checks an `Authorization` header value against `tokens`.
 ///
 /// Every configured token is compared, in constant time, whatever matched
@@ -21,10 +27,7 @@ pub fn check_bearer(header: Option<&str>, tokens: &[String]) -> AuthDecision {
     if tokens.is_empty() {
         return AuthDecision::Allowed;
     }
-    let Some(presented) = header.and_then(|h| {
-        let (scheme, token) = h.trim().split_once(' ')?;
-        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-    }) else {
+    let Some(presented) = bearer_token(header) else {
         return AuthDecision::Missing;
     };
     let matched = tokens.iter().fold(0u8, |acc, token| {

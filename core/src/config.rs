@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml, Yaml};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::validate::Limits;
@@ -62,6 +63,14 @@ pub struct GatewayConfig {
     pub max_points_per_request: usize,
     /// Requests handled at once; more wait, and past the queue get 503.
     pub max_in_flight: usize,
+    /// Points per second one writer may send through one gateway replica: a
+    /// writer is a bearer token, or every client together when there are no
+    /// tokens. Over it, a request gets 429 with `Retry-After`. 0: no limit.
+    pub rate_limit: u32,
+    /// Points a writer may send at once beyond its rate, after a quiet spell.
+    /// At least `max_points_per_request`, so a full request can always pass;
+    /// 0: `max_points_per_request`.
+    pub rate_burst: u32,
     /// Bearer tokens allowed to write. Empty: no authentication. Also one text
     /// of tokens separated by newlines or commas (see [`tokens_from_list_or_text`]).
     #[serde(deserialize_with = "tokens_from_list_or_text")]
@@ -76,6 +85,8 @@ impl Default for GatewayConfig {
             max_decompressed_bytes: 64 << 20,
             max_points_per_request: 100_000,
             max_in_flight: 256,
+            rate_limit: 0,
+            rate_burst: 0,
             tokens: Vec::new(),
         }
     }
@@ -287,6 +298,11 @@ fn empty_as_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String
 /// or spaces: how a Kubernetes Secret's value reaches a pod through one
 /// environment variable (`PULSE_GATEWAY__TOKENS` from a `secretKeyRef`), where
 /// a trailing newline is common. Tokens never hold whitespace or commas.
+///
+/// A text that names no token is refused rather than read as "no
+/// authentication": it is what an empty or truncated Secret looks like, and
+/// failing closed beats a gateway that silently accepts everyone. Running
+/// without tokens is done by leaving the key out (or an explicit `[]`).
 fn tokens_from_list_or_text<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<Vec<String>, D::Error> {
@@ -299,13 +315,60 @@ fn tokens_from_list_or_text<'de, D: serde::Deserializer<'de>>(
         List(Vec<String>),
     }
     Ok(match ListOrText::deserialize(d)? {
-        ListOrText::Text(text) => text
-            .split(|c: char| c == ',' || c.is_whitespace())
-            .filter(|t| !t.is_empty())
-            .map(str::to_string)
-            .collect(),
+        ListOrText::Text(text) => {
+            let tokens: Vec<String> = text
+                .split(|c: char| c == ',' || c.is_whitespace())
+                .filter(|t| !t.is_empty())
+                .map(str::to_string)
+                .collect();
+            if tokens.is_empty() {
+                return Err(serde::de::Error::custom(
+                    "the tokens text holds no token (an empty Secret?); put at least one \
+                     token in it, or remove the key to run without authentication",
+                ));
+            }
+            tokens
+        }
         ListOrText::Number(n) => vec![n.to_string()],
         ListOrText::List(list) => list,
+    })
+}
+
+/// The layering every Pulse binary's configuration follows: `T`'s defaults,
+/// then `file` (YAML for `.yaml`/`.yml`, TOML otherwise), then the environment
+/// variables `<prefix><KEY>` and `<prefix><KEY>__<FIELD>` whose top-level key
+/// is one of `keys`, so unrelated variables sharing the prefix are ignored.
+pub fn layered<T: Serialize + DeserializeOwned + Default>(
+    file: Option<&Path>,
+    prefix: &str,
+    keys: &'static [&'static str],
+) -> Result<T, ConfigError> {
+    let mut figment = Figment::from(Serialized::defaults(T::default()));
+    let origin = file.map_or_else(
+        || "(defaults and environment)".to_string(),
+        |p| p.display().to_string(),
+    );
+    if let Some(path) = file {
+        if !path.is_file() {
+            return Err(ConfigError::Load {
+                path: origin,
+                message: "no such file".into(),
+            });
+        }
+        figment = match path.extension().and_then(|e| e.to_str()) {
+            Some("yaml") | Some("yml") => figment.merge(Yaml::file(path)),
+            _ => figment.merge(Toml::file(path)),
+        };
+    }
+    // The filter sees keys as written (`GATEWAY.LISTEN`): figment lowercases
+    // them only afterwards, so the key is compared ignoring case.
+    let env = Env::prefixed(prefix).split("__").filter(|key| {
+        let top = key.as_str().split('.').next().unwrap_or_default();
+        keys.iter().any(|k| k.eq_ignore_ascii_case(top))
+    });
+    figment.merge(env).extract().map_err(|e| ConfigError::Load {
+        path: origin,
+        message: e.to_string(),
     })
 }
 
@@ -332,40 +395,10 @@ const SECTIONS: [&str; 8] = [
 ];
 
 impl Config {
-    /// Loads defaults, then `file` (by extension: `.toml`, `.yaml`/`.yml`), then
-    /// the environment, and validates the result.
+    /// Loads defaults, then `file`, then `PULSE_<SECTION>__<KEY>` variables
+    /// (see [`layered`]), and validates the result.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
-        let mut figment = Figment::from(Serialized::defaults(Config::default()));
-        let origin = file.map_or_else(
-            || "(defaults and environment)".to_string(),
-            |p| p.display().to_string(),
-        );
-        if let Some(path) = file {
-            if !path.is_file() {
-                return Err(ConfigError::Load {
-                    path: origin,
-                    message: "no such file".into(),
-                });
-            }
-            figment = match path.extension().and_then(|e| e.to_str()) {
-                Some("yaml") | Some("yml") => figment.merge(Yaml::file(path)),
-                _ => figment.merge(Toml::file(path)),
-            };
-        }
-        // The filter sees keys as written (`GATEWAY.LISTEN`): figment lowercases
-        // them only afterwards, so the section is compared ignoring case.
-        let env = Env::prefixed("PULSE_").split("__").filter(|key| {
-            key.as_str().split_once('.').is_some_and(|(section, _)| {
-                SECTIONS.iter().any(|s| s.eq_ignore_ascii_case(section))
-            })
-        });
-        let config: Config = figment
-            .merge(env)
-            .extract()
-            .map_err(|e| ConfigError::Load {
-                path: origin,
-                message: e.to_string(),
-            })?;
+        let config: Config = layered(file, "PULSE_", &SECTIONS)?;
         config.validate()?;
         Ok(config)
     }
@@ -426,6 +459,18 @@ impl Config {
             return Err(invalid(
                 "gateway",
                 "max_points_per_request and max_in_flight must be at least 1".into(),
+            ));
+        }
+        let burst = self.gateway.rate_burst as usize;
+        if self.gateway.rate_limit > 0 && burst != 0 && burst < self.gateway.max_points_per_request
+        {
+            return Err(invalid(
+                "gateway.rate_burst",
+                format!(
+                    "{burst} is below gateway.max_points_per_request ({}), so a full request \
+                     could never pass; raise it, or set 0 to use max_points_per_request",
+                    self.gateway.max_points_per_request
+                ),
             ));
         }
         for (key, tokens) in [
@@ -637,6 +682,13 @@ mod tests {
         assert!(err.to_string().contains("gatway"), "{err}");
         assert!(Config::from_toml("[bus]\npartitions = 0").is_err());
         assert!(Config::from_toml("[processor]\nwindows = [\"1m\", \"60s\"]").is_err());
+        // A burst below a full request would refuse that request forever.
+        let err = Config::from_toml(
+            "[gateway]\nrate_limit = 1000\nrate_burst = 10\nmax_points_per_request = 50",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("gateway.rate_burst"), "{err}");
+        Config::from_toml("[gateway]\nrate_limit = 1000\nmax_points_per_request = 50").unwrap();
     }
 
     #[test]
@@ -723,8 +775,11 @@ mod tests {
         .unwrap();
         assert_eq!(c.gateway.tokens, ["a-1", "b-2", "c-3"]);
         assert_eq!(c.dashboard.read_tokens, ["r-1"]);
-        // An empty text is no token at all, so no authentication.
-        let c = Config::from_toml("[gateway]\ntokens = \"\\n\"").unwrap();
+        // An empty text (an empty Secret) fails closed instead of turning
+        // authentication off; an explicit empty list is a choice.
+        let err = Config::from_toml("[gateway]\ntokens = \"\\n\"").unwrap_err();
+        assert!(err.to_string().contains("holds no token"), "{err}");
+        let c = Config::from_toml("[gateway]\ntokens = []").unwrap();
         assert!(c.gateway.tokens.is_empty());
     }
 

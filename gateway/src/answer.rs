@@ -4,6 +4,8 @@
 //! and invalid ones are listed) or was refused as a whole (a [`Refusal`]: none of
 //! its points were acknowledged, so the client may resend all of them).
 
+use std::time::Duration;
+
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use pulse_core::validate::PointError;
@@ -27,6 +29,8 @@ pub(crate) struct Receipt {
 pub(crate) enum Refusal {
     /// No processing slot became free in time.
     Overloaded,
+    /// The writer is over `gateway.rate_limit`; its points fit in `wait`.
+    RateLimited { wait: Duration, rate: u32 },
     /// The body could not be read, decoded or parsed (4xx).
     Body(ApiError),
     /// The bus did not make the points durable.
@@ -51,6 +55,7 @@ impl Refusal {
     pub(crate) fn outcome(&self) -> &'static str {
         match self {
             Refusal::Overloaded => "overloaded",
+            Refusal::RateLimited { .. } => "rate_limited",
             Refusal::Body(_) => "rejected_body",
             Refusal::Bus(_) => "bus_unavailable",
             Refusal::Internal(_) => "internal_error",
@@ -74,6 +79,17 @@ impl IntoResponse for Refusal {
                     RETRY_AFTER_SECS,
                 )
             },
+            Refusal::RateLimited { wait, rate } => ApiError {
+                retry_after: Some(retry_after_secs(wait)),
+                ..ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    format!(
+                        "this writer is over the gateway's rate limit of {rate} points/s; \
+                         nothing was accepted, resend the request after Retry-After"
+                    ),
+                )
+            },
             Refusal::Body(error) => error,
             Refusal::Bus(error) => ApiError::unavailable(
                 format!("the points could not be stored ({error}); nothing was accepted, retry later"),
@@ -87,4 +103,11 @@ impl IntoResponse for Refusal {
         }
         .into_response()
     }
+}
+
+/// Whole seconds for `Retry-After`, rounded up and at least 1, so a client
+/// that waits as told finds room.
+fn retry_after_secs(wait: Duration) -> u64 {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    secs.max(1)
 }

@@ -12,6 +12,7 @@
 
 mod answer;
 mod metrics;
+mod rate;
 mod readiness;
 mod receive;
 
@@ -29,10 +30,11 @@ use pulse_server::http_metrics::{HttpMetrics, track};
 use tokio::sync::Semaphore;
 
 use crate::metrics::GatewayMetrics;
+use crate::rate::RateLimits;
 use crate::readiness::BusReadiness;
 
 /// What every ingest request of one gateway shares: the bus, the limits, the
-/// admission permits and the metrics.
+/// admission permits, the writers' rate buckets and the metrics.
 pub struct Gateway {
     bus: Arc<dyn BusProducer>,
     settings: GatewayConfig,
@@ -40,6 +42,7 @@ pub struct Gateway {
     /// One permit per request being processed, so memory stays bounded by
     /// `max_in_flight` bodies however many clients connect.
     permits: Semaphore,
+    rates: RateLimits,
     metrics: GatewayMetrics,
 }
 
@@ -65,6 +68,7 @@ impl Gateway {
             settings: config.gateway.clone(),
             limits: config.limits.clone(),
             permits: Semaphore::new(config.gateway.max_in_flight),
+            rates: RateLimits::new(&config.gateway),
             metrics,
         });
         // With no tokens configured `require_bearer` lets every request through,

@@ -1,8 +1,8 @@
 //! The ingest handler behind `POST /metrics` and `POST /v1/metrics`.
 //!
 //! One request goes through: admission (a processing slot), reading the body up
-//! to `gateway.max_body_bytes`, decoding and validating it, then one bus send of
-//! its valid points. Both routes accept the same shapes (one object, an array or
+//! to `gateway.max_body_bytes`, decoding and validating it, its writer's rate
+//! limit, then one bus send of its valid points. Both routes accept the same shapes (one object, an array or
 //! NDJSON, optionally compressed), so the original single-point clients and the
 //! sidecar share one parser.
 
@@ -91,6 +91,15 @@ impl Gateway {
         self.metrics
             .points_parsed(prepared.records.len(), &prepared.errors);
         let accepted = prepared.records.len();
+        let authorization = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        self.rates
+            .take(authorization, accepted)
+            .map_err(|wait| Refusal::RateLimited {
+                wait,
+                rate: self.settings.rate_limit,
+            })?;
         if accepted > 0 {
             self.send(prepared.records).await?;
         }

@@ -394,6 +394,53 @@ async fn ingest_needs_a_bearer_token_when_tokens_are_configured() {
     }
 }
 
+#[tokio::test]
+async fn a_writer_over_its_rate_gets_429_with_retry_after_and_nothing_is_stored() {
+    let mut config = Config::default();
+    config.gateway.tokens = vec!["team-a".into(), "team-b".into()];
+    config.gateway.rate_limit = 1;
+    config.gateway.max_points_per_request = 3;
+    let h = harness(config).await;
+    let batch = |n: usize| format!("[{}]", vec![point("m", 1.0); n].join(","));
+    let (a, b) = (
+        [(header::AUTHORIZATION, "Bearer team-a")],
+        [(header::AUTHORIZATION, "Bearer team-b")],
+    );
+
+    // The burst is max_points_per_request: a full request passes at once.
+    let answer = post(&h.router, "/v1/metrics", &a, batch(3)).await;
+    assert_eq!(answer.status, StatusCode::ACCEPTED);
+    let answer = post(&h.router, "/v1/metrics", &a, batch(2)).await;
+    assert_eq!(answer.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(answer.body["error"]["code"], "rate_limited");
+    let retry_after: u64 = answer.headers[header::RETRY_AFTER]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry_after), "{retry_after}");
+    // Invalid points take nothing from the bucket: the request is still
+    // answered for what it carries.
+    let answer = post(
+        &h.router,
+        "/v1/metrics",
+        &a,
+        r#"{"metric_name":"9","value":1}"#,
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    // Another writer has its own bucket.
+    let answer = post(&h.router, "/v1/metrics", &b, batch(3)).await;
+    assert_eq!(answer.status, StatusCode::ACCEPTED);
+    assert_eq!(stored_points(&h.bus).await.len(), 6);
+
+    let (_, metrics) = get(&h.router, "/metrics").await;
+    assert!(
+        metrics.contains(r#"outcome="rate_limited""#),
+        "the refusal is counted: {metrics}"
+    );
+}
+
 /// A bus that is down: every send and readiness check fails.
 struct DownBus;
 

@@ -236,6 +236,8 @@ pub fn validate_pipeline(pipeline: &MetricPipeline) -> Result<ValidatedPipeline,
     config.gateway.max_decompressed_bytes = to_usize(limits.max_decompressed_bytes);
     config.gateway.max_points_per_request = to_usize(limits.max_points_per_request);
     config.gateway.max_in_flight = to_usize(limits.max_in_flight);
+    config.gateway.rate_limit = limits.rate_limit;
+    config.gateway.rate_burst = limits.rate_burst;
     config.limits.max_name_len = to_usize(limits.max_name_length);
     config.limits.max_tags = to_usize(limits.max_tags);
     config.limits.max_tag_key_len = to_usize(limits.max_tag_key_length);

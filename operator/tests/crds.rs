@@ -201,6 +201,7 @@ fn cel_rules_spanning_fields_are_in_the_schema() {
         "self >= oldSelf",
         "self == oldSelf",
         "self.metadata.name.size() <= 50",
+        "self.rateBurst == 0 || self.rateBurst >= self.maxPointsPerRequest",
     ] {
         assert!(text.contains(rule), "missing CEL rule {rule}");
     }
@@ -226,6 +227,22 @@ fn cel_refuses_more_processors_than_partitions() {
     let bad = pipeline_with(|v| v["spec"]["processor"]["replicas"] = json!(7));
     let err = validate_cel(&bad).unwrap_err().to_string();
     assert!(err.contains("processor.replicas must not exceed"), "{err}");
+}
+
+#[test]
+fn cel_refuses_a_rate_burst_below_a_full_request() {
+    let bad = pipeline_with(|v| {
+        v["spec"]["limits"] = json!({"rateLimit": 1000, "rateBurst": 10, "maxPointsPerRequest": 50})
+    });
+    let err = validate_cel(&bad).unwrap_err().to_string();
+    assert!(
+        err.contains("rateBurst must be 0 or at least maxPointsPerRequest"),
+        "{err}"
+    );
+    let good = pipeline_with(|v| v["spec"]["limits"] = json!({"rateLimit": 1000}));
+    validate_cel(&good).unwrap();
+    let rendered = validate_pipeline(&good).unwrap().config_toml;
+    assert!(rendered.contains("rate_limit = 1000"), "{rendered}");
 }
 
 #[test]

@@ -11,7 +11,7 @@ use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionResponse, AdmissionReview};
 use pulse_operator::names;
 use pulse_operator::webhook::{
-    Admission, InjectTarget, SidecarSettings, TokenSecret, admit, sidecar,
+    Admission, InjectTarget, SidecarSettings, TokenSecret, admit, sidecar, to_wire,
 };
 use serde_json::{Value, json};
 
@@ -79,13 +79,31 @@ fn immediate(body: &[u8]) -> AdmissionResponse {
     }
 }
 
-/// The response as the API server reads it: through JSON.
+/// The response as the API server reads it: through the webhook's JSON.
 fn response(review: AdmissionReview<DynamicObject>) -> AdmissionResponse {
-    let wire = serde_json::to_vec(&review).expect("encodes");
-    let review: AdmissionReview<DynamicObject> = serde_json::from_slice(&wire).expect("decodes");
+    let wire = serde_json::to_vec(&to_wire(&review)).expect("encodes");
+    from_wire(&wire).response.expect("a response")
+}
+
+/// Reads a webhook answer the way the API server does: an AdmissionReview
+/// whose `patch`, when present, is base64 text (a Go `[]byte`), never an
+/// array of numbers.
+fn from_wire(bytes: &[u8]) -> AdmissionReview<DynamicObject> {
+    use base64::Engine;
+
+    let mut wire: Value = serde_json::from_slice(bytes).expect("the answer is JSON");
+    if let Some(patch) = wire.pointer_mut("/response/patch") {
+        let text = patch.as_str().expect("the patch is base64 text");
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .expect("the patch is standard base64");
+        *patch = json!(decoded);
+    }
+    let review: AdmissionReview<DynamicObject> =
+        serde_json::from_value(wire).expect("an AdmissionReview");
     assert_eq!(review.types.kind, "AdmissionReview");
     assert_eq!(review.types.api_version, "admission.k8s.io/v1");
-    review.response.expect("a response")
+    review
 }
 
 fn patch_of(response: &AdmissionResponse) -> Patch {
@@ -636,7 +654,7 @@ async fn post_https(
         .await
         .expect("the whole answer")
         .to_bytes();
-    (status, serde_json::from_slice(&bytes).expect("a review"))
+    (status, from_wire(&bytes))
 }
 
 /// The certificate the chart makes (templates/webhook.yaml: genCA,

@@ -11,9 +11,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use figment::Figment;
-use figment::providers::{Env, Format, Serialized, Toml, Yaml};
 use pulse_core::Tags;
+pub use pulse_core::config::ConfigError;
+use pulse_core::config::layered;
 use pulse_core::validate::Limits;
 use serde::{Deserialize, Serialize};
 
@@ -307,21 +307,14 @@ fn addr(text: &str) -> SocketAddr {
     text.parse().expect("valid default address")
 }
 
-/// A configuration that could not be loaded, with what, where and what to do.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("config file {path}: {message}")]
-    Load { path: String, message: String },
-    #[error("config key `{key}`: {message}")]
-    Invalid { key: &'static str, message: String },
-}
-
-/// Top-level keys, so unrelated `PULSE_SIDECAR*` variables are not mistaken for
-/// configuration.
-const KEYS: [&str; 13] = [
+/// Top-level keys read from the environment, so unrelated `PULSE_SIDECAR*`
+/// variables are not mistaken for configuration. `tags` is read apart by
+/// [`env_tags`]: figment parses every variable's value, so a tag value such as
+/// `123` or `true` (a namespace, a pod name) would become a number or a bool
+/// and fail to load.
+const KEYS: [&str; 12] = [
     "gateway",
     "token_file",
-    "tags",
     "shutdown_grace",
     "http",
     "statsd",
@@ -346,40 +339,10 @@ fn env_tags(vars: impl IntoIterator<Item = (String, String)>) -> Vec<(String, St
 }
 
 impl Config {
-    /// Loads defaults, then `file` (by extension: `.toml`, `.yaml`/`.yml`), then
-    /// the environment. Call [`Config::validate`] after applying the flags.
+    /// Loads defaults, then `file`, then `PULSE_SIDECAR_*` variables (see
+    /// [`layered`]). Call [`Config::validate`] after applying the flags.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
-        let mut figment = Figment::from(Serialized::defaults(Config::default()));
-        let origin = file.map_or_else(
-            || "(defaults and environment)".to_string(),
-            |p| p.display().to_string(),
-        );
-        if let Some(path) = file {
-            if !path.is_file() {
-                return Err(ConfigError::Load {
-                    path: origin,
-                    message: "no such file".into(),
-                });
-            }
-            figment = match path.extension().and_then(|e| e.to_str()) {
-                Some("yaml") | Some("yml") => figment.merge(Yaml::file(path)),
-                _ => figment.merge(Toml::file(path)),
-            };
-        }
-        // Tags are read apart: figment parses every variable's value, so a
-        // tag value such as `123` or `true` (a namespace, a pod name) would
-        // become a number or a bool and fail to load.
-        let env = Env::prefixed("PULSE_SIDECAR_").split("__").filter(|key| {
-            let top = key.as_str().split('.').next().unwrap_or_default();
-            !top.eq_ignore_ascii_case("tags") && KEYS.iter().any(|k| k.eq_ignore_ascii_case(top))
-        });
-        let mut config: Config = figment
-            .merge(env)
-            .extract()
-            .map_err(|e| ConfigError::Load {
-                path: origin,
-                message: e.to_string(),
-            })?;
+        let mut config: Config = layered(file, "PULSE_SIDECAR_", &KEYS)?;
         config.tags.extend(env_tags(std::env::vars()));
         Ok(config)
     }
@@ -387,7 +350,12 @@ impl Config {
     /// Checks what serde cannot: a usable gateway URL and sizes that fit
     /// together.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key, message: String| Err(ConfigError::Invalid { key, message });
+        let invalid = |key: &str, message: String| {
+            Err(ConfigError::Invalid {
+                key: key.to_string(),
+                message,
+            })
+        };
         match self.gateway.as_deref() {
             None | Some("") => {
                 return invalid(
@@ -506,7 +474,7 @@ mod tests {
         );
         assert!(matches!(
             config.validate(),
-            Err(ConfigError::Invalid { key: "gateway", .. })
+            Err(ConfigError::Invalid { key, .. }) if key == "gateway"
         ));
         with_gateway().validate().unwrap();
     }
@@ -530,10 +498,7 @@ mod tests {
         config.buffer.max_bytes = config.batch.max_bytes as u64;
         assert!(matches!(
             config.validate(),
-            Err(ConfigError::Invalid {
-                key: "buffer.max_bytes",
-                ..
-            })
+            Err(ConfigError::Invalid { key, .. }) if key == "buffer.max_bytes"
         ));
     }
 

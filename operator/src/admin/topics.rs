@@ -14,8 +14,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{
-    AdminClient, AdminOptions, AlterConfig, NewPartitions, NewTopic, ResourceSpecifier,
-    TopicReplication,
+    AdminClient, AdminOptions, AlterConfig, ConfigEntry, ConfigSource, NewPartitions, NewTopic,
+    ResourceSpecifier, TopicReplication,
 };
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -320,10 +320,24 @@ impl TopicAdmin for KafkaTopicAdmin {
     ) -> Result<(), TopicAdminError> {
         let client = self.client(brokers)?;
         let operation = format!("setting {RETENTION_KEY}={retention_ms} on topic {topic}");
-        let value = retention_ms.to_string();
-        // AlterConfigs replaces the topic's whole config: the operator owns
-        // these topics and sets only their retention.
-        let request = AlterConfig::new(ResourceSpecifier::Topic(topic)).set(RETENTION_KEY, &value);
+        // AlterConfigs replaces the topic's whole dynamic config, so the
+        // overrides others set (cleanup.policy, compression.type, …) are read
+        // first and sent back beside the new retention.
+        let current = topic_config(&client, brokers, topic).await?;
+        let entries = retention_update(&current, retention_ms).map_err(|name| {
+            TopicAdminError::Rejected {
+                brokers: brokers.to_string(),
+                operation: operation.clone(),
+                detail: format!("the topic overrides the sensitive config {name}, whose value Kafka does not reveal"),
+                hint: format!(
+                    "setting {RETENTION_KEY} would erase {name}; set {RETENTION_KEY} on the topic by hand"
+                ),
+            }
+        })?;
+        let request = entries.iter().fold(
+            AlterConfig::new(ResourceSpecifier::Topic(topic)),
+            |request, (key, value)| request.set(key, value),
+        );
         let results = client
             .alter_configs([&request], &Self::options())
             .await
@@ -398,6 +412,20 @@ async fn retention_of(
     brokers: &str,
     topic: &str,
 ) -> Result<Option<i64>, TopicAdminError> {
+    Ok(topic_config(client, brokers, topic)
+        .await?
+        .iter()
+        .find(|entry| entry.name == RETENTION_KEY)
+        .and_then(|entry| entry.value.as_deref())
+        .and_then(|value| value.parse().ok()))
+}
+
+/// Every config entry of the topic, as DescribeConfigs reports it.
+async fn topic_config(
+    client: &AdminClient<DefaultClientContext>,
+    brokers: &str,
+    topic: &str,
+) -> Result<Vec<ConfigEntry>, TopicAdminError> {
     let operation = format!("reading the config of topic {topic}");
     let results = client
         .describe_configs(
@@ -407,13 +435,32 @@ async fn retention_of(
         .await
         .map_err(|e| map_error(brokers, &operation, &e))?;
     match results.into_iter().next() {
-        Some(Ok(resource)) => Ok(resource
-            .get(RETENTION_KEY)
-            .and_then(|entry| entry.value.as_deref())
-            .and_then(|value| value.parse().ok())),
+        Some(Ok(resource)) => Ok(resource.entries),
         Some(Err(code)) => Err(map_code(brokers, &operation, code)),
-        None => Ok(None),
+        None => Ok(Vec::new()),
     }
+}
+
+/// The full set of topic overrides to send with a non-incremental
+/// AlterConfigs that sets `retention.ms`: the topic's own overrides as they
+/// are, and the new retention. Fails with the name of an override Kafka hides
+/// (a sensitive value), which the request would otherwise erase.
+fn retention_update(
+    current: &[ConfigEntry],
+    retention_ms: i64,
+) -> Result<Vec<(String, String)>, String> {
+    let mut entries = Vec::new();
+    for entry in current {
+        if entry.source != ConfigSource::DynamicTopic || entry.name == RETENTION_KEY {
+            continue;
+        }
+        match &entry.value {
+            Some(value) => entries.push((entry.name.clone(), value.clone())),
+            None => return Err(entry.name.clone()),
+        }
+    }
+    entries.push((RETENTION_KEY.to_string(), retention_ms.to_string()));
+    Ok(entries)
 }
 
 /// Maps a librdkafka error of a whole request.
@@ -537,6 +584,53 @@ mod tests {
                 desired: 6
             }
         );
+    }
+
+    fn entry(name: &str, value: Option<&str>, source: ConfigSource) -> ConfigEntry {
+        ConfigEntry {
+            name: name.to_string(),
+            value: value.map(str::to_string),
+            is_default: source == ConfigSource::Default,
+            source,
+            is_read_only: false,
+            is_sensitive: value.is_none(),
+        }
+    }
+
+    #[test]
+    fn a_retention_update_keeps_the_topics_own_overrides_and_nothing_else() {
+        let current = [
+            entry(
+                "cleanup.policy",
+                Some("compact,delete"),
+                ConfigSource::DynamicTopic,
+            ),
+            entry(RETENTION_KEY, Some("1000"), ConfigSource::DynamicTopic),
+            entry("compression.type", Some("zstd"), ConfigSource::DynamicTopic),
+            entry("segment.bytes", Some("1073741824"), ConfigSource::Default),
+            entry("min.insync.replicas", Some("2"), ConfigSource::StaticBroker),
+        ];
+        assert_eq!(
+            retention_update(&current, 60_000).unwrap(),
+            [
+                ("cleanup.policy".to_string(), "compact,delete".to_string()),
+                ("compression.type".to_string(), "zstd".to_string()),
+                (RETENTION_KEY.to_string(), "60000".to_string()),
+            ]
+        );
+        assert_eq!(
+            retention_update(&[], 5).unwrap(),
+            [(RETENTION_KEY.to_string(), "5".to_string())]
+        );
+    }
+
+    #[test]
+    fn a_hidden_override_is_named_instead_of_erased() {
+        let current = [
+            entry("cleanup.policy", Some("delete"), ConfigSource::DynamicTopic),
+            entry("some.secret", None, ConfigSource::DynamicTopic),
+        ];
+        assert_eq!(retention_update(&current, 5).unwrap_err(), "some.secret");
     }
 
     #[test]

@@ -183,7 +183,10 @@ pub struct AuthSpec {
 }
 
 /// Limits on points and requests, enforced by the gateway.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[x_kube(validation = Rule::new("self.rateBurst == 0 || self.rateBurst >= self.maxPointsPerRequest").message(
+    "rateBurst must be 0 or at least maxPointsPerRequest: a full request over the burst could never pass"
+))]
 #[serde(rename_all = "camelCase")]
 pub struct LimitsSpec {
     /// Largest request body accepted as sent (compressed or not), in bytes.
@@ -202,6 +205,15 @@ pub struct LimitsSpec {
     #[serde(default = "default_max_in_flight")]
     #[schemars(range(min = 1, max = 100000))]
     pub max_in_flight: u32,
+    /// Points per second one writer (one ingest token; every client together
+    /// without tokens) may send through each gateway replica; over it the
+    /// gateway answers 429 with Retry-After. 0: no limit.
+    #[serde(default)]
+    pub rate_limit: u32,
+    /// Points a writer may send at once beyond its rate after a quiet spell.
+    /// 0: maxPointsPerRequest.
+    #[serde(default)]
+    pub rate_burst: u32,
     /// Longest metric name, in bytes.
     #[serde(default = "default_max_name_length")]
     #[schemars(range(min = 1, max = 10000))]
@@ -235,6 +247,8 @@ impl Default for LimitsSpec {
             max_decompressed_bytes: default_max_decompressed_bytes(),
             max_points_per_request: default_max_points_per_request(),
             max_in_flight: default_max_in_flight(),
+            rate_limit: 0,
+            rate_burst: 0,
             max_name_length: default_max_name_length(),
             max_tags: default_max_tags(),
             max_tag_key_length: default_max_tag_key_length(),

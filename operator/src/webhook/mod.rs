@@ -15,6 +15,6 @@ pub mod sidecar;
 pub mod tls;
 
 pub use patch::{CannotInject, Injection};
-pub use review::{Admission, Candidate, admit};
+pub use review::{Admission, Candidate, admit, to_wire};
 pub use server::{Webhook, WebhookConfig, WebhookError, native_sidecars_supported, serve};
 pub use sidecar::{InjectTarget, InvalidSidecarSettings, SidecarSettings, TokenSecret};

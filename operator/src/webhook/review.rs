@@ -8,6 +8,8 @@
 //! treatment: admitted unchanged, with a warning that `kubectl` shows, never a
 //! denied pod because of the sidecar.
 
+use base64::Engine;
+use base64::prelude::BASE64_STANDARD;
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
@@ -161,4 +163,33 @@ fn uid_of(body: &[u8]) -> String {
         .ok()
         .and_then(|v| v.pointer("/request/uid")?.as_str().map(str::to_string))
         .unwrap_or_default()
+}
+
+/// The review as the API server must receive it. Kubernetes reads the
+/// response's `patch` (a Go `[]byte`) as base64 text, as its API reference
+/// says; kube's type serialises it as an array of numbers (kube-rs#1781),
+/// which relies on a decoder quirk. So the patch goes out as base64.
+pub fn to_wire(review: &AdmissionReview<DynamicObject>) -> serde_json::Value {
+    let uid = review.response.as_ref().map(|r| r.uid.clone());
+    let patch = review.response.as_ref().and_then(|r| r.patch.as_deref());
+    let encoded = patch.map(|bytes| BASE64_STANDARD.encode(bytes));
+    match serde_json::to_value(review) {
+        Ok(mut wire) => {
+            if let (Some(encoded), Some(slot)) = (encoded, wire.pointer_mut("/response/patch")) {
+                *slot = serde_json::Value::String(encoded);
+            }
+            wire
+        }
+        // Only maps with non-text keys fail to serialise; a review has none.
+        // Should it ever happen, the pod is still admitted, unchanged.
+        Err(error) => serde_json::json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "response": {
+                "uid": uid.unwrap_or_default(),
+                "allowed": true,
+                "warnings": [format!("{WARNING_PREFIX}: cannot encode the answer: {error}")],
+            },
+        }),
+    }
 }

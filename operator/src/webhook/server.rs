@@ -164,7 +164,7 @@ impl Webhook {
 async fn mutate_pods(
     State(state): State<AppState>,
     body: Bytes,
-) -> (StatusCode, Json<AdmissionReview<DynamicObject>>) {
+) -> (StatusCode, Json<serde_json::Value>) {
     let answer = match review::admit(&body) {
         Admission::Answer(answer) => *answer,
         Admission::Candidate(candidate) => answer_candidate(&state, *candidate).await,
@@ -177,7 +177,7 @@ async fn mutate_pods(
             tracing::info!(message = "Sidecar injected.", uid = %response.uid);
         }
     }
-    (StatusCode::OK, Json(answer))
+    (StatusCode::OK, Json(review::to_wire(&answer)))
 }
 
 async fn answer_candidate(
