@@ -71,6 +71,13 @@ pub struct GatewayConfig {
     /// At least `max_points_per_request`, so a full request can always pass;
     /// 0: `max_points_per_request`.
     pub rate_burst: u32,
+    /// Most active series one gateway replica admits. Points of a new series
+    /// beyond it are refused one by one (`too_many_series`), while known
+    /// series keep flowing. 0: no limit.
+    pub max_active_series: usize,
+    /// How long after its last point a series stops counting as active.
+    #[serde(with = "crate::duration::as_label")]
+    pub series_idle: Duration,
     /// Bearer tokens allowed to write. Empty: no authentication. Also one text
     /// of tokens separated by newlines or commas (see [`tokens_from_list_or_text`]).
     #[serde(deserialize_with = "tokens_from_list_or_text")]
@@ -87,6 +94,8 @@ impl Default for GatewayConfig {
             max_in_flight: 256,
             rate_limit: 0,
             rate_burst: 0,
+            max_active_series: 0,
+            series_idle: Duration::from_secs(3600),
             tokens: Vec::new(),
         }
     }
@@ -471,6 +480,12 @@ impl Config {
                      could never pass; raise it, or set 0 to use max_points_per_request",
                     self.gateway.max_points_per_request
                 ),
+            ));
+        }
+        if self.gateway.max_active_series > 0 && self.gateway.series_idle.is_zero() {
+            return Err(invalid(
+                "gateway.series_idle",
+                "must be longer than 0 when gateway.max_active_series is set".into(),
             ));
         }
         for (key, tokens) in [

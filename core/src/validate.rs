@@ -68,11 +68,13 @@ pub enum RejectReason {
     TooNew,
     TooManyTags,
     InvalidTag,
+    /// A new series while the gateway already admits its most active series.
+    TooManySeries,
 }
 
 impl RejectReason {
     /// Every reason, for pre-registering metric labels.
-    pub const ALL: [RejectReason; 8] = [
+    pub const ALL: [RejectReason; 9] = [
         RejectReason::Malformed,
         RejectReason::InvalidName,
         RejectReason::InvalidValue,
@@ -81,6 +83,7 @@ impl RejectReason {
         RejectReason::TooNew,
         RejectReason::TooManyTags,
         RejectReason::InvalidTag,
+        RejectReason::TooManySeries,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -93,6 +96,7 @@ impl RejectReason {
             RejectReason::TooNew => "too_new",
             RejectReason::TooManyTags => "too_many_tags",
             RejectReason::InvalidTag => "invalid_tag",
+            RejectReason::TooManySeries => "too_many_series",
         }
     }
 }

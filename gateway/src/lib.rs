@@ -15,6 +15,7 @@ mod metrics;
 mod rate;
 mod readiness;
 mod receive;
+mod series;
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -32,9 +33,11 @@ use tokio::sync::Semaphore;
 use crate::metrics::GatewayMetrics;
 use crate::rate::RateLimits;
 use crate::readiness::BusReadiness;
+use crate::series::ActiveSeries;
 
 /// What every ingest request of one gateway shares: the bus, the limits, the
-/// admission permits, the writers' rate buckets and the metrics.
+/// admission permits, the writers' rate buckets, the active series and the
+/// metrics.
 pub struct Gateway {
     bus: Arc<dyn BusProducer>,
     settings: GatewayConfig,
@@ -43,6 +46,8 @@ pub struct Gateway {
     /// `max_in_flight` bodies however many clients connect.
     permits: Semaphore,
     rates: RateLimits,
+    /// `None` without `gateway.max_active_series`.
+    series: Option<ActiveSeries>,
     metrics: GatewayMetrics,
 }
 
@@ -69,6 +74,7 @@ impl Gateway {
             limits: config.limits.clone(),
             permits: Semaphore::new(config.gateway.max_in_flight),
             rates: RateLimits::new(&config.gateway),
+            series: ActiveSeries::new(&config.gateway),
             metrics,
         });
         // With no tokens configured `require_bearer` lets every request through,

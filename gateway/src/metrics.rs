@@ -9,6 +9,7 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use pulse_core::validate::{PointError, RejectReason};
@@ -45,6 +46,7 @@ pub(crate) struct GatewayMetrics {
     body_rejections: Family<CodeLabels, Counter>,
     bus_send_errors: Family<BusErrorLabels, Counter>,
     bus_send_duration: Histogram,
+    active_series: Gauge,
 }
 
 impl GatewayMetrics {
@@ -59,6 +61,7 @@ impl GatewayMetrics {
             body_rejections: Family::default(),
             bus_send_errors: Family::default(),
             bus_send_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            active_series: Gauge::default(),
         };
         // Every reason and bus error kind exists from the start at 0, so
         // `increase()` and alerts also see the first occurrence, not only the
@@ -101,7 +104,7 @@ impl GatewayMetrics {
         );
         registry.register(
             "points_rejected",
-            "Points refused by validation, by reason",
+            "Points refused by validation or the active-series limit, by reason",
             metrics.points_rejected.clone(),
         );
         registry.register(
@@ -119,7 +122,17 @@ impl GatewayMetrics {
             "Time for the bus to make one request's batch durable",
             metrics.bus_send_duration.clone(),
         );
+        registry.register(
+            "active_series",
+            "Series this gateway counts as active (with gateway.max_active_series set)",
+            metrics.active_series.clone(),
+        );
         metrics
+    }
+
+    pub(crate) fn active_series(&self, count: usize) {
+        self.active_series
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
     /// Counts one finished request.

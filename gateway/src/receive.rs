@@ -14,9 +14,11 @@ use axum::extract::{MatchedPath, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::LengthLimitError;
+use pulse_core::Point;
 use pulse_core::codec::body::{BodyError, decode_content, parse_points};
 use pulse_core::codec::record::encode_point;
-use pulse_core::validate::PointError;
+use pulse_core::series::SeriesId;
+use pulse_core::validate::{PointError, RejectReason};
 use pulse_engine::bus::OutgoingRecord;
 use pulse_server::ApiError;
 use tokio::sync::SemaphorePermit;
@@ -153,28 +155,49 @@ impl Gateway {
         Ok(bytes)
     }
 
-    /// Decodes, parses and validates a body and encodes its valid points as bus
-    /// records.
+    /// Decodes, parses and validates a body, holds back the points of series
+    /// over the active-series limit, and encodes the rest as bus records.
     fn prepare(&self, body: &[u8], encoding: Option<&str>) -> Result<Prepared, BodyError> {
         let decoded = decode_content(encoding, body, self.settings.max_decompressed_bytes)?;
+        let now_ms = pulse_core::now_ms();
         let batch = parse_points(
             &decoded,
             &self.limits,
             self.settings.max_points_per_request,
-            pulse_core::now_ms(),
+            now_ms,
         )?;
-        let records = batch
-            .points
-            .iter()
-            .map(|point| OutgoingRecord {
-                key: point.series_id().0,
-                value: encode_point(point),
-            })
-            .collect();
-        Ok(Prepared {
-            records,
-            errors: batch.errors,
-        })
+        let series: Vec<SeriesId> = batch.points.iter().map(Point::series_id).collect();
+        let admitted = self.series.as_ref().map(|active| {
+            let admitted = active.admit(&series, now_ms);
+            self.metrics.active_series(active.len());
+            (admitted, active.limit())
+        });
+        let mut errors = batch.errors;
+        let mut records = Vec::with_capacity(batch.points.len());
+        let mut refused = Vec::new();
+        // Valid points lost their batch index; it is the next one no error names.
+        let mut invalid = errors.iter().map(|e| e.index).peekable();
+        let mut index = 0;
+        for (k, (point, id)) in batch.points.iter().zip(&series).enumerate() {
+            while invalid.next_if_eq(&index).is_some() {
+                index += 1;
+            }
+            match &admitted {
+                Some((admitted, limit)) if !admitted[k] => {
+                    refused.push(too_many_series(index, *limit));
+                }
+                _ => records.push(OutgoingRecord {
+                    key: id.0,
+                    value: encode_point(point),
+                }),
+            }
+            index += 1;
+        }
+        if !refused.is_empty() {
+            errors.extend(refused);
+            errors.sort_by_key(|e| e.index);
+        }
+        Ok(Prepared { records, errors })
     }
 
     /// Appends one request's records in a single bus send; returns once they are
@@ -189,4 +212,18 @@ impl Gateway {
             Refusal::Bus(error)
         })
     }
+}
+
+/// The error of a point whose series is new while the gateway is at its
+/// active-series limit.
+fn too_many_series(index: usize, limit: usize) -> PointError {
+    PointError::new(
+        index,
+        None,
+        RejectReason::TooManySeries,
+        format!(
+            "a new series while this gateway already admits its limit of {limit} active series \
+             (gateway.max_active_series); known series still pass, new ones once others go idle"
+        ),
+    )
 }

@@ -441,6 +441,47 @@ async fn a_writer_over_its_rate_gets_429_with_retry_after_and_nothing_is_stored(
     );
 }
 
+#[tokio::test]
+async fn new_series_over_the_active_limit_are_refused_per_point_while_known_ones_pass() {
+    let mut config = Config::default();
+    config.gateway.max_active_series = 2;
+    let h = harness(config).await;
+    let body = format!(
+        "[{},{},{},{},{}]",
+        point("a", 1.0),
+        r#"{"metric_name":"9lives","value":1}"#,
+        point("b", 2.0),
+        point("c", 3.0),
+        point("a", 4.0),
+    );
+    let answer = post(&h.router, "/v1/metrics", &[], body).await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    let details = &answer.body["error"]["details"];
+    assert_eq!(details["accepted"], 3);
+    assert_eq!(details["rejected"], 2);
+    // The errors name the points by their place in the batch, in order.
+    assert_eq!(details["errors"][0]["index"], 1);
+    assert_eq!(details["errors"][0]["reason"], "invalid_name");
+    assert_eq!(details["errors"][1]["index"], 3);
+    assert_eq!(details["errors"][1]["reason"], "too_many_series");
+    assert_eq!(stored_values(&h.bus).await, [1.0, 2.0, 4.0]);
+
+    // Known series keep flowing at the limit.
+    let body = format!("[{},{}]", point("b", 5.0), point("a", 6.0));
+    let answer = post(&h.router, "/v1/metrics", &[], body).await;
+    assert_eq!(answer.status, StatusCode::ACCEPTED);
+
+    let (_, metrics) = get(&h.router, "/metrics").await;
+    assert!(
+        metrics.contains("pulse_gateway_active_series 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"pulse_gateway_points_rejected_total{reason="too_many_series"} 1"#),
+        "{metrics}"
+    );
+}
+
 /// A bus that is down: every send and readiness check fails.
 struct DownBus;
 

@@ -238,6 +238,8 @@ pub fn validate_pipeline(pipeline: &MetricPipeline) -> Result<ValidatedPipeline,
     config.gateway.max_in_flight = to_usize(limits.max_in_flight);
     config.gateway.rate_limit = limits.rate_limit;
     config.gateway.rate_burst = limits.rate_burst;
+    config.gateway.max_active_series = to_usize(limits.max_active_series);
+    config.gateway.series_idle = duration("limits.seriesIdle", &limits.series_idle)?;
     config.limits.max_name_len = to_usize(limits.max_name_length);
     config.limits.max_tags = to_usize(limits.max_tags);
     config.limits.max_tag_key_len = to_usize(limits.max_tag_key_length);

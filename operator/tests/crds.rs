@@ -230,7 +230,7 @@ fn cel_refuses_more_processors_than_partitions() {
 }
 
 #[test]
-fn cel_refuses_a_rate_burst_below_a_full_request() {
+fn rate_and_series_limits_render_and_a_burst_below_a_full_request_is_refused() {
     let bad = pipeline_with(|v| {
         v["spec"]["limits"] = json!({"rateLimit": 1000, "rateBurst": 10, "maxPointsPerRequest": 50})
     });
@@ -239,10 +239,19 @@ fn cel_refuses_a_rate_burst_below_a_full_request() {
         err.contains("rateBurst must be 0 or at least maxPointsPerRequest"),
         "{err}"
     );
-    let good = pipeline_with(|v| v["spec"]["limits"] = json!({"rateLimit": 1000}));
+    let good = pipeline_with(|v| {
+        v["spec"]["limits"] =
+            json!({"rateLimit": 1000, "maxActiveSeries": 50000, "seriesIdle": "30m"})
+    });
     validate_cel(&good).unwrap();
     let rendered = validate_pipeline(&good).unwrap().config_toml;
-    assert!(rendered.contains("rate_limit = 1000"), "{rendered}");
+    for line in [
+        "rate_limit = 1000",
+        "max_active_series = 50000",
+        "series_idle = \"30m\"",
+    ] {
+        assert!(rendered.contains(line), "{line} in {rendered}");
+    }
 }
 
 #[test]

@@ -214,6 +214,15 @@ pub struct LimitsSpec {
     /// 0: maxPointsPerRequest.
     #[serde(default)]
     pub rate_burst: u32,
+    /// Most active series each gateway replica admits; points of a new series
+    /// beyond it are refused (reason too_many_series) while known series keep
+    /// flowing. 0: no limit.
+    #[serde(default)]
+    pub max_active_series: u32,
+    /// How long after its last point a series stops counting as active.
+    #[serde(default = "default_series_idle")]
+    #[schemars(pattern(DURATION_PATTERN))]
+    pub series_idle: String,
     /// Longest metric name, in bytes.
     #[serde(default = "default_max_name_length")]
     #[schemars(range(min = 1, max = 10000))]
@@ -249,6 +258,8 @@ impl Default for LimitsSpec {
             max_in_flight: default_max_in_flight(),
             rate_limit: 0,
             rate_burst: 0,
+            max_active_series: 0,
+            series_idle: default_series_idle(),
             max_name_length: default_max_name_length(),
             max_tags: default_max_tags(),
             max_tag_key_length: default_max_tag_key_length(),
@@ -364,6 +375,10 @@ fn default_max_points_per_request() -> u32 {
 
 fn default_max_in_flight() -> u32 {
     saturating_u32(GatewayConfig::default().max_in_flight)
+}
+
+fn default_series_idle() -> String {
+    label(GatewayConfig::default().series_idle)
 }
 
 fn default_max_name_length() -> u32 {
