@@ -63,6 +63,18 @@ impl Role {
         }
     }
 
+    /// What the role serves on its listener, for the start-up banner.
+    pub fn routes(self) -> &'static str {
+        match self {
+            Role::Gateway => "POST /metrics, POST /v1/metrics, /healthz, /readyz, /metrics",
+            Role::Processor => "/healthz, /readyz, /metrics",
+            Role::Dashboard => {
+                "web UI at /, GET /dashboard, /api/v1/query_range, /api/v1/metrics, /api/v1/live, \
+                 /healthz, /readyz, /metrics"
+            }
+        }
+    }
+
     /// Whether the role writes to or reads from the bus.
     fn uses_bus(self) -> bool {
         matches!(self, Role::Gateway | Role::Processor)

@@ -303,18 +303,13 @@ async fn up(config: Config) -> Result<(), String> {
         ),
         (None, _) => println!("Pulse is up"),
     }
-    println!(
-        "  gateway    http://{}   POST /metrics, POST /v1/metrics",
-        running.gateway
-    );
-    println!(
-        "  dashboard  http://{}   web UI at /, GET /dashboard, /api/v1/query_range, /api/v1/metrics, /api/v1/live",
-        running.dashboard
-    );
-    println!(
-        "  processor  http://{}   /healthz, /readyz, /metrics",
-        running.processor
-    );
+    for (role, addr) in [
+        (Role::Gateway, running.gateway),
+        (Role::Dashboard, running.dashboard),
+        (Role::Processor, running.processor),
+    ] {
+        print_listener(role, addr);
+    }
     print_engines(&running.engines);
     println!(
         "  windows {}; allowed lateness {lateness}",
@@ -328,6 +323,11 @@ async fn up(config: Config) -> Result<(), String> {
     running.wait().await?;
     println!("Pulse stopped cleanly.");
     Ok(())
+}
+
+/// One line of the start-up banner: a role, where it listens, what it serves.
+fn print_listener(role: Role, addr: std::net::SocketAddr) {
+    println!("  {:<10} http://{addr}   {}", role.name(), role.routes());
 }
 
 /// `pulse gateway|processor|dashboard`: one role alone.
@@ -347,14 +347,7 @@ async fn role(role: Role, args: RoleArgs) -> Result<(), String> {
     };
     let name = role.name();
     println!("Pulse {name} is up");
-    let routes = match role {
-        Role::Gateway => "POST /metrics, POST /v1/metrics, /healthz, /readyz, /metrics",
-        Role::Processor => "/healthz, /readyz, /metrics",
-        Role::Dashboard => {
-            "web UI at /, GET /dashboard, /api/v1/query_range, /api/v1/metrics, /api/v1/live, /healthz, /readyz, /metrics"
-        }
-    };
-    println!("  {name:<10} http://{}   {routes}", running.addr);
+    print_listener(role, running.addr);
     print_engines(&running.engines);
     println!("Press Ctrl-C to stop.");
     running.wait().await?;
