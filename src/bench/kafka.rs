@@ -38,15 +38,82 @@ pub struct KafkaBenchResult {
     pub batch: usize,
     /// From the first POST until the last 202.
     pub gateway_rate: f64,
+    /// The same, through a gateway with the rate and active-series limits on
+    /// (set so that they never refuse: their bookkeeping is what is measured).
+    pub limited_rate: f64,
     /// The same records through a raw `FutureProducer`, until all delivered.
     pub raw_rate: f64,
     /// 429/503 answers retried.
     pub retries: usize,
     /// Alternating runs of both sides; the medians are reported.
     pub runs: usize,
-    /// CPU time of the whole process per point (gateway side, raw side),
-    /// in microseconds, the in-process mock broker included.
-    pub cpu_us_per_point: Option<(f64, f64)>,
+    /// CPU time of the whole process per point (gateway side, raw side,
+    /// gateway with limits), in microseconds, the in-process mock broker included.
+    pub cpu_us_per_point: Option<(f64, f64, f64)>,
+}
+
+/// A gateway router serving on a loopback port.
+struct Served {
+    url: String,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), String>>,
+}
+
+impl Served {
+    async fn start(config: &Config, bus: Arc<dyn BusProducer>) -> Result<Served, String> {
+        let registry = Arc::new(Mutex::new(Registry::default()));
+        let router = pulse_gateway::Gateway::router(config, bus, registry);
+        let listener = pulse_server::bind("gateway", config.gateway.listen, "gateway.listen")
+            .await
+            .map_err(|e| e.to_string())?;
+        let url = format!(
+            "http://{}/v1/metrics",
+            listener.local_addr().map_err(|e| format!("{e}"))?
+        );
+        let shutdown = CancellationToken::new();
+        let serve = pulse_server::serve(listener, router, shutdown.clone());
+        let task = tokio::spawn(async move { serve.await.map_err(|e| e.to_string()) });
+        Ok(Served {
+            url,
+            shutdown,
+            task,
+        })
+    }
+
+    async fn stop(self) -> Result<(), String> {
+        self.shutdown.cancel();
+        self.task
+            .await
+            .map_err(|e| format!("the gateway task failed: {e}"))?
+            .map_err(|e| format!("the gateway failed: {e}"))
+    }
+}
+
+/// A gateway's producer on its own topic, which has sent one record before
+/// the clock starts, so neither the metadata call nor the wait for a producer
+/// id is timed (the raw producer warms up the same way).
+async fn warm_producer(brokers: &str, topic: &str) -> Result<Arc<dyn BusProducer>, String> {
+    let producer = KafkaProducer::new(brokers, topic)
+        .await
+        .map_err(|e| format!("gateway producer: {e}"))?;
+    producer
+        .send(vec![OutgoingRecord {
+            key: 0,
+            value: Vec::new(),
+        }])
+        .await
+        .map_err(|e| format!("gateway producer: {e}"))?;
+    Ok(Arc::new(producer))
+}
+
+/// `config` with both gateway limits on, high enough never to refuse a point
+/// of the bench: every request still takes from its rate bucket and looks up
+/// each point's series.
+fn with_limits(config: &Config, series: usize) -> Config {
+    let mut limited = config.clone();
+    limited.gateway.rate_limit = 100_000_000;
+    limited.gateway.max_active_series = series * 2;
+    limited
 }
 
 /// A mock Kafka cluster of one broker (replication factor 1, so `acks=all`
@@ -168,40 +235,35 @@ pub async fn measure(
     series: usize,
     runs: usize,
 ) -> Result<KafkaBenchResult, String> {
-    let (raw_topic, gateway_topic) = ("pulse.bench.raw", "pulse.bench.gateway");
-    let cluster = mock_cluster(&[raw_topic, gateway_topic], PARTITIONS)?;
+    let (raw_topic, gateway_topic, limited_topic) = (
+        "pulse.bench.raw",
+        "pulse.bench.gateway",
+        "pulse.bench.limited",
+    );
+    let cluster = mock_cluster(&[raw_topic, gateway_topic, limited_topic], PARTITIONS)?;
     let brokers = cluster.bootstrap_servers();
     let (bodies, records): (Vec<_>, Vec<_>) = batches(points, batch, series)?.into_iter().unzip();
     let records: Vec<OutgoingRecord> = records.into_iter().flatten().collect();
 
-    let producer = KafkaProducer::new(&brokers, gateway_topic)
-        .await
-        .map_err(|e| format!("gateway producer: {e}"))?;
-    // One record before the clock, so it times neither the metadata call nor
-    // the wait for a producer id (the raw producer warms up the same way).
-    producer
-        .send(vec![OutgoingRecord {
-            key: 0,
-            value: Vec::new(),
-        }])
-        .await
-        .map_err(|e| format!("gateway producer: {e}"))?;
     let mut config = Config::default();
     config.gateway.listen = "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?;
-    let registry = Arc::new(Mutex::new(Registry::default()));
-    let router = pulse_gateway::Gateway::router(&config, Arc::new(producer), registry);
-    let listener = pulse_server::bind("gateway", config.gateway.listen, "gateway.listen")
-        .await
-        .map_err(|e| e.to_string())?;
-    let url = format!(
-        "http://{}/v1/metrics",
-        listener.local_addr().map_err(|e| format!("{e}"))?
-    );
-    let shutdown = CancellationToken::new();
-    let server = tokio::spawn(pulse_server::serve(listener, router, shutdown.clone()));
+    let plain = Served::start(&config, warm_producer(&brokers, gateway_topic).await?).await?;
+    let limited = async {
+        let bus = warm_producer(&brokers, limited_topic).await?;
+        Served::start(&with_limits(&config, series), bus).await
+    };
+    let limited = match limited.await {
+        Ok(limited) => limited,
+        Err(e) => {
+            plain.stop().await?;
+            return Err(e);
+        }
+    };
     let outcome = async {
-        let (mut raw_rates, mut gateway_rates, mut retries) = (Vec::new(), Vec::new(), 0);
-        let (mut raw_cpu, mut gateway_cpu) = (Some(0.0), Some(0.0));
+        let (mut raw_rates, mut gateway_rates, mut limited_rates) =
+            (Vec::new(), Vec::new(), Vec::new());
+        let mut retries = 0;
+        let (mut raw_cpu, mut gateway_cpu, mut limited_cpu) = (Some(0.0), Some(0.0), Some(0.0));
         let add = |total: &mut Option<f64>, before: Option<f64>| {
             *total = total
                 .zip(before.zip(e2e::cpu_seconds()))
@@ -212,40 +274,41 @@ pub async fn measure(
             let raw = produce_raw(&brokers, raw_topic, PARTITIONS, &records).await?;
             add(&mut raw_cpu, before);
             raw_rates.push(points as f64 / raw.as_secs_f64());
-            let bodies = bodies.clone();
-            let before = e2e::cpu_seconds();
-            let started = Instant::now();
-            let (accepted, r) = e2e::post_bodies(&url, bodies).await?;
-            gateway_rates.push(points as f64 / started.elapsed().as_secs_f64());
-            add(&mut gateway_cpu, before);
-            retries += r;
-            if accepted != points {
-                return Err(format!(
-                    "the gateway accepted {accepted} of {points} points"
-                ));
+            for (served, rates, cpu) in [
+                (&plain, &mut gateway_rates, &mut gateway_cpu),
+                (&limited, &mut limited_rates, &mut limited_cpu),
+            ] {
+                let before = e2e::cpu_seconds();
+                let started = Instant::now();
+                let (accepted, r) = e2e::post_bodies(&served.url, bodies.clone()).await?;
+                rates.push(points as f64 / started.elapsed().as_secs_f64());
+                add(cpu, before);
+                retries += r;
+                if accepted != points {
+                    return Err(format!(
+                        "the gateway accepted {accepted} of {points} points"
+                    ));
+                }
             }
         }
+        let per_point = |cpu: f64| cpu * 1e6 / (points * runs) as f64;
         Ok::<_, String>(KafkaBenchResult {
             points,
             batch,
             gateway_rate: median(&mut gateway_rates),
+            limited_rate: median(&mut limited_rates),
             raw_rate: median(&mut raw_rates),
             retries,
             runs,
-            cpu_us_per_point: gateway_cpu.zip(raw_cpu).map(|(g, r)| {
-                (
-                    g * 1e6 / (points * runs) as f64,
-                    r * 1e6 / (points * runs) as f64,
-                )
-            }),
+            cpu_us_per_point: gateway_cpu
+                .zip(raw_cpu)
+                .zip(limited_cpu)
+                .map(|((g, r), l)| (per_point(g), per_point(r), per_point(l))),
         })
     }
     .await;
-    shutdown.cancel();
-    server
-        .await
-        .map_err(|e| format!("the gateway task failed: {e}"))?
-        .map_err(|e| format!("the gateway failed: {e}"))?;
+    plain.stop().await?;
+    limited.stop().await?;
     outcome
 }
 
@@ -282,16 +345,28 @@ pub async fn stage(
         reference_rate: k.raw_rate,
         target: format!("≥ 0.5× raw: {}", met(ratio >= 0.5)),
     });
+    report.rows.push(Row {
+        what: format!(
+            "Gateway → Kafka as above, with `gateway.rate_limit` (100 M points/s) and \
+             `max_active_series` ({}) on, neither refusing a point",
+            thousands(series * 2)
+        ),
+        rate: k.limited_rate,
+        unit: "points/s",
+        reference: "the gateway without limits, same run".into(),
+        reference_rate: k.gateway_rate,
+        target: "none: the limits' cost".into(),
+    });
     let mut note = format!(
-        "Gateway → Kafka: median of {} alternating runs; both producers sent one record before their clock \
+        "Gateway → Kafka: median of {} alternating runs; each producer sent one record before its clock \
          started (metadata and producer id)",
         k.runs
     );
-    if let Some((gateway, raw)) = k.cpu_us_per_point {
+    if let Some((gateway, raw, limited)) = k.cpu_us_per_point {
         let _ = write!(
             note,
             "; CPU time of the process per point (the HTTP clients and the mock broker included): gateway side \
-             {gateway:.2} µs, raw side {raw:.2} µs"
+             {gateway:.2} µs, raw side {raw:.2} µs, gateway with limits {limited:.2} µs"
         );
     }
     if k.retries > 0 {
