@@ -280,14 +280,12 @@ impl TopicAdmin for KafkaTopicAdmin {
             .create_topics([&topic], &Self::options())
             .await
             .map_err(|e| map_error(brokers, &operation, &e))?;
-        for result in results {
-            match result {
-                Ok(_) => {}
-                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((_, code)) => return Err(map_code(brokers, &operation, code)),
-            }
-        }
-        Ok(())
+        refusal(
+            results,
+            &[RDKafkaErrorCode::TopicAlreadyExists],
+            brokers,
+            &operation,
+        )
     }
 
     async fn grow_partitions(
@@ -304,12 +302,7 @@ impl TopicAdmin for KafkaTopicAdmin {
             .create_partitions([&request], &Self::options())
             .await
             .map_err(|e| map_error(brokers, &operation, &e))?;
-        for result in results {
-            if let Err((_, code)) = result {
-                return Err(map_code(brokers, &operation, code));
-            }
-        }
-        Ok(())
+        refusal(results, &[], brokers, &operation)
     }
 
     async fn set_retention(
@@ -342,12 +335,7 @@ impl TopicAdmin for KafkaTopicAdmin {
             .alter_configs([&request], &Self::options())
             .await
             .map_err(|e| map_error(brokers, &operation, &e))?;
-        for result in results {
-            if let Err((_, code)) = result {
-                return Err(map_code(brokers, &operation, code));
-            }
-        }
-        Ok(())
+        refusal(results, &[], brokers, &operation)
     }
 
     async fn delete(&self, brokers: &str, topic: &str) -> Result<(), TopicAdminError> {
@@ -357,13 +345,12 @@ impl TopicAdmin for KafkaTopicAdmin {
             .delete_topics(&[topic], &Self::options())
             .await
             .map_err(|e| map_error(brokers, &operation, &e))?;
-        for result in results {
-            match result {
-                Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
-                Err((_, code)) => return Err(map_code(brokers, &operation, code)),
-            }
-        }
-        Ok(())
+        refusal(
+            results,
+            &[RDKafkaErrorCode::UnknownTopicOrPartition],
+            brokers,
+            &operation,
+        )
     }
 }
 
@@ -461,6 +448,25 @@ fn retention_update(
     }
     entries.push((RETENTION_KEY.to_string(), retention_ms.to_string()));
     Ok(entries)
+}
+
+/// The first per-resource refusal of an admin request's results, mapped;
+/// codes in `tolerated` (the wanted state already holds) are not refusals.
+fn refusal<T, R>(
+    results: Vec<Result<T, (R, RDKafkaErrorCode)>>,
+    tolerated: &[RDKafkaErrorCode],
+    brokers: &str,
+    operation: &str,
+) -> Result<(), TopicAdminError> {
+    match results.into_iter().find_map(|result| {
+        result
+            .err()
+            .map(|(_, code)| code)
+            .filter(|code| !tolerated.contains(code))
+    }) {
+        Some(code) => Err(map_code(brokers, operation, code)),
+        None => Ok(()),
+    }
 }
 
 /// Maps a librdkafka error of a whole request.
