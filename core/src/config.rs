@@ -286,7 +286,7 @@ impl Default for CacheConfig {
 }
 
 /// The Kafka topic of a pipeline's points, `pulse.<namespace>.<pipeline>.points`
-/// (DESIGN.md "Names"); the operator creates it under this name.
+/// (docs/ARCHITECTURE.md "Names and contracts"); the operator creates it under this name.
 pub fn points_topic(namespace: &str, pipeline: &str) -> String {
     format!("pulse.{namespace}.{pipeline}.points")
 }
@@ -578,7 +578,7 @@ impl Config {
     }
 
     /// The Kafka topic of the points: `bus.topic`, or by default
-    /// `pulse.<namespace>.<pipeline>.points` (DESIGN.md, Names).
+    /// `pulse.<namespace>.<pipeline>.points` (docs/ARCHITECTURE.md, "Names and contracts").
     pub fn points_topic(&self) -> String {
         self.bus
             .topic

@@ -1,5 +1,5 @@
 //! Every name, label and port the operator, the chart and the webhook agree
-//! on, in one place (DESIGN.md "Names").
+//! on, in one place (docs/ARCHITECTURE.md "Names and contracts").
 
 /// API group of the custom resources.
 pub const GROUP: &str = "pulse.dev";

@@ -239,7 +239,7 @@ fn sketch_stage(sizes: &Sizes, report: &mut Report) -> Result<(), String> {
         unit: "values/s",
         reference: "exact: push into a `Vec<f64>`, sort, read p50/p90/p95/p99".into(),
         reference_rate: s.exact_rate,
-        target: format!("quantiles within 1 % (DESIGN.md): {met}"),
+        target: format!("quantiles within 1 % (the design target): {met}"),
     });
     report.notes.push(format!(
         "Sketch: largest relative error of p50/p90/p95/p99 against the exact values {:.3} %; \

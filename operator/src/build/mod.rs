@@ -105,7 +105,7 @@ impl Owner<'_> {
         }
     }
 
-    /// The labels of DESIGN.md "Names" on everything the operator makes.
+    /// The labels of docs/ARCHITECTURE.md "Names and contracts" on everything the operator makes.
     fn labels(&self, component: Option<Component>) -> BTreeMap<String, String> {
         let mut labels = BTreeMap::from([(
             names::LABEL_MANAGED_BY.to_string(),
