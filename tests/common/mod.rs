@@ -782,6 +782,7 @@ impl MockKafka {
             .expect("the mock creates the topic");
         // SAFETY: the pointer is the live cluster `holder` owns; the call only
         // sets a default, under the cluster's lock.
+        #[allow(unsafe_code)]
         unsafe {
             let raw = rdkafka::bindings::rd_kafka_handle_mock_cluster(holder.client().native_ptr());
             assert!(!raw.is_null());
