@@ -11,7 +11,7 @@
 //!
 //! A production engine that cannot be reached at start is not an error: the
 //! role logs a warning naming the engine, its address (never a password) and
-//! the config key, then retries with exponential backoff ([`backoff_delay`])
+//! the config key, then retries with [`Backoff`] (from [`BACKOFF_FIRST`] to [`BACKOFF_CAP`])
 //! until it connects or shutdown is requested. A deployment that starts before
 //! its database therefore waits visibly instead of crash-looping. Errors that
 //! waiting cannot fix (an invalid URL, a failing migration) end the start.
@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use pulse_core::backoff::Backoff;
 use pulse_core::config::Config;
 use pulse_engine::bus::embedded::SqliteBus;
 use pulse_engine::bus::kafka::{KafkaConsumer, KafkaProducer};
@@ -35,7 +36,7 @@ use pulse_engine::store::{Store, StoreError};
 use pulse_server::CancellationToken;
 use tracing::{info, warn};
 
-/// First pause after a failed connection attempt.
+/// First pause after a failed connection attempt (half of it random).
 pub const BACKOFF_FIRST: Duration = Duration::from_secs(1);
 /// Longest pause between two connection attempts.
 pub const BACKOFF_CAP: Duration = Duration::from_secs(30);
@@ -317,7 +318,14 @@ async fn open_bus(
             other => other,
         })
     };
-    let partitions = retry(&target, shutdown, is_permanent_bus, backoff_delay, check).await?;
+    let partitions = retry(
+        &target,
+        shutdown,
+        is_permanent_bus,
+        connect_backoff(),
+        check,
+    )
+    .await?;
     if partitions != config.bus.partitions {
         warn!(
             message = "The Kafka topic's partition count differs from bus.partitions; the topic's is used.",
@@ -401,7 +409,14 @@ async fn open_store(
         store.migrate().await?;
         Ok::<_, StoreError>(store)
     };
-    let store = retry(&target, shutdown, is_permanent_store, backoff_delay, open).await?;
+    let store = retry(
+        &target,
+        shutdown,
+        is_permanent_store,
+        connect_backoff(),
+        open,
+    )
+    .await?;
     let mode = store.mode();
     info!(
         message = "Store: PostgreSQL.",
@@ -453,7 +468,7 @@ async fn open_cache(
         probe(address).await.map_err(CacheError::Unavailable)?;
         RedisCache::connect(url, prefix_ref, ttl).await
     };
-    let cache = retry(&target, shutdown, never_permanent, backoff_delay, open).await?;
+    let cache = retry(&target, shutdown, never_permanent, connect_backoff(), open).await?;
     info!(
         message = "Cache: Redis.",
         address = %target.address,
@@ -531,13 +546,13 @@ struct Target {
 }
 
 /// Runs `attempt` until it succeeds, fails permanently, or `shutdown` is
-/// cancelled; waits `delay(failures so far)` between attempts, with a warning
+/// cancelled; waits as `backoff` says between attempts, with a warning
 /// each time.
 async fn retry<T, E, F, Fut>(
     target: &Target,
     shutdown: &CancellationToken,
     permanent: impl Fn(&E) -> bool,
-    delay: impl Fn(u32) -> Duration,
+    mut backoff: Backoff,
     mut attempt: F,
 ) -> Result<T, EngineError>
 where
@@ -547,7 +562,6 @@ where
 {
     let (engine, address, key) = (target.engine, target.address.as_str(), target.key);
     let cancelled = || EngineError::Cancelled(format!("{engine} at {address} ({key})"));
-    let mut failures: u32 = 0;
     loop {
         let outcome = tokio::select! {
             biased;
@@ -556,12 +570,12 @@ where
         };
         let error = match outcome {
             Ok(value) => {
-                if failures > 0 {
+                if backoff.failures() > 0 {
                     info!(
                         engine,
                         address,
                         key,
-                        failed_attempts = failures,
+                        failed_attempts = backoff.failures(),
                         "Connected to {engine} at {address} ({key})."
                     );
                 }
@@ -577,14 +591,13 @@ where
             }
             Err(error) => error,
         };
-        let pause = delay(failures);
-        let wait = pulse_core::duration::label(pause);
-        failures = failures.saturating_add(1);
+        let pause = backoff.fail();
+        let wait = format!("{:.1}s", pause.as_secs_f64());
         warn!(
             engine,
             address,
             key,
-            attempt = failures,
+            attempt = backoff.failures(),
             retry_in = %wait,
             %error,
             "Cannot reach {engine} at {address} ({key}); retrying in {wait}."
@@ -597,12 +610,9 @@ where
     }
 }
 
-/// The pause after `failures` failed attempts (0 = after the first): starts at
-/// [`BACKOFF_FIRST`], doubles each time, and stays at [`BACKOFF_CAP`].
-pub fn backoff_delay(failures: u32) -> Duration {
-    BACKOFF_FIRST
-        .checked_mul(1u32.checked_shl(failures).unwrap_or(u32::MAX))
-        .map_or(BACKOFF_CAP, |d| d.min(BACKOFF_CAP))
+/// The backoff of a connection to an engine at start.
+fn connect_backoff() -> Backoff {
+    Backoff::new(BACKOFF_FIRST, BACKOFF_CAP)
 }
 
 /// `url` with its password (in the user part, or a `password=` query
@@ -674,15 +684,6 @@ pub fn url_endpoint(url: &str, default_port: u16) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_from_one_second_up_to_thirty() {
-        let delays: Vec<u64> = (0..8).map(|n| backoff_delay(n).as_secs()).collect();
-        assert_eq!(delays, [1, 2, 4, 8, 16, 30, 30, 30]);
-        assert_eq!(backoff_delay(31), BACKOFF_CAP);
-        assert_eq!(backoff_delay(32), BACKOFF_CAP);
-        assert_eq!(backoff_delay(u32::MAX), BACKOFF_CAP);
-    }
 
     #[test]
     fn urls_lose_their_passwords() {
@@ -799,17 +800,13 @@ mod tests {
             key: "storage.database_url",
         };
         let shutdown = CancellationToken::new();
-        let asked = std::sync::Mutex::new(Vec::new());
-        let short = |failures: u32| {
-            asked.lock().unwrap().push(failures);
-            Duration::from_millis(1)
-        };
+        let short = || Backoff::new(Duration::from_millis(1), Duration::from_millis(1));
         let mut calls = 0;
         let value = retry(
             &target,
             &shutdown,
             |_: &String| false,
-            short,
+            short(),
             || {
                 calls += 1;
                 let n = calls;
@@ -825,20 +822,17 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(value, 4);
-        assert_eq!(*asked.lock().unwrap(), [0, 1, 2]);
 
         let fatal = |e: &String| e == "fatal";
-        let err = retry(&target, &shutdown, fatal, short, || async {
-            Err::<(), _>("fatal".to_string())
+        let mut attempts = 0;
+        let err = retry(&target, &shutdown, fatal, short(), || {
+            attempts += 1;
+            async { Err::<(), _>("fatal".to_string()) }
         })
         .await
         .unwrap_err();
         assert!(err.to_string().contains("storage.database_url"), "{err}");
-        assert_eq!(
-            asked.lock().unwrap().len(),
-            3,
-            "no pause before a permanent error"
-        );
+        assert_eq!(attempts, 1, "a permanent error is not retried");
 
         let canceller = shutdown.clone();
         tokio::spawn(async move {
@@ -849,7 +843,7 @@ mod tests {
             &target,
             &shutdown,
             |_: &String| false,
-            short,
+            short(),
             || async { Err::<(), _>("down".to_string()) },
         )
         .await

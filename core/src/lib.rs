@@ -7,6 +7,7 @@
 
 pub mod aggregate;
 pub mod auth;
+pub mod backoff;
 pub mod board;
 pub mod codec;
 pub mod config;

@@ -8,8 +8,8 @@ use pulse_core::{Aggregate, Point, SeriesId, Tags, WindowResult};
 use crate::bus::{BusConsumer, BusProducer, ConsumerEvent, OutgoingRecord};
 use crate::cache::Cache;
 use crate::store::{
-    Commit, DeadLetter, LateCount, OpenWindowKey, OpenWindowState, PartitionCheckpoint, RawPoint,
-    ResultQuery, SeriesRow, Store,
+    Claim, Commit, DeadLetter, LateCount, OpenWindowKey, OpenWindowState, PartitionCheckpoint,
+    RawPoint, ResultQuery, SeriesRow, Store, StoreError,
 };
 
 fn tags(pairs: &[(&str, &str)]) -> Tags {
@@ -167,6 +167,7 @@ pub async fn store_suite(store: &dyn Store) {
     let raw_tags = tags(&[("host", "a"), ("env", "prod")]);
     let raw_id = SeriesId::of("cpu", &raw_tags);
     let commit = Commit {
+        claims: vec![],
         partitions: vec![PartitionCheckpoint {
             partition: 1,
             next_offset: 17,
@@ -354,6 +355,107 @@ pub async fn store_suite(store: &dyn Store) {
     );
 }
 
+/// Store: a partition taken by a new owner refuses the commits of the old
+/// one, whole, with [`StoreError::Fenced`]; the old owner's other partitions
+/// and the new owner's commits go on.
+pub async fn fencing_suite(store: &dyn Store) {
+    store.migrate().await.unwrap();
+    let fenced_tags = tags(&[("host", "fenced")]);
+    let id = SeriesId::of("fencing", &fenced_tags);
+    let commit = |claims: &[Claim], partition: u32, next_offset: u64, ts: i64| Commit {
+        claims: claims.to_vec(),
+        partitions: vec![PartitionCheckpoint {
+            partition,
+            next_offset,
+            max_event_ts: Some(ts),
+            watermark: None,
+        }],
+        series: vec![SeriesRow {
+            series_id: id,
+            metric: "fencing".into(),
+            tags: fenced_tags.clone(),
+        }],
+        raw_points: vec![RawPoint {
+            series_id: id,
+            timestamp_ms: ts,
+            value: 1.0,
+        }],
+        ..Commit::default()
+    };
+    let raw = || async {
+        store
+            .raw_points("fencing", &Tags::new(), 0, i64::MAX)
+            .await
+            .unwrap()
+    };
+
+    let old = store.load_checkpoint(&[3, 4]).await.unwrap();
+    assert_eq!(
+        old.claims.iter().map(|c| c.partition).collect::<Vec<_>>(),
+        vec![3, 4],
+        "a take claims every partition it loads"
+    );
+    store
+        .commit(&commit(&old.claims, 3, 10, 1_000))
+        .await
+        .unwrap();
+
+    let new = store.load_checkpoint(&[3]).await.unwrap();
+    assert!(
+        new.claims[0].generation > old.claims[0].generation,
+        "each take moves the generation on"
+    );
+    assert_eq!(
+        new.partitions[0].next_offset, 10,
+        "the new owner resumes where the old one committed"
+    );
+
+    // The stale owner's commit (offsets backwards, points again) is refused whole.
+    match store.commit(&commit(&old.claims, 3, 5, 2_000)).await {
+        Err(StoreError::Fenced { partitions }) => assert_eq!(partitions, vec![3]),
+        other => panic!("a stale writer must be fenced, got {other:?}"),
+    }
+    assert_eq!(
+        raw().await.len(),
+        1,
+        "nothing of a fenced commit is written"
+    );
+
+    // Its claim on partition 4 is still current; the new owner's commits land.
+    let old_on_4: Vec<Claim> = old
+        .claims
+        .iter()
+        .copied()
+        .filter(|c| c.partition == 4)
+        .collect();
+    store.commit(&commit(&old_on_4, 4, 7, 3_000)).await.unwrap();
+    store
+        .commit(&commit(&new.claims, 3, 12, 4_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        raw()
+            .await
+            .iter()
+            .map(|p| p.timestamp_ms)
+            .collect::<Vec<_>>(),
+        vec![1_000, 3_000, 4_000]
+    );
+    let again = store.load_checkpoint(&[3, 4]).await.unwrap();
+    assert_eq!(
+        again
+            .partitions
+            .iter()
+            .map(|p| (p.partition, p.next_offset))
+            .collect::<Vec<_>>(),
+        vec![(3, 12), (4, 7)]
+    );
+    match store.commit(&commit(&new.claims, 3, 20, 5_000)).await {
+        Err(StoreError::Fenced { partitions }) => assert_eq!(partitions, vec![3]),
+        other => panic!("the new owner is fenced in turn by the next take, got {other:?}"),
+    }
+}
+
 /// Cache: newest window per series, cold answers, live fan-out.
 pub async fn cache_suite(cache: &dyn Cache) {
     use futures::StreamExt;
@@ -461,6 +563,15 @@ mod embedded {
     }
 
     #[tokio::test]
+    async fn sqlite_store_fences_stale_writers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("store.db"))
+            .await
+            .unwrap();
+        super::fencing_suite(&store).await;
+    }
+
+    #[tokio::test]
     async fn memory_cache_conforms() {
         super::cache_suite(&MemoryCache::new()).await;
     }
@@ -479,6 +590,17 @@ mod postgres_engine {
         dropping_schemas(&url, &[&schema], async {
             let store = PostgresStore::connect(&url, &schema).await.unwrap();
             super::store_suite(&store).await;
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn postgres_store_fences_stale_writers() {
+        let Some(url) = pg_url_or_skip() else { return };
+        let schema = unique_schema("fencing");
+        dropping_schemas(&url, &[&schema], async {
+            let store = PostgresStore::connect(&url, &schema).await.unwrap();
+            super::fencing_suite(&store).await;
         })
         .await;
     }
@@ -581,6 +703,60 @@ mod kafka_engine {
         assert_eq!(
             consumer.end_offsets().await.unwrap(),
             vec![(0, 10), (1, 10)]
+        );
+    }
+
+    /// What the processor does while its store is down: pause and go on
+    /// polling. The member reads nothing, stays in its group past
+    /// `max.poll.interval.ms` (no revoke), and after the resume reads on from
+    /// right after the last record it handed out, none skipped or repeated.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn kafka_paused_consumer_stays_in_its_group_and_resumes_where_it_stopped() {
+        let topic = "pulse.test.pause.points";
+        let cluster = cluster(topic, 1);
+        let brokers = cluster.bootstrap_servers();
+        let producer = KafkaProducer::new(&brokers, topic).await.unwrap();
+        producer.send(records(0..10)).await.unwrap();
+        let poll_interval = Duration::from_millis(7000);
+        let mut overrides = GROUP_TIMEOUTS.to_vec();
+        overrides.push(("max.poll.interval.ms", "7000"));
+        let mut consumer =
+            KafkaConsumer::with_overrides(&brokers, topic, "pulse-pause", &overrides).unwrap();
+        assert_eq!(first_assignment(&mut consumer).await, vec![0]);
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while got.len() < 4 && Instant::now() < deadline {
+            if let ConsumerEvent::Records(r) = consumer
+                .next(4 - got.len(), Duration::from_millis(200))
+                .await
+                .unwrap()
+            {
+                got.extend(r);
+            }
+        }
+        assert_eq!(got.len(), 4);
+
+        consumer.pause(true).await.unwrap();
+        producer.send(records(10..20)).await.unwrap();
+        let paused_until = Instant::now() + poll_interval + Duration::from_secs(2);
+        while Instant::now() < paused_until {
+            let event = consumer
+                .next(100, Duration::from_millis(200))
+                .await
+                .unwrap();
+            assert_eq!(
+                event,
+                ConsumerEvent::Idle,
+                "a paused member reads nothing and keeps its partitions"
+            );
+        }
+
+        consumer.pause(false).await.unwrap();
+        got.extend(super::read_records(&mut consumer, 16).await);
+        assert_eq!(
+            got.iter().map(|r| r.offset).collect::<Vec<_>>(),
+            (0..20).collect::<Vec<u64>>(),
+            "reading goes on right after the last record handed out"
         );
     }
 

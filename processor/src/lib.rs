@@ -3,8 +3,10 @@
 //! and offsets to the store in one transaction (exactly-once), then publishes
 //! closed windows to the cache.
 
+mod checkpoint;
 pub mod metrics;
 pub mod run;
+mod status;
 pub mod watermark;
 pub mod window;
 

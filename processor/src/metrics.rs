@@ -17,6 +17,14 @@ pub struct PartitionLabel {
     pub partition: String,
 }
 
+impl PartitionLabel {
+    pub fn of(partition: u32) -> PartitionLabel {
+        PartitionLabel {
+            partition: partition.to_string(),
+        }
+    }
+}
+
 /// Counters and gauges the processor keeps, registered under `pulse_processor_`.
 #[derive(Clone)]
 pub struct ProcessorMetrics {
@@ -30,6 +38,7 @@ pub struct ProcessorMetrics {
     pub watermark_seconds: Family<PartitionLabel, Gauge>,
     pub commits: Counter,
     pub commit_failures: Counter,
+    pub fenced_commits: Counter,
     pub commit_seconds: Histogram,
     pub cache_failures: Counter,
 }
@@ -47,6 +56,7 @@ impl ProcessorMetrics {
             watermark_seconds: Family::default(),
             commits: Counter::default(),
             commit_failures: Counter::default(),
+            fenced_commits: Counter::default(),
             commit_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             cache_failures: Counter::default(),
         };
@@ -98,6 +108,11 @@ impl ProcessorMetrics {
             m.commit_failures.clone(),
         );
         r.register(
+            "fenced_commits",
+            "Checkpoints the store refused because another processor took their partitions since (dropped, replayed by the new owner)",
+            m.fenced_commits.clone(),
+        );
+        r.register(
             "commit_duration_seconds",
             "Time to commit one checkpoint",
             m.commit_seconds.clone(),
@@ -108,5 +123,17 @@ impl ProcessorMetrics {
             m.cache_failures.clone(),
         );
         m
+    }
+}
+
+impl ProcessorMetrics {
+    /// Stops exporting the per-partition gauges of partitions this processor
+    /// gave up: their last values would hide the new owner's real lag.
+    pub fn forget_partitions(&self, partitions: &[u32]) {
+        for &p in partitions {
+            let label = PartitionLabel::of(p);
+            self.bus_lag.remove(&label);
+            self.watermark_seconds.remove(&label);
+        }
     }
 }

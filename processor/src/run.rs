@@ -3,9 +3,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use axum::Router;
 use prometheus_client::registry::Registry;
+use pulse_core::backoff::Backoff;
 use pulse_core::codec::record::{decode_key, decode_point};
 use pulse_core::config::{Config, ProcessorConfig, StorageConfig};
 use pulse_core::now_ms;
@@ -16,11 +16,11 @@ use pulse_server::checks::StoreReady;
 use pulse_server::{CancellationToken, ReadinessCheck, ops_router};
 use tracing::{debug, error, info, warn};
 
+use crate::checkpoint::{Checkpoints, RETRY_CAP, RETRY_FIRST, Settled};
 use crate::metrics::{PartitionLabel, ProcessorMetrics, WindowLabel};
+use crate::status::{Status, StatusCheck, lock};
 use crate::window::{Aggregator, Checkpointed, RestoreError};
 
-/// Longest pause between retries of a failing store or bus.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long shutdown keeps trying to commit the final checkpoint.
 const SHUTDOWN_COMMIT_BUDGET: Duration = Duration::from_secs(10);
 /// Most closed windows held for a cache that refused them.
@@ -39,37 +39,6 @@ pub enum ProcessorError {
     Restore(#[from] RestoreError),
 }
 
-/// What `/readyz` reports about the processor itself.
-#[derive(Default)]
-struct Status {
-    assigned: Vec<u32>,
-    lag: u64,
-    failing: Option<(Instant, String)>,
-}
-
-struct StatusCheck(Arc<Mutex<Status>>);
-
-#[async_trait]
-impl ReadinessCheck for StatusCheck {
-    fn name(&self) -> &str {
-        "processor"
-    }
-
-    async fn check(&self) -> Result<String, String> {
-        let s = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        match &s.failing {
-            Some((since, reason)) => Err(format!(
-                "degraded: store commits failing for {}s ({reason}); progress is held and retried, nothing is lost",
-                since.elapsed().as_secs()
-            )),
-            None => Ok(format!(
-                "partitions {:?}, lag {} records",
-                s.assigned, s.lag
-            )),
-        }
-    }
-}
-
 /// The stream processor of one pipeline.
 pub struct Processor {
     config: ProcessorConfig,
@@ -81,12 +50,9 @@ pub struct Processor {
     metrics: ProcessorMetrics,
     status: Arc<Mutex<Status>>,
     registry: Arc<Mutex<Registry>>,
-    /// Offsets of the last checkpoint launched, to skip empty ones.
-    last_offsets: Vec<(u32, u64)>,
-    /// The checkpoint being written while ingestion goes on.
-    in_flight: Option<tokio::task::JoinHandle<Landing>>,
-    /// A checkpoint whose write was stopped; written before any later one.
-    unlanded: Option<Checkpointed>,
+    checkpoints: Checkpoints,
+    /// Reading is paused while a checkpoint waits for the store.
+    paused: bool,
     /// Closed windows the cache has not taken yet.
     cache_backlog: Vec<pulse_core::WindowResult>,
 }
@@ -104,7 +70,10 @@ impl Processor {
             .map_err(|e| ProcessorError::Config(e.to_string()))?;
         let metrics =
             ProcessorMetrics::register(&mut registry.lock().unwrap_or_else(|e| e.into_inner()));
+        let status: Arc<Mutex<Status>> = Arc::default();
         Ok(Processor {
+            checkpoints: Checkpoints::new(Arc::clone(&store), Arc::clone(&status), metrics.clone()),
+            paused: false,
             aggregator: Aggregator::new(
                 windows,
                 config.processor.allowed_lateness,
@@ -117,11 +86,8 @@ impl Processor {
             store,
             cache,
             metrics,
-            status: Arc::default(),
+            status,
             registry,
-            last_offsets: Vec::new(),
-            in_flight: None,
-            unlanded: None,
             cache_backlog: Vec::new(),
         })
     }
@@ -145,15 +111,16 @@ impl Processor {
         ));
         let interval = self.config.checkpoint_interval;
         let mut next_checkpoint = Instant::now() + interval;
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(RETRY_FIRST, RETRY_CAP);
         loop {
             // While a checkpoint is being written, look for its end often, so
             // its windows reach the cache soon after it lands. (The bus read is
             // never raced against the write: a `next` dropped midway could
             // lose the records it had taken.)
-            let longest = match self.in_flight {
-                Some(_) => IN_FLIGHT_POLL,
-                None => Duration::from_millis(250),
+            let longest = if self.checkpoints.busy() {
+                IN_FLIGHT_POLL
+            } else {
+                Duration::from_millis(250)
             };
             let wait = next_checkpoint
                 .saturating_duration_since(Instant::now())
@@ -175,34 +142,40 @@ impl Processor {
                         ?partitions
                     );
                     self.aggregator.close_ready();
-                    if !self.commit_now(Some(&partitions), &shutdown).await {
+                    if !self.commit_now(Some(&partitions), &shutdown).await? {
                         break;
                     }
-                    self.aggregator.revoke(&partitions);
-                    self.set_assigned();
+                    self.give_up(&partitions);
                 }
                 Ok(ConsumerEvent::Records(records)) => self.ingest(records),
                 Ok(ConsumerEvent::Idle) => {}
                 Err(error) => {
-                    warn!(message = "Cannot read from the bus; retrying.", %error, retry_in_ms = backoff.as_millis() as u64);
-                    if sleep_or_shutdown(backoff, &shutdown).await {
+                    let pause = backoff.fail();
+                    warn!(message = "Cannot read from the bus; retrying.", %error, retry_in_ms = pause.as_millis() as u64);
+                    if sleep_or_shutdown(pause, &shutdown).await {
                         break;
                     }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
                     continue;
                 }
             }
-            backoff = Duration::from_millis(100);
-            if self.in_flight.as_ref().is_some_and(|t| t.is_finished())
-                && !self.settle(&shutdown).await
-            {
+            backoff.reset();
+            if self.checkpoints.finished() && !self.settle(&shutdown).await? {
                 break;
             }
             if Instant::now() >= next_checkpoint {
+                if self.checkpoints.busy() {
+                    // The store has not taken the previous checkpoint yet
+                    // (slow, or down): read nothing more until it has, which
+                    // is the backpressure, but keep polling, so the bus
+                    // group keeps this processor and its partitions.
+                    self.pause(true).await;
+                    continue;
+                }
+                self.pause(false).await;
                 let caught_up = self.report_progress().await;
                 self.aggregator
                     .advance(now_ms(), Instant::now(), &caught_up);
-                if !self.settle(&shutdown).await {
+                if !self.settle(&shutdown).await? {
                     break;
                 }
                 self.launch(None, &shutdown);
@@ -218,7 +191,7 @@ impl Processor {
                 deadline.cancel();
             })
         };
-        if self.commit_now(None, &deadline).await {
+        if self.commit_now(None, &deadline).await.unwrap_or(false) {
             info!(message = "Processor stopped after committing its progress.");
         } else {
             error!(
@@ -237,26 +210,29 @@ impl Processor {
         partitions: &[u32],
         shutdown: &CancellationToken,
     ) -> Result<bool, ProcessorError> {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(RETRY_FIRST, RETRY_CAP);
         let checkpoint = loop {
             match self.store.load_checkpoint(partitions).await {
                 Ok(c) => break c,
                 Err(error) => {
-                    warn!(message = "Cannot load checkpoints from the store; retrying.", %error, ?partitions);
-                    if sleep_or_shutdown(backoff, shutdown).await {
+                    let pause = backoff.fail();
+                    warn!(message = "Cannot load checkpoints from the store; retrying.", %error, ?partitions, retry_in_ms = pause.as_millis() as u64);
+                    if sleep_or_shutdown(pause, shutdown).await {
                         return Ok(false);
                     }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
         };
         let seeks = self
             .aggregator
             .assign(partitions, &checkpoint, Instant::now())?;
+        self.checkpoints.claim(&checkpoint.claims);
         for &(partition, offset) in &seeks {
+            let mut backoff = Backoff::new(RETRY_FIRST, RETRY_CAP);
             while let Err(error) = self.consumer.seek(partition, offset).await {
-                warn!(message = "Cannot seek the bus consumer; retrying.", %error, partition, offset);
-                if sleep_or_shutdown(Duration::from_secs(1), shutdown).await {
+                let pause = backoff.fail();
+                warn!(message = "Cannot seek the bus consumer; retrying.", %error, partition, offset, retry_in_ms = pause.as_millis() as u64);
+                if sleep_or_shutdown(pause, shutdown).await {
                     return Ok(false);
                 }
             }
@@ -271,10 +247,68 @@ impl Processor {
     }
 
     fn set_assigned(&self) {
-        self.status
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .assigned = self.aggregator.assigned().collect();
+        lock(&self.status).set_owned(self.aggregator.assigned());
+    }
+
+    /// Drops partitions this processor no longer owns: their windows, their
+    /// claims, and their gauges (a stale lag would hide the new owner's).
+    fn give_up(&mut self, partitions: &[u32]) {
+        self.aggregator.revoke(partitions);
+        self.checkpoints.release(partitions);
+        self.metrics.forget_partitions(partitions);
+        self.set_assigned();
+    }
+
+    /// After the store fenced a checkpoint: another processor owns `fenced`
+    /// now and resumed them from the store. The refused checkpoint also held
+    /// progress of the other partitions, so every partition's windows are
+    /// dropped and the ones still owned are loaded again from the store
+    /// (their records are read again from there). The fenced ones wait for
+    /// the bus to assign them again, if it ever does. Returns false on
+    /// shutdown.
+    async fn step_back(
+        &mut self,
+        fenced: &[u32],
+        shutdown: &CancellationToken,
+    ) -> Result<bool, ProcessorError> {
+        let held: Vec<u32> = self.aggregator.assigned().collect();
+        let keep: Vec<u32> = held
+            .iter()
+            .copied()
+            .filter(|p| !fenced.contains(p))
+            .collect();
+        warn!(
+            message = "Stepping back from partitions another processor took; reloading the others from the store.",
+            ?fenced,
+            reloading = ?keep
+        );
+        self.give_up(&held);
+        if keep.is_empty() {
+            return Ok(true);
+        }
+        self.assign(&keep, shutdown).await
+    }
+
+    /// Pauses or resumes reading from the bus (which keeps polling).
+    async fn pause(&mut self, paused: bool) {
+        if self.paused == paused {
+            return;
+        }
+        match self.consumer.pause(paused).await {
+            Ok(()) => {
+                self.paused = paused;
+                if paused {
+                    info!(
+                        message = "Holding back reading until the store takes the previous checkpoint; still polling, so the bus group keeps this processor."
+                    );
+                } else {
+                    info!(message = "Reading again: the store took the held checkpoint.");
+                }
+            }
+            Err(error) => {
+                warn!(message = "Cannot pause or resume the bus consumer; will try again.", %error, paused);
+            }
+        }
     }
 
     fn ingest(&mut self, records: Vec<BusRecord>) {
@@ -314,85 +348,40 @@ impl Processor {
         self.aggregator.close_ready();
     }
 
-    /// Takes a checkpoint and starts writing it to the store, so the next
-    /// records are aggregated while it is written (about half of the
-    /// processor's time otherwise). At most one checkpoint is in flight:
-    /// callers [`settle`](Self::settle) the previous one first, which keeps the
-    /// commits in order and makes a failing store stop ingestion one
-    /// checkpoint later, which is the backpressure.
+    /// Takes a checkpoint of `partitions` (all when `None`) and starts
+    /// writing it (see [`Checkpoints::launch`]).
     fn launch(&mut self, partitions: Option<&[u32]>, stop: &CancellationToken) {
-        debug_assert!(self.in_flight.is_none() && self.unlanded.is_none());
         let checkpointed = self.aggregator.checkpoint(partitions);
-        if checkpointed.commit.is_empty()
-            && partitions.is_none()
-            && checkpointed.offsets == self.last_offsets
-        {
-            return;
-        }
-        if partitions.is_none() {
-            self.last_offsets = checkpointed.offsets.clone();
-        }
-        self.in_flight = Some(tokio::spawn(land(
-            Arc::clone(&self.store),
-            checkpointed,
-            stop.clone(),
-            Arc::clone(&self.status),
-            self.metrics.clone(),
-        )));
+        self.checkpoints
+            .launch(checkpointed, partitions.is_none(), stop);
     }
 
-    /// Waits for the checkpoint in flight (and retries one that did not land
-    /// before) until it is in the store or `stop` fires. Returns whether
-    /// nothing is left unwritten; a checkpoint that did not land is kept, never
-    /// dropped, since the offsets of later ones cover its records.
-    async fn settle(&mut self, stop: &CancellationToken) -> bool {
-        if let Some(task) = self.in_flight.take()
-            && !self.take_landing(task.await).await
-        {
-            return false;
+    /// Waits for the checkpoints on their way (see [`Checkpoints::settle`])
+    /// and follows up on what landed. Returns whether nothing is left
+    /// unwritten; after a fence, whether the step back went through.
+    async fn settle(&mut self, stop: &CancellationToken) -> Result<bool, ProcessorError> {
+        let (landed, settled) = self.checkpoints.settle(stop).await;
+        for checkpointed in landed {
+            self.landed(checkpointed).await;
         }
-        if let Some(checkpointed) = self.unlanded.take() {
-            let landing = land(
-                Arc::clone(&self.store),
-                checkpointed,
-                stop.clone(),
-                Arc::clone(&self.status),
-                self.metrics.clone(),
-            );
-            if !self.take_landing(Ok(landing.await)).await || self.unlanded.is_some() {
-                return false;
+        match settled {
+            Settled::Clear => {
+                self.update_cache(Vec::new()).await;
+                Ok(true)
             }
-        }
-        self.update_cache(Vec::new()).await;
-        true
-    }
-
-    /// Takes the end of a checkpoint's write: once in the store, its offsets go
-    /// to the bus and its windows to the cache; one that did not land is kept
-    /// for the next try. False only when the write task itself failed.
-    async fn take_landing(&mut self, outcome: Result<Landing, tokio::task::JoinError>) -> bool {
-        match outcome {
-            Ok(Landing::Landed(checkpointed)) => {
-                self.landed(checkpointed).await;
-                true
-            }
-            Ok(Landing::Stopped(checkpointed)) => {
-                self.unlanded = Some(checkpointed);
-                true
-            }
-            Err(error) => {
-                // Only a panic in the store engine gets here; the checkpoint's
-                // records are replayed from the bus after a restart.
-                error!(message = "Writing a checkpoint failed unexpectedly; stopping so a restart replays it.", %error);
-                false
-            }
+            Settled::Held | Settled::Failed => Ok(false),
+            Settled::Fenced(partitions) => self.step_back(&partitions, stop).await,
         }
     }
 
     /// Writes a checkpoint now and waits for it: the previous one first.
-    async fn commit_now(&mut self, partitions: Option<&[u32]>, stop: &CancellationToken) -> bool {
-        if !self.settle(stop).await {
-            return false;
+    async fn commit_now(
+        &mut self,
+        partitions: Option<&[u32]>,
+        stop: &CancellationToken,
+    ) -> Result<bool, ProcessorError> {
+        if !self.settle(stop).await? {
+            return Ok(false);
         }
         self.launch(partitions, stop);
         self.settle(stop).await
@@ -463,11 +452,9 @@ impl Processor {
             }
         };
         let mut caught_up = Vec::new();
-        let mut total = 0;
+        let mut status = lock(&self.status);
         for (partition, next, watermark) in self.aggregator.progress() {
-            let label = PartitionLabel {
-                partition: partition.to_string(),
-            };
+            let label = PartitionLabel::of(partition);
             if let Some(wm) = watermark {
                 self.metrics
                     .watermark_seconds
@@ -481,68 +468,15 @@ impl Processor {
             if lag == 0 {
                 caught_up.push(partition);
             }
-            total += lag;
+            status.set_lag(partition, lag);
             self.metrics.bus_lag.get_or_create(&label).set(lag as i64);
         }
-        self.status.lock().unwrap_or_else(|e| e.into_inner()).lag = total;
         caught_up
     }
 }
 
-/// How a checkpoint's write ended.
-enum Landing {
-    /// In the store.
-    Landed(Checkpointed),
-    /// Not written: `stop` fired while the store refused it.
-    Stopped(Checkpointed),
-}
-
-/// Writes a checkpoint, retrying with backoff until it lands or `stop` fires.
-/// Nothing is lost while it retries: the checkpoint is handed back either way.
-async fn land(
-    store: Arc<dyn Store>,
-    checkpointed: Checkpointed,
-    stop: CancellationToken,
-    status: Arc<Mutex<Status>>,
-    metrics: ProcessorMetrics,
-) -> Landing {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let started = Instant::now();
-        match store.commit(&checkpointed.commit).await {
-            Ok(()) => {
-                metrics
-                    .commit_seconds
-                    .observe(started.elapsed().as_secs_f64());
-                metrics.commits.inc();
-                let mut status = status.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some((since, _)) = status.failing.take() {
-                    info!(
-                        message = "Store commits succeed again.",
-                        outage_secs = since.elapsed().as_secs()
-                    );
-                }
-                return Landing::Landed(checkpointed);
-            }
-            Err(error) => {
-                metrics.commit_failures.inc();
-                warn!(message = "Store refused a checkpoint; holding it and retrying.", %error, retry_in_ms = backoff.as_millis() as u64);
-                status
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .failing
-                    .get_or_insert_with(|| (Instant::now(), error.to_string()));
-                if sleep_or_shutdown(backoff, &stop).await {
-                    return Landing::Stopped(checkpointed);
-                }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
-        }
-    }
-}
-
 /// Sleeps `d`; returns true if `stop` fired first.
-async fn sleep_or_shutdown(d: Duration, stop: &CancellationToken) -> bool {
+pub(crate) async fn sleep_or_shutdown(d: Duration, stop: &CancellationToken) -> bool {
     tokio::select! {
         () = stop.cancelled() => true,
         () = tokio::time::sleep(d) => false,

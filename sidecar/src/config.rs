@@ -276,7 +276,7 @@ pub struct ForwardConfig {
     /// Longest one request may take, connection included.
     #[serde(with = "pulse_core::duration::as_label")]
     pub timeout: Duration,
-    /// First retry delay; it doubles per failure, with full jitter.
+    /// First retry delay; it doubles per failure, half of each random.
     #[serde(with = "pulse_core::duration::as_label")]
     pub backoff_min: Duration,
     /// Longest retry delay.

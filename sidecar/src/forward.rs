@@ -21,6 +21,8 @@ use axum::body::Bytes;
 use axum::http::{HeaderValue, StatusCode, header};
 use tokio::sync::watch;
 
+use pulse_core::backoff::Backoff;
+
 use crate::buffer::{Batch, Buffer, SegmentInfo};
 use crate::config::ForwardConfig;
 use crate::encode::content_encoding;
@@ -91,15 +93,6 @@ pub fn classify(status: StatusCode, retry_after: Option<&str>, body: &[u8]) -> O
     }
 }
 
-/// The retry delay after `failures` consecutive failures: exponential from
-/// `min` to `max`, half of it random ("equal jitter"), so sidecars that failed
-/// together do not retry together.
-pub fn backoff(failures: u32, min: Duration, max: Duration, random: f64) -> Duration {
-    let exp = min.saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(30)));
-    let full = exp.min(max);
-    full / 2 + full.mul_f64(random.clamp(0.0, 1.0) / 2.0)
-}
-
 /// The circuit breaker's state, as the `circuit_state` gauge reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Circuit {
@@ -108,26 +101,26 @@ pub enum Circuit {
     HalfOpen = 2,
 }
 
-/// A circuit breaker over consecutive failures. Pure: time is passed in.
+/// A circuit breaker over consecutive failures, with the retry backoff it
+/// shares them with. Pure but for the backoffs' random part: time is passed in.
 #[derive(Debug)]
 pub struct Breaker {
     threshold: u32,
-    base_cooldown: Duration,
-    max_cooldown: Duration,
-    failures: u32,
-    cooldown: Duration,
+    /// The pause before the next request after a failure.
+    retry: Backoff,
+    /// How long the circuit stays open: about the base cooldown when it
+    /// opens, twice as long for each failed probe.
+    cooldown: Backoff,
     open_until: Option<Instant>,
     /// A backoff or `Retry-After` holding the next request back.
     retry_at: Option<Instant>,
 }
 
 impl Breaker {
-    pub fn new(threshold: u32, cooldown: Duration, max_cooldown: Duration) -> Breaker {
+    pub fn new(threshold: u32, retry: Backoff, cooldown: Backoff) -> Breaker {
         Breaker {
             threshold,
-            base_cooldown: cooldown,
-            max_cooldown: max_cooldown.max(cooldown),
-            failures: 0,
+            retry,
             cooldown,
             open_until: None,
             retry_at: None,
@@ -144,7 +137,7 @@ impl Breaker {
 
     /// Consecutive failures so far.
     pub fn failures(&self) -> u32 {
-        self.failures
+        self.retry.failures()
     }
 
     /// How long to wait before the next request may go (zero: now).
@@ -158,8 +151,8 @@ impl Breaker {
     }
 
     pub fn on_success(&mut self) {
-        self.failures = 0;
-        self.cooldown = self.base_cooldown;
+        self.retry.reset();
+        self.cooldown.reset();
         self.open_until = None;
         self.retry_at = None;
     }
@@ -173,20 +166,19 @@ impl Breaker {
         }
     }
 
-    /// Counts a failure; opens the circuit at the threshold, and re-opens it
-    /// for twice as long when a half-open probe fails.
-    pub fn on_failure(&mut self, now: Instant) {
-        self.failures = self.failures.saturating_add(1);
+    /// Counts a failure and returns the retry pause it earns; opens the
+    /// circuit at the threshold, and re-opens it for twice as long when a
+    /// half-open probe fails.
+    pub fn on_failure(&mut self, now: Instant) -> Duration {
+        let pause = self.retry.fail();
         match self.state(now) {
-            Circuit::HalfOpen => {
-                self.cooldown = (self.cooldown * 2).min(self.max_cooldown);
-                self.open_until = Some(now + self.cooldown);
-            }
-            Circuit::Closed if self.failures >= self.threshold => {
-                self.open_until = Some(now + self.cooldown);
+            Circuit::HalfOpen => self.open_until = Some(now + self.cooldown.fail()),
+            Circuit::Closed if self.failures() >= self.threshold => {
+                self.open_until = Some(now + self.cooldown.fail());
             }
             _ => {}
         }
+        pause
     }
 }
 
@@ -252,27 +244,6 @@ impl Token {
     }
 }
 
-/// A small non-cryptographic random source for jitter (xorshift), seeded from
-/// the clock and the process id so sidecars started together differ.
-struct Jitter(u64);
-
-impl Jitter {
-    fn new() -> Jitter {
-        let nanos = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        Jitter((nanos ^ (u64::from(std::process::id()) << 32)) | 1)
-    }
-
-    /// Uniform in [0, 1).
-    fn next(&mut self) -> f64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
 /// Sends the buffer to the gateway until told to stop.
 pub struct Forwarder {
     pub buffer: Arc<Buffer>,
@@ -292,10 +263,9 @@ impl Forwarder {
     pub async fn run(mut self, mut stop: watch::Receiver<Option<Instant>>) {
         let mut breaker = Breaker::new(
             self.config.breaker_failures,
-            self.config.breaker_cooldown,
-            self.config.backoff_max,
+            Backoff::new(self.config.backoff_min, self.config.backoff_max),
+            Backoff::new(self.config.breaker_cooldown, self.config.backoff_max),
         );
-        let mut jitter = Jitter::new();
         let mut deadline: Option<Instant> = None;
         let mut current: Option<(SegmentInfo, Bytes, Batch)> = None;
         let mut refresh_token = false;
@@ -398,16 +368,10 @@ impl Forwarder {
                     current = None;
                 }
                 Outcome::Retry { after, reason } => {
-                    breaker.on_failure(Instant::now());
+                    let pause = breaker.on_failure(Instant::now());
                     self.metrics.forward_retries.inc();
                     refresh_token = reason.starts_with("401") || reason.starts_with("403");
-                    let delay = backoff(
-                        breaker.failures(),
-                        self.config.backoff_min,
-                        self.config.backoff_max,
-                        jitter.next(),
-                    )
-                    .max(after.unwrap_or_default());
+                    let delay = pause.max(after.unwrap_or_default());
                     breaker.delay_at_least(Instant::now(), delay);
                     tracing::warn!(message = "Cannot deliver a batch to the gateway; it stays in the buffer and is retried.", %reason, failures = breaker.failures(), retry_in_ms = delay.as_millis() as u64, circuit = ?breaker.state(Instant::now()), queued_points = self.buffer.depth().1);
                 }
@@ -566,32 +530,34 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles_up_to_the_cap_with_half_of_it_random() {
-        let (min, max) = (Duration::from_millis(100), Duration::from_secs(30));
-        assert_eq!(backoff(1, min, max, 0.0), Duration::from_millis(50));
-        assert_eq!(backoff(1, min, max, 1.0), Duration::from_millis(100));
-        assert_eq!(backoff(4, min, max, 1.0), Duration::from_millis(800));
-        assert_eq!(backoff(40, min, max, 1.0), max);
-        assert_eq!(backoff(40, min, max, 0.0), max / 2);
-    }
-
-    #[test]
     fn the_breaker_opens_at_the_threshold_probes_and_backs_off_while_probes_fail() {
         let t0 = Instant::now();
         let cooldown = Duration::from_secs(5);
-        let mut breaker = Breaker::new(3, cooldown, Duration::from_secs(30));
-        breaker.on_failure(t0);
+        let retry = Backoff::seeded(Duration::from_millis(100), Duration::from_secs(30), 1);
+        let opening = Backoff::seeded(cooldown, Duration::from_secs(30), 2);
+        let mut breaker = Breaker::new(3, retry, opening);
+        let first = breaker.on_failure(t0);
+        assert!(first <= Duration::from_millis(100), "{first:?}");
         breaker.on_failure(t0);
         assert_eq!(breaker.state(t0), Circuit::Closed);
-        breaker.on_failure(t0);
+        let third = breaker.on_failure(t0);
+        assert!(
+            third > Duration::from_millis(200),
+            "the retry pause doubles: {third:?}"
+        );
         assert_eq!(breaker.state(t0), Circuit::Open);
-        assert_eq!(breaker.wait(t0), cooldown);
-        let probe = t0 + cooldown;
+        let open = breaker.wait(t0);
+        assert!(open >= cooldown / 2 && open <= cooldown, "{open:?}");
+        let probe = t0 + open;
         assert_eq!(breaker.state(probe), Circuit::HalfOpen);
         assert_eq!(breaker.wait(probe), Duration::ZERO);
         breaker.on_failure(probe);
         assert_eq!(breaker.state(probe), Circuit::Open);
-        assert_eq!(breaker.wait(probe), cooldown * 2);
+        let reopened = breaker.wait(probe);
+        assert!(
+            reopened >= cooldown && reopened <= cooldown * 2,
+            "a failed probe doubles the cooldown: {reopened:?}"
+        );
         breaker.on_success();
         assert_eq!(breaker.state(probe), Circuit::Closed);
         assert_eq!(breaker.failures(), 0);
@@ -639,15 +605,6 @@ mod tests {
                 expected,
                 "{text:?}"
             );
-        }
-    }
-
-    #[test]
-    fn jitter_stays_in_the_unit_interval() {
-        let mut jitter = Jitter::new();
-        for _ in 0..10_000 {
-            let x = jitter.next();
-            assert!((0.0..1.0).contains(&x));
         }
     }
 }

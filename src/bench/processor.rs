@@ -97,6 +97,10 @@ impl BusConsumer for Watched {
         self.inner.commit(offsets).await
     }
 
+    async fn pause(&mut self, paused: bool) -> Result<(), BusError> {
+        self.inner.pause(paused).await
+    }
+
     async fn end_offsets(&self) -> Result<Vec<(u32, u64)>, BusError> {
         self.inner.end_offsets().await
     }

@@ -118,6 +118,7 @@ impl SqliteBus {
             positions: BTreeMap::new(),
             announced: false,
             next_partition: 0,
+            paused: false,
         }
     }
 }
@@ -249,6 +250,8 @@ pub struct SqliteConsumer {
     announced: bool,
     /// Where the next fetch starts, so no partition starves the others.
     next_partition: u32,
+    /// Hands out no records (see [`BusConsumer::pause`]).
+    paused: bool,
 }
 
 impl SqliteConsumer {
@@ -302,6 +305,10 @@ impl BusConsumer for SqliteConsumer {
             }
             return Ok(ConsumerEvent::Assigned((0..self.bus.partitions).collect()));
         }
+        if self.paused {
+            tokio::time::sleep(wait).await;
+            return Ok(ConsumerEvent::Idle);
+        }
         let mut ends = self.bus.ends.clone();
         ends.mark_unchanged();
         let records = self.fetch(max).await?;
@@ -350,6 +357,11 @@ impl BusConsumer for SqliteConsumer {
                 .map_err(other)?;
         }
         tx.commit().await.map_err(other)
+    }
+
+    async fn pause(&mut self, paused: bool) -> Result<(), BusError> {
+        self.paused = paused;
+        Ok(())
     }
 
     async fn end_offsets(&self) -> Result<Vec<(u32, u64)>, BusError> {

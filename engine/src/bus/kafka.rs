@@ -499,6 +499,11 @@ struct Shared {
     release_due: bool,
     /// The consumer is closing: revokes are not held.
     closing: bool,
+    /// Records are not to be fetched (see [`BusConsumer::pause`]).
+    paused: bool,
+    /// The partitions librdkafka has paused; an `assign` (a rebalance, or
+    /// applying seeks) starts its partitions unpaused, so it clears this.
+    paused_in_kafka: BTreeSet<u32>,
 }
 
 /// The consumer's librdkafka context: logging plus rebalance bookkeeping.
@@ -633,6 +638,7 @@ impl ConsumerContext for GroupContext {
         if let Rebalance::Assign(list) = rebalance {
             let partitions = self.partitions_of(list);
             let mut shared = lock(&self.shared);
+            shared.paused_in_kafka.clear();
             shared.assigned.extend(partitions.iter().copied());
             if !partitions.is_empty() {
                 tracing::info!(
@@ -790,6 +796,7 @@ impl KafkaConsumer {
             .assign(&list)
             .map_err(|e| bus_error(&self.what("seeking in"), &e))?;
         let mut shared = lock(&self.shared);
+        shared.paused_in_kafka.clear();
         for (partition, offset) in applied {
             if shared.seeks.get(&partition) == Some(&offset) {
                 shared.seeks.remove(&partition);
@@ -804,6 +811,58 @@ impl KafkaConsumer {
             group = %self.group,
             list = ?list
         );
+        Ok(())
+    }
+
+    /// Makes librdkafka's paused partitions match what `pause` asked for:
+    /// every assigned partition while paused, none otherwise. A paused
+    /// partition's fetched records are discarded, and a resumed one fetches
+    /// on from the last record handed out.
+    fn apply_pause(&self) -> Result<(), BusError> {
+        let (pause, resume) = {
+            let shared = lock(&self.shared);
+            let target: BTreeSet<u32> = if shared.paused {
+                shared.assigned.clone()
+            } else {
+                BTreeSet::new()
+            };
+            let pause: Vec<u32> = target
+                .difference(&shared.paused_in_kafka)
+                .copied()
+                .collect();
+            let resume: Vec<u32> = shared
+                .paused_in_kafka
+                .difference(&target)
+                .copied()
+                .collect();
+            (pause, resume)
+        };
+        let what = self.what("pausing or resuming");
+        let list = |partitions: &[u32]| -> Result<TopicPartitionList, BusError> {
+            let mut list = TopicPartitionList::new();
+            for &partition in partitions {
+                let p = i32::try_from(partition).map_err(|_| {
+                    BusError::Other(format!("partition {partition} is beyond Kafka's range"))
+                })?;
+                list.add_partition(&self.topic, p);
+            }
+            Ok(list)
+        };
+        if !pause.is_empty() {
+            self.consumer
+                .pause(&list(&pause)?)
+                .map_err(|e| bus_error(&what, &e))?;
+        }
+        if !resume.is_empty() {
+            self.consumer
+                .resume(&list(&resume)?)
+                .map_err(|e| bus_error(&what, &e))?;
+        }
+        let mut shared = lock(&self.shared);
+        shared.paused_in_kafka.extend(pause);
+        for p in resume {
+            shared.paused_in_kafka.remove(&p);
+        }
         Ok(())
     }
 
@@ -892,6 +951,7 @@ impl BusConsumer for KafkaConsumer {
             return Ok(event);
         }
         self.apply_seeks()?;
+        self.apply_pause()?;
         let mut stream = self.consumer.stream();
         let shared = Arc::clone(&self.shared);
         // Wait for the first message, but stop as soon as a rebalance callback
@@ -976,6 +1036,11 @@ impl BusConsumer for KafkaConsumer {
                 .map_err(|e| join_error(&what, e))?
                 .map_err(|e| bus_error(&what, &e)),
         }
+    }
+
+    async fn pause(&mut self, paused: bool) -> Result<(), BusError> {
+        lock(&self.shared).paused = paused;
+        Ok(())
     }
 
     async fn end_offsets(&self) -> Result<Vec<(u32, u64)>, BusError> {

@@ -73,6 +73,15 @@ pub trait BusConsumer: Send {
     /// count; this lets the bus trim old records and report lag).
     async fn commit(&mut self, offsets: &[(u32, u64)]) -> Result<(), BusError>;
 
+    /// Stops (`true`) or resumes (`false`) fetching records of every assigned
+    /// partition, including ones assigned later, while `next` goes on
+    /// polling: rebalance events still arrive and the consumer stays a live
+    /// member of its group. A processor whose store is down pauses instead of
+    /// no longer polling, which would get it thrown out of the group. After a
+    /// resume, reading goes on right after the last record handed out (or at
+    /// a position asked for with `seek`).
+    async fn pause(&mut self, paused: bool) -> Result<(), BusError>;
+
     /// The next offset that will be written, per assigned partition (for lag).
     async fn end_offsets(&self) -> Result<Vec<(u32, u64)>, BusError>;
 }

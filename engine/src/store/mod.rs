@@ -75,9 +75,24 @@ pub struct DeadLetter {
     pub payload: Vec<u8>,
 }
 
+/// A processor's claim on a partition: the owner generation the store gave it
+/// when it took the partition ([`Store::load_checkpoint`]). Each take bumps
+/// the generation, so a processor that lost a partition (stalled past the bus
+/// group's poll interval, say) holds an older one than the new owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    pub partition: u32,
+    pub generation: u64,
+}
+
 /// Everything one processor checkpoint writes, atomically.
 #[derive(Debug, Clone, Default)]
 pub struct Commit {
+    /// The claims the writer holds on the partitions it writes. The store
+    /// refuses the whole commit with [`StoreError::Fenced`] when any of them
+    /// is no longer the partition's current generation. A commit without
+    /// claims (tools, tests) is not fenced.
+    pub claims: Vec<Claim>,
     pub partitions: Vec<PartitionCheckpoint>,
     pub results: Vec<WindowResult>,
     /// Series of `raw_points` (results carry their own names). A series may be
@@ -105,6 +120,8 @@ impl Commit {
 /// What a processor restores when it is given partitions.
 #[derive(Debug, Clone, Default)]
 pub struct Checkpoint {
+    /// The new owner generation of each loaded partition, for its commits.
+    pub claims: Vec<Claim>,
     pub partitions: Vec<PartitionCheckpoint>,
     pub open: Vec<OpenWindowState>,
 }
@@ -146,8 +163,33 @@ pub enum StoreError {
     Unavailable(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The commit's writer is stale: another processor took these partitions
+    /// since. Nothing was written; retrying can never succeed.
+    #[error(
+        "commit refused: partitions {partitions:?} were taken over by another processor since this one loaded them"
+    )]
+    Fenced { partitions: Vec<u32> },
     #[error("store error: {0}")]
     Other(String),
+}
+
+/// The partitions whose claim is stale, given the generations the store
+/// holds (`current`, a missing partition at generation 0).
+pub fn stale_claims(claims: &[Claim], current: &[(u32, u64)]) -> Vec<u32> {
+    let mut stale: Vec<u32> = claims
+        .iter()
+        .filter(|c| {
+            let now = current
+                .iter()
+                .find(|(p, _)| *p == c.partition)
+                .map_or(0, |&(_, g)| g);
+            now != c.generation
+        })
+        .map(|c| c.partition)
+        .collect();
+    stale.sort_unstable();
+    stale.dedup();
+    stale
 }
 
 #[async_trait]
@@ -155,10 +197,14 @@ pub trait Store: Send + Sync {
     /// Creates or upgrades the schema; safe to call from several processes.
     async fn migrate(&self) -> Result<(), StoreError>;
 
-    /// The checkpoints and open windows of `partitions` (empty for new ones).
+    /// Takes `partitions` for the caller: bumps their owner generations (which
+    /// fences any earlier owner's commits), then reads their checkpoints and
+    /// open windows (empty for new ones) as of after every commit the earlier
+    /// owners landed.
     async fn load_checkpoint(&self, partitions: &[u32]) -> Result<Checkpoint, StoreError>;
 
-    /// Writes all of `commit` in one transaction, or nothing.
+    /// Writes all of `commit` in one transaction, or nothing; refuses it with
+    /// [`StoreError::Fenced`] when one of its claims is stale.
     async fn commit(&self, commit: &Commit) -> Result<(), StoreError>;
 
     /// Results of the newest window (among those matching `query`, ignoring

@@ -34,7 +34,7 @@ use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow
 use sqlx::{Arguments, Executor, Postgres, Row};
 
 use super::{
-    Checkpoint, Commit, DeadLetter, LateCount, MetricInfo, OpenWindowKey, OpenWindowState,
+    Checkpoint, Claim, Commit, DeadLetter, LateCount, MetricInfo, OpenWindowKey, OpenWindowState,
     PartitionCheckpoint, ResultQuery, RetentionReport, Store, StoreError,
 };
 
@@ -81,8 +81,15 @@ const MIGRATIONS: &[Migration] = &[
         native: DEAD_LETTERS,
         timescaledb: DEAD_LETTERS,
     },
+    Migration {
+        version: 4,
+        name: "partition_owners",
+        native: PARTITION_OWNERS,
+        timescaledb: PARTITION_OWNERS,
+    },
 ];
 const DEAD_LETTERS: &str = include_str!("../../migrations/postgres/0003_dead_letters.sql");
+const PARTITION_OWNERS: &str = include_str!("../../migrations/postgres/0004_partition_owners.sql");
 
 const MODE_UNKNOWN: u8 = 0;
 const MODE_TIMESCALEDB: u8 = 1;
@@ -1045,7 +1052,24 @@ impl Store for PostgresStore {
     }
 
     async fn load_checkpoint(&self, partitions: &[u32]) -> Result<Checkpoint, StoreError> {
-        let ids: Vec<i64> = partitions.iter().map(|&p| i64::from(p)).collect();
+        let mut ids: Vec<i64> = partitions.iter().map(|&p| i64::from(p)).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        // The take first, in its own transaction (rows in partition order, the
+        // order commits lock them in): it waits for a commit holding a share
+        // lock on the rows, and once it is in, every later commit of an
+        // earlier owner is refused. The read below starts after it, so it sees
+        // every commit that landed.
+        let taken = sqlx::query(
+            "INSERT INTO partition_owners (partition, generation) \
+             SELECT UNNEST($1::bigint[]), 1 \
+             ON CONFLICT (partition) DO UPDATE SET generation = partition_owners.generation + 1 \
+             RETURNING partition, generation",
+        )
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
         // One snapshot, so offsets and open state always belong together.
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -1075,6 +1099,13 @@ impl Store for PostgresStore {
             u32::try_from(p).map_err(|_| StoreError::Corrupt(format!("partition {p}")))
         };
         let mut checkpoint = Checkpoint::default();
+        for row in &taken {
+            let generation: i64 = col(row, 1)?;
+            checkpoint.claims.push(Claim {
+                partition: partition_of(row)?,
+                generation: generation as u64,
+            });
+        }
         for row in &rows {
             let next: i64 = col(row, 1)?;
             checkpoint.partitions.push(PartitionCheckpoint {
@@ -1116,6 +1147,38 @@ impl Store for PostgresStore {
         }
 
         let mut tx = self.pool.begin().await.map_err(db_error)?;
+
+        // The fence: the writer's claims must still be current. The share
+        // locks make a take wait until this transaction ends, so none can
+        // slip in between this check and the commit.
+        if !commit.claims.is_empty() {
+            let mut claimed: Vec<i64> = commit
+                .claims
+                .iter()
+                .map(|c| i64::from(c.partition))
+                .collect();
+            claimed.sort_unstable();
+            claimed.dedup();
+            let rows = sqlx::query(
+                "SELECT partition, generation FROM partition_owners \
+                 WHERE partition = ANY($1) ORDER BY partition FOR SHARE",
+            )
+            .bind(&claimed)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_error)?;
+            let mut current = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let partition: i64 = col(row, 0)?;
+                let generation: i64 = col(row, 1)?;
+                current.push((partition as u32, generation as u64));
+            }
+            let stale = super::stale_claims(&commit.claims, &current);
+            if !stale.is_empty() {
+                tx.rollback().await.map_err(db_error)?;
+                return Err(StoreError::Fenced { partitions: stale });
+            }
+        }
 
         // Series not committed before, sorted by id so concurrent commits
         // lock in one order.
@@ -1737,7 +1800,11 @@ mod tests {
                         .fetch_all(&store.pool)
                         .await
                         .unwrap();
-                assert_eq!(versions, vec![1, 2, 3], "each schema has its own versions");
+                assert_eq!(
+                    versions,
+                    vec![1, 2, 3, 4],
+                    "each schema has its own versions"
+                );
                 assert_eq!(store.mode(), "native-partitioning");
             }
             // Each schema holds its own tables.

@@ -9,7 +9,7 @@ use sqlx::sqlite::{SqlitePool, SqliteRow};
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::{
-    Checkpoint, Commit, DeadLetter, LateCount, MetricInfo, OpenWindowKey, OpenWindowState,
+    Checkpoint, Claim, Commit, DeadLetter, LateCount, MetricInfo, OpenWindowKey, OpenWindowState,
     PartitionCheckpoint, ResultQuery, RetentionReport, Store, StoreError,
 };
 
@@ -91,12 +91,31 @@ impl Store for SqliteStore {
 
     async fn load_checkpoint(&self, partitions: &[u32]) -> Result<Checkpoint, StoreError> {
         let mut checkpoint = Checkpoint::default();
+        // The bump is the transaction's first statement, so it holds the
+        // write lock from there on: the reads below see every commit that
+        // landed before, and none lands in between.
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        for &partition in partitions {
+            let generation: i64 = sqlx::query_scalar(
+                "INSERT INTO partition_owners (partition, generation) VALUES (?, 1) \
+                 ON CONFLICT (partition) DO UPDATE SET generation = generation + 1 \
+                 RETURNING generation",
+            )
+            .bind(i64::from(partition))
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+            checkpoint.claims.push(Claim {
+                partition,
+                generation: generation as u64,
+            });
+        }
         for &partition in partitions {
             let row = sqlx::query(
                 "SELECT next_offset, max_event_ts, watermark FROM checkpoints WHERE partition = ?",
             )
             .bind(i64::from(partition))
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *tx)
             .await
             .map_err(unavailable)?;
             if let Some(row) = row {
@@ -111,7 +130,7 @@ impl Store for SqliteStore {
                 "SELECT series_id, window_label, window_start, state FROM open_windows WHERE partition = ?",
             )
             .bind(i64::from(partition))
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *tx)
             .await
             .map_err(unavailable)?;
             checkpoint
@@ -126,6 +145,7 @@ impl Store for SqliteStore {
                     state: row.get(3),
                 }));
         }
+        tx.commit().await.map_err(unavailable)?;
         Ok(checkpoint)
     }
 
@@ -261,6 +281,24 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(unavailable)?;
+        }
+
+        // Checked last: after the writes above the transaction holds the
+        // write lock, so no take can land between this check and the commit.
+        if !commit.claims.is_empty() {
+            let rows = sqlx::query("SELECT partition, generation FROM partition_owners")
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+            let current: Vec<(u32, u64)> = rows
+                .iter()
+                .map(|r| (r.get::<i64, _>(0) as u32, r.get::<i64, _>(1) as u64))
+                .collect();
+            let stale = super::stale_claims(&commit.claims, &current);
+            if !stale.is_empty() {
+                tx.rollback().await.map_err(unavailable)?;
+                return Err(StoreError::Fenced { partitions: stale });
+            }
         }
 
         tx.commit().await.map_err(unavailable)

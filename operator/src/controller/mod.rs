@@ -30,6 +30,8 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use pulse_core::backoff::Backoff;
+
 use crate::admin::{SchemaAdmin, TopicAdmin};
 use crate::crd::{Dashboard, MetricPipeline};
 use crate::metrics::Metrics;
@@ -37,7 +39,8 @@ use crate::names;
 
 pub use error::Error;
 
-/// Shortest and longest wait before retrying a failed reconcile.
+/// Wait after the first failure and longest wait before retrying a failed
+/// reconcile (the full pauses; half of each is random).
 const BACKOFF_MIN: Duration = Duration::from_secs(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 
@@ -52,7 +55,7 @@ pub struct Context {
     /// The pulse image the Deployments run unless a spec names one.
     pub image: String,
     /// Consecutive failures per object (`kind/namespace/name`), for the backoff.
-    failures: Mutex<HashMap<String, u32>>,
+    failures: Mutex<HashMap<String, Backoff>>,
 }
 
 impl Context {
@@ -78,17 +81,15 @@ impl Context {
         }
     }
 
-    /// The wait before the next try of an object that failed again:
-    /// 5 s, 10 s, 20 s ... up to 5 minutes.
+    /// The wait before the next try of an object that failed again: about
+    /// 5 s, 10 s, 20 s ... up to 5 minutes, half of each random.
     fn backoff(&self, key: String) -> Duration {
-        let mut failures = self
-            .failures
+        self.failures
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let count = failures.entry(key).or_insert(0);
-        *count = count.saturating_add(1);
-        let factor = 2u32.saturating_pow(count.saturating_sub(1).min(16));
-        BACKOFF_MIN.saturating_mul(factor).min(BACKOFF_MAX)
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(key)
+            .or_insert_with(|| Backoff::new(BACKOFF_MIN, BACKOFF_MAX))
+            .fail()
     }
 
     /// Forgets an object's failures after a successful reconcile.

@@ -140,6 +140,7 @@ fn the_same_id_with_another_name_is_a_collision_not_a_merge() {
         start_ms: 0,
     };
     let checkpoint = Checkpoint {
+        claims: vec![],
         partitions: vec![],
         open: vec![OpenWindowState { key, state }],
     };
@@ -193,6 +194,7 @@ impl FakeStore {
 
     fn checkpoint(&self) -> Checkpoint {
         Checkpoint {
+            claims: vec![],
             partitions: self.partitions.values().copied().collect(),
             open: self
                 .open
