@@ -2,10 +2,8 @@
 -- series tables are hypertables with one-day chunks on their time column
 -- (milliseconds since the epoch, so the chunk interval is an integer).
 --
--- Left for later: retention and compression policies (add_retention_policy,
--- add_compression_policy) need an integer_now function for integer time
--- columns; until then the store's retention pass deletes rows, like the
--- embedded engine.
+-- Retention and compression policies are not migrations: the store installs
+-- them at every start from its config (store/postgres/timescale.rs).
 
 CREATE TABLE raw_points (
     series_id BIGINT           NOT NULL,

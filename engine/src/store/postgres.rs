@@ -11,8 +11,8 @@
 //!   migrate at once and every schema of a database migrates on its own.
 //! * **Modes**: with the `timescaledb` extension available, `raw_points` and
 //!   `window_results` are hypertables (one-day chunks; retention and
-//!   compression *policies* are left for later, the retention pass deletes
-//!   rows). Otherwise they are natively range-partitioned by day on their time
+//!   compression are TimescaleDB policies, see [`timescale`], and the
+//!   retention pass deletes rows as well). Otherwise they are natively range-partitioned by day on their time
 //!   column, with partitions created ahead (today .. +7 days) and on demand
 //!   before a commit writes into a new day, plus a DEFAULT partition as a
 //!   safety net; retention drops whole partitions, then deletes leftovers.
@@ -32,6 +32,10 @@ use async_trait::async_trait;
 use pulse_core::{Aggregate, Point, SeriesId, Tags, TimestampMs, WindowResult};
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Arguments, Executor, Postgres, Row};
+
+mod timescale;
+
+pub use timescale::TimescalePolicies;
 
 use super::{
     Checkpoint, Claim, Commit, DeadLetter, LateCount, MetricInfo, OpenWindowKey, OpenWindowState,
@@ -368,62 +372,6 @@ fn range_statement(query: &ResultQuery) -> Result<(String, PgArguments), StoreEr
     Ok((sql, args))
 }
 
-/// Retention and compression of the hypertables, installed as TimescaleDB
-/// policies when the schema runs in TimescaleDB mode (native partitioning
-/// drops partitions in the retention pass instead).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TimescalePolicies {
-    pub raw_retention: Duration,
-    pub result_retention: Duration,
-    /// Chunks whose newest possible row is older than this are compressed.
-    pub compress_after: Duration,
-}
-
-/// The statements that install `policies` on `schema`'s hypertables. Each
-/// policy is removed and added again, so a changed config takes effect on the
-/// next start. The time columns are milliseconds since the epoch, so
-/// TimescaleDB needs a function giving "now" in that unit.
-fn policy_statements(schema: &str, policies: &TimescalePolicies) -> Vec<String> {
-    let now_ms = format!("\"{schema}\".pulse_now_ms");
-    let mut statements = vec![format!(
-        "CREATE OR REPLACE FUNCTION {now_ms}() RETURNS BIGINT LANGUAGE SQL STABLE AS \
-         $$ SELECT (extract(epoch FROM now()) * 1000)::bigint $$"
-    )];
-    let tables = [
-        ("raw_points", "series_id", "ts", policies.raw_retention),
-        (
-            "window_results",
-            "metric, window_label",
-            "window_start",
-            policies.result_retention,
-        ),
-    ];
-    for (table, segment_by, order_by, retention) in tables {
-        let table = format!("\"{schema}\".{table}");
-        statements.extend([
-            format!("SELECT set_integer_now_func('{table}', '{now_ms}', replace_if_exists => true)"),
-            format!(
-                "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM timescaledb_information.hypertables \
-                 WHERE format('%I.%I', hypertable_schema, hypertable_name)::regclass = '{table}'::regclass \
-                 AND compression_enabled) THEN ALTER TABLE {table} SET (timescaledb.compress, \
-                 timescaledb.compress_segmentby = '{segment_by}', timescaledb.compress_orderby = '{order_by}'); \
-                 END IF; END $$"
-            ),
-            format!("SELECT remove_compression_policy('{table}', if_exists => true)"),
-            format!(
-                "SELECT add_compression_policy('{table}', compress_after => {}::bigint)",
-                policies.compress_after.as_millis()
-            ),
-            format!("SELECT remove_retention_policy('{table}', if_exists => true)"),
-            format!(
-                "SELECT add_retention_policy('{table}', drop_after => {}::bigint)",
-                retention.as_millis()
-            ),
-        ]);
-    }
-    statements
-}
-
 /// COPY data is sent in pieces of about this many bytes, so a large commit is
 /// streamed (and the server parses one piece while the next is encoded).
 const COPY_CHUNK_BYTES: usize = 1 << 20;
@@ -567,6 +515,8 @@ pub struct PostgresStore {
     /// results (BENCHMARKS.md, "Window-result writes").
     known_series: Mutex<HashSet<i64>>,
     policies: Option<TimescalePolicies>,
+    /// What the last policy install found, for `/readyz` (TimescaleDB mode).
+    policy_status: Mutex<Option<String>>,
 }
 
 impl PostgresStore {
@@ -574,6 +524,17 @@ impl PostgresStore {
     /// for the tables of `schema` (see [`schema_name`]). Call
     /// [`Store::migrate`] next.
     pub async fn connect(url: &str, schema: &str) -> Result<PostgresStore, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(10)
+            .acquire_timeout(Duration::from_secs(10));
+        Self::connect_with(url, schema, pool).await
+    }
+
+    async fn connect_with(
+        url: &str,
+        schema: &str,
+        pool: PgPoolOptions,
+    ) -> Result<PostgresStore, StoreError> {
         check_schema(schema)?;
         let mut options = PgConnectOptions::from_str(url).map_err(|e| {
             StoreError::Other(format!(
@@ -599,9 +560,7 @@ impl PostgresStore {
             ),
         };
         let set_path = format!("SET search_path TO \"{schema}\"");
-        let pool = PgPoolOptions::new()
-            .max_connections(10)
-            .acquire_timeout(Duration::from_secs(10))
+        let pool = pool
             .after_connect(move |conn, _meta| {
                 let set_path = set_path.clone();
                 Box::pin(async move { conn.execute(set_path.as_str()).await.map(|_| ()) })
@@ -623,8 +582,11 @@ impl PostgresStore {
             partitions: Mutex::new(HashSet::new()),
             known_series: Mutex::new(HashSet::new()),
             policies: None,
+            policy_status: Mutex::new(None),
         };
-        let (existing, available) = store.inspect().await?;
+        let mut conn = store.pool.acquire().await.map_err(db_error)?;
+        let (existing, available) = store.inspect(&mut conn).await?;
+        drop(conn);
         store.set_mode(match existing.as_deref() {
             Some("p") => MODE_NATIVE,
             Some(_) => MODE_TIMESCALEDB,
@@ -651,32 +613,6 @@ impl PostgresStore {
         self
     }
 
-    /// Installs the configured policies; a failure is logged, not fatal: the
-    /// retention pass still deletes old rows, only compression is missed.
-    async fn apply_policies(&self, conn: &mut sqlx::PgConnection) {
-        let Some(policies) = &self.policies else {
-            return;
-        };
-        for statement in policy_statements(&self.schema, policies) {
-            if let Err(error) = conn.execute(statement.as_str()).await {
-                tracing::warn!(
-                    schema = %self.schema,
-                    %error,
-                    statement,
-                    "cannot install a TimescaleDB retention/compression policy; old rows are still deleted by the retention pass"
-                );
-                return;
-            }
-        }
-        tracing::info!(
-            schema = %self.schema,
-            raw_retention_ms = policies.raw_retention.as_millis() as u64,
-            result_retention_ms = policies.result_retention.as_millis() as u64,
-            compress_after_ms = policies.compress_after.as_millis() as u64,
-            "TimescaleDB retention and compression policies installed"
-        );
-    }
-
     /// The schema this store's tables live in.
     pub fn schema(&self) -> &str {
         &self.schema
@@ -696,14 +632,19 @@ impl PostgresStore {
 
     /// The relkind of this schema's `raw_points` (if it exists) and whether
     /// the timescaledb extension is available.
-    async fn inspect(&self) -> Result<(Option<String>, bool), StoreError> {
+    /// Runs on the caller's connection: under the migration lock that one is
+    /// held, and taking a second from the pool there could wait on itself.
+    async fn inspect(
+        &self,
+        conn: &mut sqlx::PgConnection,
+    ) -> Result<(Option<String>, bool), StoreError> {
         let row = sqlx::query(
             "SELECT (SELECT c.relkind::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
                      WHERE n.nspname = $1 AND c.relname = 'raw_points'), \
                     EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb')",
         )
         .bind(&self.schema)
-        .fetch_one(&self.pool)
+        .fetch_one(conn)
         .await
         .map_err(db_error)?;
         Ok((col(&row, 0)?, col(&row, 1)?))
@@ -738,7 +679,7 @@ impl PostgresStore {
         .map_err(db_error)?;
 
         // A schema keeps its mode; a new one uses TimescaleDB when it can.
-        let (existing, available) = self.inspect().await?;
+        let (existing, available) = self.inspect(&mut *conn).await?;
         let mode = match existing.as_deref() {
             Some("p") => MODE_NATIVE,
             Some(_) => MODE_TIMESCALEDB,
@@ -771,14 +712,7 @@ impl PostgresStore {
 
         let mut search_path = format!("\"{schema}\"");
         if mode == MODE_TIMESCALEDB {
-            let ext_schema: Option<String> = sqlx::query_scalar(
-                "SELECT n.nspname::text FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace \
-                 WHERE e.extname = 'timescaledb'",
-            )
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(db_error)?;
-            if let Some(ext) = ext_schema {
+            if let Some(ext) = timescale::extension_schema(&mut *conn).await? {
                 search_path.push_str(&format!(", \"{}\"", ext.replace('"', "\"\"")));
             }
         }
@@ -834,8 +768,9 @@ impl PostgresStore {
             tracing::info!(schema = %schema, version = migration.version, name = migration.name, "applied store migration");
         }
 
-        if !self.native() {
-            self.apply_policies(conn).await;
+        if let (false, Some(policies)) = (self.native(), &self.policies) {
+            let status = timescale::install_policies(&mut *conn, schema, policies).await;
+            *self.policy_status.lock().unwrap_or_else(|e| e.into_inner()) = Some(status);
         }
         tracing::info!(
             schema = %schema,
@@ -1550,8 +1485,15 @@ impl Store for PostgresStore {
             .execute(&self.pool)
             .await
             .map(|_| {
+                let policies = self
+                    .policy_status
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .as_ref()
+                    .map(|status| format!("; {status}"))
+                    .unwrap_or_default();
                 format!(
-                    "PostgreSQL at {} answers; schema {}, {}",
+                    "PostgreSQL at {} answers; schema {}, {}{policies}",
                     self.target,
                     self.schema,
                     self.mode()
@@ -1561,98 +1503,85 @@ impl Store for PostgresStore {
     }
 }
 
-/// Helpers for tests that need a real PostgreSQL.
+/// Helpers for tests that need a real PostgreSQL (or TimescaleDB).
 #[cfg(test)]
-pub(crate) mod testing {
-    use std::future::Future;
-    use std::panic::AssertUnwindSafe;
-    use std::str::FromStr;
-    use std::sync::atomic::{AtomicU32, Ordering};
-    use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-    use futures::FutureExt;
-    use sqlx::postgres::PgConnectOptions;
-
-    pub(crate) const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
-
-    /// The test database (`PULSE_TEST_DATABASE_URL`, default [`DEFAULT_URL`]),
-    /// or `None` with a skip notice when it does not answer. With `CI` set an
-    /// unreachable database fails the test instead: CI must run these.
-    pub(crate) fn pg_url_or_skip() -> Option<String> {
-        let url = std::env::var("PULSE_TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_URL.into());
-        let options = PgConnectOptions::from_str(&url)
-            .unwrap_or_else(|e| panic!("PULSE_TEST_DATABASE_URL is not a PostgreSQL url: {e}"));
-        if options.get_socket().is_some() {
-            return Some(url);
-        }
-        let address = format!("{}:{}", options.get_host(), options.get_port());
-        let reachable = std::net::ToSocketAddrs::to_socket_addrs(&address)
-            .ok()
-            .and_then(|mut addrs| addrs.next())
-            .is_some_and(|addr| {
-                std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok()
-            });
-        if reachable {
-            return Some(url);
-        }
-        if std::env::var_os("CI").is_some() {
-            panic!(
-                "PostgreSQL is unreachable at {address} and CI is set, so the PostgreSQL store \
-                 tests must run: start PostgreSQL there or point PULSE_TEST_DATABASE_URL at one"
-            );
-        }
-        eprintln!(
-            "skipping: PostgreSQL is unreachable at {address} (set PULSE_TEST_DATABASE_URL, \
-             or CI=1 to make this a failure)"
-        );
-        None
-    }
-
-    /// A name (schema, key prefix) no other test or test process uses.
-    pub(crate) fn unique_name(tag: &str) -> String {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        format!(
-            "pulse_test_{tag}_{}_{nanos}_{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        )
-    }
-
-    /// Runs `test`, then drops `schemas` whether it passed or panicked.
-    pub(crate) async fn dropping_schemas<T>(
-        url: &str,
-        schemas: &[&str],
-        test: impl Future<Output = T>,
-    ) -> T {
-        let outcome = AssertUnwindSafe(test).catch_unwind().await;
-        match sqlx::PgPool::connect(url).await {
-            Ok(pool) => {
-                for schema in schemas {
-                    let drop = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
-                    if let Err(e) = sqlx::query(&drop).execute(&pool).await {
-                        eprintln!("could not drop test schema {schema}: {e}");
-                    }
-                }
-                pool.close().await;
-            }
-            Err(e) => eprintln!("could not drop test schemas {schemas:?}: {e}"),
-        }
-        match outcome {
-            Ok(value) => value,
-            Err(panic) => std::panic::resume_unwind(panic),
-        }
-    }
-}
+pub(crate) mod testing;
 
 #[cfg(test)]
 mod tests {
-    use super::testing::{dropping_schemas, pg_url_or_skip, unique_name as unique_schema};
+    use super::testing::{TestDb, unique_name as unique_schema};
     use super::*;
     use crate::store::RawPoint;
+
+    /// Runs each named store test once per mode: `native` against the plain
+    /// PostgreSQL test database, `timescaledb` against TimescaleDB (see
+    /// [`TestDb::timescale_or_skip`]).
+    macro_rules! in_both_modes {
+        ($($name:ident),* $(,)?) => {$(
+            mod $name {
+                #[tokio::test]
+                async fn native() {
+                    if let Some(db) = super::TestDb::native_or_skip() {
+                        super::$name(db).await;
+                    }
+                }
+
+                #[tokio::test]
+                async fn timescaledb() {
+                    if let Some(db) = super::TestDb::timescale_or_skip() {
+                        super::$name(db).await;
+                    }
+                }
+            }
+        )*};
+    }
+
+    in_both_modes!(
+        migrations_are_idempotent_and_safe_concurrently,
+        a_window_written_again_replaces_the_stored_one,
+        partitions_are_created_on_demand_and_dropped_by_retention,
+        latest_and_range_queries_use_indexes,
+        policies_are_scheduled_with_the_configured_ages,
+        writes_into_compressed_chunks_replace_and_add_rows,
+    );
+
+    /// `(range start, range end)` of each chunk of `table`, in ms, sorted.
+    async fn chunk_ranges(store: &PostgresStore, table: &str) -> Vec<(i64, i64)> {
+        sqlx::query_as(
+            "SELECT range_start_integer, range_end_integer FROM timescaledb_information.chunks \
+             WHERE hypertable_schema = $1 AND hypertable_name = $2 ORDER BY 1",
+        )
+        .bind(&store.schema)
+        .bind(table)
+        .fetch_all(&store.pool)
+        .await
+        .unwrap()
+    }
+
+    /// Compresses every chunk of `table` now, as the compression policy
+    /// does once they are old enough; returns how many are compressed.
+    async fn compress_all(store: &PostgresStore, table: &str) -> i64 {
+        let mut conn = store.pool.acquire().await.unwrap();
+        let ext = timescale::extension_schema(&mut conn)
+            .await
+            .unwrap()
+            .unwrap();
+        let sql = format!(
+            "SELECT \"{ext}\".compress_chunk(c, if_not_compressed => true) \
+             FROM \"{ext}\".show_chunks('{}') c",
+            store.qualified(table)
+        );
+        sqlx::query(&sql).execute(&mut *conn).await.unwrap();
+        sqlx::query_scalar(
+            "SELECT count(*) FROM timescaledb_information.chunks \
+             WHERE hypertable_schema = $1 AND hypertable_name = $2 AND is_compressed",
+        )
+        .bind(&store.schema)
+        .bind(table)
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap()
+    }
 
     #[test]
     fn schema_names_are_sanitised_and_bounded() {
@@ -1686,47 +1615,6 @@ mod tests {
         for bad in ["", "Pulse", "a;drop", "9x", "pg_x", "a\"b", &"x".repeat(64)] {
             assert!(check_schema(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn timescale_policies_are_reinstalled_with_the_configured_ages() {
-        let statements = policy_statements(
-            "pulse_default_web",
-            &TimescalePolicies {
-                raw_retention: Duration::from_secs(7 * 86_400),
-                result_retention: Duration::from_secs(90 * 86_400),
-                compress_after: Duration::from_secs(2 * 86_400),
-            },
-        );
-        let all = statements.join(";\n");
-        assert!(statements[0].contains("\"pulse_default_web\".pulse_now_ms()"));
-        for table in ["raw_points", "window_results"] {
-            let t = format!("'\"pulse_default_web\".{table}'");
-            for call in [
-                "set_integer_now_func(",
-                "remove_compression_policy(",
-                "add_compression_policy(",
-                "remove_retention_policy(",
-                "add_retention_policy(",
-            ] {
-                assert!(all.contains(&format!("{call}{t}")), "{call} of {table}");
-            }
-            // Removed before added, so a changed age replaces the old policy.
-            let removed = all.find(&format!("remove_retention_policy({t}")).unwrap();
-            assert!(removed < all.find(&format!("add_retention_policy({t}")).unwrap());
-        }
-        assert!(all.contains("compress_after => 172800000::bigint"));
-        assert!(
-            all.contains("'\"pulse_default_web\".raw_points', drop_after => 604800000::bigint")
-        );
-        assert!(
-            all.contains(
-                "'\"pulse_default_web\".window_results', drop_after => 7776000000::bigint"
-            )
-        );
-        assert!(
-            all.contains("compress_segmentby = 'series_id', timescaledb.compress_orderby = 'ts'")
-        );
     }
 
     #[test]
@@ -1780,14 +1668,12 @@ mod tests {
             .unwrap()
     }
 
-    #[tokio::test]
-    async fn migrations_are_idempotent_and_safe_concurrently() {
-        let Some(url) = pg_url_or_skip() else { return };
+    async fn migrations_are_idempotent_and_safe_concurrently(db: TestDb) {
         let (one, two) = (unique_schema("mig_a"), unique_schema("mig_b"));
-        dropping_schemas(&url, &[&one, &two], async {
-            let a1 = PostgresStore::connect(&url, &one).await.unwrap();
-            let a2 = PostgresStore::connect(&url, &one).await.unwrap();
-            let b = PostgresStore::connect(&url, &two).await.unwrap();
+        db.run(&[&one, &two], async {
+            let a1 = db.store(&one).await;
+            let a2 = db.store(&one).await;
+            let b = db.store(&two).await;
             let (r1, r2, r3) = tokio::join!(a1.migrate(), a2.migrate(), b.migrate());
             r1.unwrap();
             r2.unwrap();
@@ -1805,7 +1691,45 @@ mod tests {
                     vec![1, 2, 3, 4],
                     "each schema has its own versions"
                 );
-                assert_eq!(store.mode(), "native-partitioning");
+                assert_eq!(store.mode(), db.mode());
+                // The time series tables are what the mode makes them.
+                let kinds: Vec<(String, String)> = sqlx::query_as(
+                    "SELECT c.relname::text, c.relkind::text FROM pg_class c \
+                     JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE n.nspname = $1 AND c.relname IN ('raw_points', 'window_results') \
+                     ORDER BY 1",
+                )
+                .bind(&store.schema)
+                .fetch_all(&store.pool)
+                .await
+                .unwrap();
+                let kind = if db.timescale { "r" } else { "p" };
+                assert_eq!(
+                    kinds,
+                    [
+                        ("raw_points".into(), kind.into()),
+                        ("window_results".into(), kind.into())
+                    ]
+                );
+                if db.timescale {
+                    let dimensions: Vec<(String, String, i64)> = sqlx::query_as(
+                        "SELECT hypertable_name::text, column_name::text, integer_interval \
+                         FROM timescaledb_information.dimensions WHERE hypertable_schema = $1 \
+                         ORDER BY 1",
+                    )
+                    .bind(&store.schema)
+                    .fetch_all(&store.pool)
+                    .await
+                    .unwrap();
+                    assert_eq!(
+                        dimensions,
+                        [
+                            ("raw_points".into(), "ts".into(), DAY_MS),
+                            ("window_results".into(), "window_start".into(), DAY_MS)
+                        ],
+                        "hypertables with one-day chunks"
+                    );
+                }
             }
             // Each schema holds its own tables.
             a1.commit(&Commit {
@@ -1851,12 +1775,10 @@ mod tests {
     /// Results go in with a plain COPY; a window already stored makes it
     /// fail, and the savepoint's fallback upsert must then write the whole
     /// batch, last write winning, with the rest of the commit intact.
-    #[tokio::test]
-    async fn a_window_written_again_replaces_the_stored_one() {
-        let Some(url) = pg_url_or_skip() else { return };
+    async fn a_window_written_again_replaces_the_stored_one(db: TestDb) {
         let schema = unique_schema("rewrite");
-        dropping_schemas(&url, &[&schema], async {
-            let store = PostgresStore::connect(&url, &schema).await.unwrap();
+        db.run(&[&schema], async {
+            let store = db.store(&schema).await;
             store.migrate().await.unwrap();
             let start = today() * DAY_MS;
             store
@@ -1914,15 +1836,14 @@ mod tests {
         .await;
     }
 
-    #[tokio::test]
-    async fn partitions_are_created_on_demand_and_dropped_by_retention() {
-        let Some(url) = pg_url_or_skip() else { return };
+    async fn partitions_are_created_on_demand_and_dropped_by_retention(db: TestDb) {
         let schema = unique_schema("parts");
-        dropping_schemas(&url, &[&schema], async {
-            let store = PostgresStore::connect(&url, &schema).await.unwrap();
+        db.run(&[&schema], async {
+            let store = db.store(&schema).await;
             store.migrate().await.unwrap();
-            if store.mode() != "native-partitioning" {
-                eprintln!("skipping: TimescaleDB mode has no native partitions");
+            assert_eq!(store.mode(), db.mode());
+            if db.timescale {
+                chunks_are_created_on_demand_and_emptied_by_retention(&store).await;
                 return;
             }
             let today = today();
@@ -2033,12 +1954,10 @@ mod tests {
         .await;
     }
 
-    #[tokio::test]
-    async fn latest_and_range_queries_use_indexes() {
-        let Some(url) = pg_url_or_skip() else { return };
+    async fn latest_and_range_queries_use_indexes(db: TestDb) {
         let schema = unique_schema("explain");
-        dropping_schemas(&url, &[&schema], async {
-            let store = PostgresStore::connect(&url, &schema).await.unwrap();
+        db.run(&[&schema], async {
+            let store = db.store(&schema).await;
             store.migrate().await.unwrap();
             let base = today() * DAY_MS;
             // 20 metrics x 50 series x 20 windows = 20,000 results.
@@ -2058,16 +1977,17 @@ mod tests {
                 .await
                 .unwrap();
             sqlx::query("ANALYZE").execute(&store.pool).await.unwrap();
+            // The tables holding the rows: daily partitions, or chunks.
             let populated: Vec<String> = sqlx::query_scalar(
-                "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE n.nspname = $1 AND c.relname LIKE 'window_results%' AND c.relkind = 'r' \
-                 AND c.reltuples > 0",
+                "SELECT c.relname::text FROM pg_class c JOIN pg_inherits i ON i.inhrelid = c.oid \
+                 JOIN pg_class p ON p.oid = i.inhparent JOIN pg_namespace n ON n.oid = p.relnamespace \
+                 WHERE n.nspname = $1 AND p.relname = 'window_results' AND c.reltuples > 0",
             )
             .bind(&schema)
             .fetch_all(&store.pool)
             .await
             .unwrap();
-            assert!(!populated.is_empty() || store.mode() == "timescaledb");
+            assert_eq!(populated.len(), 1, "one day of rows: {populated:?}");
 
             let query = |tags: Tags| ResultQuery {
                 metric: "m7".into(),
@@ -2109,6 +2029,239 @@ mod tests {
             assert_eq!(range.len(), 100);
             assert!(range.iter().all(|r| r.start_ms >= base + 18 * 60_000));
             assert_eq!(store.range(&query(host)).await.unwrap().len(), 20);
+        })
+        .await;
+    }
+
+    /// TimescaleDB mode of the test above: a chunk per day written to, one
+    /// day wide, and the retention pass deletes the same rows as natively.
+    async fn chunks_are_created_on_demand_and_emptied_by_retention(store: &PostgresStore) {
+        let today = today();
+        let (old, later) = (today - 10, today + 30);
+        let edge = (today - 5) * DAY_MS; // retention cutoff - 1h
+        let cutoff = edge + 3_600_000;
+        assert!(chunk_ranges(store, "raw_points").await.is_empty());
+        store
+            .commit(&Commit {
+                raw_points: vec![
+                    point("cpu", old * DAY_MS + 1, 1.0),
+                    point("cpu", old * DAY_MS + 2, 2.0),
+                    point("cpu", edge, 3.0),
+                    point("cpu", edge + 7_200_000, 4.0),
+                    point("cpu", later * DAY_MS + 10, 5.0),
+                ],
+                results: vec![
+                    window("cpu", "a", old * DAY_MS),
+                    window("cpu", "b", old * DAY_MS),
+                    window("cpu", "a", edge),
+                    window("cpu", "a", edge + 7_200_000),
+                ],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let days = |days: &[i64]| -> Vec<(i64, i64)> {
+            days.iter()
+                .map(|d| (d * DAY_MS, (d + 1) * DAY_MS))
+                .collect()
+        };
+        assert_eq!(
+            chunk_ranges(store, "raw_points").await,
+            days(&[old, today - 5, later])
+        );
+        assert_eq!(
+            chunk_ranges(store, "window_results").await,
+            days(&[old, today - 5])
+        );
+
+        let report = store.enforce_retention(cutoff, cutoff).await.unwrap();
+        assert_eq!(
+            report,
+            RetentionReport {
+                raw_points: 3,
+                results: 3
+            }
+        );
+        assert_eq!(
+            table_count(store, "SELECT count(*) FROM raw_points").await,
+            2
+        );
+        assert_eq!(
+            table_count(store, "SELECT count(*) FROM window_results").await,
+            1
+        );
+    }
+
+    fn policies(days: u64) -> TimescalePolicies {
+        TimescalePolicies {
+            raw_retention: Duration::from_secs(7 * 86_400),
+            result_retention: Duration::from_secs(days * 86_400),
+            compress_after: Duration::from_secs(2 * 86_400),
+        }
+    }
+
+    /// The jobs TimescaleDB scheduled on the store's tables:
+    /// `(table, kind, age in ms)`, sorted.
+    async fn jobs(store: &PostgresStore) -> Vec<(String, String, i64)> {
+        sqlx::query_as(
+            "SELECT hypertable_name::text, proc_name::text, \
+                    COALESCE(config->>'drop_after', config->>'compress_after')::bigint \
+             FROM timescaledb_information.jobs WHERE hypertable_schema = $1 ORDER BY 1, 2",
+        )
+        .bind(&store.schema)
+        .fetch_all(&store.pool)
+        .await
+        .unwrap()
+    }
+
+    /// Policies are installed (with the pool's `search_path` holding only
+    /// the pipeline's schema), scheduled with the configured ages, replaced
+    /// when the config changes, and said in `/readyz`; natively there are none.
+    async fn policies_are_scheduled_with_the_configured_ages(db: TestDb) {
+        let schema = unique_schema("policies");
+        db.run(&[&schema], async {
+            let store = db
+                .store(&schema)
+                .await
+                .with_timescale_policies(policies(90));
+            store.migrate().await.unwrap();
+            let ready = store.ready().await.unwrap();
+            if !db.timescale {
+                assert!(!ready.contains("TimescaleDB"), "{ready}");
+                return;
+            }
+            assert!(
+                ready.contains("TimescaleDB retention and compression policies scheduled"),
+                "{ready}"
+            );
+            let day = DAY_MS;
+            let expected = |result_days: i64| {
+                vec![
+                    ("raw_points".into(), "policy_compression".into(), 2 * day),
+                    ("raw_points".into(), "policy_retention".into(), 7 * day),
+                    (
+                        "window_results".into(),
+                        "policy_compression".into(),
+                        2 * day,
+                    ),
+                    (
+                        "window_results".into(),
+                        "policy_retention".into(),
+                        result_days * day,
+                    ),
+                ]
+            };
+            assert_eq!(jobs(&store).await, expected(90));
+            let settings: Vec<(String, String, String)> = sqlx::query_as(
+                "SELECT c.relname::text, s.segmentby, s.orderby \
+                 FROM timescaledb_information.hypertable_compression_settings s \
+                 JOIN pg_class c ON c.oid = s.hypertable \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 ORDER BY 1",
+            )
+            .bind(&schema)
+            .fetch_all(&store.pool)
+            .await
+            .unwrap();
+            assert_eq!(
+                settings,
+                [
+                    ("raw_points".into(), "series_id".into(), "ts".into()),
+                    (
+                        "window_results".into(),
+                        "metric,window_label".into(),
+                        "window_start DESC,series_id DESC".into()
+                    ),
+                ]
+            );
+            drop(store);
+
+            // A restart with another retention replaces the job, once.
+            let store = db
+                .store(&schema)
+                .await
+                .with_timescale_policies(policies(30));
+            store.migrate().await.unwrap();
+            assert_eq!(jobs(&store).await, expected(30));
+        })
+        .await;
+    }
+
+    /// A late point rewrites a window whose chunk is compressed already:
+    /// the COPY, its upsert fallback and raw points all write into it.
+    async fn writes_into_compressed_chunks_replace_and_add_rows(db: TestDb) {
+        let schema = unique_schema("compressed");
+        db.run(&[&schema], async {
+            let store = db
+                .store(&schema)
+                .await
+                .with_timescale_policies(policies(90));
+            store.migrate().await.unwrap();
+            let start = (today() - 3) * DAY_MS;
+            store
+                .commit(&Commit {
+                    results: vec![window("cpu", "a", start), window("cpu", "b", start)],
+                    raw_points: vec![point("cpu", start, 1.0)],
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            if db.timescale {
+                assert_eq!(compress_all(&store, "window_results").await, 1);
+                assert_eq!(compress_all(&store, "raw_points").await, 1);
+            }
+            let mut again = window("cpu", "a", start);
+            again.agg.add(7.0, start + 5);
+            // A new window into the compressed chunk: COPY.
+            store
+                .commit(&Commit {
+                    results: vec![window("cpu", "a", start + 60_000)],
+                    raw_points: vec![point("cpu", start + 5, 7.0)],
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            // A stored window again: COPY fails, the upsert replaces it.
+            store
+                .commit(&Commit {
+                    results: vec![again],
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            let query = ResultQuery {
+                metric: "cpu".into(),
+                window: "1m".into(),
+                tags: Tags::new(),
+                from_ms: start,
+                to_ms: start + DAY_MS,
+                limit: 10,
+            };
+            let stored: Vec<(String, i64, u64, f64)> = store
+                .range(&query)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| (r.tags["host"].clone(), r.start_ms, r.agg.count, r.agg.max))
+                .collect();
+            assert_eq!(
+                stored,
+                [
+                    ("a".into(), start, 2, 7.0),
+                    ("b".into(), start, 1, 1.0),
+                    ("a".into(), start + 60_000, 1, 1.0)
+                ]
+            );
+            let latest = store.latest(&query).await.unwrap();
+            assert_eq!(latest.len(), 1);
+            assert_eq!(latest[0].start_ms, start + 60_000);
+            assert_eq!(
+                table_count(&store, "SELECT count(*) FROM window_results").await,
+                3
+            );
+            assert_eq!(
+                table_count(&store, "SELECT count(*) FROM raw_points").await,
+                2
+            );
         })
         .await;
     }
