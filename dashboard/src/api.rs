@@ -278,7 +278,8 @@ fn store_error(error: StoreError) -> ApiError {
             warn!(message = "Store unavailable.", %error);
             ApiError::unavailable("the store is unavailable; retry shortly", 1)
         }
-        StoreError::Corrupt(_) | StoreError::Other(_) => {
+        // `Fenced` only answers a processor's commit; a query never sees it.
+        StoreError::Corrupt(_) | StoreError::Fenced { .. } | StoreError::Other(_) => {
             error!(message = "Store query failed.", %error);
             ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
