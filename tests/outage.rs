@@ -160,8 +160,8 @@ async fn send(producer: &KafkaProducer, points: &[Point]) {
 
 /// Offsets the store's checkpoints have committed, over all partitions.
 async fn committed(store: &PostgresStore) -> u64 {
-    let checkpoint = store.load_checkpoint(&[0, 1]).await.unwrap();
-    checkpoint.partitions.iter().map(|p| p.next_offset).sum()
+    let progress = store.progress(&[0, 1]).await.unwrap();
+    progress.iter().map(|p| p.next_offset).sum()
 }
 
 async fn eventually<F: Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {

@@ -167,8 +167,8 @@ async fn until(
 }
 
 async fn committed(store: &PostgresStore) -> usize {
-    match store.load_checkpoint(&[0, 1, 2, 3]).await {
-        Ok(c) => c.partitions.iter().map(|p| p.next_offset as usize).sum(),
+    match store.progress(&[0, 1, 2, 3]).await {
+        Ok(c) => c.iter().map(|p| p.next_offset as usize).sum(),
         Err(_) => 0,
     }
 }

@@ -429,6 +429,16 @@ pub async fn fencing_suite(store: &dyn Store) {
         .filter(|c| c.partition == 4)
         .collect();
     store.commit(&commit(&old_on_4, 4, 7, 3_000)).await.unwrap();
+    assert_eq!(
+        store.progress(&[3, 5]).await.unwrap(),
+        vec![PartitionCheckpoint {
+            partition: 3,
+            next_offset: 10,
+            max_event_ts: Some(1_000),
+            watermark: None,
+        }],
+        "progress is read without taking the partition (the commit below still lands)"
+    );
     store
         .commit(&commit(&new.claims, 3, 12, 4_000))
         .await

@@ -21,8 +21,8 @@ use pulse_engine::bus::{BusConsumer, BusError, BusProducer, ConsumerEvent, Outgo
 use pulse_engine::cache::memory::MemoryCache;
 use pulse_engine::store::sqlite::SqliteStore;
 use pulse_engine::store::{
-    Checkpoint, Commit, DeadLetter, LateCount, MetricInfo, ResultQuery, RetentionReport, Store,
-    StoreError,
+    Checkpoint, Commit, DeadLetter, LateCount, MetricInfo, PartitionCheckpoint, ResultQuery,
+    RetentionReport, Store, StoreError,
 };
 use pulse_processor::Processor;
 use pulse_server::CancellationToken;
@@ -55,6 +55,9 @@ impl Store for Gated {
     }
     async fn load_checkpoint(&self, partitions: &[u32]) -> Result<Checkpoint, StoreError> {
         self.inner.load_checkpoint(partitions).await
+    }
+    async fn progress(&self, partitions: &[u32]) -> Result<Vec<PartitionCheckpoint>, StoreError> {
+        self.inner.progress(partitions).await
     }
     async fn commit(&self, commit: &Commit) -> Result<(), StoreError> {
         if self.down.load(Ordering::SeqCst) {

@@ -143,11 +143,11 @@ pub async fn measure(
         let store = Arc::new(schemas.store("processor").await?);
         let mode = store.mode();
         let run = through_processor(&brokers, topic, points, Arc::clone(&store) as _).await?;
-        let checkpoint = store
-            .load_checkpoint(&(0..PARTITIONS).collect::<Vec<_>>())
+        let progress = store
+            .progress(&(0..PARTITIONS).collect::<Vec<_>>())
             .await
             .map_err(|e| format!("reading the processor's checkpoint: {e}"))?;
-        let stored: u64 = checkpoint.partitions.iter().map(|p| p.next_offset).sum();
+        let stored: u64 = progress.iter().map(|p| p.next_offset).sum();
         if stored != points as u64 {
             return Err(format!(
                 "the store's checkpoints cover {stored} of {points} records"

@@ -203,6 +203,11 @@ pub trait Store: Send + Sync {
     /// owners landed.
     async fn load_checkpoint(&self, partitions: &[u32]) -> Result<Checkpoint, StoreError>;
 
+    /// The stored progress of `partitions`, read without taking them (for
+    /// tools and tests: [`load_checkpoint`](Store::load_checkpoint) would
+    /// fence the processor that owns them).
+    async fn progress(&self, partitions: &[u32]) -> Result<Vec<PartitionCheckpoint>, StoreError>;
+
     /// Writes all of `commit` in one transaction, or nothing; refuses it with
     /// [`StoreError::Fenced`] when one of its claims is stale.
     async fn commit(&self, commit: &Commit) -> Result<(), StoreError>;

@@ -1065,6 +1065,32 @@ impl Store for PostgresStore {
         Ok(checkpoint)
     }
 
+    async fn progress(&self, partitions: &[u32]) -> Result<Vec<PartitionCheckpoint>, StoreError> {
+        let ids: Vec<i64> = partitions.iter().map(|&p| i64::from(p)).collect();
+        let rows = sqlx::query(
+            "SELECT partition, next_offset, max_event_ts, watermark FROM checkpoints \
+             WHERE partition = ANY($1) ORDER BY partition",
+        )
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let partition: i64 = col(row, 0)?;
+            let next: i64 = col(row, 1)?;
+            out.push(PartitionCheckpoint {
+                partition: u32::try_from(partition)
+                    .map_err(|_| StoreError::Corrupt(format!("partition {partition}")))?,
+                next_offset: u64::try_from(next)
+                    .map_err(|_| StoreError::Corrupt(format!("next offset {next}")))?,
+                max_event_ts: col(row, 2)?,
+                watermark: col(row, 3)?,
+            });
+        }
+        Ok(out)
+    }
+
     async fn commit(&self, commit: &Commit) -> Result<(), StoreError> {
         // Partitions first, each in its own short transaction: DDL never sits
         // inside the commit, and an empty partition left by a failed commit is

@@ -149,6 +149,26 @@ impl Store for SqliteStore {
         Ok(checkpoint)
     }
 
+    async fn progress(&self, partitions: &[u32]) -> Result<Vec<PartitionCheckpoint>, StoreError> {
+        let mut out = Vec::new();
+        for &partition in partitions {
+            let row = sqlx::query(
+                "SELECT next_offset, max_event_ts, watermark FROM checkpoints WHERE partition = ?",
+            )
+            .bind(i64::from(partition))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+            out.extend(row.map(|row| PartitionCheckpoint {
+                partition,
+                next_offset: row.get::<i64, _>(0) as u64,
+                max_event_ts: row.get(1),
+                watermark: row.get(2),
+            }));
+        }
+        Ok(out)
+    }
+
     async fn commit(&self, commit: &Commit) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
 
