@@ -2317,7 +2317,7 @@ mod tests {
     }
 
     /// A late point rewrites a window whose chunk is compressed already:
-    /// the COPY, its upsert fallback and raw points all write into it.
+    /// the COPY, its merging fallback and raw points all write into it.
     async fn writes_into_compressed_chunks_replace_and_add_rows(db: TestDb) {
         let schema = unique_schema("compressed");
         db.run(&[&schema], async {
@@ -2339,7 +2339,9 @@ mod tests {
                 assert_eq!(compress_all(&store, "window_results").await, 1);
                 assert_eq!(compress_all(&store, "raw_points").await, 1);
             }
+            // The late point's partial of window a.
             let mut again = window("cpu", "a", start);
+            again.agg = Aggregate::new();
             again.agg.add(7.0, start + 5);
             // A new window into the compressed chunk: COPY.
             store
@@ -2350,7 +2352,7 @@ mod tests {
                 })
                 .await
                 .unwrap();
-            // A stored window again: COPY fails, the upsert replaces it.
+            // A stored window again: COPY fails, the merge rewrites it.
             store
                 .commit(&Commit {
                     results: vec![again],
