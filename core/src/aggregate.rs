@@ -64,23 +64,34 @@ impl Aggregate {
         }
     }
 
-    /// Adds one point. Among points with the same timestamp the one added last
-    /// becomes `last`, which is the bus order and therefore deterministic.
+    /// Adds one point. `last` follows the rule of [`Aggregate::takes_last`].
     #[inline]
     pub fn add(&mut self, value: f64, ts: TimestampMs) {
         self.count += 1;
         self.sum += value;
         self.min = self.min.min(value);
         self.max = self.max.max(value);
-        if ts >= self.last_ts {
+        if self.takes_last(ts, value) {
             self.last = value;
             self.last_ts = ts;
         }
         self.sketch.add(value);
     }
 
-    /// Merges `other` into `self`. `last` goes to the later point; on a tie the
-    /// larger value wins so that the result does not depend on merge order.
+    /// Whether a point `(ts, value)` replaces `last`: it is later, or as late
+    /// and larger. Ties are broken by value, not by arrival, because a window's
+    /// points may be aggregated in parts that are merged in any order (a
+    /// window fed by another, late points merged into a stored window,
+    /// partials of one series from two partitions); with this rule `last` is
+    /// the same whatever the order of adds and merges.
+    #[inline]
+    fn takes_last(&self, ts: TimestampMs, value: f64) -> bool {
+        ts > self.last_ts || (ts == self.last_ts && (value > self.last || self.last.is_nan()))
+    }
+
+    /// Merges `other` into `self`: every part exactly (the sketches' bins add
+    /// up; `sum` up to the order of floating-point additions), so merging
+    /// partial aggregates equals aggregating all their points at once.
     pub fn merge(&mut self, other: &Aggregate) {
         if other.count == 0 {
             return;
@@ -89,8 +100,7 @@ impl Aggregate {
         self.sum += other.sum;
         self.min = self.min.min(other.min);
         self.max = self.max.max(other.max);
-        if other.last_ts > self.last_ts || (other.last_ts == self.last_ts && other.last > self.last)
-        {
+        if self.takes_last(other.last_ts, other.last) {
             self.last = other.last;
             self.last_ts = other.last_ts;
         }
@@ -318,6 +328,24 @@ mod tests {
         assert_eq!((a.count, a.sum, a.min, a.max), (3, 6.5, -4.0, 8.5));
         assert_eq!((a.last, a.last_ts), (8.5, 20));
         assert_eq!(a.value(AggKind::Avg), Some(6.5 / 3.0));
+    }
+
+    #[test]
+    fn last_on_a_tied_timestamp_does_not_depend_on_order_or_merging() {
+        let points = [(3.0, 50), (9.0, 50), (1.0, 40), (4.0, 50)];
+        let mut forward = Aggregate::new();
+        points.iter().for_each(|&(v, ts)| forward.add(v, ts));
+        let mut backward = Aggregate::new();
+        points.iter().rev().for_each(|&(v, ts)| backward.add(v, ts));
+        let mut merged = Aggregate::new();
+        for &(v, ts) in &points {
+            let mut one = Aggregate::new();
+            one.add(v, ts);
+            merged.merge(&one);
+        }
+        for agg in [&forward, &backward, &merged] {
+            assert_eq!((agg.last_ts, agg.last), (50, 9.0));
+        }
     }
 
     #[test]

@@ -134,6 +134,18 @@ pub struct ProcessorConfig {
     pub checkpoint_interval: Duration,
     /// Most records taken from the bus in one poll.
     pub max_poll_records: usize,
+    /// How far ahead of this processor's clock an event time counts toward
+    /// its partition's watermark. A point stamped further ahead is still
+    /// aggregated into its own window, but cannot make the current points of
+    /// every other series late.
+    #[serde(with = "crate::duration::as_label")]
+    pub max_clock_skew: Duration,
+    /// How long after its window closed a late point still updates that
+    /// window's stored result (measured from the partition's watermark).
+    /// Never less than `limits.max_past` (see [`Config::late_horizon`]);
+    /// older late points are counted and kept raw only.
+    #[serde(with = "crate::duration::as_label")]
+    pub late_horizon: Duration,
 }
 
 impl Default for ProcessorConfig {
@@ -148,6 +160,8 @@ impl Default for ProcessorConfig {
             idle_timeout: Duration::from_secs(10),
             checkpoint_interval: Duration::from_secs(1),
             max_poll_records: 20_000,
+            max_clock_skew: Duration::from_secs(5),
+            late_horizon: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -575,6 +589,13 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The late horizon in force: `processor.late_horizon`, but at least
+    /// `limits.max_past`, so a point the gateway accepted reaches its windows
+    /// however late it is read (a sidecar's backlog after an outage).
+    pub fn late_horizon(&self) -> Duration {
+        self.processor.late_horizon.max(self.limits.max_past)
     }
 
     /// The Kafka topic of the points: `bus.topic`, or by default

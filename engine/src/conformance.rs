@@ -466,6 +466,125 @@ pub async fn fencing_suite(store: &dyn Store) {
     }
 }
 
+/// A partial aggregate of the `merge` metric's 1m window at 0 of `host`.
+fn partial(host: &str, points: &[(f64, i64)]) -> WindowResult {
+    let mut r = result("merge", host, "1m", 0, &[]);
+    for &(value, ts) in points {
+        r.agg.add(value, ts);
+    }
+    r
+}
+
+fn at_offset(next_offset: u64) -> PartitionCheckpoint {
+    PartitionCheckpoint {
+        partition: 7,
+        next_offset,
+        max_event_ts: None,
+        watermark: None,
+    }
+}
+
+/// Store: window results merge on write. A partial of a window already
+/// stored (late points, or the series' part of the window from another
+/// partition) is merged into it exactly, in the commit's transaction; the
+/// commit returns the merged windows as stored. A commit that fails leaves
+/// nothing, merges included. `corrupt` must make the stored sketch of the
+/// `merge` metric's window of host `a` unreadable (an empty `sketch`), so that
+/// merging into it fails after the commit's first writes.
+pub async fn results_merge_suite<F, Fut>(store: &dyn Store, corrupt: F)
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    store.migrate().await.unwrap();
+    let parts: [&[(f64, i64)]; 3] = [
+        &[(1.0, 10), (2.0, 30)],
+        &[(5.0, 30)],
+        &[(0.5, 25), (7.0, 5)],
+    ];
+    let mut want = Aggregate::new();
+    for &(value, ts) in parts.iter().copied().flatten() {
+        want.add(value, ts);
+    }
+    let merged = store
+        .commit(&Commit {
+            results: vec![partial("a", parts[0])],
+            partitions: vec![at_offset(5)],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(merged.is_empty(), "a new window is stored as given");
+    let merged = store
+        .commit(&Commit {
+            results: vec![
+                partial("a", parts[1]),
+                partial("b", &[(3.0, 1)]),
+                partial("a", parts[2]),
+            ],
+            partitions: vec![at_offset(9)],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let query = ResultQuery {
+        metric: "merge".into(),
+        window: "1m".into(),
+        tags: tags(&[("host", "a")]),
+        from_ms: 0,
+        to_ms: i64::MAX,
+        limit: 10,
+    };
+    let stored = store.range(&query).await.unwrap();
+    assert_eq!(stored.len(), 1, "one row per window");
+    assert_eq!(merged.len(), 1, "only host a's window was merged");
+    for got in [&merged[0].agg, &stored[0].agg] {
+        assert_eq!((got.count, got.sum, got.min, got.max), (5, 15.5, 0.5, 7.0));
+        assert_eq!(
+            (got.last_ts, got.last),
+            (30, 5.0),
+            "last by time, ties by value"
+        );
+        for p in 1..100 {
+            let q: pulse_core::AggKind = format!("p{p}").parse().unwrap();
+            assert_eq!(got.value(q), want.value(q), "p{p} of the merged sketch");
+        }
+    }
+
+    corrupt().await;
+    let failed = store
+        .commit(&Commit {
+            results: vec![partial("c", &[(1.0, 1)]), partial("a", &[(100.0, 50)])],
+            partitions: vec![at_offset(12)],
+            late: vec![LateCount {
+                metric: "merge".into(),
+                window: "1m".into(),
+                count: 1,
+            }],
+            ..Default::default()
+        })
+        .await;
+    assert!(failed.is_err(), "a merge into an unreadable window fails");
+    let checkpoint = store.load_checkpoint(&[7]).await.unwrap();
+    assert_eq!(
+        checkpoint.partitions,
+        vec![at_offset(9)],
+        "offsets unchanged"
+    );
+    let of_c = store
+        .range(&ResultQuery {
+            tags: tags(&[("host", "c")]),
+            ..query
+        })
+        .await
+        .unwrap();
+    assert!(
+        of_c.is_empty(),
+        "the new window of the failed commit is not stored"
+    );
+    assert!(store.late_counts("merge").await.unwrap().is_empty());
+}
+
 /// Cache: newest window per series, cold answers, live fan-out.
 pub async fn cache_suite(cache: &dyn Cache) {
     use futures::StreamExt;
@@ -582,6 +701,21 @@ mod embedded {
     }
 
     #[tokio::test]
+    async fn sqlite_store_merges_results_on_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        super::results_merge_suite(&store, || async {
+            let pool = crate::sqlite::open_pool(&path, "test").await.unwrap();
+            sqlx::query("UPDATE window_results SET sketch = x'' WHERE metric = 'merge'")
+                .execute(&pool)
+                .await
+                .unwrap();
+        })
+        .await;
+    }
+
+    #[tokio::test]
     async fn memory_cache_conforms() {
         super::cache_suite(&MemoryCache::new()).await;
     }
@@ -611,6 +745,26 @@ mod postgres_engine {
         dropping_schemas(&url, &[&schema], async {
             let store = PostgresStore::connect(&url, &schema).await.unwrap();
             super::fencing_suite(&store).await;
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn postgres_store_merges_results_on_write() {
+        let Some(url) = pg_url_or_skip() else { return };
+        let schema = unique_schema("merge");
+        dropping_schemas(&url, &[&schema], async {
+            let store = PostgresStore::connect(&url, &schema).await.unwrap();
+            super::results_merge_suite(&store, || async {
+                let pool = sqlx::PgPool::connect(&url).await.unwrap();
+                sqlx::query(&format!(
+                    "UPDATE \"{schema}\".window_results SET sketch = ''::bytea WHERE metric = 'merge'"
+                ))
+                .execute(&pool)
+                .await
+                .unwrap();
+            })
+            .await;
         })
         .await;
     }

@@ -192,7 +192,7 @@ enum Landing {
 /// handed back unless it is fenced.
 async fn land(
     store: Arc<dyn Store>,
-    checkpointed: Checkpointed,
+    mut checkpointed: Checkpointed,
     stop: CancellationToken,
     status: Arc<Mutex<Status>>,
     metrics: ProcessorMetrics,
@@ -201,15 +201,16 @@ async fn land(
     loop {
         let started = Instant::now();
         let outcome = store.commit(&checkpointed.commit).await;
-        if matches!(outcome, Ok(()) | Err(StoreError::Fenced { .. })) {
+        if matches!(outcome, Ok(_) | Err(StoreError::Fenced { .. })) {
             answered(&status);
         }
         match outcome {
-            Ok(()) => {
+            Ok(merged) => {
                 metrics
                     .commit_seconds
                     .observe(started.elapsed().as_secs_f64());
                 metrics.commits.inc();
+                checkpointed.merged = merged;
                 return Landing::Landed(checkpointed);
             }
             Err(StoreError::Fenced { partitions }) => {

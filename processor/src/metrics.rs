@@ -30,6 +30,7 @@ impl PartitionLabel {
 pub struct ProcessorMetrics {
     pub points: Counter,
     pub late_points: Family<WindowLabel, Counter>,
+    pub late_points_expired: Counter,
     pub windows_closed: Family<WindowLabel, Counter>,
     pub undecodable_records: Counter,
     pub series_collisions: Counter,
@@ -48,6 +49,7 @@ impl ProcessorMetrics {
         let m = ProcessorMetrics {
             points: Counter::default(),
             late_points: Family::default(),
+            late_points_expired: Counter::default(),
             windows_closed: Family::default(),
             undecodable_records: Counter::default(),
             series_collisions: Counter::default(),
@@ -66,6 +68,12 @@ impl ProcessorMetrics {
             "late_points",
             "Points that arrived after their window closed, by window",
             m.late_points.clone(),
+        );
+        r.register(
+            "late_points_expired",
+            "Late points whose window closed more than processor.late_horizon before: \
+             added to no window, one count per window definition",
+            m.late_points_expired.clone(),
         );
         r.register(
             "windows_closed",

@@ -79,7 +79,8 @@ impl Processor {
                 config.processor.allowed_lateness,
                 config.processor.idle_timeout,
             )
-            .map_err(|e| ProcessorError::Config(format!("processor.windows: {e}")))?,
+            .map_err(|e| ProcessorError::Config(format!("processor.windows: {e}")))?
+            .bound_event_time(config.processor.max_clock_skew, config.late_horizon()),
             config: config.processor.clone(),
             storage: config.storage.clone(),
             consumer,
@@ -313,6 +314,8 @@ impl Processor {
 
     fn ingest(&mut self, records: Vec<BusRecord>) {
         let now = Instant::now();
+        self.aggregator.set_wall_clock(now_ms());
+        let mut expired = 0;
         for record in records {
             match decode_point(&record.value) {
                 Ok(point) => {
@@ -324,6 +327,7 @@ impl Processor {
                         now,
                     );
                     self.metrics.points.inc();
+                    expired += outcome.expired as u64;
                     if outcome.collision {
                         self.metrics.series_collisions.inc();
                         warn!(
@@ -344,6 +348,13 @@ impl Processor {
                     );
                 }
             }
+        }
+        if expired > 0 {
+            self.metrics.late_points_expired.inc_by(expired);
+            warn!(
+                message = "Late points arrived after processor.late_horizon: counted late and stored raw, but added to no window.",
+                windows = expired
+            );
         }
         self.aggregator.close_ready();
     }
@@ -390,7 +401,7 @@ impl Processor {
     /// What follows a checkpoint in the store: metrics, the bus's offsets, the cache.
     async fn landed(&mut self, checkpointed: Checkpointed) {
         let commit = checkpointed.commit;
-        for result in &commit.results {
+        for result in &commit.results[..checkpointed.closed] {
             self.metrics
                 .windows_closed
                 .get_or_create(&WindowLabel {
@@ -412,7 +423,10 @@ impl Processor {
         if let Err(error) = self.consumer.commit(&checkpointed.offsets).await {
             warn!(message = "Cannot report offsets to the bus (the store holds the authoritative ones).", %error);
         }
-        self.cache_backlog.extend(commit.results);
+        self.cache_backlog.extend(crate::window::as_stored(
+            commit.results,
+            checkpointed.merged,
+        ));
     }
 
     /// Puts newly closed windows into the cache and announces them. What the

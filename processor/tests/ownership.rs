@@ -59,7 +59,7 @@ impl Store for Gated {
     async fn progress(&self, partitions: &[u32]) -> Result<Vec<PartitionCheckpoint>, StoreError> {
         self.inner.progress(partitions).await
     }
-    async fn commit(&self, commit: &Commit) -> Result<(), StoreError> {
+    async fn commit(&self, commit: &Commit) -> Result<Vec<WindowResult>, StoreError> {
         if self.down.load(Ordering::SeqCst) {
             let mut held = self.held_points.lock().unwrap();
             *held = (*held).max(commit.raw_points.len());
@@ -69,7 +69,7 @@ impl Store for Gated {
         }
         let outcome = self.inner.commit(commit).await;
         self.outcomes.lock().unwrap().push(match &outcome {
-            Ok(()) => Outcome::Written,
+            Ok(_) => Outcome::Written,
             Err(StoreError::Fenced { partitions }) => Outcome::Fenced(partitions.clone()),
             Err(e) => Outcome::Failed(e.to_string()),
         });

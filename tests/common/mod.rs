@@ -9,6 +9,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+mod windows;
+#[allow(unused_imports)] // each test binary uses a different part
+pub use windows::*;
+
 /// Points generated per run.
 pub const POINTS: usize = 50_000;
 /// Windows under test: the defaults plus a sliding one.
@@ -115,10 +119,13 @@ pub struct Expected {
 
 pub type Key = (&'static str, String, &'static str, i64); // metric, host, window, start
 
-/// Aggregates the on-time points into every window they fall into.
+/// Aggregates every point into every window it falls into: on-time points
+/// through the open windows, late ones merged into their closed windows
+/// (they are within `processor.late_horizon`). `last` is the value at the
+/// highest timestamp, the largest on a tie.
 pub fn expected(points: &[TestPoint]) -> BTreeMap<Key, Expected> {
     let mut out: BTreeMap<Key, Expected> = BTreeMap::new();
-    for p in points.iter().filter(|p| !p.late) {
+    for p in points {
         for (label, size, slide) in WINDOWS {
             let newest = p.ts_ms.div_euclid(slide) * slide;
             for k in 0..size / slide {
@@ -127,7 +134,10 @@ pub fn expected(points: &[TestPoint]) -> BTreeMap<Key, Expected> {
                     .or_default();
                 e.values.push(p.value);
                 e.sum += p.value;
-                if e.values.len() == 1 || p.ts_ms >= e.last.0 {
+                if e.values.len() == 1
+                    || p.ts_ms > e.last.0
+                    || (p.ts_ms == e.last.0 && p.value > e.last.1)
+                {
                     e.last = (p.ts_ms, p.value);
                 }
             }
@@ -605,8 +615,8 @@ pub struct ExactResults {
 /// Computes, independently of the processor, what `points` (in the order they
 /// were sent) must produce: per partition (series id mod `partitions`) a
 /// watermark trailing the highest event time by `lateness_ms`; a point counts
-/// in every window of `windows` that is still open when it arrives, and is
-/// late for a definition with a window already closed. Checks that exactly
+/// in every window of `windows` it falls into (a late one is merged into its
+/// closed window), and is late for a definition with a window already closed. Checks that exactly
 /// the points `late_by_design` says are late, for every definition, so the
 /// outcome cannot depend on where a processor was stopped.
 pub fn exact_results(
@@ -631,7 +641,6 @@ pub fn exact_results(
                 let start = newest - k * slide;
                 if watermark.is_some_and(|wm| start + size <= wm) {
                     skipped = true;
-                    continue;
                 }
                 out.windows
                     .entry((p.metric.clone(), id, label, start))

@@ -3,6 +3,17 @@
 //! Exactly-once rests on [`Store::commit`]: closed window results, raw points,
 //! open window state and the bus offsets they cover are written in one
 //! transaction, so after any crash the store holds either all of a commit or none.
+//!
+//! Window results are *merged on write*: a result in a commit is a partial
+//! aggregate of its window, and when the store already holds that window
+//! (late points that arrived after it closed, or the same series' part of it
+//! from another partition after the topic grew) the two are merged in the
+//! commit's transaction. Each partial is committed exactly once, with the
+//! offsets of the records it holds, so merging never counts a point twice
+//! (see [`merge_results`]).
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use pulse_core::{Point, SeriesId, Tags, TimestampMs, WindowResult};
@@ -94,6 +105,8 @@ pub struct Commit {
     /// claims (tools, tests) is not fenced.
     pub claims: Vec<Claim>,
     pub partitions: Vec<PartitionCheckpoint>,
+    /// Partial aggregates of windows, merged into what the store holds of
+    /// each window (see the module docs). A window may appear more than once.
     pub results: Vec<WindowResult>,
     /// Series of `raw_points` (results carry their own names). A series may be
     /// given again in later commits; the store keeps the first.
@@ -115,6 +128,42 @@ impl Commit {
             && self.late.is_empty()
             && self.dead_letters.is_empty()
     }
+}
+
+/// The key a window result is stored under.
+pub type ResultKey<'a> = (&'a str, &'a str, TimestampMs, SeriesId);
+
+/// The key of `r`: metric, window label, start, series.
+pub fn result_key(r: &WindowResult) -> ResultKey<'_> {
+    (&r.metric, &r.window, r.start_ms, r.series_id)
+}
+
+/// A commit's window results, one per key in key order (so concurrent commits
+/// lock rows in one order): a key given once is borrowed, the partials of a
+/// key given several times are merged.
+pub fn combine_results(results: &[WindowResult]) -> Vec<Cow<'_, WindowResult>> {
+    let mut by_key: BTreeMap<ResultKey<'_>, Cow<'_, WindowResult>> = BTreeMap::new();
+    for r in results {
+        match by_key.entry(result_key(r)) {
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                slot.insert(Cow::Borrowed(r));
+            }
+            std::collections::btree_map::Entry::Occupied(mut slot) => {
+                slot.get_mut().to_mut().agg.merge(&r.agg);
+            }
+        }
+    }
+    by_key.into_values().collect()
+}
+
+/// The one rule for writing a partial result over a stored one: both
+/// aggregates merge exactly (counts and sums add, min/max/last by value and
+/// time, sketch bins add), so the stored window ends up equal to the window
+/// of all the points of both parts, in whatever order the parts came.
+pub fn merge_results(stored: &pulse_core::Aggregate, partial: &WindowResult) -> WindowResult {
+    let mut merged = partial.clone();
+    merged.agg.merge(stored);
+    merged
 }
 
 /// What a processor restores when it is given partitions.
@@ -209,8 +258,11 @@ pub trait Store: Send + Sync {
     async fn progress(&self, partitions: &[u32]) -> Result<Vec<PartitionCheckpoint>, StoreError>;
 
     /// Writes all of `commit` in one transaction, or nothing; refuses it with
-    /// [`StoreError::Fenced`] when one of its claims is stale.
-    async fn commit(&self, commit: &Commit) -> Result<(), StoreError>;
+    /// [`StoreError::Fenced`] when one of its claims is stale. Returns the
+    /// windows whose stored result now holds more than one partial of the
+    /// commit (a window merged with what was stored, or given twice), as
+    /// stored; every other result of the commit is stored as given.
+    async fn commit(&self, commit: &Commit) -> Result<Vec<WindowResult>, StoreError>;
 
     /// Results of the newest window (among those matching `query`, ignoring
     /// `from`/`to`/`limit`) across every matching series.

@@ -22,7 +22,8 @@
 //!   raw points go in with a binary `COPY` (results fall back to an `UNNEST`
 //!   upsert when a window is already stored), the rest as `UNNEST` arrays.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -39,7 +40,8 @@ pub use timescale::TimescalePolicies;
 
 use super::{
     Checkpoint, Claim, Commit, DeadLetter, LateCount, MetricInfo, OpenWindowKey, OpenWindowState,
-    PartitionCheckpoint, ResultQuery, RetentionReport, Store, StoreError,
+    PartitionCheckpoint, ResultQuery, RetentionReport, Store, StoreError, combine_results,
+    merge_results,
 };
 
 /// One partition (or chunk) per UTC day of the time column, in milliseconds.
@@ -466,38 +468,153 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
 }
 
-/// Writes `rs` (one per key) with `INSERT ... ON CONFLICT DO UPDATE`: the
-/// slower path of a commit, for batches holding an already stored window.
-async fn upsert_results(
+/// Writes `rs` (one per key, in key order) merging each into the stored
+/// window of its key (see [`super::merge_results`]): the slower path of a
+/// commit, for batches holding a window that is already stored. New windows
+/// are inserted; the stored ones are locked (`FOR UPDATE`, in key order, so
+/// concurrent commits of two processors wait for each other rather than
+/// overwrite each other), read, merged and written again. A window another
+/// transaction inserts meanwhile makes the insert wait for that transaction,
+/// then counts as stored. Returns the windows that were merged, as stored.
+async fn merge_results_into(
     conn: &mut sqlx::PgConnection,
-    rs: &[&WindowResult],
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO window_results (metric, window_label, window_start, series_id, window_end, \
-         count, sum, min, max, last, last_ts, sketch) \
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], \
-         $6::bigint[], $7::float8[], $8::float8[], $9::float8[], $10::float8[], $11::bigint[], $12::bytea[]) \
-         ON CONFLICT (metric, window_label, window_start, series_id) DO UPDATE SET \
-         window_end = EXCLUDED.window_end, count = EXCLUDED.count, sum = EXCLUDED.sum, \
-         min = EXCLUDED.min, max = EXCLUDED.max, last = EXCLUDED.last, \
-         last_ts = EXCLUDED.last_ts, sketch = EXCLUDED.sketch",
+    rs: &[Cow<'_, WindowResult>],
+) -> Result<Vec<WindowResult>, StoreError> {
+    let refs: Vec<&WindowResult> = rs.iter().map(AsRef::as_ref).collect();
+    let inserted: HashSet<(String, String, i64, i64)> = bind_results(
+        sqlx::query(&insert_results(
+            "DO NOTHING RETURNING metric, window_label, window_start, series_id",
+        )),
+        &refs,
     )
-    .bind(rs.iter().map(|r| r.metric.as_str()).collect::<Vec<_>>())
-    .bind(rs.iter().map(|r| r.window.as_str()).collect::<Vec<_>>())
-    .bind(rs.iter().map(|r| r.start_ms).collect::<Vec<_>>())
-    .bind(rs.iter().map(|r| r.series_id.as_i64()).collect::<Vec<_>>())
-    .bind(rs.iter().map(|r| r.end_ms).collect::<Vec<_>>())
-    .bind(rs.iter().map(|r| r.agg.count as i64).collect::<Vec<_>>())
-    .bind(rs.iter().map(|r| r.agg.sum).collect::<Vec<_>>())
-    .bind(rs.iter().map(|r| r.agg.min).collect::<Vec<_>>())
-    .bind(rs.iter().map(|r| r.agg.max).collect::<Vec<_>>())
-    .bind(rs.iter().map(|r| r.agg.last).collect::<Vec<_>>())
-    .bind(rs.iter().map(|r| r.agg.last_ts).collect::<Vec<_>>())
-    .bind(rs.iter().map(|r| r.agg.sketch_bytes()).collect::<Vec<_>>())
-    .execute(conn)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db_error)?
+    .iter()
+    .map(|row| Ok((col(row, 0)?, col(row, 1)?, col(row, 2)?, col(row, 3)?)))
+    .collect::<Result<_, StoreError>>()?;
+    let key = |r: &WindowResult| {
+        (
+            r.metric.clone(),
+            r.window.clone(),
+            r.start_ms,
+            r.series_id.as_i64(),
+        )
+    };
+    let mut merged: Vec<WindowResult> = rs
+        .iter()
+        .filter(|r| matches!(r, Cow::Owned(_)) && inserted.contains(&key(r)))
+        .map(|r| r.clone().into_owned())
+        .collect();
+    let stored_before: Vec<&WindowResult> = refs
+        .into_iter()
+        .filter(|r| !inserted.contains(&key(r)))
+        .collect();
+    if stored_before.is_empty() {
+        return Ok(merged);
+    }
+    let rows = sqlx::query(
+        "SELECT r.metric, r.window_label, r.window_start, r.series_id, \
+         r.count, r.sum, r.min, r.max, r.last, r.last_ts, r.sketch \
+         FROM window_results r JOIN UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[]) \
+         AS k(metric, window_label, window_start, series_id) \
+         ON r.metric = k.metric AND r.window_label = k.window_label \
+         AND r.window_start = k.window_start AND r.series_id = k.series_id \
+         ORDER BY r.metric, r.window_label, r.window_start, r.series_id FOR UPDATE OF r",
+    )
+    .bind(
+        stored_before
+            .iter()
+            .map(|r| r.metric.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        stored_before
+            .iter()
+            .map(|r| r.window.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(stored_before.iter().map(|r| r.start_ms).collect::<Vec<_>>())
+    .bind(
+        stored_before
+            .iter()
+            .map(|r| r.series_id.as_i64())
+            .collect::<Vec<_>>(),
+    )
+    .fetch_all(&mut *conn)
     .await
     .map_err(db_error)?;
-    Ok(())
+    let mut stored: HashMap<(String, String, i64, i64), Aggregate> = HashMap::new();
+    for row in &rows {
+        let count: i64 = col(row, 4)?;
+        let agg = Aggregate::from_parts(
+            u64::try_from(count)
+                .map_err(|_| StoreError::Corrupt(format!("window count {count}")))?,
+            col(row, 5)?,
+            col(row, 6)?,
+            col(row, 7)?,
+            col(row, 8)?,
+            col(row, 9)?,
+            &col::<Vec<u8>>(row, 10)?,
+        )
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        stored.insert(
+            (col(row, 0)?, col(row, 1)?, col(row, 2)?, col(row, 3)?),
+            agg,
+        );
+    }
+    let updates: Vec<WindowResult> = stored_before
+        .into_iter()
+        .map(|r| match stored.get(&key(r)) {
+            Some(agg) => merge_results(agg, r),
+            None => r.clone(),
+        })
+        .collect();
+    let refs: Vec<&WindowResult> = updates.iter().collect();
+    bind_results(
+        sqlx::query(&insert_results(
+            "DO UPDATE SET window_end = EXCLUDED.window_end, count = EXCLUDED.count, \
+             sum = EXCLUDED.sum, min = EXCLUDED.min, max = EXCLUDED.max, last = EXCLUDED.last, \
+             last_ts = EXCLUDED.last_ts, sketch = EXCLUDED.sketch",
+        )),
+        &refs,
+    )
+    .execute(&mut *conn)
+    .await
+    .map_err(db_error)?;
+    merged.extend(updates);
+    Ok(merged)
+}
+
+/// `INSERT INTO window_results ... ON CONFLICT (key) <on_conflict>` of the
+/// arrays [`bind_results`] binds.
+fn insert_results(on_conflict: &str) -> String {
+    format!(
+        "INSERT INTO window_results ({RESULT_COPY_COLUMNS}) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], \
+         $6::bigint[], $7::float8[], $8::float8[], $9::float8[], $10::float8[], $11::bigint[], $12::bytea[]) \
+         ON CONFLICT (metric, window_label, window_start, series_id) {on_conflict}"
+    )
+}
+
+/// Binds `rs` column by column to an [`insert_results`] statement.
+fn bind_results<'q>(
+    query: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
+    rs: &[&WindowResult],
+) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+    query
+        .bind(rs.iter().map(|r| r.metric.clone()).collect::<Vec<_>>())
+        .bind(rs.iter().map(|r| r.window.clone()).collect::<Vec<_>>())
+        .bind(rs.iter().map(|r| r.start_ms).collect::<Vec<_>>())
+        .bind(rs.iter().map(|r| r.series_id.as_i64()).collect::<Vec<_>>())
+        .bind(rs.iter().map(|r| r.end_ms).collect::<Vec<_>>())
+        .bind(rs.iter().map(|r| r.agg.count as i64).collect::<Vec<_>>())
+        .bind(rs.iter().map(|r| r.agg.sum).collect::<Vec<_>>())
+        .bind(rs.iter().map(|r| r.agg.min).collect::<Vec<_>>())
+        .bind(rs.iter().map(|r| r.agg.max).collect::<Vec<_>>())
+        .bind(rs.iter().map(|r| r.agg.last).collect::<Vec<_>>())
+        .bind(rs.iter().map(|r| r.agg.last_ts).collect::<Vec<_>>())
+        .bind(rs.iter().map(|r| r.agg.sketch_bytes()).collect::<Vec<_>>())
 }
 
 /// PostgreSQL/TimescaleDB-backed [`Store`].
@@ -1091,7 +1208,7 @@ impl Store for PostgresStore {
         Ok(out)
     }
 
-    async fn commit(&self, commit: &Commit) -> Result<(), StoreError> {
+    async fn commit(&self, commit: &Commit) -> Result<Vec<WindowResult>, StoreError> {
         // Partitions first, each in its own short transaction: DDL never sits
         // inside the commit, and an empty partition left by a failed commit is
         // harmless.
@@ -1174,33 +1291,37 @@ impl Store for PostgresStore {
             .map_err(db_error)?;
         }
 
-        // Window results: one row per key (the last given wins), key order.
-        let mut results: BTreeMap<(&str, &str, i64, i64), &WindowResult> = BTreeMap::new();
-        for r in &commit.results {
-            results.insert((&r.metric, &r.window, r.start_ms, r.series_id.as_i64()), r);
-        }
-        if !results.is_empty() {
-            let rs: Vec<&WindowResult> = results.into_values().collect();
+        // Window results: one row per key, key order, merged on write.
+        let rs = combine_results(&commit.results);
+        let mut merged = Vec::new();
+        if !rs.is_empty() {
             // A plain COPY first: a window is normally written once, and COPY
-            // takes about half the time of the upsert below (BENCHMARKS.md,
-            // "Window-result writes"). A key that is already stored (a window
-            // written again) fails the COPY with a unique violation; then the
-            // savepoint undoes it and the upsert writes the batch instead, so
-            // the last write of a window still wins.
+            // takes about half the time of an upsert (BENCHMARKS.md,
+            // "Window-result writes"). A key that is already stored (late
+            // points of a closed window, or the part of a window from another
+            // partition) fails the COPY with a unique violation; then the
+            // savepoint undoes it and the batch is merged into what is stored.
             (&mut *tx)
                 .execute("SAVEPOINT pulse_results")
                 .await
                 .map_err(db_error)?;
             let statement =
                 format!("COPY window_results ({RESULT_COPY_COLUMNS}) FROM STDIN (FORMAT binary)");
-            match copy_in(&mut tx, &statement, &rs, put_result).await {
-                Ok(_) => {}
+            let refs: Vec<&WindowResult> = rs.iter().map(AsRef::as_ref).collect();
+            match copy_in(&mut tx, &statement, &refs, put_result).await {
+                Ok(_) => {
+                    merged.extend(
+                        rs.iter()
+                            .filter(|r| matches!(r, Cow::Owned(_)))
+                            .map(|r| r.clone().into_owned()),
+                    );
+                }
                 Err(e) if is_unique_violation(&e) => {
                     (&mut *tx)
                         .execute("ROLLBACK TO SAVEPOINT pulse_results")
                         .await
                         .map_err(db_error)?;
-                    upsert_results(&mut tx, &rs).await?;
+                    merged = merge_results_into(&mut tx, &rs).await?;
                 }
                 Err(e) => return Err(db_error(e)),
             }
@@ -1351,7 +1472,7 @@ impl Store for PostgresStore {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .extend(new_series);
-        Ok(())
+        Ok(merged)
     }
 
     async fn latest(&self, query: &ResultQuery) -> Result<Vec<WindowResult>, StoreError> {
@@ -1564,7 +1685,7 @@ mod tests {
 
     in_both_modes!(
         migrations_are_idempotent_and_safe_concurrently,
-        a_window_written_again_replaces_the_stored_one,
+        a_window_written_again_merges_into_the_stored_one,
         partitions_are_created_on_demand_and_dropped_by_retention,
         latest_and_range_queries_use_indexes,
         policies_are_scheduled_with_the_configured_ages,
@@ -1799,9 +1920,10 @@ mod tests {
     }
 
     /// Results go in with a plain COPY; a window already stored makes it
-    /// fail, and the savepoint's fallback upsert must then write the whole
-    /// batch, last write winning, with the rest of the commit intact.
-    async fn a_window_written_again_replaces_the_stored_one(db: TestDb) {
+    /// fail, and the savepoint's fallback must then write the whole batch,
+    /// merging the stored window with the new part, with the rest of the
+    /// commit intact.
+    async fn a_window_written_again_merges_into_the_stored_one(db: TestDb) {
         let schema = unique_schema("rewrite");
         db.run(&[&schema], async {
             let store = db.store(&schema).await;
@@ -1816,7 +1938,7 @@ mod tests {
                 .unwrap();
             let mut again = window("cpu", "a", start);
             again.agg.add(5.0, start + 1);
-            store
+            let merged = store
                 .commit(&Commit {
                     results: vec![again, window("cpu", "b", start), window("mem", "a", start)],
                     raw_points: vec![point("cpu", start + 1, 5.0), point("cpu", start, 1.0)],
@@ -1830,6 +1952,14 @@ mod tests {
                 })
                 .await
                 .unwrap();
+            assert_eq!(
+                merged
+                    .iter()
+                    .map(|r| (r.tags["host"].as_str(), r.agg.count))
+                    .collect::<Vec<_>>(),
+                [("a", 3)],
+                "the commit names the merged window, as stored"
+            );
             let query = ResultQuery {
                 metric: "cpu".into(),
                 window: "1m".into(),
@@ -1845,7 +1975,7 @@ mod tests {
                 .collect();
             assert_eq!(
                 summary,
-                vec![("a".into(), 2, 5.0), ("b".into(), 1, 1.0)],
+                vec![("a".into(), 3, 5.0), ("b".into(), 1, 1.0)],
                 "{stored:?}"
             );
             assert_eq!(
@@ -2213,7 +2343,7 @@ mod tests {
     }
 
     /// A late point rewrites a window whose chunk is compressed already:
-    /// the COPY, its upsert fallback and raw points all write into it.
+    /// the COPY, its merging fallback and raw points all write into it.
     async fn writes_into_compressed_chunks_replace_and_add_rows(db: TestDb) {
         let schema = unique_schema("compressed");
         db.run(&[&schema], async {
@@ -2235,7 +2365,9 @@ mod tests {
                 assert_eq!(compress_all(&store, "window_results").await, 1);
                 assert_eq!(compress_all(&store, "raw_points").await, 1);
             }
+            // The late point's partial of window a.
             let mut again = window("cpu", "a", start);
+            again.agg = Aggregate::new();
             again.agg.add(7.0, start + 5);
             // A new window into the compressed chunk: COPY.
             store
@@ -2246,7 +2378,7 @@ mod tests {
                 })
                 .await
                 .unwrap();
-            // A stored window again: COPY fails, the upsert replaces it.
+            // A stored window again: COPY fails, the merge rewrites it.
             store
                 .commit(&Commit {
                     results: vec![again],

@@ -1,6 +1,7 @@
 //! The embedded store: SQLite through sqlx, for `pulse up` and fast tests.
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
 use async_trait::async_trait;
@@ -10,7 +11,8 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::{
     Checkpoint, Claim, Commit, DeadLetter, LateCount, MetricInfo, OpenWindowKey, OpenWindowState,
-    PartitionCheckpoint, ResultQuery, RetentionReport, Store, StoreError,
+    PartitionCheckpoint, ResultQuery, RetentionReport, Store, StoreError, combine_results,
+    merge_results,
 };
 
 /// Rows per multi-row statement; 12 parameters each stays far below SQLite's limit.
@@ -78,6 +80,136 @@ fn result_from_row(row: &SqliteRow) -> Result<WindowResult, StoreError> {
         end_ms: row.get(5),
         agg,
     })
+}
+
+/// Writes a commit's window results, merging each into the stored window of
+/// its key (see [`super::merge_results`]): new windows are inserted, and only
+/// the keys already stored are read, merged and written again. The commit's
+/// earlier writes hold SQLite's write lock, so nothing changes in between.
+/// Returns the windows that were merged, as stored.
+async fn write_results(
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    results: &[WindowResult],
+) -> Result<Vec<WindowResult>, StoreError> {
+    let mut merged = Vec::new();
+    for chunk in combine_results(results).chunks(CHUNK) {
+        let mut sql = insert_results(chunk);
+        sql.push(
+            " ON CONFLICT (metric, window_label, window_start, series_id) DO NOTHING \
+             RETURNING metric, window_label, window_start, series_id",
+        );
+        let rows = sql
+            .build()
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(unavailable)?;
+        let inserted: HashSet<(String, String, i64, i64)> = rows
+            .iter()
+            .map(|row| (row.get(0), row.get(1), row.get(2), row.get(3)))
+            .collect();
+        let mut stored_before = Vec::new();
+        for r in chunk {
+            let key = (
+                r.metric.clone(),
+                r.window.clone(),
+                r.start_ms,
+                r.series_id.as_i64(),
+            );
+            if !inserted.contains(&key) {
+                stored_before.push(r.as_ref());
+            } else if matches!(r, Cow::Owned(_)) {
+                merged.push(r.clone().into_owned());
+            }
+        }
+        if stored_before.is_empty() {
+            continue;
+        }
+        let mut sql = QueryBuilder::<Sqlite>::new(
+            "SELECT metric, window_label, window_start, series_id, \
+             count, sum, min, max, last, last_ts, sketch FROM window_results \
+             WHERE (metric, window_label, window_start, series_id) IN (VALUES ",
+        );
+        let mut keys = sql.separated(", ");
+        for r in &stored_before {
+            keys.push("(")
+                .push_bind_unseparated(r.metric.clone())
+                .push_unseparated(", ")
+                .push_bind_unseparated(r.window.clone())
+                .push_unseparated(", ")
+                .push_bind_unseparated(r.start_ms)
+                .push_unseparated(", ")
+                .push_bind_unseparated(r.series_id.as_i64())
+                .push_unseparated(")");
+        }
+        sql.push(")");
+        let rows = sql
+            .build()
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(unavailable)?;
+        let mut stored: BTreeMap<(String, String, i64, i64), Aggregate> = BTreeMap::new();
+        for row in &rows {
+            let agg = Aggregate::from_parts(
+                row.get::<i64, _>(4) as u64,
+                row.get(5),
+                row.get(6),
+                row.get(7),
+                row.get(8),
+                row.get(9),
+                &row.get::<Vec<u8>, _>(10),
+            )
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            stored.insert((row.get(0), row.get(1), row.get(2), row.get(3)), agg);
+        }
+        let updates: Vec<Cow<'_, WindowResult>> = stored_before
+            .iter()
+            .map(|r| {
+                let key = (
+                    r.metric.clone(),
+                    r.window.clone(),
+                    r.start_ms,
+                    r.series_id.as_i64(),
+                );
+                Cow::Owned(match stored.get(&key) {
+                    Some(agg) => merge_results(agg, r),
+                    None => (*r).clone(),
+                })
+            })
+            .collect();
+        let mut sql = insert_results(&updates);
+        sql.push(
+            " ON CONFLICT (metric, window_label, window_start, series_id) DO UPDATE SET \
+             window_end = excluded.window_end, count = excluded.count, sum = excluded.sum, \
+             min = excluded.min, max = excluded.max, last = excluded.last, last_ts = excluded.last_ts, \
+             sketch = excluded.sketch",
+        );
+        sql.build().execute(&mut **tx).await.map_err(unavailable)?;
+        merged.extend(updates.into_iter().map(Cow::into_owned));
+    }
+    Ok(merged)
+}
+
+/// `INSERT INTO window_results (...) VALUES (...), ...` of `rows`.
+fn insert_results<'a>(rows: &'a [Cow<'a, WindowResult>]) -> QueryBuilder<'a, Sqlite> {
+    let mut sql = QueryBuilder::<Sqlite>::new(
+        "INSERT INTO window_results (metric, window_label, window_start, series_id, window_end, \
+         count, sum, min, max, last, last_ts, sketch) ",
+    );
+    sql.push_values(rows, |mut b, r| {
+        b.push_bind(r.metric.as_str())
+            .push_bind(r.window.as_str())
+            .push_bind(r.start_ms)
+            .push_bind(r.series_id.as_i64())
+            .push_bind(r.end_ms)
+            .push_bind(r.agg.count as i64)
+            .push_bind(r.agg.sum)
+            .push_bind(r.agg.min)
+            .push_bind(r.agg.max)
+            .push_bind(r.agg.last)
+            .push_bind(r.agg.last_ts)
+            .push_bind(r.agg.sketch_bytes());
+    });
+    sql
 }
 
 #[async_trait]
@@ -169,7 +301,7 @@ impl Store for SqliteStore {
         Ok(out)
     }
 
-    async fn commit(&self, commit: &Commit) -> Result<(), StoreError> {
+    async fn commit(&self, commit: &Commit) -> Result<Vec<WindowResult>, StoreError> {
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
 
         let mut series: BTreeMap<SeriesId, (&str, &Tags)> = BTreeMap::new();
@@ -192,33 +324,7 @@ impl Store for SqliteStore {
             sql.build().execute(&mut *tx).await.map_err(unavailable)?;
         }
 
-        for chunk in commit.results.chunks(CHUNK) {
-            let mut sql = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO window_results (metric, window_label, window_start, series_id, window_end, \
-                 count, sum, min, max, last, last_ts, sketch) ",
-            );
-            sql.push_values(chunk, |mut b, r| {
-                b.push_bind(&r.metric)
-                    .push_bind(&r.window)
-                    .push_bind(r.start_ms)
-                    .push_bind(r.series_id.as_i64())
-                    .push_bind(r.end_ms)
-                    .push_bind(r.agg.count as i64)
-                    .push_bind(r.agg.sum)
-                    .push_bind(r.agg.min)
-                    .push_bind(r.agg.max)
-                    .push_bind(r.agg.last)
-                    .push_bind(r.agg.last_ts)
-                    .push_bind(r.agg.sketch_bytes());
-            });
-            sql.push(
-                " ON CONFLICT (metric, window_label, window_start, series_id) DO UPDATE SET \
-                 window_end = excluded.window_end, count = excluded.count, sum = excluded.sum, \
-                 min = excluded.min, max = excluded.max, last = excluded.last, last_ts = excluded.last_ts, \
-                 sketch = excluded.sketch",
-            );
-            sql.build().execute(&mut *tx).await.map_err(unavailable)?;
-        }
+        let merged = write_results(&mut tx, &commit.results).await?;
 
         for chunk in commit.raw_points.chunks(CHUNK * 4) {
             let mut sql =
@@ -321,7 +427,8 @@ impl Store for SqliteStore {
             }
         }
 
-        tx.commit().await.map_err(unavailable)
+        tx.commit().await.map_err(unavailable)?;
+        Ok(merged)
     }
 
     async fn latest(&self, query: &ResultQuery) -> Result<Vec<WindowResult>, StoreError> {

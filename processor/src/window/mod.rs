@@ -8,24 +8,54 @@ mod partition;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use pulse_core::{Point, SeriesId, TimestampMs, WindowSpec};
+use pulse_core::{Point, SeriesId, TimestampMs, WindowResult, WindowSpec};
 use pulse_engine::store::{Checkpoint, Commit, DeadLetter, LateCount};
 use tracing::warn;
 
 pub use layout::{Layout, LayoutError};
 pub use partition::{Ingested, PartitionWindows, Restored};
 
+/// How event times are judged against the watermark and the wall clock.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// How far behind the newest event time a point may arrive and still count.
+    pub lateness_ms: i64,
+    /// How far ahead of the wall clock an event time counts toward the
+    /// watermark (see [`crate::watermark`]); `None`: no cap.
+    pub max_skew_ms: Option<i64>,
+    /// A late point updates its closed window if the window ended less than
+    /// this before the partition's watermark; older ones are only counted.
+    pub late_horizon_ms: i64,
+    /// The wall clock as last told (`Aggregator::set_wall_clock`).
+    pub wall_ms: Option<TimestampMs>,
+}
+
+impl Timing {
+    /// The highest event time that counts toward a watermark right now.
+    #[inline]
+    pub fn ceiling(&self) -> Option<TimestampMs> {
+        self.wall_ms
+            .zip(self.max_skew_ms)
+            .map(|(wall, skew)| wall.saturating_add(skew))
+    }
+}
+
 /// The aggregation state of every partition assigned to this processor.
 pub struct Aggregator {
     layout: Layout,
-    lateness_ms: i64,
+    timing: Timing,
     idle: Duration,
     partitions: BTreeMap<u32, PartitionWindows>,
 }
 
 /// What one checkpoint hands to the store, plus what to announce after it landed.
 pub struct Checkpointed {
+    /// Its `results` are the windows that closed, then (from index `closed`
+    /// on) the partials of late points for windows closed before.
     pub commit: Commit,
+    pub closed: usize,
+    /// Once landed: the windows the store merged (see `Store::commit`).
+    pub merged: Vec<WindowResult>,
     /// Offsets to report to the bus once the commit is durable.
     pub offsets: Vec<(u32, u64)>,
 }
@@ -46,10 +76,30 @@ impl Aggregator {
     ) -> Result<Aggregator, LayoutError> {
         Ok(Aggregator {
             layout: Layout::new(windows)?,
-            lateness_ms: lateness.as_millis() as i64,
+            timing: Timing {
+                lateness_ms: lateness.as_millis() as i64,
+                max_skew_ms: None,
+                late_horizon_ms: i64::MAX,
+                wall_ms: None,
+            },
             idle,
             partitions: BTreeMap::new(),
         })
+    }
+
+    /// Caps event times at the wall clock plus `max_clock_skew` for the
+    /// watermark, and lets late points update their closed windows only
+    /// within `late_horizon` (without this: no cap, no horizon).
+    pub fn bound_event_time(mut self, max_clock_skew: Duration, late_horizon: Duration) -> Self {
+        self.timing.max_skew_ms = Some(duration_ms(max_clock_skew));
+        self.timing.late_horizon_ms = duration_ms(late_horizon);
+        self
+    }
+
+    /// The wall clock, in milliseconds since the epoch, that caps the event
+    /// times counted toward watermarks from now on.
+    pub fn set_wall_clock(&mut self, now_ms: TimestampMs) {
+        self.timing.wall_ms = Some(now_ms);
     }
 
     /// The configured windows.
@@ -116,7 +166,7 @@ impl Aggregator {
         now: Instant,
     ) -> Ingested {
         match self.partitions.get_mut(&partition) {
-            Some(p) => p.ingest(offset, key, point, &self.layout, self.lateness_ms, now),
+            Some(p) => p.ingest(offset, key, point, &self.layout, &self.timing, now),
             None => Ingested::default(),
         }
     }
@@ -143,10 +193,11 @@ impl Aggregator {
     /// quiet: moving its watermark to the wall clock would make the waiting
     /// records late.
     pub fn advance(&mut self, now_ms: TimestampMs, now: Instant, caught_up: &[u32]) -> usize {
+        self.set_wall_clock(now_ms);
         let mut closed = 0;
         for (id, p) in self.partitions.iter_mut() {
             if caught_up.contains(id) {
-                p.idle_advance(now_ms, now, self.idle, self.lateness_ms);
+                p.idle_advance(now_ms, now, self.idle, self.timing.lateness_ms);
             }
             closed += p.close_ready(&self.layout);
         }
@@ -168,13 +219,16 @@ impl Aggregator {
         let mut commit = Commit::default();
         let mut offsets = Vec::new();
         let mut late: BTreeMap<(String, String), u64> = BTreeMap::new();
+        let mut partials = Vec::new();
         for (&id, p) in self.partitions.iter_mut() {
             if partitions.is_some_and(|only| !only.contains(&id)) {
                 continue;
             }
-            p.drain_into(&mut commit, &mut late, &self.layout);
+            p.drain_into(&mut commit, &mut partials, &mut late, &self.layout);
             offsets.push((id, p.next_offset()));
         }
+        let closed = commit.results.len();
+        commit.results.append(&mut partials);
         commit.late = late
             .into_iter()
             .map(|((metric, window), count)| LateCount {
@@ -183,7 +237,12 @@ impl Aggregator {
                 count,
             })
             .collect();
-        Checkpointed { commit, offsets }
+        Checkpointed {
+            commit,
+            closed,
+            merged: Vec::new(),
+            offsets,
+        }
     }
 
     /// Windows currently open, across partitions.
@@ -201,6 +260,33 @@ impl Aggregator {
             .map(|(&id, p)| (id, p.next_offset(), p.watermark()))
             .collect()
     }
+}
+
+/// The windows of a landed commit as the store now holds them: `results`,
+/// each key once, with those the store merged (`merged`, from
+/// `Store::commit`) in place of the partials given. What the cache and the
+/// live stream get, so they show whole windows, never a partial.
+pub fn as_stored(results: Vec<WindowResult>, merged: Vec<WindowResult>) -> Vec<WindowResult> {
+    let mut by_key: BTreeMap<(String, String, TimestampMs, SeriesId), WindowResult> = results
+        .into_iter()
+        .map(|r| {
+            (
+                (r.metric.clone(), r.window.clone(), r.start_ms, r.series_id),
+                r,
+            )
+        })
+        .collect();
+    for r in merged {
+        by_key.insert(
+            (r.metric.clone(), r.window.clone(), r.start_ms, r.series_id),
+            r,
+        );
+    }
+    by_key.into_values().collect()
+}
+
+fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]

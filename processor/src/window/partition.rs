@@ -18,8 +18,8 @@ use pulse_engine::store::{
 };
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use super::RestoreError;
 use super::layout::{Layout, MAX_WINDOWS, indices};
+use super::{RestoreError, Timing};
 use crate::watermark::Clock;
 
 /// An open window: identity `(series, window index, start)`.
@@ -138,13 +138,25 @@ struct Placed {
     opened: bool,
 }
 
+/// What [`PartitionWindows::add_late`] did with a late point.
+#[derive(Default)]
+struct Late {
+    /// A window of the point was beyond the horizon.
+    expired: bool,
+    /// Another series under the same id has a late partial of that window.
+    collision: bool,
+}
+
 /// What ingesting one point did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Ingested {
-    /// Windows the point was added to.
+    /// Windows the point was added to (open ones; not the late partials).
     pub windows: usize,
     /// Window definitions for which the point arrived after its window closed.
     pub late: usize,
+    /// Of those, definitions whose closed window ended more than the late
+    /// horizon before the watermark: the point reached no window there.
+    pub expired: usize,
     /// The point's id matched an open window of a different name/tags.
     pub collision: bool,
 }
@@ -173,6 +185,15 @@ pub struct PartitionWindows {
     /// Late points per window definition (by index) and metric, keyed by
     /// metric alone so a known metric is counted without copying its name.
     late: Vec<FxHashMap<String, u64>>,
+    /// Late points of closed windows since the last checkpoint, aggregated
+    /// per window, for the store to merge into the stored results.
+    late_partials: FxHashMap<Key, LatePartial>,
+}
+
+/// The late points of one closed window of one series.
+struct LatePartial {
+    name: SeriesName,
+    agg: Aggregate,
 }
 
 /// What restoring a partition could not carry over exactly.
@@ -215,6 +236,7 @@ impl PartitionWindows {
             named: FxHashSet::default(),
             dead_letters: Vec::new(),
             late: Vec::new(),
+            late_partials: FxHashMap::default(),
         };
         let mut decoded = Vec::new();
         for state in states {
@@ -319,7 +341,7 @@ impl PartitionWindows {
         claimed: Option<SeriesId>,
         point: Point,
         layout: &Layout,
-        lateness_ms: i64,
+        timing: &Timing,
         now: Instant,
     ) -> Ingested {
         self.next_offset = self.next_offset.max(offset + 1);
@@ -334,15 +356,21 @@ impl PartitionWindows {
             }
         };
         let ts = point.timestamp_ms;
-        for index in indices(placed.late) {
-            self.count_late(index, &point.metric);
-        }
-        self.clock.observe(ts, lateness_ms, now);
-        // A point that reached no window still needs a confirmed id for its raw row.
+        // A point that reached no open window still needs a confirmed id for
+        // its raw row and its late partials.
         let id = match placed.series {
             Series::Known(id) => id,
             Series::Claimed(_) => point.series_id(),
         };
+        let mut outcome = placed.outcome;
+        for index in indices(placed.late) {
+            self.count_late(index, &point.metric);
+            let late = self.add_late(id, index, &point, layout, timing.late_horizon_ms);
+            outcome.expired += usize::from(late.expired);
+            outcome.collision |= late.collision;
+        }
+        self.clock
+            .observe(ts, timing.ceiling(), timing.lateness_ms, now);
         self.raw.push(RawPoint {
             series_id: id,
             timestamp_ms: ts,
@@ -357,7 +385,51 @@ impl PartitionWindows {
                 tags: point.tags,
             });
         }
-        placed.outcome
+        outcome
+    }
+
+    /// Adds a point that came after its window of definition `index` closed
+    /// to that window's late partial (each window, for a sliding definition),
+    /// unless the window ended `horizon_ms` or more before the watermark.
+    fn add_late(
+        &mut self,
+        id: SeriesId,
+        index: usize,
+        point: &Point,
+        layout: &Layout,
+        horizon_ms: i64,
+    ) -> Late {
+        let mut late = Late::default();
+        let Some(watermark) = self.clock.watermark else {
+            return late;
+        };
+        let spec = layout.spec(index);
+        for start in spec.starts(point.timestamp_ms) {
+            let end = spec.end(start);
+            if !self.clock.is_closed(end) {
+                continue;
+            }
+            if end <= watermark.saturating_sub(horizon_ms) {
+                late.expired = true;
+                continue;
+            }
+            let partial = self
+                .late_partials
+                .entry((id, index as u16, start))
+                .or_insert_with(|| LatePartial {
+                    name: SeriesName {
+                        metric: point.metric.clone(),
+                        tags: point.tags.clone(),
+                    },
+                    agg: Aggregate::new(),
+                });
+            if partial.name.is(&point.metric, &point.tags) {
+                partial.agg.add(point.value, point.timestamp_ms);
+            } else {
+                late.collision = true;
+            }
+        }
+        late
     }
 
     /// The window part of [`PartitionWindows::ingest`] for the point as
@@ -574,10 +646,12 @@ impl PartitionWindows {
         }
     }
 
-    /// Moves pending output into `commit` and marks open windows as saved.
+    /// Moves pending output into `commit` (late partials into `partials`)
+    /// and marks open windows as saved.
     pub fn drain_into(
         &mut self,
         commit: &mut Commit,
+        partials: &mut Vec<WindowResult>,
         late: &mut BTreeMap<(String, String), u64>,
         layout: &Layout,
     ) {
@@ -600,6 +674,18 @@ impl PartitionWindows {
             });
             open.dirty = false;
             open.persisted = true;
+        }
+        for ((series_id, index, start_ms), partial) in self.late_partials.drain() {
+            let spec = layout.spec(usize::from(index));
+            partials.push(WindowResult {
+                series_id,
+                metric: partial.name.metric,
+                tags: partial.name.tags,
+                window: spec.label.clone(),
+                start_ms,
+                end_ms: spec.end(start_ms),
+                agg: partial.agg,
+            });
         }
         for (spec, counts) in layout.windows().iter().zip(&mut self.late) {
             for (metric, count) in counts.drain() {
@@ -703,10 +789,16 @@ mod tests {
             state: encode_state("not_cpu", &Tags::new(), &other, &[]),
         };
         let now = Instant::now();
+        let timing = Timing {
+            lateness_ms: 30_000,
+            max_skew_ms: None,
+            late_horizon_ms: i64::MAX,
+            wall_ms: None,
+        };
         let mut p = PartitionWindows::restore(0, None, [&planted].into_iter(), &windows, now)
             .unwrap()
             .0;
-        let clash = p.ingest(0, None, point(10), &windows, 30_000, now);
+        let clash = p.ingest(0, None, point(10), &windows, &timing, now);
         assert!(clash.collision && clash.windows == 0);
         assert_eq!(
             (p.names.first.len(), p.names.others.len()),
@@ -714,15 +806,15 @@ mod tests {
             "the colliding name is not kept"
         );
         // The window [60, 120) is new: this series opens and owns it.
-        let own = p.ingest(1, None, point(70), &windows, 30_000, now);
+        let own = p.ingest(1, None, point(70), &windows, &timing, now);
         assert!(!own.collision && own.windows == 1);
-        let own = p.ingest(2, None, point(80), &windows, 30_000, now);
+        let own = p.ingest(2, None, point(80), &windows, &timing, now);
         assert!(!own.collision && own.windows == 1);
 
-        p.ingest(3, None, point(200), &windows, 30_000, now); // watermark 170 s
+        p.ingest(3, None, point(200), &windows, &timing, now); // watermark 170 s
         assert_eq!(p.close_ready(&windows), 2);
         let mut commit = Commit::default();
-        p.drain_into(&mut commit, &mut BTreeMap::new(), &windows);
+        p.drain_into(&mut commit, &mut Vec::new(), &mut BTreeMap::new(), &windows);
         let got: Vec<_> = commit
             .results
             .iter()

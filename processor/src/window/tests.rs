@@ -56,26 +56,96 @@ fn window_closes_once_the_watermark_passes_its_end() {
 }
 
 #[test]
-fn late_point_after_watermark_is_counted_not_aggregated() {
+fn late_point_is_counted_and_goes_into_a_partial_of_its_closed_window() {
     let mut a = fresh(minute_windows(), &[0]);
     let now = Instant::now();
     a.ingest(0, 0, None, point("a", 1.0, 10), now);
     a.ingest(0, 1, None, point("a", 1.0, 200), now); // watermark 170s
     let late = a.ingest(0, 2, None, point("a", 100.0, 20), now);
-    assert_eq!((late.windows, late.late), (0, 1));
+    assert_eq!((late.windows, late.late, late.expired), (0, 1, 0));
     let on_time = a.ingest(0, 3, None, point("a", 2.0, 175), now); // window [120,180) still open
     assert_eq!((on_time.windows, on_time.late), (1, 0));
     a.close_ready();
     let c = a.checkpoint(None);
-    let first = c.commit.results.iter().find(|r| r.start_ms == 0).unwrap();
+    let (closed, partials) = c.commit.results.split_at(c.closed);
+    let first = closed.iter().find(|r| r.start_ms == 0).unwrap();
     assert_eq!(
         first.agg.max, 1.0,
-        "the late value never reached the closed window"
+        "the closed window is written as it closed"
+    );
+    let partial: Vec<_> = partials
+        .iter()
+        .map(|r| (r.window.as_str(), r.start_ms, r.agg.count, r.agg.max))
+        .collect();
+    assert_eq!(
+        partial,
+        [("1m", 0, 1, 100.0)],
+        "the late point goes to the store in a partial of its window, to be merged"
     );
     assert_eq!(c.commit.late.len(), 1);
     assert_eq!(
         (c.commit.late[0].window.as_str(), c.commit.late[0].count),
         ("1m", 1)
+    );
+    assert!(
+        a.checkpoint(None).commit.results.is_empty(),
+        "a partial is handed over once"
+    );
+}
+
+#[test]
+fn a_late_point_beyond_the_horizon_is_counted_but_reaches_no_window() {
+    let mut a = Aggregator::new(minute_windows(), LATENESS, IDLE)
+        .unwrap()
+        .bound_event_time(Duration::from_secs(5), Duration::from_secs(600));
+    a.assign(&[0], &Checkpoint::default(), Instant::now())
+        .unwrap();
+    let now = Instant::now();
+    a.ingest(0, 0, None, point("a", 1.0, 3_600), now); // watermark 3 570 s
+    // [2 940, 3 000) ended 570 s before the watermark: within 10 minutes.
+    let within = a.ingest(0, 1, None, point("a", 2.0, 2_950), now);
+    // [2 880, 2 940) ended 630 s before it: beyond.
+    let beyond = a.ingest(0, 2, None, point("a", 3.0, 2_930), now);
+    assert_eq!((within.late, within.expired), (1, 0));
+    assert_eq!((beyond.late, beyond.expired), (1, 1));
+    let c = a.checkpoint(None);
+    let partials: Vec<_> = c.commit.results[c.closed..]
+        .iter()
+        .map(|r| (r.start_ms, r.agg.count))
+        .collect();
+    assert_eq!(partials, [(2_940_000, 1)]);
+    assert_eq!(c.commit.late[0].count, 2, "both are counted late");
+    assert_eq!(c.commit.raw_points.len(), 3, "and both are kept raw");
+}
+
+#[test]
+fn a_point_from_a_fast_clock_does_not_make_the_other_series_late() {
+    // Issue 11, item 1: one point 540 s ahead, then 1 000 current points
+    // over 100 hosts on the same partition.
+    let now_ms = 1_800_000_000_000;
+    let mut a = Aggregator::new(WindowSpec::defaults(), LATENESS, IDLE)
+        .unwrap()
+        .bound_event_time(Duration::from_secs(5), Duration::from_secs(86_400));
+    a.assign(&[0], &Checkpoint::default(), Instant::now())
+        .unwrap();
+    a.set_wall_clock(now_ms);
+    let now = Instant::now();
+    let ahead = a.ingest(0, 0, None, point("fast", 1.0, now_ms / 1000 + 540), now);
+    assert_eq!(
+        ahead.windows, 3,
+        "the future point is aggregated into its windows"
+    );
+    let mut late = 0;
+    for i in 0..1000u64 {
+        let host = format!("h{:03}", i % 100);
+        let ts = now_ms / 1000 - 2 + (i as i64 % 3);
+        late += a.ingest(0, i + 1, None, point(&host, 1.0, ts), now).late;
+    }
+    assert_eq!(late, 0, "no current point is late");
+    assert_eq!(
+        a.progress()[0].2,
+        Some(now_ms + 5_000 - LATENESS.as_millis() as i64),
+        "the watermark stops at the wall clock plus the skew, minus the lateness"
     );
 }
 
@@ -154,11 +224,13 @@ fn the_same_id_with_another_name_is_a_collision_not_a_merge() {
 /// host, start, window, count, sum, min, max, last.
 type ResultRow = (String, i64, String, u64, f64, f64, f64, f64);
 
-/// Applies commits the way a store would, for restart tests.
+/// Applies commits the way a store would, for restart tests: results are
+/// merged into the stored window of their key.
 #[derive(Default)]
 struct FakeStore {
     partitions: HashMap<u32, PartitionCheckpoint>,
     open: HashMap<OpenWindowKey, Vec<u8>>,
+    stored: BTreeMap<(String, i64, String), pulse_core::Aggregate>,
     results: Vec<ResultRow>,
     late: HashMap<(String, String), u64>,
 }
@@ -176,17 +248,27 @@ impl FakeStore {
             self.open.insert(o.key, o.state);
         }
         for r in c.results {
-            self.results.push((
-                r.tags["host"].clone(),
-                r.start_ms,
-                r.window,
-                r.agg.count,
-                r.agg.sum,
-                r.agg.min,
-                r.agg.max,
-                r.agg.last,
-            ));
+            self.stored
+                .entry((r.tags["host"].clone(), r.start_ms, r.window))
+                .or_default()
+                .merge(&r.agg);
         }
+        self.results = self
+            .stored
+            .iter()
+            .map(|((host, start, window), a)| {
+                (
+                    host.clone(),
+                    *start,
+                    window.clone(),
+                    a.count,
+                    a.sum,
+                    a.min,
+                    a.max,
+                    a.last,
+                )
+            })
+            .collect();
         for l in c.late {
             *self.late.entry((l.metric, l.window)).or_default() += l.count;
         }
@@ -276,23 +358,18 @@ fn defs(labels: &[(u64, u64)]) -> Vec<WindowSpec> {
 }
 
 /// Every window each point falls into, filled point by point: what the
-/// window chain must reproduce. A point is late for a window that ended at or
-/// before the watermark (highest timestamp seen so far minus the lateness).
+/// window chain, with the late points merged into their closed windows, must
+/// reproduce.
 fn direct(windows: &[WindowSpec], points: &[Point]) -> Vec<ResultRow> {
     let mut open: BTreeMap<(String, String, i64), pulse_core::Aggregate> = BTreeMap::new();
-    let mut max_ts = i64::MIN;
     for p in points {
-        let wm = max_ts.saturating_sub(LATENESS.as_millis() as i64);
         for w in windows {
             for start in w.starts(p.timestamp_ms) {
-                if max_ts == i64::MIN || w.end(start) > wm {
-                    open.entry((p.tags["host"].clone(), w.label.clone(), start))
-                        .or_default()
-                        .add(p.value, p.timestamp_ms);
-                }
+                open.entry((p.tags["host"].clone(), w.label.clone(), start))
+                    .or_default()
+                    .add(p.value, p.timestamp_ms);
             }
         }
-        max_ts = max_ts.max(p.timestamp_ms);
     }
     let mut rows: Vec<ResultRow> = open
         .into_iter()
