@@ -287,11 +287,11 @@ mod tests {
         assert!(s.starts_with("pulse_shop_checkout_"), "{s}");
         assert_eq!(s, schema("shop", "checkout"), "stable");
         // Pinned: a changed hash would orphan every pipeline's schema.
+        assert_eq!(s, "pulse_shop_checkout_90a15031ac4748b4");
         assert_eq!(
-            s,
-            format!("pulse_shop_checkout_{}", pair_hash("shop", "checkout"))
+            schema("local", "default"),
+            "pulse_local_default_54faf70a259caf19"
         );
-        assert_eq!(pair_hash("", ""), format!("{:016x}", xxh64(&[0; 8], 0)));
         let long = schema(&"n".repeat(63), &"p".repeat(50));
         assert_eq!(long.len(), MAX_SCHEMA_BYTES);
         let t = points_topic("a.b", "c");
