@@ -30,7 +30,7 @@ use pulse_engine::bus::{BusConsumer, BusError, BusProducer};
 use pulse_engine::cache::memory::MemoryCache;
 use pulse_engine::cache::redis::RedisCache;
 use pulse_engine::cache::{Cache, CacheError};
-use pulse_engine::store::postgres::{PostgresStore, TimescalePolicies, schema_name};
+use pulse_engine::store::postgres::{PostgresStore, TimescalePolicies, claim_schema};
 use pulse_engine::store::sqlite::SqliteStore;
 use pulse_engine::store::{Store, StoreError};
 use pulse_server::CancellationToken;
@@ -390,16 +390,17 @@ async fn open_store(
             format!("embedded SQLite {}", path.display()),
         ));
     };
-    let schema = schema_name(&config.pipeline.namespace, &config.pipeline.name);
     let target = Target {
         engine: "PostgreSQL",
         address: url_endpoint(url, 5432),
         key: "storage.database_url",
     };
-    let (schema_ref, address) = (schema.as_str(), target.address.as_str());
+    let (pipeline, address) = (&config.pipeline, target.address.as_str());
     let open = move || async move {
         probe(address).await.map_err(StoreError::Unavailable)?;
-        let store = PostgresStore::connect(url, schema_ref)
+        // The pipeline's own schema, or the one an earlier release gave it.
+        let schema = claim_schema(url, &pipeline.namespace, &pipeline.name).await?;
+        let store = PostgresStore::connect(url, &schema)
             .await?
             .with_timescale_policies(TimescalePolicies {
                 raw_retention: config.storage.raw_retention,
@@ -417,7 +418,7 @@ async fn open_store(
         open,
     )
     .await?;
-    let mode = store.mode();
+    let (mode, schema) = (store.mode(), store.schema());
     info!(
         message = "Store: PostgreSQL.",
         address = %target.address,

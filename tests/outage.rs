@@ -198,8 +198,7 @@ async fn store_and_cache_outages_lose_nothing_and_recover_without_a_restart() {
 
     let pg_proxy = Proxy::start(target_of(&pg_url)).await;
     let redis_proxy = Proxy::start(target_of(&redis_url)).await;
-    let schema =
-        pulse_engine::store::postgres::schema_name("outage", &format!("t{}", std::process::id()));
+    let schema = pulse_core::names::schema("outage", &format!("t{}", std::process::id()));
     // The test reads through its own connection, which no proxy cuts.
     let direct = PostgresStore::connect(&pg_url, &schema).await.unwrap();
     direct.migrate().await.unwrap();

@@ -14,6 +14,7 @@ use figment::providers::{Env, Format, Serialized, Toml, Yaml};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::names;
 use crate::validate::Limits;
 use crate::window::WindowSpec;
 
@@ -196,7 +197,7 @@ pub struct StorageConfig {
     /// Directory of the embedded engines' files (`pulse up`).
     pub data_dir: PathBuf,
     /// PostgreSQL or TimescaleDB URL (`postgres://user:password@host:5432/db`).
-    /// The pipeline's tables live in its own schema, `pulse_<namespace>_<pipeline>`.
+    /// The pipeline's tables live in its own schema ([`names::schema`]).
     /// Unset or empty: the embedded SQLite store in `data_dir`.
     #[serde(
         deserialize_with = "empty_as_none",
@@ -275,7 +276,7 @@ impl Default for BusConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct CacheConfig {
     /// Redis URL (`redis://[user:password@]host:6379[/db]`, `rediss://` for TLS,
-    /// `unix:///path`). Keys live under `pulse:<namespace>:<pipeline>`. Unset or
+    /// `unix:///path`). Keys live under [`names::cache_prefix`]. Unset or
     /// empty: an in-process cache, which only the processes of one `pulse up`
     /// share.
     #[serde(
@@ -297,17 +298,6 @@ impl Default for CacheConfig {
             ttl: Duration::from_secs(3600),
         }
     }
-}
-
-/// The Kafka topic of a pipeline's points, `pulse.<namespace>.<pipeline>.points`
-/// (docs/ARCHITECTURE.md "Names and contracts"); the operator creates it under this name.
-pub fn points_topic(namespace: &str, pipeline: &str) -> String {
-    format!("pulse.{namespace}.{pipeline}.points")
-}
-
-/// The Kafka topic of a pipeline's anomalies, `pulse.<namespace>.<pipeline>.anomalies`.
-pub fn anomalies_topic(namespace: &str, pipeline: &str) -> String {
-    format!("pulse.{namespace}.{pipeline}.anomalies")
 }
 
 /// An optional string where empty (or blank) means unset, so a deployment can
@@ -599,23 +589,28 @@ impl Config {
     }
 
     /// The Kafka topic of the points: `bus.topic`, or by default
-    /// `pulse.<namespace>.<pipeline>.points` (docs/ARCHITECTURE.md, "Names and contracts").
+    /// [`names::points_topic`].
     pub fn points_topic(&self) -> String {
         self.bus
             .topic
             .clone()
-            .unwrap_or_else(|| points_topic(&self.pipeline.namespace, &self.pipeline.name))
+            .unwrap_or_else(|| names::points_topic(&self.pipeline.namespace, &self.pipeline.name))
     }
 
-    /// The Kafka consumer group of the pipeline's processors:
-    /// `pulse-<namespace>-<pipeline>`.
+    /// The Kafka consumer group of the pipeline's processors ([`names::consumer_group`]).
     pub fn consumer_group(&self) -> String {
-        format!("pulse-{}-{}", self.pipeline.namespace, self.pipeline.name)
+        names::consumer_group(&self.pipeline.namespace, &self.pipeline.name)
     }
 
-    /// The prefix of every Redis key of the pipeline: `pulse:<namespace>:<pipeline>`.
+    /// The prefix of every Redis key of the pipeline ([`names::cache_prefix`]).
     pub fn cache_prefix(&self) -> String {
-        format!("pulse:{}:{}", self.pipeline.namespace, self.pipeline.name)
+        names::cache_prefix(&self.pipeline.namespace, &self.pipeline.name)
+    }
+
+    /// The PostgreSQL schema of the pipeline ([`names::schema`]; the store may
+    /// keep an earlier release's, see `names::legacy_schema`).
+    pub fn schema(&self) -> String {
+        names::schema(&self.pipeline.namespace, &self.pipeline.name)
     }
 
     /// The configured windows as specs, in configuration order.

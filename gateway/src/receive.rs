@@ -103,7 +103,7 @@ impl Gateway {
                 rate: self.settings.rate_limit,
             })?;
         if accepted > 0 {
-            self.send(prepared.records).await?;
+            Arc::clone(&self).send(prepared.records).await?;
         }
         Ok(Receipt {
             accepted,
@@ -201,16 +201,28 @@ impl Gateway {
     }
 
     /// Appends one request's records in a single bus send; returns once they are
-    /// durable.
-    async fn send(&self, records: Vec<OutgoingRecord>) -> Result<(), Refusal> {
+    /// durable. The send and its counting run in a task of their own: a client
+    /// that hangs up drops the handler's future, but records handed to the bus
+    /// may still be written, and what is written must be counted
+    /// (`points_accepted_total`), answered or not.
+    async fn send(self: Arc<Self>, records: Vec<OutgoingRecord>) -> Result<(), Refusal> {
         let points = records.len();
-        let started = Instant::now();
-        let result = self.bus.send(records).await;
-        self.metrics.bus_sent(started.elapsed(), points, &result);
-        result.map_err(|error| {
-            tracing::warn!(message = "Bus refused a batch.", %error, points);
-            Refusal::Bus(error)
-        })
+        let send = tokio::spawn(async move {
+            let started = Instant::now();
+            let result = self.bus.send(records).await;
+            self.metrics.bus_sent(started.elapsed(), points, &result);
+            if let Err(error) = &result {
+                tracing::warn!(message = "Bus refused a batch.", %error, points);
+            }
+            result
+        });
+        match send.await {
+            Ok(result) => result.map_err(Refusal::Bus),
+            Err(e) => {
+                tracing::error!(message = "Sending a batch to the bus failed.", error = %e);
+                Err(Refusal::Internal(e.to_string()))
+            }
+        }
     }
 }
 

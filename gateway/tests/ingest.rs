@@ -706,3 +706,56 @@ fn hostile_bodies_never_get_a_server_error() {
         }
     );
 }
+
+/// A bus that holds each send until released, then takes it.
+struct GatedBus {
+    entered: Notify,
+    release: Notify,
+}
+
+#[async_trait]
+impl BusProducer for GatedBus {
+    async fn send(&self, _: Vec<OutgoingRecord>) -> Result<(), BusError> {
+        self.entered.notify_one();
+        self.release.notified().await;
+        Ok(())
+    }
+
+    async fn ready(&self) -> Result<(), BusError> {
+        Ok(())
+    }
+}
+
+/// A client that hangs up while its points are on their way to the bus gets
+/// no answer, but the points are written, so they are counted.
+#[tokio::test]
+async fn points_written_for_a_client_that_hung_up_are_counted() {
+    let bus = Arc::new(GatedBus {
+        entered: Notify::new(),
+        release: Notify::new(),
+    });
+    let router = Gateway::router(&Config::default(), bus.clone(), registry());
+    let request = Request::post("/v1/metrics")
+        .body(Body::from(format!(
+            "[{}]",
+            vec![point("m", 1.0); 3].join(",")
+        )))
+        .unwrap();
+    let client = tokio::spawn(router.clone().oneshot(request));
+    bus.entered.notified().await;
+    client.abort();
+    assert!(
+        client.await.unwrap_err().is_cancelled(),
+        "the client hung up"
+    );
+    bus.release.notify_one();
+    let mut metrics = String::new();
+    for _ in 0..200 {
+        metrics = get(&router, "/metrics").await.1;
+        if metrics.contains("pulse_gateway_points_accepted_total 3\n") {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the 3 points written to the bus are not counted: {metrics}");
+}

@@ -278,6 +278,28 @@ impl FakeSchemaAdmin {
 
 #[async_trait]
 impl SchemaAdmin for FakeSchemaAdmin {
+    async fn claim(
+        &self,
+        url: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<String, SchemaAdminError> {
+        let schema = pulse_core::names::schema(namespace, name);
+        self.call(url, &schema, "claiming")?;
+        Ok(schema)
+    }
+
+    async fn owned(
+        &self,
+        url: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<String>, SchemaAdminError> {
+        let schema = pulse_core::names::schema(namespace, name);
+        self.call(url, &schema, "looking up")?;
+        Ok(lock(&self.schemas).contains(&schema).then_some(schema))
+    }
+
     async fn migrate(&self, url: &str, schema: &str) -> Result<(), SchemaAdminError> {
         self.call(url, schema, "migrating")?;
         lock(&self.schemas).insert(schema.into());

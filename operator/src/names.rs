@@ -1,5 +1,7 @@
-//! Every name, label and port the operator, the chart and the webhook agree
-//! on, in one place (docs/ARCHITECTURE.md "Names and contracts").
+//! Every name, label and annotation the operator, the chart and the webhook
+//! agree on (docs/ARCHITECTURE.md "Names and contracts"). The names derived
+//! from a pipeline (topics, schema, objects, URLs, ports) come from
+//! `pulse_core::names`, re-exported here.
 
 /// API group of the custom resources.
 pub const GROUP: &str = "pulse.dev";
@@ -27,16 +29,12 @@ pub const APP_NAME: &str = "pulse";
 /// Value of `app.kubernetes.io/managed-by` on everything the operator makes.
 pub const MANAGED_BY: &str = "pulse-operator";
 
-/// Container ports of the roles (the defaults of `pulse_core::config`).
-pub const GATEWAY_PORT: u16 = 9000;
-pub const PROCESSOR_PORT: u16 = 9100;
-pub const DASHBOARD_PORT: u16 = 8080;
-/// The sidecar's HTTP receiver and admin ports.
-pub const SIDECAR_HTTP_PORT: u16 = 9091;
-pub const SIDECAR_ADMIN_PORT: u16 = 9092;
-/// The sidecar's StatsD (UDP) and OTLP/HTTP receiver ports.
-pub const SIDECAR_STATSD_PORT: u16 = 8125;
-pub const SIDECAR_OTLP_PORT: u16 = 4318;
+pub use pulse_core::names::{
+    Component, DASHBOARD_PORT, GATEWAY_PORT, PROCESSOR_PORT, SIDECAR_ADMIN_PORT, SIDECAR_HTTP_PORT,
+    SIDECAR_OTLP_PORT, SIDECAR_STATSD_PORT, anomalies_topic, config_map_name,
+    dashboard_config_map_name, dashboard_url, gateway_url, object_name, points_topic, schema,
+    service_account_name,
+};
 /// Name of the injected sidecar container (also how an injected pod is recognised).
 pub const SIDECAR_CONTAINER: &str = "pulse-sidecar";
 /// Pod annotation the webhook sets on a pod it injected; its value names the pipeline.
@@ -45,48 +43,6 @@ pub const INJECTED_ANNOTATION: &str = "pulse.dev/injected";
 pub const WEBHOOK_PATH: &str = "/mutate-pods";
 /// Container port (named `webhook`) the operator serves the webhook on, over TLS.
 pub const WEBHOOK_PORT: u16 = 8443;
-
-/// A role of the data path the operator deploys.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Component {
-    Gateway,
-    Processor,
-    Dashboard,
-}
-
-impl Component {
-    /// The `app.kubernetes.io/component` value and the `pulse <role>` subcommand.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Component::Gateway => "gateway",
-            Component::Processor => "processor",
-            Component::Dashboard => "dashboard",
-        }
-    }
-}
-
-/// Name of an object the operator makes for `owner` (a pipeline or dashboard):
-/// `<owner>-<component>`, e.g. `checkout-gateway`.
-pub fn object_name(owner: &str, component: Component) -> String {
-    format!("{owner}-{}", component.as_str())
-}
-
-/// Name of a pipeline's ConfigMap holding the rendered `pulse.toml`.
-pub fn config_map_name(pipeline: &str) -> String {
-    format!("{pipeline}-pulse-config")
-}
-
-/// Name of a dashboard's ConfigMap holding its `pulse.toml` (the pipeline's
-/// config plus the dashboard's panels); not `config_map_name`, so a dashboard
-/// and a pipeline of the same name do not collide.
-pub fn dashboard_config_map_name(dashboard: &str) -> String {
-    format!("{dashboard}-dashboard-config")
-}
-
-/// Name of the ServiceAccount a pipeline's pods run as.
-pub fn service_account_name(pipeline: &str) -> String {
-    format!("{pipeline}-pulse")
-}
 
 /// The key of `pulse.toml` in the ConfigMaps, and where pods mount it.
 pub const CONFIG_KEY: &str = "pulse.toml";
@@ -98,24 +54,6 @@ pub const ENV_DATABASE_URL: &str = "PULSE_STORAGE__DATABASE_URL";
 pub const ENV_REDIS_URL: &str = "PULSE_CACHE__REDIS_URL";
 pub const ENV_INGEST_TOKENS: &str = "PULSE_GATEWAY__TOKENS";
 pub const ENV_READ_TOKENS: &str = "PULSE_DASHBOARD__READ_TOKENS";
-
-/// In-cluster URL of a dashboard's page.
-pub fn dashboard_url(namespace: &str, dashboard: &str) -> String {
-    format!(
-        "http://{}.{namespace}.svc:{DASHBOARD_PORT}/d/{dashboard}",
-        object_name(dashboard, Component::Dashboard)
-    )
-}
-
-/// In-cluster URL of a pipeline's gateway, as the sidecar and docs use it.
-pub fn gateway_url(namespace: &str, pipeline: &str) -> String {
-    format!(
-        "http://{}.{namespace}.svc:{GATEWAY_PORT}",
-        object_name(pipeline, Component::Gateway)
-    )
-}
-
-pub use pulse_core::config::{anomalies_topic, points_topic};
 
 #[cfg(test)]
 mod tests {

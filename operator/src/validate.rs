@@ -252,7 +252,7 @@ pub fn validate_pipeline(pipeline: &MetricPipeline) -> Result<ValidatedPipeline,
     let topics = Topics {
         brokers: spec.kafka.brokers.clone(),
         points: config.points_topic(),
-        anomalies: pulse_core::config::anomalies_topic(&namespace, name.as_str()),
+        anomalies: pulse_core::names::anomalies_topic(&namespace, name.as_str()),
         partitions,
         replication_factor,
         retention: duration("kafka.retention", &spec.kafka.retention)?,

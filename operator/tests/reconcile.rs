@@ -16,12 +16,16 @@ use pulse_operator::metrics::Metrics;
 use pulse_operator::names;
 use serde_json::Value;
 
+/// The schema of pipeline `shop/checkout`.
+fn schema() -> String {
+    pulse_core::names::schema("shop", "checkout")
+}
+
 const SECRET: &str = "GET /api/v1/namespaces/shop/secrets/checkout-db";
 const PIPELINE: &str = "/apis/pulse.dev/v1alpha1/namespaces/shop/metricpipelines/checkout";
 const EVENT: &str = "POST /apis/events.k8s.io/v1/namespaces/shop/events";
 const POINTS: &str = "pulse.shop.checkout.points";
 const ANOMALIES: &str = "pulse.shop.checkout.anomalies";
-const SCHEMA: &str = "pulse_shop_checkout";
 
 struct Harness {
     api: FakeApi,
@@ -204,8 +208,12 @@ async fn a_finalized_pipeline_gets_topics_schema_objects_and_a_ready_status() {
     let points = h.topics.topic(POINTS).expect("points topic created");
     assert_eq!(points.partitions, 6);
     assert!(h.topics.topic(ANOMALIES).is_some());
-    assert!(h.schemas.has(SCHEMA));
-    assert_eq!(h.schemas.urls(), vec![DATABASE_URL.to_string()]);
+    assert!(h.schemas.has(&schema()));
+    assert_eq!(
+        h.schemas.urls(),
+        vec![DATABASE_URL.to_string(); 2],
+        "claimed, then migrated"
+    );
 }
 
 #[tokio::test]
@@ -411,7 +419,10 @@ async fn pods_not_yet_available_make_ready_false_and_requeue_sooner() {
 async fn deleting_with_retain_keeps_topics_and_schema_and_removes_the_finalizer() {
     let h = harness();
     h.topics.insert(POINTS, 6, 1);
-    h.schemas.migrate(DATABASE_URL, SCHEMA).await.expect("fake");
+    h.schemas
+        .migrate(DATABASE_URL, &schema())
+        .await
+        .expect("fake");
     let action = h
         .reconcile(MetricPipeline::test().finalized().deleting())
         .await
@@ -432,7 +443,7 @@ async fn deleting_with_retain_keeps_topics_and_schema_and_removes_the_finalizer(
         removal.body
     );
     assert!(h.topics.topic(POINTS).is_some());
-    assert!(h.schemas.has(SCHEMA));
+    assert!(h.schemas.has(&schema()));
 }
 
 #[tokio::test]
@@ -440,7 +451,10 @@ async fn deleting_with_delete_drops_topics_and_schema_then_the_finalizer() {
     let h = harness();
     h.topics.insert(POINTS, 6, 1);
     h.topics.insert(ANOMALIES, 6, 1);
-    h.schemas.migrate(DATABASE_URL, SCHEMA).await.expect("fake");
+    h.schemas
+        .migrate(DATABASE_URL, &schema())
+        .await
+        .expect("fake");
     h.reconcile(
         MetricPipeline::test()
             .finalized()
@@ -460,7 +474,7 @@ async fn deleting_with_delete_drops_topics_and_schema_then_the_finalizer() {
     assert_eq!(event_reasons(&h.api.recorded()), vec!["DataDeleted"]);
     assert!(h.topics.topic(POINTS).is_none());
     assert!(h.topics.topic(ANOMALIES).is_none());
-    assert!(!h.schemas.has(SCHEMA));
+    assert!(!h.schemas.has(&schema()));
 }
 
 #[tokio::test]
@@ -509,6 +523,7 @@ async fn a_dashboard_without_its_pipeline_says_so() {
         h.api.lines(),
         vec![
             format!("GET {PIPELINE}"),
+            format!("DELETE {BOARD_DEPLOYMENT}"),
             format!("PATCH {board_path}/status"),
             EVENT.to_string()
         ]
@@ -518,6 +533,65 @@ async fn a_dashboard_without_its_pipeline_says_so() {
         condition(&status, "Ready"),
         cond("False", "PipelineNotFound")
     );
+}
+
+const BOARD_DEPLOYMENT: &str = "/apis/apps/v1/namespaces/shop/deployments/storefront-dashboard";
+
+/// A pipeline on its way out (its schema may be dropped): its dashboard stops
+/// serving and says why, rather than answering from a schema that is gone.
+#[tokio::test]
+async fn a_dashboard_of_a_pipeline_being_deleted_stops_serving_and_says_so() {
+    let h = harness();
+    h.api.insert(&MetricPipeline::test().finalized().deleting());
+    let board = Dashboard::test();
+    h.api.insert(&board);
+    dashboard::reconcile(Arc::new(board), h.ctx.clone())
+        .await
+        .expect("a deleted pipeline is not an error");
+    let lines = h.api.lines();
+    assert_eq!(
+        lines[..2],
+        [
+            format!("GET {PIPELINE}"),
+            format!("DELETE {BOARD_DEPLOYMENT}")
+        ]
+    );
+    assert!(
+        !lines.iter().any(|l| l.starts_with("PATCH /apis/apps/v1")),
+        "nothing is applied: {lines:?}"
+    );
+    let status = status_patch(&h.api.recorded());
+    assert_eq!(
+        condition(&status, "Ready"),
+        cond("False", "PipelineNotFound")
+    );
+    let message = status.body["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+        .map(|c| c["message"].to_string())
+        .unwrap_or_default();
+    assert!(message.contains("being deleted"), "{message}");
+}
+
+/// The watch of `MetricPipeline` wakes exactly the dashboards over the
+/// pipeline that changed: same namespace, `spec.pipeline` naming it.
+#[test]
+fn a_pipeline_change_reaches_the_dashboards_over_it() {
+    let over = Arc::new(Dashboard::test());
+    let mut elsewhere = Dashboard::test();
+    elsewhere.metadata.namespace = Some("other".into());
+    let mut other_pipeline = Dashboard::test();
+    other_pipeline.metadata.name = Some("other-board".into());
+    other_pipeline.spec.pipeline = "payments".into();
+    let woken = dashboard::dashboards_of(
+        &MetricPipeline::test(),
+        [over.clone(), Arc::new(elsewhere), Arc::new(other_pipeline)],
+    );
+    assert_eq!(
+        woken,
+        vec![kube::runtime::reflector::ObjectRef::from_obj(over.as_ref())]
+    );
+    assert!(dashboard::dashboards_of(&MetricPipeline::named("payments"), [over]).is_empty());
 }
 
 #[tokio::test]

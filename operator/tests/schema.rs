@@ -2,7 +2,7 @@
 //! `test`, user `postgres`; override with PULSE_TEST_DATABASE_URL). Skips when
 //! the server is down and CI is unset; fails when CI is set.
 
-use pulse_engine::store::postgres::schema_name;
+use pulse_core::names::schema as schema_name;
 use pulse_operator::admin::{PostgresSchemaAdmin, SchemaAdmin};
 use sqlx::{Connection, PgConnection};
 

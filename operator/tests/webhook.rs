@@ -11,7 +11,7 @@ use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionResponse, AdmissionReview};
 use pulse_operator::names;
 use pulse_operator::webhook::{
-    Admission, InjectTarget, SidecarSettings, TokenSecret, admit, sidecar, to_wire,
+    Admission, GatewayLimits, InjectTarget, SidecarSettings, TokenSecret, admit, sidecar, to_wire,
 };
 use serde_json::{Value, json};
 
@@ -54,6 +54,10 @@ fn target(token: bool) -> InjectTarget {
             name: "checkout-tokens".into(),
             key: "ingest".into(),
         }),
+        limits: GatewayLimits {
+            max_points_per_request: 100,
+            max_decompressed_bytes: 1 << 20,
+        },
         sidecar: SidecarSettings::new(SIDECAR_IMAGE, SidecarSettings::default_resources(), "256Mi")
             .expect("valid settings"),
     }

@@ -119,8 +119,8 @@ pub async fn run(
     let (writer, writer_thread) = Writer::start(
         Arc::clone(&buffer),
         WriterConfig {
-            max_points: config.batch.max_points,
-            max_bytes: config.batch.max_bytes,
+            max_points: config.batch_limits().0,
+            max_bytes: config.batch_limits().1,
             linger: config.batch.linger,
             fsync: config.buffer.fsync,
             compression: config.forward.compression,
@@ -165,6 +165,7 @@ pub async fn run(
         config: config.forward.clone(),
         metrics: Arc::clone(&metrics),
         circuit: Arc::clone(&circuit),
+        max_segment_text: config.max_segment_text(),
     };
     let grace = config.shutdown_grace;
     let forward_task = tokio::spawn(forwarder.run(forward_deadline));

@@ -288,6 +288,13 @@ pub struct ForwardConfig {
     /// probes fail, up to `backoff_max`.
     #[serde(with = "pulse_core::duration::as_label")]
     pub breaker_cooldown: Duration,
+    /// The gateway's `max_points_per_request` (the pipeline's
+    /// `limits.maxPointsPerRequest`; the injection webhook sets it): no batch
+    /// is sent with more points.
+    pub max_points_per_request: usize,
+    /// The gateway's `max_decompressed_bytes` (`limits.maxDecompressedBytes`):
+    /// no batch is written with more NDJSON bytes (but for one point).
+    pub max_decompressed_bytes: usize,
 }
 
 impl Default for ForwardConfig {
@@ -299,6 +306,8 @@ impl Default for ForwardConfig {
             backoff_max: Duration::from_secs(30),
             breaker_failures: 5,
             breaker_cooldown: Duration::from_secs(5),
+            max_points_per_request: 100_000,
+            max_decompressed_bytes: 64 << 20,
         }
     }
 }
@@ -380,6 +389,14 @@ impl Config {
                 "batch.max_points and batch.max_bytes must be above 0".into(),
             );
         }
+        if self.forward.max_points_per_request == 0 || self.forward.max_decompressed_bytes == 0 {
+            return invalid(
+                "forward.max_points_per_request",
+                "forward.max_points_per_request and forward.max_decompressed_bytes (the gateway's \
+                 limits) must be above 0"
+                    .into(),
+            );
+        }
         if (self.batch.max_bytes as u64).saturating_mul(4) > self.buffer.max_bytes {
             return invalid(
                 "buffer.max_bytes",
@@ -419,6 +436,26 @@ impl Config {
 
     /// The URL batches are posted to: `<gateway>/v1/metrics`, unless the
     /// configured URL already names that path.
+    /// When the writer closes a batch: `batch.max_points` / `batch.max_bytes`,
+    /// lowered to the gateway's limits, so batches fit one request.
+    pub fn batch_limits(&self) -> (usize, usize) {
+        (
+            self.batch
+                .max_points
+                .min(self.forward.max_points_per_request),
+            self.batch
+                .max_bytes
+                .min(self.forward.max_decompressed_bytes),
+        )
+    }
+
+    /// The most NDJSON bytes a segment may decompress to when the forwarder
+    /// cuts it: a batch of an earlier run (at most 16 MiB, one HTTP receiver
+    /// request, unless `batch.max_bytes` is larger) plus one point's line.
+    pub fn max_segment_text(&self) -> usize {
+        self.batch.max_bytes.max(16 << 20) + (1 << 20)
+    }
+
     pub fn ingest_url(&self) -> String {
         let base = self.gateway.as_deref().unwrap_or_default();
         if base.trim_end_matches('/').ends_with("/v1/metrics") {

@@ -13,6 +13,7 @@
 //! segment is sent again only when the sidecar stops between the gateway's 2xx
 //! and the deletion of the segment, or when that 2xx is lost on the way back.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -27,6 +28,7 @@ use crate::buffer::{Batch, Buffer, SegmentInfo};
 use crate::config::ForwardConfig;
 use crate::encode::content_encoding;
 use crate::metrics::{Metrics, OutcomeLabels};
+use crate::split::{self, Piece};
 
 /// The longest `Retry-After` taken at its word.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
@@ -45,8 +47,11 @@ pub enum Outcome {
         after: Option<Duration>,
         reason: String,
     },
-    /// The batch itself is unacceptable (corrupt, too large): sending it again
-    /// cannot succeed.
+    /// The batch is over one of the gateway's request limits: sent in smaller
+    /// pieces it may pass (see `split`).
+    TooLarge { reason: String },
+    /// The batch itself is unacceptable (corrupt, unsupported encoding):
+    /// sending it again cannot succeed.
     Drop { reason: String },
 }
 
@@ -86,7 +91,8 @@ pub fn classify(status: StatusCode, retry_after: Option<&str>, body: &[u8]) -> O
                 .unwrap_or(0);
             Outcome::Delivered { rejected }
         }
-        400 | 413 | 415 => Outcome::Drop { reason },
+        413 => Outcome::TooLarge { reason },
+        400 | 415 => Outcome::Drop { reason },
         // 401/403 (a token about to be rotated), 404 (a wrong URL being
         // fixed), 408, 429, 5xx: the points are fine, keep them.
         _ => Outcome::Retry { after, reason },
@@ -253,6 +259,8 @@ pub struct Forwarder {
     pub config: ForwardConfig,
     pub metrics: Arc<Metrics>,
     pub circuit: Arc<std::sync::Mutex<(Circuit, u32)>>,
+    /// Bound on the NDJSON of one segment when it is decompressed to be cut.
+    pub max_segment_text: usize,
 }
 
 impl Forwarder {
@@ -267,7 +275,8 @@ impl Forwarder {
             Backoff::new(self.config.breaker_cooldown, self.config.backoff_max),
         );
         let mut deadline: Option<Instant> = None;
-        let mut current: Option<(SegmentInfo, Bytes, Batch)> = None;
+        // The segment being sent, and its pieces not yet delivered.
+        let mut current: Option<(SegmentInfo, Batch, VecDeque<Piece>)> = None;
         let mut refresh_token = false;
         loop {
             if current.is_none() {
@@ -288,11 +297,19 @@ impl Forwarder {
                     return;
                 };
                 match self.load(&info).await {
-                    Some((body, batch)) => current = Some((info, body, batch)),
+                    Some((body, batch)) => {
+                        let pieces = self.fit(&info, &batch, body);
+                        current = Some((info, batch, pieces));
+                    }
                     None => continue,
                 }
             }
-            let Some((info, body, batch)) = &current else {
+            let Some((info, batch, pieces)) = &mut current else {
+                continue;
+            };
+            let Some(piece) = pieces.front().cloned() else {
+                self.delivered(info, batch);
+                current = None;
                 continue;
             };
             // Wait out the breaker or the backoff, but not past the deadline.
@@ -320,13 +337,14 @@ impl Forwarder {
             let token = self.token.get(refresh_token).map(str::to_string);
             refresh_token = false;
             let started = Instant::now();
-            let outcome = self.send(body.clone(), batch, token.as_deref()).await;
+            let outcome = self.send(piece.body.clone(), batch, token.as_deref()).await;
             let elapsed = started.elapsed().as_secs_f64();
             let label = match &outcome {
                 Outcome::Delivered { rejected: 0 } => "delivered",
                 Outcome::Delivered { .. } => "partially_rejected",
                 Outcome::Retry { .. } => "retry",
-                Outcome::Drop { .. } => "dropped",
+                Outcome::TooLarge { .. } if piece.points > 1 => "split",
+                Outcome::TooLarge { .. } | Outcome::Drop { .. } => "dropped",
             };
             self.metrics
                 .forward_requests
@@ -345,7 +363,7 @@ impl Forwarder {
                         );
                     }
                     breaker.on_success();
-                    let delivered = batch.points.saturating_sub(rejected);
+                    let delivered = piece.points.saturating_sub(rejected);
                     self.metrics.forwarded_points.inc_by(delivered);
                     if rejected > 0 {
                         self.metrics.dropped("rejected_by_gateway", rejected);
@@ -355,17 +373,41 @@ impl Forwarder {
                             segment = info.seq
                         );
                     }
-                    let delay_ms = pulse_core::now_ms().saturating_sub(batch.created_ms).max(0);
-                    self.metrics.forward_delay.observe(delay_ms as f64 / 1000.0);
-                    self.buffer.ack(info.seq);
-                    current = None;
+                    pieces.pop_front();
+                }
+                Outcome::TooLarge { reason } if piece.points > 1 => {
+                    breaker.on_success();
+                    let halved = split::halve(
+                        batch.codec,
+                        &piece,
+                        self.config.max_decompressed_bytes,
+                        self.max_segment_text,
+                    );
+                    pieces.pop_front();
+                    match halved {
+                        Ok(halves) => {
+                            tracing::info!(message = "The gateway refused a batch as too large; sending it in smaller pieces.", %reason, points = piece.points, pieces = halves.len(), segment = info.seq);
+                            for half in halves.into_iter().rev() {
+                                pieces.push_front(half);
+                            }
+                        }
+                        Err(error) => {
+                            self.metrics.dropped("corrupt", piece.points);
+                            tracing::error!(message = "Cannot split a batch the gateway refused as too large; its points are dropped.", %error, points = piece.points, segment = info.seq);
+                        }
+                    }
+                }
+                Outcome::TooLarge { reason } => {
+                    breaker.on_success();
+                    self.metrics.dropped("too_large", piece.points);
+                    tracing::error!(message = "The gateway refused a single point as too large for its limits; it is dropped, since sending it again cannot succeed.", %reason, segment = info.seq);
+                    pieces.pop_front();
                 }
                 Outcome::Drop { reason } => {
                     breaker.on_success();
-                    self.metrics.dropped("rejected_by_gateway", batch.points);
-                    tracing::error!(message = "The gateway refused a batch as a whole; it is dropped, since sending it again cannot succeed.", %reason, points = batch.points, segment = info.seq);
-                    self.buffer.ack(info.seq);
-                    current = None;
+                    self.metrics.dropped("rejected_by_gateway", piece.points);
+                    tracing::error!(message = "The gateway refused a batch as a whole; it is dropped, since sending it again cannot succeed.", %reason, points = piece.points, segment = info.seq);
+                    pieces.pop_front();
                 }
                 Outcome::Retry { after, reason } => {
                     let pause = breaker.on_failure(Instant::now());
@@ -378,6 +420,45 @@ impl Forwarder {
             }
             self.set_circuit(&breaker);
         }
+    }
+
+    /// The segment's pieces: its body as it is, or cut to the gateway's
+    /// `max_points_per_request` when it holds more (written before the limit
+    /// was known, or by a larger `batch.max_points`).
+    fn fit(&self, info: &SegmentInfo, batch: &Batch, body: Bytes) -> VecDeque<Piece> {
+        let whole = Piece {
+            body,
+            points: batch.points,
+        };
+        let max_points = self.config.max_points_per_request;
+        if batch.points <= max_points as u64 {
+            return VecDeque::from([whole]);
+        }
+        let cut =
+            split::decompress(batch.codec, &whole.body, self.max_segment_text).and_then(|text| {
+                split::pieces(
+                    batch.codec,
+                    &text,
+                    max_points,
+                    self.config.max_decompressed_bytes,
+                )
+                .map_err(|e| e.to_string())
+            });
+        match cut {
+            Ok(pieces) => pieces.into(),
+            Err(error) => {
+                // Sent whole: a 413 tries the split again, piece by piece.
+                tracing::warn!(message = "Cannot cut a batch to the gateway's limits; sending it whole.", %error, segment = info.seq);
+                VecDeque::from([whole])
+            }
+        }
+    }
+
+    /// Every piece of the segment is answered: count it and let it go.
+    fn delivered(&self, info: &SegmentInfo, batch: &Batch) {
+        let delay_ms = pulse_core::now_ms().saturating_sub(batch.created_ms).max(0);
+        self.metrics.forward_delay.observe(delay_ms as f64 / 1000.0);
+        self.buffer.ack(info.seq);
     }
 
     /// Reads a segment for sending; a segment that cannot be read is dropped.
@@ -484,11 +565,15 @@ mod tests {
             classify(StatusCode::BAD_REQUEST, None, partial),
             Outcome::Delivered { rejected: 3 }
         );
-        for status in [
-            StatusCode::BAD_REQUEST,
-            StatusCode::PAYLOAD_TOO_LARGE,
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        ] {
+        assert!(matches!(
+            classify(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                None,
+                br#"{"error":{"code":"too_many_points","message":"m"}}"#
+            ),
+            Outcome::TooLarge { .. }
+        ));
+        for status in [StatusCode::BAD_REQUEST, StatusCode::UNSUPPORTED_MEDIA_TYPE] {
             assert!(matches!(
                 classify(
                     status,

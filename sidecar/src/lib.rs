@@ -18,3 +18,4 @@ pub mod forward;
 pub mod metrics;
 pub mod parse;
 pub mod receivers;
+pub mod split;

@@ -4,8 +4,9 @@
 
 use std::time::{Duration, Instant};
 
+use pulse_core::names::schema as schema_name;
 use pulse_core::{Aggregate, WindowResult};
-use pulse_engine::store::postgres::{PostgresStore, schema_name};
+use pulse_engine::store::postgres::PostgresStore;
 use pulse_engine::store::{Commit, Store};
 use sqlx::{Connection, PgConnection};
 

@@ -832,7 +832,7 @@ where
         .unwrap()
         .subsec_nanos();
     let name = format!("{prefix}-{}-{nanos}", std::process::id());
-    let schema = pulse_engine::store::postgres::schema_name("test", &name);
+    let schema = pulse_core::names::schema("test", &name);
     let topic = format!("pulse.test.{name}.points");
     let kafka = MockKafka::start(&topic, partitions);
     let pipeline = FreshPipeline {

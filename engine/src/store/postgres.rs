@@ -1,7 +1,8 @@
 //! The production store: PostgreSQL through sqlx, one schema per pipeline.
 //!
 //! * **Schema**: every table lives in the pipeline's schema
-//!   ([`schema_name`]: `pulse_<namespace>_<pipeline>`), set as the
+//!   (`pulse_core::names::schema`, or an earlier release's schema the
+//!   pipeline claimed: [`claim_schema`]), set as the
 //!   `search_path` of every pooled connection, so two pipelines share a
 //!   database without sharing a table.
 //! * **Migrations**: a small versioned list of SQL files
@@ -34,8 +35,10 @@ use pulse_core::{Aggregate, Point, SeriesId, Tags, TimestampMs, WindowResult};
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Arguments, Executor, Postgres, Row};
 
+mod claim;
 mod timescale;
 
+pub use claim::{claim_schema, owned_schema};
 pub use timescale::TimescalePolicies;
 
 use super::{
@@ -124,32 +127,6 @@ impl TsTable {
     }
 }
 
-/// The PostgreSQL schema of a pipeline: `pulse_<namespace>_<pipeline>`,
-/// lowercased, every character outside `[a-z0-9_]` replaced by `_`. A name
-/// longer than PostgreSQL's 63-byte identifier limit is cut to 54 bytes and
-/// ends with `_` and 8 hex digits of a hash of the full name, so two long
-/// names that share a prefix still get different schemas.
-pub fn schema_name(namespace: &str, pipeline: &str) -> String {
-    let sanitise = |s: &str| -> String {
-        s.chars()
-            .map(|c| match c.to_ascii_lowercase() {
-                c @ ('a'..='z' | '0'..='9' | '_') => c,
-                _ => '_',
-            })
-            .collect()
-    };
-    let name = format!("pulse_{}_{}", sanitise(namespace), sanitise(pipeline));
-    if name.len() <= MAX_IDENTIFIER_BYTES {
-        return name;
-    }
-    // FNV-1a, 32 bits: tiny, stable across versions and platforms.
-    let mut hash: u32 = 0x811c_9dc5;
-    for byte in namespace.bytes().chain([b'/']).chain(pipeline.bytes()) {
-        hash = (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193);
-    }
-    format!("{}_{hash:08x}", &name[..MAX_IDENTIFIER_BYTES - 9])
-}
-
 fn check_schema(schema: &str) -> Result<(), StoreError> {
     let valid = !schema.is_empty()
         && schema.len() <= MAX_IDENTIFIER_BYTES
@@ -163,14 +140,14 @@ fn check_schema(schema: &str) -> Result<(), StoreError> {
     } else {
         Err(StoreError::Other(format!(
             "invalid store schema name `{schema}`: use [a-z0-9_], at most 63 bytes, not starting \
-             with a digit or `pg_` (schema_name(namespace, pipeline) makes one)"
+             with a digit or `pg_` (pulse_core::names::schema makes one)"
         )))
     }
 }
 
 /// Maps a driver error: connection trouble and transient conflicts are
 /// `Unavailable` (retry), undecodable data is `Corrupt`, the rest `Other`.
-fn db_error(e: sqlx::Error) -> StoreError {
+pub(crate) fn db_error(e: sqlx::Error) -> StoreError {
     use sqlx::Error as E;
     match &e {
         E::Io(_)
@@ -638,7 +615,7 @@ pub struct PostgresStore {
 
 impl PostgresStore {
     /// Connects to the database at `url` (`postgres://user:pass@host:port/db`)
-    /// for the tables of `schema` (see [`schema_name`]). Call
+    /// for the tables of `schema` (see [`claim_schema`]). Call
     /// [`Store::migrate`] next.
     pub async fn connect(url: &str, schema: &str) -> Result<PostgresStore, StoreError> {
         let pool = PgPoolOptions::new()
@@ -1731,30 +1708,11 @@ mod tests {
     }
 
     #[test]
-    fn schema_names_are_sanitised_and_bounded() {
-        assert_eq!(schema_name("default", "cpu"), "pulse_default_cpu");
-        assert_eq!(
-            schema_name("Team-A", "web.metrics v2"),
-            "pulse_team_a_web_metrics_v2"
-        );
-        assert_eq!(schema_name("ns", "prod☃"), "pulse_ns_prod_");
-        let long = schema_name("a-very-long-namespace-name", &"pipeline".repeat(10));
-        assert_eq!(long.len(), 63);
-        assert!(long.starts_with("pulse_a_very_long_namespace_name_pipeline"));
-        assert!(
-            long.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-        );
-        let other = schema_name("a-very-long-namespace-name", &"pipeline".repeat(11));
-        assert_ne!(long, other, "long names that share a prefix stay apart");
-        assert_eq!(
-            long,
-            schema_name("a-very-long-namespace-name", &"pipeline".repeat(10)),
-            "stable"
-        );
-        for name in [long, other, schema_name("x", "y")] {
-            check_schema(&name).unwrap();
+    fn derived_schemas_pass_the_check() {
+        for (ns, name) in [("x", "y"), ("Team-A", "web.v2"), ("ns", "prod☃")] {
+            check_schema(&pulse_core::names::schema(ns, name)).unwrap();
         }
+        check_schema(&pulse_core::names::schema(&"n".repeat(63), &"p".repeat(50))).unwrap();
     }
 
     #[test]

@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pulse_engine::store::postgres::PostgresStore;
+use pulse_core::names;
+use pulse_engine::store::postgres::{PostgresStore, claim_schema, owned_schema};
 use pulse_engine::store::{Store, StoreError};
 use sqlx::{Connection, Executor, PgConnection};
 
@@ -48,6 +49,21 @@ impl SchemaAdminError {
 /// PostgreSQL ([`PostgresSchemaAdmin`]); tests use fakes.
 #[async_trait]
 pub trait SchemaAdmin: Send + Sync {
+    /// The schema of pipeline `(namespace, name)`, claimed for it (its own,
+    /// or the one an earlier release gave it: `claim_schema`).
+    async fn claim(
+        &self,
+        url: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<String, SchemaAdminError>;
+    /// The schema the pipeline has claimed, if any: the one its cleanup drops.
+    async fn owned(
+        &self,
+        url: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<String>, SchemaAdminError>;
     /// Creates or upgrades the tables of `schema`; safe to run any number of
     /// times, also concurrently.
     async fn migrate(&self, url: &str, schema: &str) -> Result<(), SchemaAdminError>;
@@ -65,6 +81,28 @@ const DROP_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[async_trait]
 impl SchemaAdmin for PostgresSchemaAdmin {
+    async fn claim(
+        &self,
+        url: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<String, SchemaAdminError> {
+        claim_schema(url, namespace, name)
+            .await
+            .map_err(|e| store_error(&names::schema(namespace, name), "claiming", e))
+    }
+
+    async fn owned(
+        &self,
+        url: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<String>, SchemaAdminError> {
+        owned_schema(url, namespace, name)
+            .await
+            .map_err(|e| store_error(&names::schema(namespace, name), "looking up", e))
+    }
+
     async fn migrate(&self, url: &str, schema: &str) -> Result<(), SchemaAdminError> {
         let operation = "migrating";
         let store = PostgresStore::connect(url, schema)
@@ -124,7 +162,7 @@ impl SchemaAdmin for PostgresSchemaAdmin {
 }
 
 /// Whether `name` needs no quoting beyond the double quotes the statement adds:
-/// what `schema_name` makes, `[a-z0-9_]`, at most 63 bytes.
+/// what `names::schema` makes, `[a-z0-9_]`, at most 63 bytes.
 fn is_plain_identifier(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63

@@ -2,21 +2,29 @@
 //! panels against it, build and apply the dashboard's objects, report status.
 //! A dashboard holds no external state, so it needs no finalizer: its
 //! objects go with it through their owner references.
+//!
+//! A dashboard follows its pipeline: the controller watches `MetricPipeline`
+//! ([`dashboards_of`]), so a changed window, Secret reference or token
+//! reaches the dashboard's config at once, and when the pipeline is deleted
+//! the dashboard's Deployment goes (its schema may be dropped with the
+//! pipeline) while its status says why, until the pipeline is back.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
+use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 
 use super::status::{self, Check};
 use super::{Context, Error, apply, error_policy as requeue_policy, key};
 use crate::build::dashboard_objects;
 use crate::crd::{Dashboard, DashboardStatus, MetricPipeline};
-use crate::names;
+use crate::names::{self, Component};
 use crate::validate::{validate_dashboard, validate_pipeline};
 
 /// The kind label of metrics and logs.
@@ -55,10 +63,20 @@ async fn reconcile_in(
         .map_err(Error::kube(format!(
             "reading MetricPipeline {namespace}/{wanted}"
         )))?;
-    let Some(pipeline) = pipeline else {
-        let message = format!(
-            "MetricPipeline {wanted} does not exist in namespace {namespace}; create it or fix spec.pipeline"
-        );
+    let gone = match &pipeline {
+        None => Some(format!(
+            "MetricPipeline {wanted} does not exist in namespace {namespace}; the dashboard is not \
+             served until it does: create it or fix spec.pipeline"
+        )),
+        Some(p) if p.meta().deletion_timestamp.is_some() => Some(format!(
+            "MetricPipeline {wanted} is being deleted; the dashboard is not served (its data may \
+             be dropped with it): recreate the pipeline or delete the dashboard"
+        )),
+        Some(_) => None,
+    };
+    let (Some(pipeline), None) = (pipeline, gone.as_ref()) else {
+        stop_serving(dashboard, namespace, ctx).await?;
+        let message = gone.unwrap_or_default();
         not_ready(dashboard, ctx, "PipelineNotFound", message).await?;
         return Ok(Action::requeue(PIPELINE_MISSING));
     };
@@ -84,6 +102,36 @@ async fn reconcile_in(
     let again = status::conclude(&mut checks);
     write_status(dashboard, ctx, &checks).await?;
     Ok(Action::requeue(again))
+}
+
+/// Deletes the dashboard's Deployment, so nothing answers from a pipeline that
+/// is gone; its ConfigMap and Service stay for when the pipeline is back.
+async fn stop_serving(dashboard: &Dashboard, namespace: &str, ctx: &Context) -> Result<(), Error> {
+    let name = names::object_name(&dashboard.name_any(), Component::Dashboard);
+    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
+    match api.delete(&name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(error) => Err(Error::kube(format!(
+            "deleting Deployment {namespace}/{name} of a dashboard whose pipeline is gone"
+        ))(error)),
+    }
+}
+
+/// The dashboards that read `pipeline`: those of its namespace whose
+/// `spec.pipeline` names it. The Dashboard controller's watch of
+/// `MetricPipeline` reconciles them whenever the pipeline changes or goes.
+pub fn dashboards_of(
+    pipeline: &MetricPipeline,
+    dashboards: impl IntoIterator<Item = Arc<Dashboard>>,
+) -> Vec<ObjectRef<Dashboard>> {
+    let namespace = pipeline.namespace();
+    let name = pipeline.name_any();
+    dashboards
+        .into_iter()
+        .filter(|d| d.namespace() == namespace && d.spec.pipeline == name)
+        .map(|d| ObjectRef::from_obj(d.as_ref()))
+        .collect()
 }
 
 async fn not_ready(

@@ -216,16 +216,23 @@ pub async fn run(ctx: Arc<Context>) {
     let dashboards = Controller::new(
         Api::<Dashboard>::all(client.clone()),
         watcher::Config::default().any_semantic(),
-    )
-    .owns(Api::<Deployment>::all(client.clone()), owned.clone())
-    .owns(Api::<Service>::all(client.clone()), owned.clone())
-    .owns(Api::<ConfigMap>::all(client), owned)
-    .run(dashboard::reconcile, dashboard::error_policy, ctx)
-    .for_each(|result| async move {
-        if let Err(error) = result {
-            tracing::debug!(message = "Dashboard reconcile ended in error.", %error);
-        }
-    });
+    );
+    let known = dashboards.store();
+    let dashboards = dashboards
+        .owns(Api::<Deployment>::all(client.clone()), owned.clone())
+        .owns(Api::<Service>::all(client.clone()), owned.clone())
+        .owns(Api::<ConfigMap>::all(client.clone()), owned)
+        .watches(
+            Api::<MetricPipeline>::all(client),
+            watcher::Config::default(),
+            move |pipeline| dashboard::dashboards_of(&pipeline, known.state()),
+        )
+        .run(dashboard::reconcile, dashboard::error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(message = "Dashboard reconcile ended in error.", %error);
+            }
+        });
     futures::join!(pipelines, dashboards);
 }
 

@@ -10,7 +10,6 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Api, Resource, ResourceExt};
-use pulse_engine::store::postgres::schema_name;
 
 use super::status::{self, Check};
 use super::{Context, Error, apply, error_policy as requeue_policy, key};
@@ -112,15 +111,18 @@ async fn apply_pipeline(pipeline: &MetricPipeline, ctx: &Context) -> Result<Acti
                 error.into(),
             ).await,
     }
-    let schema = schema_name(&validated.namespace, validated.name.as_str());
     let migrated = async {
         let url = database_url(ctx, &validated.namespace, &validated.database_url_secret).await?;
+        let schema = ctx
+            .schemas
+            .claim(&url, &validated.namespace, validated.name.as_str())
+            .await?;
         ctx.schemas.migrate(&url, &schema).await?;
-        Ok::<_, Error>(())
+        Ok::<_, Error>(schema)
     }
     .await;
     match migrated {
-        Ok(()) => checks.push(Check::ok(
+        Ok(schema) => checks.push(Check::ok(
             status::SCHEMA_READY,
             "Migrated",
             format!("schema {schema} is migrated"),
@@ -290,7 +292,6 @@ async fn cleanup(pipeline: &MetricPipeline, ctx: &Context) -> Result<Action, Err
     let regarding = pipeline.object_ref(&());
     let points = names::points_topic(&namespace, &name);
     let anomalies = names::anomalies_topic(&namespace, &name);
-    let schema = schema_name(&namespace, &name);
     let skip = pipeline
         .annotations()
         .get(names::SKIP_CLEANUP_ANNOTATION)
@@ -306,7 +307,7 @@ async fn cleanup(pipeline: &MetricPipeline, ctx: &Context) -> Result<Action, Err
             EventType::Normal,
             "DataRetained",
             "Cleanup",
-            format!("topics {points}, {anomalies} and schema {schema} are kept: {why}"),
+            format!("topics {points}, {anomalies} and the pipeline's schema are kept: {why}"),
         )
         .await;
         return Ok(Action::await_change());
@@ -316,18 +317,26 @@ async fn cleanup(pipeline: &MetricPipeline, ctx: &Context) -> Result<Action, Err
         ctx.topics.delete(brokers, &points).await?;
         ctx.topics.delete(brokers, &anomalies).await?;
         let url = database_url(ctx, &namespace, &pipeline.spec.database.url_secret_ref).await?;
-        ctx.schemas.drop_schema(&url, &schema).await?;
-        Ok::<_, Error>(())
+        // Only a schema this pipeline claimed: never one it merely maps to.
+        let schema = ctx.schemas.owned(&url, &namespace, &name).await?;
+        if let Some(schema) = &schema {
+            ctx.schemas.drop_schema(&url, schema).await?;
+        }
+        Ok::<_, Error>(schema)
     }
     .await;
     match dropped {
-        Ok(()) => {
+        Ok(schema) => {
+            let schema = match schema {
+                Some(schema) => format!("schema {schema}"),
+                None => "no schema (the pipeline had claimed none)".to_string(),
+            };
             ctx.publish(
                 &regarding,
                 EventType::Normal,
                 "DataDeleted",
                 "Cleanup",
-                format!("topics {points}, {anomalies} and schema {schema} are deleted"),
+                format!("topics {points}, {anomalies} and {schema} are deleted"),
             )
             .await;
             Ok(Action::await_change())

@@ -17,4 +17,6 @@ pub mod tls;
 pub use patch::{CannotInject, Injection};
 pub use review::{Admission, Candidate, admit, to_wire};
 pub use server::{Webhook, WebhookConfig, WebhookError, native_sidecars_supported, serve};
-pub use sidecar::{InjectTarget, InvalidSidecarSettings, SidecarSettings, TokenSecret};
+pub use sidecar::{
+    GatewayLimits, InjectTarget, InvalidSidecarSettings, SidecarSettings, TokenSecret,
+};

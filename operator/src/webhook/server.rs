@@ -22,7 +22,7 @@ use kube::{Api, Client};
 use tokio_util::sync::CancellationToken;
 
 use super::review::{self, Admission, Candidate};
-use super::sidecar::{InjectTarget, SidecarSettings, TokenSecret};
+use super::sidecar::{GatewayLimits, InjectTarget, SidecarSettings, TokenSecret};
 use super::tls::{self, TlsError};
 use crate::crd::MetricPipeline;
 use crate::names;
@@ -227,6 +227,10 @@ async fn answer_candidate(
         pipeline: candidate.pipeline().to_string(),
         gateway_url: names::gateway_url(candidate.namespace(), candidate.pipeline()),
         token,
+        limits: GatewayLimits {
+            max_points_per_request: pipeline.spec.limits.max_points_per_request,
+            max_decompressed_bytes: pipeline.spec.limits.max_decompressed_bytes,
+        },
         sidecar: state.sidecar.clone(),
     };
     candidate.inject(&target, state.native_sidecars)

@@ -161,7 +161,17 @@ pub struct InjectTarget {
     pub gateway_url: String,
     /// The pipeline's ingest token Secret, when the gateway wants a token.
     pub token: Option<TokenSecret>,
+    /// The gateway's request limits, which the sidecar's batches must fit.
+    pub limits: GatewayLimits,
     pub sidecar: SidecarSettings,
+}
+
+/// The pipeline's `limits.maxPointsPerRequest` and `maxDecompressedBytes`:
+/// a sidecar batch larger than either would be refused with a 413.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GatewayLimits {
+    pub max_points_per_request: u32,
+    pub max_decompressed_bytes: u32,
 }
 
 /// The sidecar container: a native sidecar (`restartPolicy: Always`, for the
@@ -188,6 +198,14 @@ pub fn container(target: &InjectTarget, namespace: &str, native: bool) -> Contai
             ..EnvVar::default()
         },
         env_value("PULSE_SIDECAR_TAGS__NAMESPACE", namespace),
+        env_value(
+            "PULSE_SIDECAR_FORWARD__MAX_POINTS_PER_REQUEST",
+            &target.limits.max_points_per_request.to_string(),
+        ),
+        env_value(
+            "PULSE_SIDECAR_FORWARD__MAX_DECOMPRESSED_BYTES",
+            &target.limits.max_decompressed_bytes.to_string(),
+        ),
     ];
     let mut volume_mounts = vec![VolumeMount {
         name: BUFFER_VOLUME.into(),
