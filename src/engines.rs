@@ -616,6 +616,30 @@ fn connect_backoff() -> Backoff {
     Backoff::new(BACKOFF_FIRST, BACKOFF_CAP)
 }
 
+/// `config` with its secrets hidden, for `pulse config`: each bearer token
+/// becomes `***` (their number still shows), and the passwords of the
+/// database and Redis URLs are redacted as in the logs.
+pub fn redact_config(mut config: Config) -> Config {
+    for token in config
+        .gateway
+        .tokens
+        .iter_mut()
+        .chain(config.dashboard.read_tokens.iter_mut())
+    {
+        *token = "***".to_string();
+    }
+    for url in [
+        &mut config.storage.database_url,
+        &mut config.cache.redis_url,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        *url = redact_url(url);
+    }
+    config
+}
+
 /// `url` with its password (in the user part, or a `password=` query
 /// parameter) replaced by `***`, for logs and banners. Text that is not a URL
 /// comes back unchanged.
@@ -684,6 +708,29 @@ pub fn url_endpoint(url: &str, default_port: u16) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_printed_config_hides_tokens_and_passwords() {
+        let mut config = Config::default();
+        config.gateway.tokens = vec!["write-secret".into()];
+        config.dashboard.read_tokens = vec!["read-secret".into(), "other".into()];
+        config.storage.database_url = Some("postgres://pulse:db-secret@db:5432/pulse".into());
+        config.cache.redis_url = Some("redis://:cache-secret@redis:6379".into());
+        let text = redact_config(config).to_toml();
+        for secret in [
+            "write-secret",
+            "read-secret",
+            "other",
+            "db-secret",
+            "cache-secret",
+        ] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        assert!(
+            text.contains("postgres://pulse:***@db:5432/pulse"),
+            "{text}"
+        );
+    }
     use super::*;
 
     #[test]

@@ -98,7 +98,8 @@ enum Command {
     Processor(RoleArgs),
     /// Run the query API alone (dashboard.listen); needs PostgreSQL (storage.database_url).
     Dashboard(RoleArgs),
-    /// Print the effective configuration (defaults, file, environment) as TOML.
+    /// Print the effective configuration (defaults, file, environment) as TOML,
+    /// with tokens and passwords redacted.
     Config {
         #[arg(long, short, env = "PULSE_CONFIG")]
         config: Option<PathBuf>,
@@ -160,7 +161,7 @@ fn main() -> ExitCode {
             Command::Dashboard(args) => role(Role::Dashboard, args).await,
             Command::Config { config } => {
                 let config = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
-                print!("{}", config.to_toml());
+                print!("{}", pulse::engines::redact_config(config).to_toml());
                 Ok(())
             }
             Command::Bench(args) => pulse::bench::run(args).await,

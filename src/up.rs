@@ -256,8 +256,9 @@ async fn launch(
                 .local_addr()
                 .expect("a bound listener has an address"),
         ));
+        let edge = config.http.clone();
         set.spawn(async move {
-            serve(listener, router, stop)
+            serve(listener, router, stop, edge)
                 .await
                 .map_err(|e| format!("{} server failed: {e}", role.name()))
         });

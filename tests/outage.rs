@@ -264,8 +264,18 @@ checkpoint_interval = "200ms"
         "http://{}/dashboard?metric=outage_cpu&window=1m",
         dashboard_http.local_addr().unwrap()
     );
-    tokio::spawn(serve(processor_http, processor.router(), shutdown.clone()));
-    tokio::spawn(serve(dashboard_http, dashboard, shutdown.clone()));
+    tokio::spawn(serve(
+        processor_http,
+        processor.router(),
+        shutdown.clone(),
+        config.http.clone(),
+    ));
+    tokio::spawn(serve(
+        dashboard_http,
+        dashboard,
+        shutdown.clone(),
+        config.http.clone(),
+    ));
     let running = tokio::spawn(processor.run(shutdown.clone()));
     let client = reqwest::Client::new();
 

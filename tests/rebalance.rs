@@ -72,7 +72,12 @@ async fn start(
     let shutdown = CancellationToken::new();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let ops = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(serve(listener, processor.router(), shutdown.clone()));
+    tokio::spawn(serve(
+        listener,
+        processor.router(),
+        shutdown.clone(),
+        pulse_core::edge::HttpLimits::default(),
+    ));
     let task = tokio::spawn(processor.run(shutdown.clone()));
     Running {
         name,

@@ -30,6 +30,8 @@ pub struct Config {
     pub storage: StorageConfig,
     pub bus: BusConfig,
     pub cache: CacheConfig,
+    /// Connection, request-head and decoding limits of every HTTP role.
+    pub http: crate::edge::HttpLimits,
     /// Dashboards the UI serves at `/d/<name>` (`[[dashboards]]`); see `board`.
     pub dashboards: crate::board::Boards,
 }
@@ -396,7 +398,8 @@ pub enum ConfigError {
 
 /// Top-level sections, so unrelated `PULSE_*` variables (PulseAudio sets
 /// `PULSE_SERVER`) are not mistaken for configuration.
-const SECTIONS: [&str; 8] = [
+const SECTIONS: [&str; 9] = [
+    "http",
     "pipeline",
     "gateway",
     "processor",
@@ -461,6 +464,9 @@ impl Config {
                 "processor.checkpoint_interval",
                 "must be at least 10ms".into(),
             ));
+        }
+        if let Some((key, message)) = self.http.problem() {
+            return Err(invalid(key, message.into()));
         }
         if self.processor.max_poll_records == 0 {
             return Err(invalid(

@@ -12,6 +12,7 @@ pub mod board;
 pub mod codec;
 pub mod config;
 pub mod duration;
+pub mod edge;
 pub mod names;
 pub mod point;
 pub mod result;

@@ -3,7 +3,7 @@
 //! error shape that names the parameter and what it accepts.
 
 use pulse_core::config::Config;
-use pulse_core::result::parse_tag_filter;
+use pulse_core::result::{MAX_TAG_FILTERS, parse_tag_filter};
 use pulse_core::{AggKind, Tags, TimestampMs, WindowResult};
 use pulse_server::ApiError;
 use serde::Deserialize;
@@ -212,10 +212,18 @@ fn aggs(text: Option<&str>) -> Result<Vec<AggKind>, ApiError> {
     }
 }
 
-/// `tags=host:web-01,env:prod`; absent means every series.
+/// `tags=host:web-01,env:prod`; absent means every series. At most
+/// [`MAX_TAG_FILTERS`] pairs, each key once.
 fn tags(text: Option<&str>) -> Result<Tags, ApiError> {
-    parse_tag_filter(text.unwrap_or_default()).map_err(|e| ApiError::bad_request("bad_tags", e))
+    parse_tag_filter(text.unwrap_or_default()).map_err(|e| {
+        ApiError::bad_request("bad_tags", e)
+            .with_details(serde_json::json!({"limit": MAX_TAG_FILTERS}))
+    })
 }
+
+/// Most tag keys one `group_by` may name: a series carries at most
+/// `limits.max_tags` (32 by default), and each key multiplies the groups.
+pub const MAX_GROUP_BY: usize = 16;
 
 /// `group_by=host,env`: tag keys, each once, in the order given.
 fn group_by(text: Option<&str>) -> Result<Vec<String>, ApiError> {
@@ -233,6 +241,13 @@ fn group_by(text: Option<&str>) -> Result<Vec<String>, ApiError> {
             ));
         }
         if !keys.iter().any(|k| k == key) {
+            if keys.len() == MAX_GROUP_BY {
+                return Err(ApiError::bad_request(
+                    "bad_group_by",
+                    format!("`group_by` names more than {MAX_GROUP_BY} tag keys"),
+                )
+                .with_details(serde_json::json!({"limit": MAX_GROUP_BY})));
+            }
             keys.push(key.to_string());
         }
     }
@@ -360,6 +375,38 @@ mod tests {
         assert_eq!(
             group_by(Some("host:web-01")).unwrap_err().code,
             "bad_group_by"
+        );
+    }
+
+    #[test]
+    fn group_by_and_tag_filters_are_bounded_and_the_400_names_the_limit() {
+        let keys = |n: usize| {
+            (0..n)
+                .map(|i| format!("k{i}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        assert_eq!(
+            group_by(Some(&keys(MAX_GROUP_BY))).unwrap().len(),
+            MAX_GROUP_BY
+        );
+        let error = group_by(Some(&keys(MAX_GROUP_BY + 1))).unwrap_err();
+        assert_eq!(
+            (error.code, error.details.unwrap()["limit"].as_u64()),
+            ("bad_group_by", Some(16))
+        );
+        let filters = (0..500)
+            .map(|i| format!("k{i}:v"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let error = tags(Some(&filters)).unwrap_err();
+        assert_eq!(error.code, "bad_tags");
+        assert!(error.message.contains("more than 32"), "{}", error.message);
+        assert!(
+            tags(Some("host:a,host:b"))
+                .unwrap_err()
+                .message
+                .contains("twice")
         );
     }
 

@@ -11,8 +11,6 @@ use axum::response::{IntoResponse, Response};
 use pulse_core::validate::PointError;
 use pulse_engine::bus::BusError;
 use pulse_server::ApiError;
-// The answers themselves are shared with the sidecar, which speaks the same contract.
-pub(crate) use pulse_server::ingest::body_refusal;
 
 /// Seconds a client should wait before retrying a 503.
 const RETRY_AFTER_SECS: u64 = 1;
@@ -31,12 +29,11 @@ pub(crate) enum Refusal {
     Overloaded,
     /// The writer is over `gateway.rate_limit`; its points fit in `wait`.
     RateLimited { wait: Duration, rate: u32 },
-    /// The body could not be read, decoded or parsed (4xx).
+    /// The body could not be read, decoded or parsed (4xx), the decode
+    /// budget was full (503), or decoding failed unexpectedly (500, a bug).
     Body(ApiError),
     /// The bus did not make the points durable.
     Bus(BusError),
-    /// Processing the body failed unexpectedly (a bug, never bad input).
-    Internal(String),
 }
 
 impl Receipt {
@@ -56,9 +53,12 @@ impl Refusal {
         match self {
             Refusal::Overloaded => "overloaded",
             Refusal::RateLimited { .. } => "rate_limited",
+            // A full decode budget is overload, and a failed decoding task a
+            // bug, not a bad body.
+            Refusal::Body(error) if error.status == StatusCode::SERVICE_UNAVAILABLE => "overloaded",
+            Refusal::Body(error) if error.status.is_server_error() => "internal_error",
             Refusal::Body(_) => "rejected_body",
             Refusal::Bus(_) => "bus_unavailable",
-            Refusal::Internal(_) => "internal_error",
         }
     }
 }
@@ -94,11 +94,6 @@ impl IntoResponse for Refusal {
             Refusal::Bus(error) => ApiError::unavailable(
                 format!("the points could not be stored ({error}); nothing was accepted, retry later"),
                 RETRY_AFTER_SECS,
-            ),
-            Refusal::Internal(message) => ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                format!("the request could not be processed: {message}"),
             ),
         }
         .into_response()

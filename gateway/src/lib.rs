@@ -27,6 +27,7 @@ use pulse_core::config::{Config, GatewayConfig};
 use pulse_core::validate::Limits;
 use pulse_engine::bus::BusProducer;
 use pulse_server::auth::{Tokens, require_bearer};
+use pulse_server::edge::{BodyEdge, DecodeBudget};
 use pulse_server::http_metrics::{HttpMetrics, track};
 use tokio::sync::Semaphore;
 
@@ -42,8 +43,10 @@ pub struct Gateway {
     bus: Arc<dyn BusProducer>,
     settings: GatewayConfig,
     limits: Limits,
-    /// One permit per request being processed, so memory stays bounded by
-    /// `max_in_flight` bodies however many clients connect.
+    /// Reading and decoding bodies within the limits and the decode budget.
+    edge: BodyEdge,
+    /// One permit per request being decoded or sent, so CPU and bus work stay
+    /// bounded however many clients connect (memory is the budget's job).
     permits: Semaphore,
     rates: RateLimits,
     /// `None` without `gateway.max_active_series`.
@@ -72,6 +75,12 @@ impl Gateway {
             bus: Arc::clone(&bus),
             settings: config.gateway.clone(),
             limits: config.limits.clone(),
+            edge: BodyEdge {
+                budget: DecodeBudget::new(config.http.max_decode_bytes),
+                timeout: config.http.body_timeout,
+                max_body_bytes: config.gateway.max_body_bytes,
+                max_decompressed_bytes: config.gateway.max_decompressed_bytes,
+            },
             permits: Semaphore::new(config.gateway.max_in_flight),
             rates: RateLimits::new(&config.gateway),
             series: ActiveSeries::new(&config.gateway),

@@ -1,45 +1,43 @@
 //! The ingest handler behind `POST /metrics` and `POST /v1/metrics`.
 //!
-//! One request goes through: admission (a processing slot), reading the body up
-//! to `gateway.max_body_bytes`, decoding and validating it, its writer's rate
-//! limit, then one bus send of its valid points. Both routes accept the same shapes (one object, an array or
-//! NDJSON, optionally compressed), so the original single-point clients and the
-//! sidecar share one parser.
+//! One request goes through: reading the body (the shared ingest edge,
+//! `pulse_server::edge`: `gateway.max_body_bytes`, `http.body_timeout` and the
+//! process's decode budget), admission (a processing slot), decoding and
+//! validating it, the active-series check, its writer's rate limit, then one
+//! bus send of its valid points; only then are its new series admitted. Both
+//! routes accept the same shapes (one object, an array or NDJSON, optionally
+//! compressed), so the original single-point clients and the sidecar share one
+//! parser.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{MatchedPath, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
-use http_body_util::LengthLimitError;
-use pulse_core::Point;
-use pulse_core::codec::body::{BodyError, decode_content, parse_points};
+use pulse_core::codec::body::{ParsedBatch, parse_points_within};
 use pulse_core::codec::record::encode_point;
 use pulse_core::series::SeriesId;
 use pulse_core::validate::{PointError, RejectReason};
 use pulse_engine::bus::OutgoingRecord;
-use pulse_server::ApiError;
+use pulse_server::edge::content_encoding;
 use tokio::sync::SemaphorePermit;
 
 use crate::Gateway;
-use crate::answer::{Receipt, Refusal, body_refusal};
+use crate::answer::{Receipt, Refusal};
 
 /// How long a request waits for a processing slot before it is turned away.
 /// Long enough to ride out a burst, short enough that the client's own retry
 /// (after `Retry-After`) is the better use of the connection.
 const ADMISSION_WAIT: Duration = Duration::from_secs(2);
 
-/// How long a client may take to send its body. The body is read while holding
-/// a processing slot, so without this a few clients trickling bytes could hold
-/// every slot and lock everyone else out.
-const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// A body turned into bus records, plus the errors of its invalid points.
+/// A body turned into bus records, plus the errors of its invalid points and
+/// the series its records belong to (admitted once the request is accepted).
 struct Prepared {
     records: Vec<OutgoingRecord>,
     errors: Vec<PointError>,
+    series: Vec<SeriesId>,
 }
 
 /// Axum handler for both ingest routes.
@@ -67,32 +65,39 @@ pub(crate) async fn receive(
 }
 
 impl Gateway {
-    /// Takes one request from admission to the bus; the points of a `Receipt`
+    /// Takes one request from its body to the bus; the points of a `Receipt`
     /// are durable, those of a `Refusal` were not acknowledged.
     async fn ingest(self: Arc<Self>, headers: &HeaderMap, body: Body) -> Result<Receipt, Refusal> {
+        // The body is read before a slot is taken, so a client trickling its
+        // body holds only its connection and the bytes it sent (charged to the
+        // decode budget), never a slot others need.
+        let received = self
+            .edge
+            .read(body)
+            .await
+            .map_err(|e| Refusal::Body(e.answer()))?;
+        self.metrics.body_received(received.bytes.len());
         // The permit is held until the answer is ready, so at most
-        // `max_in_flight` bodies are in memory or on their way to the bus.
+        // `max_in_flight` requests are decoded or on their way to the bus.
         let _permit = self.admit().await?;
-        let body = self.read_body(body).await?;
-        // Header bytes that are not text cannot name a supported encoding; keep
-        // them (lossily) so the 415 says what was sent.
-        let encoding = headers
-            .get(header::CONTENT_ENCODING)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
         let gateway = Arc::clone(&self);
-        // Decompressing and parsing up to `max_decompressed_bytes` is CPU work
-        // that would stall every other connection on this worker thread.
-        let prepared =
-            tokio::task::spawn_blocking(move || gateway.prepare(&body, encoding.as_deref()))
-                .await
-                .map_err(|e| {
-                    tracing::error!(message = "Processing a request body failed.", error = %e);
-                    Refusal::Internal(e.to_string())
-                })?
-                .map_err(|e| Refusal::Body(body_refusal(&e)))?;
-        self.metrics
-            .points_parsed(prepared.records.len(), &prepared.errors);
+        let now_ms = pulse_core::now_ms();
+        let (prepared, _reservation) = self
+            .edge
+            .decode(received, content_encoding(headers), move |text, charge| {
+                let batch = parse_points_within(
+                    text,
+                    &gateway.limits,
+                    gateway.settings.max_points_per_request,
+                    now_ms,
+                    charge,
+                )?;
+                Ok(gateway.prepare(batch, now_ms))
+            })
+            .await
+            .map_err(|e| Refusal::Body(e.answer()))?;
         let accepted = prepared.records.len();
+        self.metrics.points_parsed(accepted, &prepared.errors);
         let authorization = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
@@ -104,6 +109,10 @@ impl Gateway {
             })?;
         if accepted > 0 {
             Arc::clone(&self).send(prepared.records).await?;
+        }
+        if let Some(active) = &self.series {
+            active.commit(prepared.series, now_ms);
+            self.metrics.active_series(active.len());
         }
         Ok(Receipt {
             accepted,
@@ -120,84 +129,42 @@ impl Gateway {
         }
     }
 
-    /// Reads the whole body, refusing it with a JSON 413 as soon as it grows
-    /// past `gateway.max_body_bytes`, before the excess is buffered, and with a
-    /// 408 when it does not arrive within [`BODY_READ_TIMEOUT`].
-    async fn read_body(&self, body: Body) -> Result<Bytes, Refusal> {
-        let limit = self.settings.max_body_bytes;
-        let read = tokio::time::timeout(BODY_READ_TIMEOUT, axum::body::to_bytes(body, limit));
-        let bytes = match read.await {
-            Ok(Ok(bytes)) => bytes,
-            Ok(Err(error)) => {
-                let too_large = std::error::Error::source(&error)
-                    .is_some_and(|source| source.is::<LengthLimitError>());
-                return Err(Refusal::Body(if too_large {
-                    body_refusal(&BodyError::TooLarge { limit, after: "" })
-                } else {
-                    ApiError::bad_request(
-                        "unreadable_body",
-                        format!("the request body could not be read: {error}"),
-                    )
-                }));
-            }
-            Err(_) => {
-                return Err(Refusal::Body(ApiError::new(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "body_timeout",
-                    format!(
-                        "the request body did not arrive within {} s",
-                        BODY_READ_TIMEOUT.as_secs()
-                    ),
-                )));
-            }
-        };
-        self.metrics.body_received(bytes.len());
-        Ok(bytes)
-    }
-
-    /// Decodes, parses and validates a body, holds back the points of series
-    /// over the active-series limit, and encodes the rest as bus records.
-    fn prepare(&self, body: &[u8], encoding: Option<&str>) -> Result<Prepared, BodyError> {
-        let decoded = decode_content(encoding, body, self.settings.max_decompressed_bytes)?;
-        let now_ms = pulse_core::now_ms();
-        let batch = parse_points(
-            &decoded,
-            &self.limits,
-            self.settings.max_points_per_request,
-            now_ms,
-        )?;
-        let series: Vec<SeriesId> = batch.points.iter().map(Point::series_id).collect();
-        let admitted = self.series.as_ref().map(|active| {
-            let admitted = active.admit(&series, now_ms);
-            self.metrics.active_series(active.len());
-            (admitted, active.limit())
-        });
+    /// Holds back the points of new series over the active-series limit and
+    /// encodes the rest as bus records; every point keeps its index in the
+    /// request.
+    fn prepare(&self, batch: ParsedBatch, now_ms: i64) -> Prepared {
+        let series: Vec<SeriesId> = batch.points.iter().map(|p| p.point.series_id()).collect();
+        let passes = self
+            .series
+            .as_ref()
+            .map(|active| (active.check(&series, now_ms), active.limit()));
         let mut errors = batch.errors;
         let mut records = Vec::with_capacity(batch.points.len());
-        let mut refused = Vec::new();
-        // Valid points lost their batch index; it is the next one no error names.
-        let mut invalid = errors.iter().map(|e| e.index).peekable();
-        let mut index = 0;
-        for (k, (point, id)) in batch.points.iter().zip(&series).enumerate() {
-            while invalid.next_if_eq(&index).is_some() {
-                index += 1;
-            }
-            match &admitted {
-                Some((admitted, limit)) if !admitted[k] => {
-                    refused.push(too_many_series(index, *limit));
+        let mut admitted = Vec::with_capacity(batch.points.len());
+        let mut refused = false;
+        for (k, (indexed, id)) in batch.points.iter().zip(series).enumerate() {
+            match &passes {
+                Some((passes, limit)) if !passes[k] => {
+                    errors.push(too_many_series(indexed.index, *limit));
+                    refused = true;
                 }
-                _ => records.push(OutgoingRecord {
-                    key: id.0,
-                    value: encode_point(point),
-                }),
+                _ => {
+                    records.push(OutgoingRecord {
+                        key: id.0,
+                        value: encode_point(&indexed.point),
+                    });
+                    admitted.push(id);
+                }
             }
-            index += 1;
         }
-        if !refused.is_empty() {
-            errors.extend(refused);
+        if refused {
             errors.sort_by_key(|e| e.index);
         }
-        Ok(Prepared { records, errors })
+        Prepared {
+            records,
+            errors,
+            series: admitted,
+        }
     }
 
     /// Appends one request's records in a single bus send; returns once they are

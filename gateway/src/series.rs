@@ -8,7 +8,7 @@
 //! without cutting the existing dashboards off. Memory stays bounded by the
 //! limit: about 40 bytes per series.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, PoisonError};
 
 use pulse_core::config::GatewayConfig;
@@ -46,34 +46,61 @@ impl ActiveSeries {
         self.limit
     }
 
-    /// Whether each of `series` may pass at `now_ms`, in order; the admitted
-    /// ones count as seen now. One lock for a whole request.
-    pub(crate) fn admit(&self, series: &[SeriesId], now_ms: i64) -> Vec<bool> {
+    /// Whether each of `series` may pass at `now_ms`, in order: known series
+    /// always, new ones while there is room for them (a new series repeated in
+    /// the request takes one place). Nothing is admitted yet: a request that
+    /// is refused later (rate limit, bus) must not use up places, so the
+    /// series of an accepted request are admitted by [`ActiveSeries::commit`].
+    pub(crate) fn check(&self, series: &[SeriesId], now_ms: i64) -> Vec<bool> {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let new_ones = series.iter().any(|id| !state.last_seen.contains_key(id));
+        if new_ones {
+            self.sweep_if_full(&mut state, now_ms);
+        }
+        let room = self.limit.saturating_sub(state.last_seen.len());
+        let mut new: HashSet<SeriesId> = HashSet::new();
         series
             .iter()
-            .map(|&id| {
-                if let Some(seen) = state.last_seen.get_mut(&id) {
-                    *seen = now_ms;
-                    return true;
-                }
-                if state.last_seen.len() >= self.limit
-                    && now_ms.saturating_sub(state.swept_at_ms) >= SWEEP_EVERY_MS
-                {
-                    state.swept_at_ms = now_ms;
-                    let idle_ms = self.idle_ms;
-                    state
-                        .last_seen
-                        .retain(|_, seen| now_ms.saturating_sub(*seen) < idle_ms);
-                }
-                if state.last_seen.len() < self.limit {
-                    state.last_seen.insert(id, now_ms);
+            .map(|id| {
+                if state.last_seen.contains_key(id) || new.contains(id) {
+                    true
+                } else if new.len() < room {
+                    new.insert(*id);
                     true
                 } else {
                     false
                 }
             })
             .collect()
+    }
+
+    /// Admits the series of an accepted request as seen at `now_ms`. Requests
+    /// checked at the same time may together bring more new series than
+    /// there is room for; those beyond the limit are not remembered (their
+    /// points went through), so the table never grows past the limit.
+    pub(crate) fn commit(&self, series: impl IntoIterator<Item = SeriesId>, now_ms: i64) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        for id in series {
+            if let Some(seen) = state.last_seen.get_mut(&id) {
+                *seen = now_ms;
+            } else if state.last_seen.len() < self.limit {
+                state.last_seen.insert(id, now_ms);
+            }
+        }
+    }
+
+    /// Forgets idle series when the table is full, at most once every
+    /// [`SWEEP_EVERY_MS`].
+    fn sweep_if_full(&self, state: &mut State, now_ms: i64) {
+        if state.last_seen.len() >= self.limit
+            && now_ms.saturating_sub(state.swept_at_ms) >= SWEEP_EVERY_MS
+        {
+            state.swept_at_ms = now_ms;
+            let idle_ms = self.idle_ms;
+            state
+                .last_seen
+                .retain(|_, seen| now_ms.saturating_sub(*seen) < idle_ms);
+        }
     }
 
     /// How many series count as active now (until the next sweep, this
@@ -97,6 +124,27 @@ mod tests {
             ..GatewayConfig::default()
         })
         .expect("a limit is set")
+    }
+
+    /// Checks and commits a request, as an accepted one is.
+    impl ActiveSeries {
+        fn admit(&self, series: &[SeriesId], now_ms: i64) -> Vec<bool> {
+            let admitted = self.check(series, now_ms);
+            let passed = series.iter().zip(&admitted).filter(|(_, ok)| **ok);
+            self.commit(passed.map(|(id, _)| *id), now_ms);
+            admitted
+        }
+    }
+
+    #[test]
+    fn a_checked_request_takes_no_place_until_committed() {
+        let series = active(1, Duration::from_secs(60));
+        let (a, b) = (SeriesId(1), SeriesId(2));
+        assert_eq!(series.check(&[a], 0), [true]);
+        assert_eq!(series.len(), 0, "a refused request leaves no trace");
+        assert_eq!(series.check(&[b], 0), [true]);
+        series.commit([b], 0);
+        assert_eq!(series.check(&[a], 0), [false]);
     }
 
     #[test]

@@ -636,6 +636,46 @@ async fn a_body_that_never_arrives_is_408_and_frees_its_slot() {
     assert_eq!(answer.body["error"]["code"], "empty_body");
 }
 
+#[tokio::test]
+async fn a_refused_request_uses_no_active_series_place() {
+    let mut config = Config::default();
+    config.gateway.max_active_series = 2;
+    config.gateway.rate_limit = 1;
+    config.gateway.max_points_per_request = 1;
+    let h = harness(config).await;
+    assert_eq!(
+        post(&h.router, "/v1/metrics", &[], point("a", 1.0))
+            .await
+            .status,
+        StatusCode::ACCEPTED
+    );
+    // Over the rate: refused as a whole, so its new series `b` takes nothing.
+    let answer = post(&h.router, "/v1/metrics", &[], point("b", 1.0)).await;
+    assert_eq!(answer.status, StatusCode::TOO_MANY_REQUESTS);
+    let (_, metrics) = get(&h.router, "/metrics").await;
+    assert!(
+        metrics.contains("pulse_gateway_active_series 1"),
+        "only `a` is active, `b` was refused: {metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_body_still_arriving_holds_no_processing_slot() {
+    let mut config = Config::default();
+    config.gateway.max_in_flight = 1;
+    let h = harness(config).await;
+    let trickle = futures::stream::pending::<Result<Vec<u8>, std::io::Error>>();
+    let slow = Request::post("/v1/metrics")
+        .body(Body::from_stream(trickle))
+        .unwrap();
+    let slow = tokio::spawn(h.router.clone().oneshot(slow));
+    tokio::task::yield_now().await;
+    // The only slot is free for a client whose body is complete.
+    let answer = post(&h.router, "/v1/metrics", &[], point("m", 1.0)).await;
+    assert_eq!(answer.status, StatusCode::ACCEPTED);
+    slow.abort();
+}
+
 /// Bodies a hostile or broken client might send: random bytes, JSON-like noise,
 /// and point objects with every field of the wrong type or range.
 fn hostile_body() -> impl Strategy<Value = Vec<u8>> {

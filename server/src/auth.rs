@@ -1,6 +1,7 @@
 //! Bearer-token middleware: 401 without a token, 403 with a wrong one.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
@@ -24,8 +25,8 @@ pub async fn require_bearer(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|h| h.to_str().ok());
-    match check_bearer(header, &tokens.0) {
-        AuthDecision::Allowed => next.run(request).await,
+    let refusal = match check_bearer(header, &tokens.0) {
+        AuthDecision::Allowed => return next.run(request).await,
         AuthDecision::Missing => {
             let mut response = ApiError::new(
                 StatusCode::UNAUTHORIZED,
@@ -45,5 +46,28 @@ pub async fn require_bearer(
             "the bearer token is not one of the configured tokens",
         )
         .into_response(),
+    };
+    drain_small_body(request).await;
+    refusal
+}
+
+/// Bodies up to this size are read and dropped before a refusal, so the
+/// connection can stay open for the client's next (authenticated) request.
+const DRAIN_MAX_BYTES: u64 = 64 << 10;
+
+/// How long a refused client may take to send such a body.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Reads a refused request's small body to its end: hyper closes a kept-alive
+/// connection whose request body was left unread, and a client that sent a
+/// wrong token once would otherwise pay a new connection for every retry.
+/// A larger (or slower) body is left unread and its connection closed, so
+/// an unauthenticated client cannot make the server read much.
+async fn drain_small_body(request: Request) {
+    let declared = http_body::Body::size_hint(request.body()).upper();
+    if declared.is_none_or(|bytes| bytes > DRAIN_MAX_BYTES) {
+        return;
     }
+    let body = axum::body::to_bytes(request.into_body(), DRAIN_MAX_BYTES as usize);
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, body).await;
 }

@@ -70,6 +70,12 @@ pub fn body_refusal(error: &BodyError) -> ApiError {
             Some(json!({"encoding": encoding})),
         ),
         BodyError::Empty => (StatusCode::BAD_REQUEST, "empty_body", None),
+        BodyError::Busy => {
+            return ApiError {
+                code: "overloaded",
+                ..ApiError::unavailable(error.to_string(), 1)
+            };
+        }
         BodyError::Json { line, column, .. } => (
             StatusCode::BAD_REQUEST,
             "invalid_json",

@@ -5,6 +5,7 @@
 pub mod auth;
 #[cfg(feature = "engine")]
 pub mod checks;
+pub mod edge;
 pub mod error;
 pub mod http_metrics;
 pub mod ingest;

@@ -1,10 +1,23 @@
 //! Binding and serving with graceful shutdown.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::Request;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use pulse_core::edge::HttpLimits;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tower::{Service, service_fn};
 
 /// A listener could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -35,19 +48,90 @@ pub async fn bind(
     })
 }
 
-/// Serves `router` until `shutdown` is cancelled, then lets in-flight requests finish.
+/// Serves `router` until `shutdown` is cancelled, then lets in-flight requests
+/// finish.
+///
+/// Every role is served here, with the edge's limits (`http`): at most
+/// `max_connections` open connections (more wait in the listen backlog), a
+/// header read timeout that also closes idle kept-alive connections, request
+/// heads bounded by `max_url_bytes` and `max_header_bytes`, and every error
+/// answer in the one JSON shape (see [`crate::edge::shape`]).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     shutdown: CancellationToken,
+    limits: HttpLimits,
 ) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-    .await
+    let limits = &limits;
+    let router = crate::edge::shape::layer(router, limits);
+    let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        // The head limits answer in JSON below this buffer; hyper's own bare
+        // 431 only meets heads twice their size. The buffer bounds what one
+        // connection holds: max_connections of them at most.
+        .max_buf_size(head_buffer(limits));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(4 * limits.max_header_bytes).unwrap_or(u32::MAX));
+    let graceful = GracefulShutdown::new();
+    loop {
+        let permit = tokio::select! {
+            permit = Arc::clone(&connections).acquire_owned() => permit,
+            () = shutdown.cancelled() => break,
+        };
+        let Ok(permit) = permit else { break };
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors or a connection reset before it
+                    // was accepted: wait a little instead of spinning.
+                    tracing::warn!(message = "Cannot accept a connection.", %error);
+                    tokio::time::sleep(ACCEPT_RETRY).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let router = router.clone();
+        let service = service_fn(move |mut request: Request<Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(remote));
+            router.clone().call(request.map(Body::new))
+        });
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service))
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            // A client that goes away or breaks the protocol ends only its
+            // own connection; there is nothing to answer.
+            if let Err(error) = connection.await {
+                tracing::debug!(message = "A connection ended with an error.", %error);
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
+
+/// hyper's largest read buffer: twice the largest head the limits let
+/// through, and at least hyper's minimum.
+fn head_buffer(limits: &HttpLimits) -> usize {
+    (2 * (limits.max_url_bytes + limits.max_header_bytes)).max(MIN_HEAD_BUFFER)
+}
+
+/// hyper refuses a smaller read buffer.
+const MIN_HEAD_BUFFER: usize = 8192;
+
+/// The pause after a failed `accept`.
+const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {

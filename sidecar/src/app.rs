@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use prometheus_client::registry::Registry;
 use pulse_server::CancellationToken;
+use pulse_server::edge::DecodeBudget;
 use pulse_server::http_metrics::HttpMetrics;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -175,6 +176,8 @@ pub async fn run(
         metrics: Arc::clone(&metrics),
         limits: config.limits.clone(),
         static_tags: config.tags.clone(),
+        budget: DecodeBudget::new(config.edge.max_decode_bytes),
+        body_timeout: config.edge.body_timeout,
     });
     let receivers_stop = CancellationToken::new();
     let mut receivers = JoinSet::new();
@@ -187,8 +190,9 @@ pub async fn run(
         );
         serving.push(format!("http {}", config.http.listen));
         let stop = receivers_stop.clone();
+        let edge = config.edge.clone();
         receivers.spawn(async move {
-            if let Err(error) = pulse_server::serve(listener, router, stop).await {
+            if let Err(error) = pulse_server::serve(listener, router, stop, edge).await {
                 tracing::error!(message = "The HTTP receiver failed.", %error);
             }
         });
@@ -201,8 +205,9 @@ pub async fn run(
         );
         serving.push(format!("otlp {}", config.otlp.listen));
         let stop = receivers_stop.clone();
+        let edge = config.edge.clone();
         receivers.spawn(async move {
-            if let Err(error) = pulse_server::serve(listener, router, stop).await {
+            if let Err(error) = pulse_server::serve(listener, router, stop, edge).await {
                 tracing::error!(message = "The OTLP receiver failed.", %error);
             }
         });
@@ -241,6 +246,7 @@ pub async fn run(
         admin_listener,
         admin,
         admin_stop.clone(),
+        config.edge.clone(),
     ));
     tracing::info!(
         message = "pulse-sidecar is up.",

@@ -46,6 +46,10 @@ pub struct Config {
     /// The same point limits as the pipeline (`[limits]`), so a point the
     /// sidecar accepts is one the gateway accepts.
     pub limits: Limits,
+    /// The HTTP edge of the receivers and the admin port (`[edge]`): header
+    /// and body timeouts, connection cap, head sizes, and the decode budget
+    /// both HTTP receivers share; the keys of the pipeline's `[http]`.
+    pub edge: pulse_core::edge::HttpLimits,
 }
 
 impl Default for Config {
@@ -64,6 +68,7 @@ impl Default for Config {
             buffer: BufferConfig::default(),
             forward: ForwardConfig::default(),
             limits: Limits::default(),
+            edge: pulse_core::edge::HttpLimits::default(),
         }
     }
 }

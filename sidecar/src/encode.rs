@@ -146,6 +146,7 @@ mod tests {
             let expected: Vec<Point> = first.iter().chain(&second).cloned().collect();
             prop_assert_eq!(batch.points.len(), expected.len());
             for (got, want) in batch.points.iter().zip(&expected) {
+                let got = &got.point;
                 prop_assert_eq!(&got.metric, &want.metric);
                 prop_assert_eq!(&got.tags, &want.tags);
                 prop_assert_eq!(got.timestamp_ms, want.timestamp_ms);

@@ -60,7 +60,7 @@ async fn ingest(State(seen): State<Arc<Seen>>, headers: HeaderMap, body: Bytes) 
     assert!(batch.errors.is_empty(), "{:?}", batch.errors);
     let mut ids = seen.ids.lock().unwrap();
     for point in &batch.points {
-        let id: u64 = point.tags["id"].parse().unwrap();
+        let id: u64 = point.point.tags["id"].parse().unwrap();
         *ids.entry(id).or_default() += 1;
     }
     (

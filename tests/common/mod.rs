@@ -4,6 +4,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod hostile;
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -481,6 +483,11 @@ impl PulseProcess {
         });
         let rest = line[0].trim_start().strip_prefix(role).unwrap();
         rest.split_whitespace().next().unwrap().to_string()
+    }
+
+    /// The process id (to read its `/proc` entries).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Whether the process still runs.

@@ -37,19 +37,17 @@ impl SqliteStore {
     }
 }
 
-/// The SQL condition selecting `query`'s series, joined as `s`.
+/// The SQL condition selecting `query`'s series, joined as `s`. The tag filter
+/// is one JSON bind matched through `json_each`, so the statement has the same
+/// size (and expression depth) however many filters are given.
 fn push_series_filter(sql: &mut QueryBuilder<'_, Sqlite>, metric: &str, tags: &Tags) {
     sql.push(" s.metric = ").push_bind(metric.to_string());
-    for (key, value) in tags {
-        // JSON path with the key quoted; keys with a quote can never match a stored
-        // (validated) tag, so they are compared literally and simply find nothing.
-        sql.push(" AND json_extract(s.tags, ")
-            .push_bind(format!("$.\"{}\"", key.replace('"', "")))
-            .push(") = ")
-            .push_bind(value.clone());
-        if key.contains('"') {
-            sql.push(" AND 0");
-        }
+    if !tags.is_empty() {
+        let filter = serde_json::to_string(tags).expect("string pairs serialize");
+        sql.push(" AND (SELECT count(*) FROM json_each(s.tags) t JOIN json_each(")
+            .push_bind(filter)
+            .push(") f ON t.key = f.key AND t.value = f.value) = ")
+            .push_bind(i64::try_from(tags.len()).unwrap_or(i64::MAX));
     }
 }
 

@@ -423,7 +423,7 @@ mod tests {
             1_721_199_945_000,
         )
         .unwrap();
-        assert_eq!(parsed.points, points(100, 0));
+        assert_eq!(parsed.into_points(), points(100, 0));
         reopened.ack(first.seq);
         assert_eq!(reopened.depth().0, 2);
     }

@@ -8,41 +8,44 @@
 //! the buffer could not take them; nothing of that request was kept.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::HeaderMap;
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use http_body_util::LengthLimitError;
-use pulse_core::codec::body::{BodyError, ParsedBatch, decode_content, parse_points};
+use pulse_core::codec::body::ParsedBatch;
 use pulse_server::ApiError;
+use pulse_server::edge::{BodyEdge, DecodeError, content_encoding};
 use pulse_server::http_metrics::{HttpMetrics, track};
-use pulse_server::ingest::{body_refusal, points_answer};
+use pulse_server::ingest::points_answer;
 
 use super::Intake;
 use crate::config::HttpConfig;
 
 const RECEIVER: &str = "http";
 
-/// How long a client may take to send its body.
-const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Bodies up to this size are parsed on the runtime thread; larger ones on a
-/// blocking thread, so one big body does not stall the StatsD socket.
-const INLINE_PARSE_BYTES: usize = 64 << 10;
-
 struct Receiver {
     intake: Arc<Intake>,
     config: HttpConfig,
+    edge: BodyEdge,
 }
 
 /// The receiver's routes, with request latency tracked.
 pub fn router(intake: Arc<Intake>, config: HttpConfig, http_metrics: HttpMetrics) -> Router {
-    let receiver = Arc::new(Receiver { intake, config });
+    let edge = BodyEdge {
+        budget: intake.budget.clone(),
+        timeout: intake.body_timeout,
+        max_body_bytes: config.max_body_bytes,
+        max_decompressed_bytes: config.max_decompressed_bytes,
+    };
+    let receiver = Arc::new(Receiver {
+        intake,
+        config,
+        edge,
+    });
     Router::new()
         .route("/metrics", post(receive))
         .route("/v1/metrics", post(receive))
@@ -62,37 +65,34 @@ async fn receive(
 }
 
 impl Receiver {
-    async fn ingest(
-        self: &Arc<Self>,
-        headers: &HeaderMap,
-        body: Body,
-    ) -> Result<Response, ApiError> {
-        let body = self.read_body(body).await?;
-        let encoding = headers
-            .get(header::CONTENT_ENCODING)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-        let parsed = if body.len() <= INLINE_PARSE_BYTES {
-            self.parse(&body, encoding.as_deref())
-        } else {
-            let receiver = Arc::clone(self);
-            tokio::task::spawn_blocking(move || receiver.parse(&body, encoding.as_deref()))
-                .await
-                .map_err(|e| {
-                    ApiError::new(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "internal",
-                        format!("the request could not be processed: {e}"),
-                    )
-                })?
-        };
+    /// Reads and decodes a body through the shared ingest edge (limits,
+    /// timeout, decode budget, streaming parse), then buffers its valid points.
+    async fn ingest(&self, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
         let intake = &self.intake;
-        let ParsedBatch { mut points, errors } = parsed.map_err(|error| {
+        let received = self.edge.read(body).await.map_err(|error| {
             intake.metrics.rejected(RECEIVER, "malformed", 1);
-            body_refusal(&error)
+            error.answer()
+        })?;
+        let decoded = self
+            .edge
+            .decode_points(
+                received,
+                content_encoding(headers),
+                intake.limits.clone(),
+                self.config.max_points_per_request,
+                pulse_core::now_ms(),
+            )
+            .await;
+        let (ParsedBatch { points, errors }, _reservation) = decoded.map_err(|error| {
+            if let DecodeError::Body(_) = error {
+                intake.metrics.rejected(RECEIVER, "malformed", 1);
+            }
+            error.answer()
         })?;
         for error in &errors {
             intake.metrics.rejected(RECEIVER, error.reason.as_str(), 1);
         }
+        let mut points: Vec<_> = points.into_iter().map(|p| p.point).collect();
         for point in &mut points {
             intake.add_static_tags(&mut point.tags);
         }
@@ -107,53 +107,15 @@ impl Receiver {
         })?;
         Ok(points_answer(accepted, &errors))
     }
-
-    fn parse(&self, body: &[u8], encoding: Option<&str>) -> Result<ParsedBatch, BodyError> {
-        let decoded = decode_content(encoding, body, self.config.max_decompressed_bytes)?;
-        parse_points(
-            &decoded,
-            &self.intake.limits,
-            self.config.max_points_per_request,
-            pulse_core::now_ms(),
-        )
-    }
-
-    /// Reads the body up to `http.max_body_bytes` (a JSON 413 beyond it) and
-    /// within [`BODY_READ_TIMEOUT`].
-    async fn read_body(&self, body: Body) -> Result<Bytes, ApiError> {
-        let limit = self.config.max_body_bytes;
-        match tokio::time::timeout(BODY_READ_TIMEOUT, axum::body::to_bytes(body, limit)).await {
-            Ok(Ok(bytes)) => Ok(bytes),
-            Ok(Err(error)) => {
-                let too_large = std::error::Error::source(&error)
-                    .is_some_and(|source| source.is::<LengthLimitError>());
-                self.intake.metrics.rejected(RECEIVER, "malformed", 1);
-                Err(if too_large {
-                    body_refusal(&BodyError::TooLarge { limit, after: "" })
-                } else {
-                    ApiError::bad_request(
-                        "unreadable_body",
-                        format!("the request body could not be read: {error}"),
-                    )
-                })
-            }
-            Err(_) => Err(ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "body_timeout",
-                format!(
-                    "the request body did not arrive within {} s",
-                    BODY_READ_TIMEOUT.as_secs()
-                ),
-            )),
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
-    use axum::http::Request;
+    use axum::http::{Request, StatusCode, header};
     use prometheus_client::registry::Registry;
     use tower::ServiceExt;
+
+    use pulse_core::codec::body::decode_content;
 
     use super::*;
     use crate::receivers::testing;

@@ -9,9 +9,12 @@ pub mod prometheus;
 pub mod statsd;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use pulse_core::validate::{Limits, PointError, UncheckedPoint, validate};
 use pulse_core::{Point, Tags, TimestampMs};
+
+use pulse_server::edge::DecodeBudget;
 
 use crate::buffer::{WriteError, Writer};
 use crate::metrics::Metrics;
@@ -23,6 +26,10 @@ pub struct Intake {
     pub limits: Limits,
     /// Added to points that lack the key (`tags` in the config).
     pub static_tags: Tags,
+    /// The bytes the HTTP receivers' bodies may hold together (`edge.max_decode_bytes`).
+    pub budget: DecodeBudget,
+    /// How long a client may take to send a body (`edge.body_timeout`).
+    pub body_timeout: Duration,
 }
 
 impl Intake {
@@ -125,6 +132,8 @@ pub(crate) mod testing {
                 metrics,
                 limits: Default::default(),
                 static_tags: [("pod".to_string(), "web-1".to_string())].into(),
+                budget: pulse_server::edge::DecodeBudget::new(64 << 20),
+                body_timeout: Duration::from_secs(5),
             }),
             buffer,
             _dir: dir,

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -18,7 +18,8 @@ use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsPartialSuccess, ExportMetricsServiceResponse,
 };
 use prost::Message;
-use pulse_core::codec::body::{BodyError, decode_content};
+use pulse_core::codec::body::BodyError;
+use pulse_server::edge::{BodyEdge, DecodeError, ReadError, content_encoding};
 
 use super::Intake;
 use crate::config::OtlpConfig;
@@ -39,6 +40,11 @@ struct Status {
 const INVALID_ARGUMENT: i32 = 3;
 const RESOURCE_EXHAUSTED: i32 = 8;
 const UNAVAILABLE: i32 = 14;
+
+/// What a decoded OTLP message is charged to the decode budget per byte of
+/// its encoding: its messages, strings and vectors take more than their wire
+/// bytes.
+const DECODED_EXPANSION: usize = 4;
 
 struct Receiver {
     intake: Arc<Intake>,
@@ -83,40 +89,57 @@ async fn receive(
             ),
         );
     };
-    let body = match axum::body::to_bytes(body, receiver.config.max_body_bytes).await {
-        Ok(body) => body,
-        Err(_) => {
+    let edge = receiver.edge();
+    let received = match edge.read(body).await {
+        Ok(received) => received,
+        Err(error) => {
             receiver.intake.metrics.rejected(RECEIVER, "malformed", 1);
-            return status(
-                encoding,
-                StatusCode::PAYLOAD_TOO_LARGE,
-                RESOURCE_EXHAUSTED,
-                format!(
-                    "the body is larger than otlp.max_body_bytes ({}) or could not be read",
-                    receiver.config.max_body_bytes
-                ),
-            );
+            let code = match error {
+                ReadError::TooLarge { .. } => RESOURCE_EXHAUSTED,
+                ReadError::Busy => UNAVAILABLE,
+                ReadError::Timeout { .. } | ReadError::Unreadable(_) => INVALID_ARGUMENT,
+            };
+            let mut response = status(encoding, error.status(), code, error.to_string());
+            if error == ReadError::Busy {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            return response;
         }
     };
-    let content_encoding = headers
-        .get(header::CONTENT_ENCODING)
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     let work = Arc::clone(&receiver);
-    let mapped =
-        tokio::task::spawn_blocking(move || work.map(&body, content_encoding.as_deref(), encoding))
-            .await;
+    let mapped = edge
+        .decode(received, content_encoding(&headers), move |text, charge| {
+            // A decoded message holds more than its bytes; charge it before.
+            charge(text.len().saturating_mul(DECODED_EXPANSION))?;
+            Ok(work.map(text, encoding))
+        })
+        .await;
     let (points, rejected) = match mapped {
-        Ok(Ok(mapped)) => mapped,
-        Ok(Err((http, code, message))) => {
+        Ok((Ok(mapped), _reservation)) => mapped,
+        Ok((Err((http, code, message)), _)) => {
             receiver.intake.metrics.rejected(RECEIVER, "malformed", 1);
             return status(encoding, http, code, message);
         }
-        Err(error) => {
+        Err(DecodeError::Body(error)) => {
+            receiver.intake.metrics.rejected(RECEIVER, "malformed", 1);
+            let (http, code) = match error {
+                BodyError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, RESOURCE_EXHAUSTED),
+                BodyError::UnsupportedEncoding(_) => {
+                    (StatusCode::UNSUPPORTED_MEDIA_TYPE, INVALID_ARGUMENT)
+                }
+                BodyError::Busy => (StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE),
+                _ => (StatusCode::BAD_REQUEST, INVALID_ARGUMENT),
+            };
+            return status(encoding, http, code, error.to_string());
+        }
+        Err(DecodeError::Internal(error)) => {
             return status(
                 encoding,
                 StatusCode::INTERNAL_SERVER_ERROR,
                 UNAVAILABLE,
-                error.to_string(),
+                error,
             );
         }
     };
@@ -163,23 +186,23 @@ async fn receive(
 type Refusal = (StatusCode, i32, String);
 
 impl Receiver {
-    /// Decompresses, decodes, maps and validates one request body.
+    /// The shared ingest edge with this receiver's body limits.
+    fn edge(&self) -> BodyEdge {
+        BodyEdge {
+            budget: self.intake.budget.clone(),
+            timeout: self.intake.body_timeout,
+            max_body_bytes: self.config.max_body_bytes,
+            max_decompressed_bytes: self.config.max_decompressed_bytes,
+        }
+    }
+
+    /// Decodes, maps and validates one decompressed request body.
     fn map(
         &self,
-        body: &Bytes,
-        content_encoding: Option<&str>,
+        decoded: &[u8],
         encoding: Encoding,
     ) -> Result<(Vec<pulse_core::Point>, Vec<String>), Refusal> {
-        let decoded = decode_content(content_encoding, body, self.config.max_decompressed_bytes)
-            .map_err(|error| {
-                let http = match error {
-                    BodyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-                    BodyError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    _ => StatusCode::BAD_REQUEST,
-                };
-                (http, INVALID_ARGUMENT, error.to_string())
-            })?;
-        let request = decode(&decoded, encoding)
+        let request = decode(decoded, encoding)
             .map_err(|rejection| (StatusCode::BAD_REQUEST, INVALID_ARGUMENT, rejection.message))?;
         let now = pulse_core::now_ms();
         let mapped = to_points(
@@ -224,6 +247,7 @@ fn status(encoding: Encoding, http: StatusCode, code: i32, message: String) -> R
 
 #[cfg(test)]
 mod tests {
+    use axum::body::Bytes;
     use axum::http::Request;
     use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
     use tower::ServiceExt;
@@ -284,5 +308,21 @@ mod tests {
         assert_eq!(Status::decode(body).unwrap().code, INVALID_ARGUMENT);
         let (status, _) = call(&router, "text/plain", b"x".to_vec()).await;
         assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    }
+
+    #[tokio::test]
+    async fn only_an_oversized_body_is_a_413() {
+        let fixture = testing::intake();
+        let config = OtlpConfig {
+            max_body_bytes: 100,
+            ..OtlpConfig::default()
+        };
+        let router = router(Arc::clone(&fixture.intake), config, 1000);
+        let (status, body) = call(&router, "application/x-protobuf", vec![0; 101]).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(Status::decode(body).unwrap().code, RESOURCE_EXHAUSTED);
+        let (status, body) = call(&router, "application/x-protobuf", vec![0xff; 100]).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(Status::decode(body).unwrap().code, INVALID_ARGUMENT);
     }
 }
