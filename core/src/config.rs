@@ -31,6 +31,10 @@ pub struct Config {
     pub cache: CacheConfig,
     /// Dashboards the UI serves at `/d/<name>` (`[[dashboards]]`); see `board`.
     pub dashboards: crate::board::Boards,
+    /// Rules judged when windows close (`[[anomaly.rules]]`); see `anomaly`.
+    pub anomaly: crate::anomaly::AnomalyConfig,
+    /// Where anomalies are sent (`[[alerting.receivers]]`).
+    pub alerting: crate::anomaly::AlertingConfig,
 }
 
 /// Which pipeline this process serves; names topics and schemas.
@@ -392,7 +396,9 @@ pub enum ConfigError {
 
 /// Top-level sections, so unrelated `PULSE_*` variables (PulseAudio sets
 /// `PULSE_SERVER`) are not mistaken for configuration.
-const SECTIONS: [&str; 8] = [
+const SECTIONS: [&str; 10] = [
+    "anomaly",
+    "alerting",
     "pipeline",
     "gateway",
     "processor",
@@ -508,6 +514,8 @@ impl Config {
                 "namespace and name must not be empty".into(),
             ));
         }
+        let labels: Vec<String> = windows.into_iter().map(|w| w.label).collect();
+        crate::anomaly::rule::validate(&self.anomaly, &self.alerting, &labels)?;
         self.validate_engines()
     }
 

@@ -28,6 +28,9 @@ pub struct Checkpointed {
     pub commit: Commit,
     /// Offsets to report to the bus once the commit is durable.
     pub offsets: Vec<(u32, u64)>,
+    /// Which partition each of `commit.results` comes from: (partition, how
+    /// many), in the results' order. The judge keeps its state per partition.
+    pub result_partitions: Vec<(u32, usize)>,
 }
 
 /// Restoring a partition failed because stored state does not decode.
@@ -167,12 +170,15 @@ impl Aggregator {
     pub fn checkpoint(&mut self, partitions: Option<&[u32]>) -> Checkpointed {
         let mut commit = Commit::default();
         let mut offsets = Vec::new();
+        let mut result_partitions = Vec::new();
         let mut late: BTreeMap<(String, String), u64> = BTreeMap::new();
         for (&id, p) in self.partitions.iter_mut() {
             if partitions.is_some_and(|only| !only.contains(&id)) {
                 continue;
             }
+            let before = commit.results.len();
             p.drain_into(&mut commit, &mut late, &self.layout);
+            result_partitions.push((id, commit.results.len() - before));
             offsets.push((id, p.next_offset()));
         }
         commit.late = late
@@ -183,7 +189,11 @@ impl Aggregator {
                 count,
             })
             .collect();
-        Checkpointed { commit, offsets }
+        Checkpointed {
+            commit,
+            offsets,
+            result_partitions,
+        }
     }
 
     /// Windows currently open, across partitions.
