@@ -243,7 +243,10 @@ mod tests {
     fn retries_back_off_to_five_minutes_and_urls_hide_their_secret_path() {
         for seq in [1, 2, 77] {
             let first = retry_delay(0, seq);
-            assert!(first >= Duration::from_millis(500) && first <= RETRY_FIRST, "{first:?}");
+            assert!(
+                first >= Duration::from_millis(500) && first <= RETRY_FIRST,
+                "{first:?}"
+            );
             let late = retry_delay(40, seq);
             assert!(late >= RETRY_CAP / 2 && late <= RETRY_CAP, "{late:?}");
         }

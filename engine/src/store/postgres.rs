@@ -38,9 +38,9 @@ mod timescale;
 pub use timescale::TimescalePolicies;
 
 use super::{
-    AnomalyQuery, Checkpoint, Claim, Commit, DeadLetter, Delivery, DeliveryOutcome,
-    DetectorState, LateCount, MetricInfo, OpenWindowKey, OpenWindowState, PartitionCheckpoint,
-    ResultQuery, RetentionReport, Store, StoreError, anomaly,
+    AnomalyQuery, Checkpoint, Claim, Commit, DeadLetter, Delivery, DeliveryOutcome, DetectorState,
+    LateCount, MetricInfo, OpenWindowKey, OpenWindowState, PartitionCheckpoint, ResultQuery,
+    RetentionReport, Store, StoreError, anomaly,
 };
 
 /// One partition (or chunk) per UTC day of the time column, in milliseconds.
@@ -1721,7 +1721,7 @@ mod tests {
                         .unwrap();
                 assert_eq!(
                     versions,
-                    vec![1, 2, 3, 4],
+                    vec![1, 2, 3, 4, 5],
                     "each schema has its own versions"
                 );
                 assert_eq!(store.mode(), db.mode());

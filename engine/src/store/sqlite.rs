@@ -9,9 +9,9 @@ use sqlx::sqlite::{SqlitePool, SqliteRow};
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::{
-    AnomalyQuery, Checkpoint, Claim, Commit, DeadLetter, Delivery, DeliveryOutcome,
-    DetectorState, LateCount, MetricInfo, OpenWindowKey, OpenWindowState, PartitionCheckpoint,
-    ResultQuery, RetentionReport, Store, StoreError, anomaly,
+    AnomalyQuery, Checkpoint, Claim, Commit, DeadLetter, Delivery, DeliveryOutcome, DetectorState,
+    LateCount, MetricInfo, OpenWindowKey, OpenWindowState, PartitionCheckpoint, ResultQuery,
+    RetentionReport, Store, StoreError, anomaly,
 };
 
 /// Rows per multi-row statement; 12 parameters each stays far below SQLite's limit.

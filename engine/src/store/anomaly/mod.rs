@@ -6,6 +6,7 @@
 use pulse_core::anomaly::{AlertState, Anomaly};
 use pulse_core::{SeriesId, Tags, TimestampMs};
 
+pub mod conformance;
 pub(super) mod postgres;
 pub(super) mod sqlite;
 
