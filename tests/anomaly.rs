@@ -171,7 +171,9 @@ async fn the_spike_window_and_only_it_is_an_anomaly_across_a_sigkill() {
     assert!(a["id"].as_str().is_some_and(|id| id.len() == 16));
     assert!(a["message"].as_str().unwrap().contains("cpu-spike"));
 
-    // query_range carries it for the UI's markers.
+    // query_range carries it for the UI's markers (the restarted dashboard's port).
+    let range =
+        format!("{dashboard}/api/v1/query_range?metric=cpu_usage&window=1m&from={from}&to={to}");
     let (_, range) = get_json(&client, &range).await;
     assert_eq!(range["anomalies"][0]["id"], a["id"]);
 

@@ -50,7 +50,13 @@ pub fn query(state: &AppState, params: &AnomalyParams) -> Result<AnomalyQuery, A
     let range = RangeRequest::parse(
         &RangeParams {
             metric: Some(metric.clone().unwrap_or_else(|| "*".into())),
-            window: params.window.clone(),
+            // Checked when given; otherwise any configured one passes (no
+            // window filter is applied then).
+            window: params
+                .window
+                .clone()
+                .filter(|w| !w.is_empty())
+                .or_else(|| state.windows.labels().first().cloned()),
             from: params.from.clone(),
             to: params.to.clone(),
             tags: params.tags.clone(),
