@@ -150,6 +150,9 @@ pub struct Engines {
     pub producer: Option<Arc<dyn BusProducer>>,
     /// For the processor (one member of the pipeline's consumer group).
     pub consumer: Option<Box<dyn BusConsumer>>,
+    /// For the processor's alert delivery: the pipeline's `.anomalies` topic
+    /// (Kafka only; the embedded bus has no topic outside Pulse to feed).
+    pub anomaly_topic: Option<Arc<dyn BusProducer>>,
     /// For the processor and the dashboard.
     pub store: Option<Arc<dyn Store>>,
     pub cache: Option<Arc<dyn Cache>>,
@@ -222,6 +225,7 @@ pub async fn connect(
     let mut engines = Engines {
         producer: None,
         consumer: None,
+        anomaly_topic: None,
         store: None,
         cache: None,
         summary: EngineSummary {
@@ -253,6 +257,22 @@ pub async fn connect(
         engines.producer = producer;
         engines.consumer = consumer;
         engines.summary.bus = Some(summary);
+        if want_consumer && let Some(brokers) = &config.bus.kafka_brokers {
+            let topic = pulse_core::names::anomalies_topic(
+                &config.pipeline.namespace,
+                &config.pipeline.name,
+            );
+            let producer =
+                KafkaProducer::new(brokers, &topic)
+                    .await
+                    .map_err(|e| EngineError::Failed {
+                        engine: "Kafka",
+                        address: brokers.clone(),
+                        key: "bus.kafka_brokers",
+                        message: format!("the anomalies topic {topic}: {e}"),
+                    })?;
+            engines.anomaly_topic = Some(Arc::new(producer));
+        }
     }
     Ok(engines)
 }

@@ -238,7 +238,10 @@ async fn launch(
                     .consumer
                     .take()
                     .expect("the processor's engines include a bus consumer");
-                let built = Processor::new(config, consumer, store, cache, registry())?;
+                let mut built = Processor::new(config, consumer, store, cache, registry())?;
+                if let Some(topic) = engines.anomaly_topic.take() {
+                    built = built.with_anomaly_topic(topic);
+                }
                 let router = built.router();
                 processor = Some(built);
                 (router, servers_stop.clone())

@@ -34,6 +34,10 @@ pub struct Config {
     pub http: crate::edge::HttpLimits,
     /// Dashboards the UI serves at `/d/<name>` (`[[dashboards]]`); see `board`.
     pub dashboards: crate::board::Boards,
+    /// Rules judged when windows close (`[[anomaly.rules]]`); see `anomaly`.
+    pub anomaly: crate::anomaly::AnomalyConfig,
+    /// Where anomalies are sent (`[[alerting.receivers]]`).
+    pub alerting: crate::anomaly::AlertingConfig,
 }
 
 /// Which pipeline this process serves; names topics and schemas.
@@ -398,8 +402,10 @@ pub enum ConfigError {
 
 /// Top-level sections, so unrelated `PULSE_*` variables (PulseAudio sets
 /// `PULSE_SERVER`) are not mistaken for configuration.
-const SECTIONS: [&str; 9] = [
+const SECTIONS: [&str; 11] = [
     "http",
+    "anomaly",
+    "alerting",
     "pipeline",
     "gateway",
     "processor",
@@ -518,6 +524,8 @@ impl Config {
                 "namespace and name must not be empty".into(),
             ));
         }
+        let labels: Vec<String> = windows.into_iter().map(|w| w.label).collect();
+        crate::anomaly::rule::validate(&self.anomaly, &self.alerting, &labels)?;
         self.validate_engines()
     }
 

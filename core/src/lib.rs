@@ -6,6 +6,7 @@
 //! operator.
 
 pub mod aggregate;
+pub mod anomaly;
 pub mod auth;
 pub mod backoff;
 pub mod board;

@@ -117,6 +117,9 @@ pub struct RangeAnswer {
     /// The store held more rows than `dashboard.max_points_per_query`: the newest
     /// windows are answered and the oldest are missing.
     pub truncated: bool,
+    /// Anomalies the rules found on the matching series in the range and
+    /// window (the UI marks them on the panel).
+    pub anomalies: Vec<pulse_core::anomaly::Anomaly>,
 }
 
 /// One group of series: the values of the `group_by` keys and its merged points.

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use pulse_core::result::matches_tags;
 use pulse_core::{TimestampMs, WindowResult};
 use pulse_engine::cache::Cache;
-use pulse_engine::store::{ResultQuery, Store, StoreError};
+use pulse_engine::store::{AnomalyQuery, ResultQuery, Store, StoreError};
 use pulse_server::ApiError;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -156,7 +156,21 @@ pub(crate) async fn query_range(
     let results = state.store.range(&query).await.map_err(store_error)?;
     state.metrics.query(Endpoint::QueryRange, Source::Store);
     let (results, truncated) = answer::trim_to_limit(results, state.max_points_per_query);
+    let mut anomalies = state
+        .store
+        .anomalies(&AnomalyQuery {
+            metric: Some(request.metric.clone()),
+            tags: request.tags.clone(),
+            from_ms: request.from_ms,
+            to_ms: request.to_ms,
+            limit: crate::anomalies::MAX_ANOMALIES,
+            ..AnomalyQuery::default()
+        })
+        .await
+        .map_err(store_error)?;
+    anomalies.retain(|a| a.window == request.window);
     Ok(Json(RangeAnswer {
+        anomalies,
         series: answer::group_series(&results, &request.group_by, &request.aggs),
         metric_name: request.metric,
         window: request.window,
@@ -256,6 +270,7 @@ pub(crate) fn index() -> Json<Value> {
             "/api/v1/query_range": "merged windows over time: metric, window, from?, to?, tags?, group_by?, aggs?",
             "/api/v1/metrics": "stored metrics and configured windows",
             "/api/v1/live": "server-sent events of closed windows: metric?, window?",
+            "/api/v1/anomalies": "anomalies the rules found: metric, from?, to?, rule?, tags?, window?, state?",
             "/api/v1/tags": "tag keys and values of the series in a range: metric, window, from?, to?, tags?",
             "/api/v1/dashboards": "the dashboards the UI shows; /api/v1/dashboards/<name> for one",
             "/healthz": "liveness",
@@ -272,7 +287,7 @@ pub(crate) async fn not_found() -> ApiError {
 
 /// A store failure: 503 with `Retry-After` when it is transient, 500 otherwise
 /// (corrupt data is the server's fault, never the request's).
-fn store_error(error: StoreError) -> ApiError {
+pub(crate) fn store_error(error: StoreError) -> ApiError {
     match error {
         StoreError::Unavailable(_) => {
             warn!(message = "Store unavailable.", %error);

@@ -28,6 +28,7 @@ use pulse_server::auth::{Tokens, require_bearer};
 use pulse_server::http_metrics::{HttpMetrics, track};
 use pulse_server::{ReadinessCheck, ops_router};
 
+mod anomalies;
 mod answer;
 mod api;
 mod boards;
@@ -82,6 +83,7 @@ impl Dashboard {
             .route("/api/v1/metrics", get(api::metrics))
             .route("/api/v1/live", get(live::live))
             .route("/api/v1/tags", get(api::tags))
+            .route("/api/v1/anomalies", get(anomalies::anomalies))
             .route("/api/v1/dashboards", get(api::dashboards))
             .route("/api/v1/dashboards/{name}", get(api::dashboard_board))
             .route_layer(from_fn_with_state(tokens, require_bearer))

@@ -35,13 +35,15 @@ pub(crate) async fn live(
         _guard: state.metrics.live_subscriber(),
     };
     let aggs = AggKind::defaults();
-    let events = subscription
+    let anomalies = crate::anomalies::live(state.store.clone(), filter.clone());
+    let windows = subscription
         .filter(move |result| std::future::ready(filter.matches(result)))
         .map(move |result| {
             Event::default()
                 .event("window")
                 .json_data(live_event(&result, &aggs))
         });
+    let events = futures::stream::select(windows, anomalies);
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
 }
 

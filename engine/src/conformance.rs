@@ -214,6 +214,8 @@ pub async fn store_suite(store: &dyn Store) {
             reason: "unknown record format version 9".into(),
             payload: vec![9, 0, 255],
         }],
+        anomalies: vec![],
+        detectors: vec![],
     };
     store.commit(&commit).await.unwrap();
     store
@@ -369,6 +371,7 @@ pub async fn store_suite(store: &dyn Store) {
         store.range(&query("1m", Tags::new())).await.unwrap().len(),
         1
     );
+    crate::store::anomaly::conformance::anomaly_suite(store).await;
 }
 
 /// Store: a partition taken by a new owner refuses the commits of the old

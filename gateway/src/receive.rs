@@ -187,7 +187,12 @@ impl Gateway {
             Ok(result) => result.map_err(Refusal::Bus),
             Err(e) => {
                 tracing::error!(message = "Sending a batch to the bus failed.", error = %e);
-                Err(Refusal::Internal(e.to_string()))
+                // The send task panicked: a bug, answered as one (500).
+                Err(Refusal::Body(pulse_server::error::ApiError::new(
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal_error",
+                    "the gateway failed to send the batch; see its logs",
+                )))
             }
         }
     }

@@ -4,7 +4,10 @@
 //! closed windows to the cache.
 
 mod checkpoint;
+pub mod deliver;
+pub mod judge;
 pub mod metrics;
+mod post;
 pub mod run;
 mod status;
 pub mod watermark;

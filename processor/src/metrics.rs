@@ -145,3 +145,46 @@ impl ProcessorMetrics {
         }
     }
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeliveryLabel {
+    pub receiver: String,
+    /// sent, failed (retried later) or unknown_receiver (kept).
+    pub outcome: String,
+}
+
+/// The anomaly rules' and the delivery loop's counters, under `pulse_processor_anomaly_`.
+#[derive(Clone, Default)]
+pub struct AnomalyMetrics {
+    pub evaluations: Counter,
+    pub anomalies: Family<StateLabel, Counter>,
+    pub deliveries: Family<DeliveryLabel, Counter>,
+}
+
+impl AnomalyMetrics {
+    pub fn register(registry: &mut Registry) -> AnomalyMetrics {
+        let m = AnomalyMetrics::default();
+        let r = registry.sub_registry_with_prefix("pulse_processor_anomaly");
+        r.register(
+            "evaluations",
+            "Closed windows judged by an anomaly rule (one per rule and series)",
+            m.evaluations.clone(),
+        );
+        r.register(
+            "anomalies",
+            "Alerts that fired or resolved, by state",
+            m.anomalies.clone(),
+        );
+        r.register(
+            "deliveries",
+            "Alert delivery attempts, by receiver and outcome",
+            m.deliveries.clone(),
+        );
+        m
+    }
+}

@@ -17,7 +17,9 @@ use pulse_server::{CancellationToken, ReadinessCheck, ops_router};
 use tracing::{debug, error, info, warn};
 
 use crate::checkpoint::{Checkpoints, RETRY_CAP, RETRY_FIRST, Settled};
-use crate::metrics::{PartitionLabel, ProcessorMetrics, WindowLabel};
+use crate::deliver::Deliverer;
+use crate::judge::Judge;
+use crate::metrics::{AnomalyMetrics, PartitionLabel, ProcessorMetrics, StateLabel, WindowLabel};
 use crate::status::{Status, StatusCheck, lock};
 use crate::window::{Aggregator, Checkpointed, RestoreError};
 
@@ -55,6 +57,11 @@ pub struct Processor {
     paused: bool,
     /// Closed windows the cache has not taken yet.
     cache_backlog: Vec<pulse_core::WindowResult>,
+    /// The anomaly rules, judging each checkpoint's results.
+    judge: Judge,
+    anomaly_metrics: AnomalyMetrics,
+    /// Sends the anomaly outbox; started by `run`.
+    deliverer: Option<Deliverer>,
 }
 
 impl Processor {
@@ -68,8 +75,22 @@ impl Processor {
         let windows = config
             .window_specs()
             .map_err(|e| ProcessorError::Config(e.to_string()))?;
-        let metrics =
-            ProcessorMetrics::register(&mut registry.lock().unwrap_or_else(|e| e.into_inner()));
+        let (metrics, anomaly_metrics) = {
+            let mut registry = registry.lock().unwrap_or_else(|e| e.into_inner());
+            (
+                ProcessorMetrics::register(&mut registry),
+                AnomalyMetrics::register(&mut registry),
+            )
+        };
+        let first_window = windows.first().map(|w| w.label.clone()).unwrap_or_default();
+        let rules = pulse_core::anomaly::Rule::compile(&config.anomaly, &first_window)
+            .map_err(ProcessorError::Config)?;
+        let deliverer = Deliverer::new(
+            &config.alerting,
+            Arc::clone(&store),
+            anomaly_metrics.clone(),
+        )
+        .map_err(ProcessorError::Config)?;
         let status: Arc<Mutex<Status>> = Arc::default();
         Ok(Processor {
             checkpoints: Checkpoints::new(Arc::clone(&store), Arc::clone(&status), metrics.clone()),
@@ -90,7 +111,16 @@ impl Processor {
             status,
             registry,
             cache_backlog: Vec::new(),
+            judge: Judge::new(rules),
+            anomaly_metrics,
+            deliverer: Some(deliverer),
         })
+    }
+
+    /// Sends anomalies also to the pipeline's `.anomalies` topic (Kafka).
+    pub fn with_anomaly_topic(mut self, topic: Arc<dyn pulse_engine::bus::BusProducer>) -> Self {
+        self.deliverer = self.deliverer.map(|d| d.with_topic(topic));
+        self
     }
 
     /// `/healthz`, `/readyz` (store reachable, commits succeeding) and `/metrics`.
@@ -110,6 +140,11 @@ impl Processor {
             self.storage.clone(),
             shutdown.clone(),
         ));
+        let delivery = self.deliverer.take().map(|deliverer| {
+            let status = Arc::clone(&self.status);
+            let assigned = move || lock(&status).owned();
+            tokio::spawn(deliverer.run(assigned, shutdown.clone()))
+        });
         let interval = self.config.checkpoint_interval;
         let mut next_checkpoint = Instant::now() + interval;
         let mut backoff = Backoff::new(RETRY_FIRST, RETRY_CAP);
@@ -201,6 +236,9 @@ impl Processor {
         }
         timer.abort();
         retention.abort();
+        if let Some(delivery) = delivery {
+            delivery.abort();
+        }
         Ok(())
     }
 
@@ -212,8 +250,14 @@ impl Processor {
         shutdown: &CancellationToken,
     ) -> Result<bool, ProcessorError> {
         let mut backoff = Backoff::new(RETRY_FIRST, RETRY_CAP);
-        let checkpoint = loop {
-            match self.store.load_checkpoint(partitions).await {
+        let (checkpoint, detectors) = loop {
+            let loaded = async {
+                Ok::<_, pulse_engine::store::StoreError>((
+                    self.store.load_checkpoint(partitions).await?,
+                    self.store.load_detectors(partitions).await?,
+                ))
+            };
+            match loaded.await {
                 Ok(c) => break c,
                 Err(error) => {
                     let pause = backoff.fail();
@@ -228,6 +272,14 @@ impl Processor {
             .aggregator
             .assign(partitions, &checkpoint, Instant::now())?;
         self.checkpoints.claim(&checkpoint.claims);
+        let unreadable = self.judge.restore(&detectors);
+        if unreadable > 0 {
+            warn!(
+                message = "Some stored anomaly detector states do not decode; those series start their history afresh.",
+                ?partitions,
+                unreadable
+            );
+        }
         for &(partition, offset) in &seeks {
             let mut backoff = Backoff::new(RETRY_FIRST, RETRY_CAP);
             while let Err(error) = self.consumer.seek(partition, offset).await {
@@ -255,6 +307,7 @@ impl Processor {
     /// claims, and their gauges (a stale lag would hide the new owner's).
     fn give_up(&mut self, partitions: &[u32]) {
         self.aggregator.revoke(partitions);
+        self.judge.revoke(partitions);
         self.checkpoints.release(partitions);
         self.metrics.forget_partitions(partitions);
         self.set_assigned();
@@ -362,7 +415,19 @@ impl Processor {
     /// Takes a checkpoint of `partitions` (all when `None`) and starts
     /// writing it (see [`Checkpoints::launch`]).
     fn launch(&mut self, partitions: Option<&[u32]>, stop: &CancellationToken) {
-        let checkpointed = self.aggregator.checkpoint(partitions);
+        let mut checkpointed = self.aggregator.checkpoint(partitions);
+        let judged = self.judge.judge(&mut checkpointed);
+        self.anomaly_metrics.evaluations.inc_by(judged.evaluations);
+        for (state, n) in [("firing", judged.fired), ("resolved", judged.resolved)] {
+            if n > 0 {
+                self.anomaly_metrics
+                    .anomalies
+                    .get_or_create(&StateLabel {
+                        state: state.into(),
+                    })
+                    .inc_by(n);
+            }
+        }
         self.checkpoints
             .launch(checkpointed, partitions.is_none(), stop);
     }

@@ -29,6 +29,11 @@ impl Status {
         self.owned = owned;
     }
 
+    /// The partitions owned now (the alert delivery loop sends their outbox).
+    pub fn owned(&self) -> Vec<u32> {
+        self.owned.keys().copied().collect()
+    }
+
     /// Records a partition's lag, if the partition is owned.
     pub fn set_lag(&mut self, partition: u32, lag: u64) {
         if let Some(slot) = self.owned.get_mut(&partition) {

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use prometheus_client::registry::Registry;
+use pulse_core::anomaly::Anomaly;
 use pulse_core::codec::record::encode_point;
 use pulse_core::config::Config;
 use pulse_core::{Point, Tags, TimestampMs, WindowResult};
@@ -20,6 +21,7 @@ use pulse_engine::bus::embedded::{SqliteBus, SqliteConsumer};
 use pulse_engine::bus::{BusConsumer, BusError, BusProducer, ConsumerEvent, OutgoingRecord};
 use pulse_engine::cache::memory::MemoryCache;
 use pulse_engine::store::sqlite::SqliteStore;
+use pulse_engine::store::{AnomalyQuery, Delivery, DeliveryOutcome, DetectorState};
 use pulse_engine::store::{
     Checkpoint, Commit, DeadLetter, LateCount, MetricInfo, PartitionCheckpoint, ResultQuery,
     RetentionReport, Store, StoreError,
@@ -107,6 +109,22 @@ impl Store for Gated {
         self.inner
             .enforce_retention(raw_before_ms, results_before_ms)
             .await
+    }
+    async fn load_detectors(&self, partitions: &[u32]) -> Result<Vec<DetectorState>, StoreError> {
+        self.inner.load_detectors(partitions).await
+    }
+    async fn anomalies(&self, query: &AnomalyQuery) -> Result<Vec<Anomaly>, StoreError> {
+        self.inner.anomalies(query).await
+    }
+    async fn pending_deliveries(
+        &self,
+        partitions: &[u32],
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        self.inner.pending_deliveries(partitions, limit).await
+    }
+    async fn mark_delivery(&self, seq: i64, outcome: &DeliveryOutcome) -> Result<(), StoreError> {
+        self.inner.mark_delivery(seq, outcome).await
     }
     async fn ready(&self) -> Result<String, StoreError> {
         self.inner.ready().await

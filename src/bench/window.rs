@@ -10,8 +10,10 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use pulse_core::anomaly::{AnomalyConfig, DetectorKind, Rule, RuleConfig};
 use pulse_core::{Point, SeriesId, TimestampMs, WindowSpec};
 use pulse_engine::store::Checkpoint;
+use pulse_processor::judge::Judge;
 use pulse_processor::window::Aggregator;
 use rustc_hash::FxHashMap;
 
@@ -64,7 +66,7 @@ pub fn measure(points: usize, series: usize, runs: usize) -> Result<WindowResult
     let (mut agg_runs, mut fold_rates) = (Vec::new(), Vec::new());
     let (mut closed, mut late) = (0, 0);
     for _ in 0..runs {
-        let run = aggregator_run(points, &fleet)?;
+        let run = aggregator_run(points, &fleet, None)?;
         (closed, late) = (run.closed, run.late);
         agg_runs.push(run.phases);
         fold_rates.push(points as f64 / fold_run(points, &fleet)?.as_secs_f64());
@@ -121,7 +123,11 @@ struct Tally {
     results: usize,
 }
 
-fn aggregator_run(points: usize, fleet: &[Series]) -> Result<AggregatorRun, String> {
+fn aggregator_run(
+    points: usize,
+    fleet: &[Series],
+    mut judge: Option<&mut Judge>,
+) -> Result<AggregatorRun, String> {
     let windows = WindowSpec::defaults();
     let per_point = windows
         .iter()
@@ -150,7 +156,12 @@ fn aggregator_run(points: usize, fleet: &[Series]) -> Result<AggregatorRun, Stri
                 close(&mut aggregator, &mut tally, &mut phases);
             }
             if done % CHECKPOINT_EVERY == 0 {
-                checkpoint(&mut aggregator, &mut tally, &mut phases);
+                checkpoint(
+                    &mut aggregator,
+                    &mut tally,
+                    &mut phases,
+                    judge.as_deref_mut(),
+                );
             }
         }
         phases.total += started.elapsed();
@@ -158,7 +169,7 @@ fn aggregator_run(points: usize, fleet: &[Series]) -> Result<AggregatorRun, Stri
     // The real loop commits what it holds when it stops.
     let started = Instant::now();
     close(&mut aggregator, &mut tally, &mut phases);
-    checkpoint(&mut aggregator, &mut tally, &mut phases);
+    checkpoint(&mut aggregator, &mut tally, &mut phases, judge);
     phases.total += started.elapsed();
     // Every point went into each of its windows or was counted late there.
     let Tally {
@@ -186,9 +197,18 @@ fn close(aggregator: &mut Aggregator, tally: &mut Tally, phases: &mut Phases) {
     phases.close_ready += started.elapsed();
 }
 
-fn checkpoint(aggregator: &mut Aggregator, tally: &mut Tally, phases: &mut Phases) {
+fn checkpoint(
+    aggregator: &mut Aggregator,
+    tally: &mut Tally,
+    phases: &mut Phases,
+    judge: Option<&mut Judge>,
+) {
     let started = Instant::now();
-    let checkpointed = black_box(aggregator.checkpoint(None));
+    let mut checkpointed = black_box(aggregator.checkpoint(None));
+    // The processor judges every checkpoint's results before writing it.
+    if let Some(judge) = judge {
+        black_box(judge.judge(&mut checkpointed));
+    }
     let made = Instant::now();
     tally.results += checkpointed.commit.results.len();
     drop(checkpointed);
@@ -241,4 +261,69 @@ fn fold_run(points: usize, fleet: &[Series]) -> Result<Duration, String> {
         ));
     }
     Ok(elapsed)
+}
+
+/// Anomaly rules in the bench: this many, over the fleet's metrics.
+pub const RULES: usize = 100;
+
+/// The same window aggregation with and without [`RULES`] anomaly rules.
+pub struct RulesResult {
+    pub points: usize,
+    pub series: usize,
+    pub plain_rate: f64,
+    pub judged_rate: f64,
+}
+
+/// `RULES` rules: every metric of the fleet watched by ten, cycling through
+/// the three detectors and the three windows, each matching every series of
+/// its metric (`env=prod`), so each closed window meets about ten rules.
+fn rules(fleet: &[Series]) -> Result<Vec<Rule>, String> {
+    let mut metrics: Vec<&str> = fleet.iter().map(|s| s.metric.as_str()).collect();
+    metrics.sort_unstable();
+    metrics.dedup();
+    let windows = ["1m", "5m", "15m"];
+    let rules = (0..RULES)
+        .map(|i| {
+            let detector = [
+                DetectorKind::MovingAverage,
+                DetectorKind::Ewma,
+                DetectorKind::Threshold,
+            ][i % 3];
+            RuleConfig {
+                name: format!("r{i}"),
+                metric: metrics[i % metrics.len()].to_string(),
+                tags: [("env".to_string(), "prod".to_string())].into(),
+                window: Some(windows[(i / 3) % 3].to_string()),
+                aggregation: "avg".into(),
+                detector,
+                windows: 10,
+                deviation: 3.0,
+                above: (detector == DetectorKind::Threshold).then_some(1e12),
+                below: None,
+                for_windows: 1,
+                notify: Vec::new(),
+            }
+        })
+        .collect();
+    Rule::compile(&AnomalyConfig { rules }, "1m")
+}
+
+pub fn measure_rules(points: usize, series: usize, runs: usize) -> Result<RulesResult, String> {
+    let fleet = fleet(series);
+    let rules = rules(&fleet)?;
+    let (mut plain, mut judged) = (Vec::new(), Vec::new());
+    // Alternated, so both see the same machine.
+    for _ in 0..runs {
+        let run = aggregator_run(points, &fleet, None)?;
+        plain.push(points as f64 / run.phases.total.as_secs_f64());
+        let mut judge = Judge::new(rules.clone());
+        let run = aggregator_run(points, &fleet, Some(&mut judge))?;
+        judged.push(points as f64 / run.phases.total.as_secs_f64());
+    }
+    Ok(RulesResult {
+        points,
+        series,
+        plain_rate: median(&mut plain),
+        judged_rate: median(&mut judged),
+    })
 }

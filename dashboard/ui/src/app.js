@@ -237,7 +237,41 @@ function renderPanels() {
   $("main").replaceChildren(grid);
 }
 
+// ---------------------------------------------------------------- alerts
+
+/**
+ * The alerts firing now (anomalies of the last day whose rule has not
+ * resolved), above the panels; refreshed with the panels and on live
+ * `anomaly` events. Hidden when none fire. `data-firing` holds the count.
+ */
+async function loadAlerts() {
+  const section = $("alerts");
+  let answer;
+  try {
+    answer = await getJson("/api/v1/anomalies", {
+      state: "firing",
+      from: String(Math.floor(Date.now() / 1000) - 86_400),
+      to: String(Math.floor(Date.now() / 1000) + 60),
+    });
+  } catch {
+    return; // the panels show the API's trouble; the list keeps what it had
+  }
+  const firing = answer.anomalies ?? [];
+  const list = $("alert-list");
+  list.replaceChildren(
+    ...firing.reverse().map((a) => {
+      const item = document.createElement("li");
+      item.dataset.id = a.id;
+      item.textContent = `${formatTime(a.window_start_ms)} · ${a.message}`;
+      return item;
+    }),
+  );
+  section.dataset.firing = String(firing.length);
+  section.hidden = firing.length === 0;
+}
+
 async function loadPanels() {
+  loadAlerts();
   await Promise.all(panels.map((p) => p.load()));
 }
 
@@ -415,6 +449,7 @@ function startLive() {
       badge.dataset.lastEvent = String(Date.now());
       badge.title = `Last window closed: ${formatTime(data.window_end_ms ?? Date.now())}`;
       for (const p of panels) if (p.matches(data)) p.onLive(name, data);
+      if (name === "anomaly") loadAlerts();
     },
     onStatus(status, detail) {
       const badge = $("live");

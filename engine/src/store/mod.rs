@@ -18,8 +18,11 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use pulse_core::{Point, SeriesId, Tags, TimestampMs, WindowResult};
 
+pub mod anomaly;
 pub mod postgres;
 pub mod sqlite;
+
+pub use anomaly::{AnomalyChange, AnomalyQuery, Delivery, DeliveryOutcome, DetectorState};
 
 /// Progress of one bus partition, stored with the results it produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,6 +119,10 @@ pub struct Commit {
     pub delete_open: Vec<OpenWindowKey>,
     pub late: Vec<LateCount>,
     pub dead_letters: Vec<DeadLetter>,
+    /// Anomalies that fired or resolved on `results`, with their outbox rows.
+    pub anomalies: Vec<AnomalyChange>,
+    /// Changed detector states (the judge's part of the checkpoint).
+    pub detectors: Vec<DetectorState>,
 }
 
 impl Commit {
@@ -127,6 +134,8 @@ impl Commit {
             && self.delete_open.is_empty()
             && self.late.is_empty()
             && self.dead_letters.is_empty()
+            && self.anomalies.is_empty()
+            && self.detectors.is_empty()
     }
 }
 
@@ -296,6 +305,25 @@ pub trait Store: Send + Sync {
         raw_before_ms: TimestampMs,
         results_before_ms: TimestampMs,
     ) -> Result<RetentionReport, StoreError>;
+
+    /// The detector states of `partitions` (see [`DetectorState`]).
+    async fn load_detectors(&self, partitions: &[u32]) -> Result<Vec<DetectorState>, StoreError>;
+
+    /// Anomalies matching `query`, ordered by window start.
+    async fn anomalies(
+        &self,
+        query: &AnomalyQuery,
+    ) -> Result<Vec<pulse_core::anomaly::Anomaly>, StoreError>;
+
+    /// Undelivered outbox rows of `partitions`, oldest first.
+    async fn pending_deliveries(
+        &self,
+        partitions: &[u32],
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError>;
+
+    /// Records how delivering outbox row `seq` went.
+    async fn mark_delivery(&self, seq: i64, outcome: &DeliveryOutcome) -> Result<(), StoreError>;
 
     /// Whether the store answers, and what it is (engine, place, mode), for
     /// `/readyz` details.

@@ -42,9 +42,9 @@ pub use claim::{claim_schema, owned_schema};
 pub use timescale::TimescalePolicies;
 
 use super::{
-    Checkpoint, Claim, Commit, DeadLetter, LateCount, MetricInfo, OpenWindowKey, OpenWindowState,
-    PartitionCheckpoint, ResultQuery, RetentionReport, Store, StoreError, combine_results,
-    merge_results,
+    AnomalyQuery, Checkpoint, Claim, Commit, DeadLetter, Delivery, DeliveryOutcome, DetectorState,
+    LateCount, MetricInfo, OpenWindowKey, OpenWindowState, PartitionCheckpoint, ResultQuery,
+    RetentionReport, Store, StoreError, anomaly, combine_results, merge_results,
 };
 
 /// One partition (or chunk) per UTC day of the time column, in milliseconds.
@@ -96,7 +96,14 @@ const MIGRATIONS: &[Migration] = &[
         native: PARTITION_OWNERS,
         timescaledb: PARTITION_OWNERS,
     },
+    Migration {
+        version: 5,
+        name: "anomalies",
+        native: ANOMALIES,
+        timescaledb: ANOMALIES,
+    },
 ];
+const ANOMALIES: &str = include_str!("../../migrations/postgres/0005_anomalies.sql");
 const DEAD_LETTERS: &str = include_str!("../../migrations/postgres/0003_dead_letters.sql");
 const PARTITION_OWNERS: &str = include_str!("../../migrations/postgres/0004_partition_owners.sql");
 
@@ -147,7 +154,7 @@ fn check_schema(schema: &str) -> Result<(), StoreError> {
 
 /// Maps a driver error: connection trouble and transient conflicts are
 /// `Unavailable` (retry), undecodable data is `Corrupt`, the rest `Other`.
-pub(crate) fn db_error(e: sqlx::Error) -> StoreError {
+pub(in crate::store) fn db_error(e: sqlx::Error) -> StoreError {
     use sqlx::Error as E;
     match &e {
         E::Io(_)
@@ -180,7 +187,7 @@ pub(crate) fn db_error(e: sqlx::Error) -> StoreError {
     }
 }
 
-fn col<'r, T>(row: &'r PgRow, index: usize) -> Result<T, StoreError>
+pub(in crate::store) fn col<'r, T>(row: &'r PgRow, index: usize) -> Result<T, StoreError>
 where
     T: sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>,
 {
@@ -1419,6 +1426,8 @@ impl Store for PostgresStore {
             .map_err(db_error)?;
         }
 
+        anomaly::postgres::write(&mut tx, &commit.anomalies, &commit.detectors).await?;
+
         let mut checkpoints: BTreeMap<u32, &PartitionCheckpoint> = BTreeMap::new();
         for p in &commit.partitions {
             checkpoints.insert(p.partition, p);
@@ -1602,6 +1611,29 @@ impl Store for PostgresStore {
         report.raw_points += raw.rows_affected();
         report.results += results.rows_affected();
         Ok(report)
+    }
+
+    async fn load_detectors(&self, partitions: &[u32]) -> Result<Vec<DetectorState>, StoreError> {
+        anomaly::postgres::load_detectors(&self.pool, partitions).await
+    }
+
+    async fn anomalies(
+        &self,
+        query: &AnomalyQuery,
+    ) -> Result<Vec<pulse_core::anomaly::Anomaly>, StoreError> {
+        anomaly::postgres::query(&self.pool, query).await
+    }
+
+    async fn pending_deliveries(
+        &self,
+        partitions: &[u32],
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        anomaly::postgres::pending(&self.pool, partitions, limit).await
+    }
+
+    async fn mark_delivery(&self, seq: i64, outcome: &DeliveryOutcome) -> Result<(), StoreError> {
+        anomaly::postgres::mark(&self.pool, seq, outcome).await
     }
 
     async fn ready(&self) -> Result<String, StoreError> {
@@ -1793,7 +1825,7 @@ mod tests {
                         .unwrap();
                 assert_eq!(
                     versions,
-                    vec![1, 2, 3, 4],
+                    vec![1, 2, 3, 4, 5],
                     "each schema has its own versions"
                 );
                 assert_eq!(store.mode(), db.mode());

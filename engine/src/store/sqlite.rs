@@ -10,9 +10,9 @@ use sqlx::sqlite::{SqlitePool, SqliteRow};
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::{
-    Checkpoint, Claim, Commit, DeadLetter, LateCount, MetricInfo, OpenWindowKey, OpenWindowState,
-    PartitionCheckpoint, ResultQuery, RetentionReport, Store, StoreError, combine_results,
-    merge_results,
+    AnomalyQuery, Checkpoint, Claim, Commit, DeadLetter, Delivery, DeliveryOutcome, DetectorState,
+    LateCount, MetricInfo, OpenWindowKey, OpenWindowState, PartitionCheckpoint, ResultQuery,
+    RetentionReport, Store, StoreError, anomaly, combine_results, merge_results,
 };
 
 /// Rows per multi-row statement; 12 parameters each stays far below SQLite's limit.
@@ -392,6 +392,8 @@ impl Store for SqliteStore {
             .map_err(unavailable)?;
         }
 
+        anomaly::sqlite::write(&mut tx, &commit.anomalies, &commit.detectors).await?;
+
         for p in &commit.partitions {
             sqlx::query(
                 "INSERT INTO checkpoints (partition, next_offset, max_event_ts, watermark) VALUES (?, ?, ?, ?) \
@@ -587,6 +589,29 @@ impl Store for SqliteStore {
             raw_points: raw.rows_affected(),
             results: results.rows_affected(),
         })
+    }
+
+    async fn load_detectors(&self, partitions: &[u32]) -> Result<Vec<DetectorState>, StoreError> {
+        anomaly::sqlite::load_detectors(&self.pool, partitions).await
+    }
+
+    async fn anomalies(
+        &self,
+        query: &AnomalyQuery,
+    ) -> Result<Vec<pulse_core::anomaly::Anomaly>, StoreError> {
+        anomaly::sqlite::query(&self.pool, query).await
+    }
+
+    async fn pending_deliveries(
+        &self,
+        partitions: &[u32],
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        anomaly::sqlite::pending(&self.pool, partitions, limit).await
+    }
+
+    async fn mark_delivery(&self, seq: i64, outcome: &DeliveryOutcome) -> Result<(), StoreError> {
+        anomaly::sqlite::mark(&self.pool, seq, outcome).await
     }
 
     async fn ready(&self) -> Result<String, StoreError> {

@@ -58,6 +58,10 @@ pub struct Checkpointed {
     pub merged: Vec<WindowResult>,
     /// Offsets to report to the bus once the commit is durable.
     pub offsets: Vec<(u32, u64)>,
+    /// Which partition each of the first `closed` of `commit.results` comes
+    /// from: (partition, how many), in the results' order. The judge keeps its
+    /// state per partition and judges closed windows only, never late partials.
+    pub result_partitions: Vec<(u32, usize)>,
 }
 
 /// Restoring a partition failed because stored state does not decode.
@@ -218,13 +222,16 @@ impl Aggregator {
     pub fn checkpoint(&mut self, partitions: Option<&[u32]>) -> Checkpointed {
         let mut commit = Commit::default();
         let mut offsets = Vec::new();
+        let mut result_partitions = Vec::new();
         let mut late: BTreeMap<(String, String), u64> = BTreeMap::new();
         let mut partials = Vec::new();
         for (&id, p) in self.partitions.iter_mut() {
             if partitions.is_some_and(|only| !only.contains(&id)) {
                 continue;
             }
+            let before = commit.results.len();
             p.drain_into(&mut commit, &mut partials, &mut late, &self.layout);
+            result_partitions.push((id, commit.results.len() - before));
             offsets.push((id, p.next_offset()));
         }
         let closed = commit.results.len();
@@ -242,6 +249,7 @@ impl Aggregator {
             closed,
             merged: Vec::new(),
             offsets,
+            result_partitions,
         }
     }
 

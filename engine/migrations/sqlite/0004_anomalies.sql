@@ -1,0 +1,50 @@
+-- Pulse embedded store, schema version 4: anomalies, the detectors' state and
+-- the alert outbox, all written in the same transaction as the window results
+-- they come from.
+
+-- One row per alert: inserted when a rule fires on a window, turned
+-- `resolved` (with resolved_ms) when it clears.
+CREATE TABLE anomalies (
+    id           TEXT    PRIMARY KEY,
+    rule         TEXT    NOT NULL,
+    metric       TEXT    NOT NULL,
+    tags         TEXT    NOT NULL, -- JSON object
+    window_label TEXT    NOT NULL,
+    window_start INTEGER NOT NULL,
+    window_end   INTEGER NOT NULL,
+    value        REAL    NOT NULL,
+    expected     REAL    NOT NULL,
+    score        REAL    NOT NULL,
+    state        TEXT    NOT NULL,
+    message      TEXT    NOT NULL,
+    resolved_ms  INTEGER
+);
+CREATE INDEX anomalies_by_metric ON anomalies (metric, window_start);
+CREATE INDEX anomalies_by_start ON anomalies (window_start);
+
+-- Each rule's memory of each series (history, streaks, firing alert), per
+-- bus partition so it moves with the partition.
+CREATE TABLE detector_states (
+    partition INTEGER NOT NULL,
+    rule      TEXT    NOT NULL,
+    series_id INTEGER NOT NULL,
+    state     BLOB    NOT NULL,
+    PRIMARY KEY (partition, rule, series_id)
+) WITHOUT ROWID;
+
+-- What is still to be told to each receiver (and the .anomalies topic):
+-- one row per anomaly, state and receiver, marked sent once delivered.
+CREATE TABLE anomaly_outbox (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    partition    INTEGER NOT NULL,
+    anomaly_id   TEXT    NOT NULL,
+    state        TEXT    NOT NULL,
+    receiver     TEXT    NOT NULL,
+    body         TEXT    NOT NULL, -- the anomaly as JSON, as it was then
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    next_attempt INTEGER NOT NULL DEFAULT 0,
+    last_error   TEXT,
+    sent_ms      INTEGER,
+    UNIQUE (anomaly_id, state, receiver)
+);
+CREATE INDEX anomaly_outbox_pending ON anomaly_outbox (partition, seq) WHERE sent_ms IS NULL;
