@@ -9,13 +9,13 @@ async fn quick_bench_measures_every_stage_and_renders_a_table() {
         ..BenchArgs::default()
     };
     let report = measure(&args).await.expect("the quick bench runs");
-    // Sketch, window, the two end-to-end rows and the two gateway → Kafka rows
-    // (without and with limits) always; the store and processor rows need
-    // PostgreSQL, which CI always has.
+    // Sketch, window, window with anomaly rules, the two end-to-end rows and
+    // the two gateway → Kafka rows (without and with limits) always; the store
+    // and processor rows need PostgreSQL, which CI always has.
     let rows = report.rows.len();
-    assert!((6..=8).contains(&rows), "{report:?}");
+    assert!((7..=9).contains(&rows), "{report:?}");
     if std::env::var_os("CI").is_some() {
-        assert_eq!(rows, 8, "{report:?}");
+        assert_eq!(rows, 9, "{report:?}");
     }
     for row in &report.rows {
         assert!(row.rate.is_finite() && row.rate > 0.0, "{row:?}");
