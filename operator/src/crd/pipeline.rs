@@ -49,7 +49,7 @@ pub struct MetricPipelineSpec {
     /// and `.anomalies`, which the operator creates.
     pub kafka: KafkaSpec,
     /// The PostgreSQL or TimescaleDB database holding raw points and window
-    /// results, in the schema `pulse_<namespace>_<name>` the operator migrates.
+    /// results, in the schema `pulse_<namespace>_<name>_<hash>` the operator migrates.
     pub database: DatabaseSpec,
     /// Optional Redis holding the latest window results and the live channel,
     /// so dashboards answer from memory. Without it answers come from the database.
