@@ -1683,10 +1683,9 @@ mod tests {
                 }
 
                 #[tokio::test]
+                #[ignore = "needs PULSE_TEST_TIMESCALE_URL (a database with the timescaledb extension); run with --ignored"]
                 async fn timescaledb() {
-                    if let Some(db) = super::TestDb::timescale_or_skip() {
-                        super::$name(db).await;
-                    }
+                    super::$name(super::TestDb::timescale()).await;
                 }
             }
         )*};
