@@ -1671,7 +1671,7 @@ mod tests {
 
     /// Runs each named store test once per mode: `native` against the plain
     /// PostgreSQL test database, `timescaledb` against TimescaleDB (see
-    /// [`TestDb::timescale_or_skip`]).
+    /// [`TestDb::timescale`], ignored unless asked for).
     macro_rules! in_both_modes {
         ($($name:ident),* $(,)?) => {$(
             mod $name {
