@@ -70,7 +70,7 @@ impl Role {
             Role::Gateway => "POST /metrics, POST /v1/metrics, /healthz, /readyz, /metrics",
             Role::Processor => "/healthz, /readyz, /metrics",
             Role::Dashboard => {
-                "web UI at /, GET /dashboard, /api/v1/query_range, /api/v1/metrics, /api/v1/live, \
+                "web UI at /, GET /dashboard, /api/v1/query_range, /api/v1/metrics, /api/v1/anomalies, /api/v1/live, \
                  /healthz, /readyz, /metrics"
             }
         }
