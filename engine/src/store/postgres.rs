@@ -1700,6 +1700,27 @@ mod tests {
         writes_into_compressed_chunks_replace_and_add_rows,
     );
 
+    /// The raw points and windows both retention tests commit: two days
+    /// before the cutoff, around the cutoff's edge, and one day after.
+    fn retention_fixture(old: i64, edge: i64, later: i64) -> Commit {
+        Commit {
+            raw_points: vec![
+                point("cpu", old * DAY_MS + 1, 1.0),
+                point("cpu", old * DAY_MS + 2, 2.0),
+                point("cpu", edge, 3.0),
+                point("cpu", edge + 7_200_000, 4.0),
+                point("cpu", later * DAY_MS + 10, 5.0),
+            ],
+            results: vec![
+                window("cpu", "a", old * DAY_MS),
+                window("cpu", "b", old * DAY_MS),
+                window("cpu", "a", edge),
+                window("cpu", "a", edge + 7_200_000),
+            ],
+            ..Default::default()
+        }
+    }
+
     /// `(range start, range end)` of each chunk of `table`, in ms, sorted.
     async fn chunk_ranges(store: &PostgresStore, table: &str) -> Vec<(i64, i64)> {
         sqlx::query_as(
@@ -2023,22 +2044,7 @@ mod tests {
             let edge = (today - 5) * DAY_MS; // retention cutoff - 1h
             let cutoff = edge + 3_600_000;
             store
-                .commit(&Commit {
-                    raw_points: vec![
-                        point("cpu", old * DAY_MS + 1, 1.0),
-                        point("cpu", old * DAY_MS + 2, 2.0),
-                        point("cpu", edge, 3.0),
-                        point("cpu", edge + 7_200_000, 4.0),
-                        point("cpu", later * DAY_MS + 10, 5.0),
-                    ],
-                    results: vec![
-                        window("cpu", "a", old * DAY_MS),
-                        window("cpu", "b", old * DAY_MS),
-                        window("cpu", "a", edge),
-                        window("cpu", "a", edge + 7_200_000),
-                    ],
-                    ..Default::default()
-                })
+                .commit(&retention_fixture(old, edge, later))
                 .await
                 .unwrap();
             // ... and moves into the partition made for that day later.
@@ -2187,22 +2193,7 @@ mod tests {
         let cutoff = edge + 3_600_000;
         assert!(chunk_ranges(store, "raw_points").await.is_empty());
         store
-            .commit(&Commit {
-                raw_points: vec![
-                    point("cpu", old * DAY_MS + 1, 1.0),
-                    point("cpu", old * DAY_MS + 2, 2.0),
-                    point("cpu", edge, 3.0),
-                    point("cpu", edge + 7_200_000, 4.0),
-                    point("cpu", later * DAY_MS + 10, 5.0),
-                ],
-                results: vec![
-                    window("cpu", "a", old * DAY_MS),
-                    window("cpu", "b", old * DAY_MS),
-                    window("cpu", "a", edge),
-                    window("cpu", "a", edge + 7_200_000),
-                ],
-                ..Default::default()
-            })
+            .commit(&retention_fixture(old, edge, later))
             .await
             .unwrap();
         let days = |days: &[i64]| -> Vec<(i64, i64)> {
