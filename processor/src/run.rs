@@ -562,7 +562,8 @@ pub(crate) async fn sleep_or_shutdown(d: Duration, stop: &CancellationToken) -> 
     }
 }
 
-/// Deletes raw points and results past their retention, now and periodically.
+/// Deletes raw points, results, resolved anomalies and delivered outbox rows
+/// past their retention (`Store::enforce_retention`), now and periodically.
 async fn retention_loop(
     store: Arc<dyn Store>,
     storage: StorageConfig,
@@ -573,11 +574,16 @@ async fn retention_loop(
         let raw_before = now - storage.raw_retention.as_millis() as i64;
         let results_before = now - storage.result_retention.as_millis() as i64;
         match store.enforce_retention(raw_before, results_before).await {
-            Ok(report) if report.raw_points + report.results > 0 => {
+            Ok(report)
+                if report.raw_points + report.results + report.anomalies + report.deliveries
+                    > 0 =>
+            {
                 info!(
                     message = "Retention removed old data.",
                     raw_points = report.raw_points,
-                    results = report.results
+                    results = report.results,
+                    anomalies = report.anomalies,
+                    deliveries = report.deliveries
                 );
             }
             Ok(_) => {}

@@ -212,6 +212,10 @@ pub struct MetricInfo {
 pub struct RetentionReport {
     pub raw_points: u64,
     pub results: u64,
+    /// Resolved anomalies (see [`Store::enforce_retention`]).
+    pub anomalies: u64,
+    /// Delivered outbox rows.
+    pub deliveries: u64,
 }
 
 /// Store failures. `Unavailable` is transient: retry with backoff.
@@ -298,8 +302,12 @@ pub trait Store: Send + Sync {
     /// Late-point totals of `metric`, per window.
     async fn late_counts(&self, metric: &str) -> Result<Vec<LateCount>, StoreError>;
 
-    /// Deletes raw points older than `raw_before_ms` and results whose window
-    /// ended before `results_before_ms`.
+    /// Deletes raw points (and dead letters) older than `raw_before_ms` and
+    /// results whose window ended before `results_before_ms`. Anomalies go
+    /// with the results once resolved (a resolving window that ended before
+    /// `results_before_ms`); a firing one stays however old, as it is still
+    /// on. Outbox rows go with the raw points once delivered (sent before
+    /// `raw_before_ms`); an undelivered row is never deleted.
     async fn enforce_retention(
         &self,
         raw_before_ms: TimestampMs,

@@ -1610,6 +1610,8 @@ impl Store for PostgresStore {
                 .map_err(db_error)?;
         report.raw_points += raw.rows_affected();
         report.results += results.rows_affected();
+        (report.anomalies, report.deliveries) =
+            anomaly::postgres::retain(&self.pool, raw_before_ms, results_before_ms).await?;
         Ok(report)
     }
 
@@ -2069,7 +2071,8 @@ mod tests {
                 report,
                 RetentionReport {
                     raw_points: 3,
-                    results: 3
+                    results: 3,
+                    ..RetentionReport::default()
                 },
                 "two rows by dropping the old day's partition, one leftover row each"
             );
@@ -2215,7 +2218,8 @@ mod tests {
             report,
             RetentionReport {
                 raw_points: 3,
-                results: 3
+                results: 3,
+                ..RetentionReport::default()
             }
         );
         assert_eq!(
