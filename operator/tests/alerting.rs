@@ -152,7 +152,7 @@ fn rules_and_receivers_render_into_the_config_with_secrets_as_variables() {
     );
 
     let objects = pipeline_objects(&validated, IMAGE);
-    let processor = &objects.processor.spec.as_ref().unwrap().template;
+    let processor = &objects.processor.spec.template;
     let container = &processor.spec.as_ref().unwrap().containers[0];
     assert_eq!(
         secret_env(container),
@@ -163,7 +163,7 @@ fn rules_and_receivers_render_into_the_config_with_secrets_as_variables() {
             ("PULSE_RECEIVER_2_ROUTING_KEY".into(), pair("alerts", "pd")),
         ])
     );
-    let gateway = &objects.gateway.spec.as_ref().unwrap().template;
+    let gateway = &objects.gateway.spec.template;
     assert!(
         secret_env(&gateway.spec.as_ref().unwrap().containers[0]).is_empty(),
         "only the processor sends alerts"
