@@ -130,7 +130,9 @@ async fn live_events(client: &reqwest::Client, url: &str) -> Arc<Mutex<String>> 
     let sink = Arc::clone(&text);
     tokio::spawn(async move {
         while let Ok(Some(chunk)) = response.chunk().await {
-            sink.lock().unwrap().push_str(&String::from_utf8_lossy(&chunk));
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&chunk));
         }
     });
     text
@@ -150,8 +152,7 @@ async fn wait_for_event(text: &Mutex<String>, event: &str) -> Value {
                         .find_map(|l| l.strip_prefix(name).map(str::trim_start))
                 };
                 (field("event:")? == event).then_some(())?;
-                field("data:")
-                    .and_then(|data| serde_json::from_str::<Value>(data).ok())
+                field("data:").and_then(|data| serde_json::from_str::<Value>(data).ok())
             })
         };
         if let Some(data) = found {

@@ -147,7 +147,11 @@ fn rules_and_receivers_render_into_the_config_with_secrets_as_variables() {
         ]
     );
     assert!(
-        config.alerting.receivers.iter().all(|r| r.routing_key.is_none()),
+        config
+            .alerting
+            .receivers
+            .iter()
+            .all(|r| r.routing_key.is_none()),
         "no credential in the ConfigMap"
     );
 
@@ -277,7 +281,9 @@ fn cel_refuses_a_bad_rule_or_receiver_naming_it() {
         "receiver pager: pagerduty needs routingKeySecretRef",
     );
     refused(
-        |v| v["spec"]["alerting"]["receivers"][3]["urlSecretRef"] = json!({"name": "a", "key": "b"}),
+        |v| {
+            v["spec"]["alerting"]["receivers"][3]["urlSecretRef"] = json!({"name": "a", "key": "b"})
+        },
         "receiver am: give url or urlSecretRef, not both",
     );
     refused(

@@ -393,7 +393,8 @@ async fn receivers_reach_the_processor_from_their_secret_and_never_the_config_ma
         Some("PULSE_RECEIVER_0_URL")
     );
     assert_eq!(config.alerting.receivers[0].url, None);
-    let env = |apply: &Recorded| apply.body["spec"]["template"]["spec"]["containers"][0]["env"].clone();
+    let env =
+        |apply: &Recorded| apply.body["spec"]["template"]["spec"]["containers"][0]["env"].clone();
     let processor = env(&recorded[5]);
     let receiver = processor
         .as_array()
@@ -418,7 +419,9 @@ async fn a_bad_rule_is_an_invalid_spec_condition_naming_it() {
     if let Some(anomaly) = mp.spec.anomaly.as_mut() {
         anomaly.rules[0].window = Some("2h".into());
     }
-    h.reconcile(mp).await.expect("an invalid spec is not an error");
+    h.reconcile(mp)
+        .await
+        .expect("an invalid spec is not an error");
     assert_eq!(
         h.api.lines(),
         vec![format!("PATCH {PIPELINE}/status"), EVENT.to_string()],
@@ -427,7 +430,10 @@ async fn a_bad_rule_is_an_invalid_spec_condition_naming_it() {
     let status = status_patch(&h.api.recorded());
     assert_eq!(condition(&status, "Ready"), cond("False", "InvalidSpec"));
     let message = status.body.to_string();
-    assert!(message.contains("anomaly.rules[0] (cpu-spike).window"), "{message}");
+    assert!(
+        message.contains("anomaly.rules[0] (cpu-spike).window"),
+        "{message}"
+    );
 }
 
 #[tokio::test]

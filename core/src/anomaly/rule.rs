@@ -164,7 +164,10 @@ impl ReceiverConfig {
         }
         if self.kind == ReceiverKind::Pagerduty
             && self.routing_key_env.is_none()
-            && self.routing_key.as_deref().is_none_or(|k| k.trim().is_empty())
+            && self
+                .routing_key
+                .as_deref()
+                .is_none_or(|k| k.trim().is_empty())
         {
             return Err((
                 "routing_key",

@@ -12,8 +12,7 @@ use pulse_core::config::Config;
 
 use super::{InvalidSpec, window_label};
 use crate::crd::{
-    AnomalyRuleSpec, DetectorSpec, MetricPipelineSpec, ReceiverKindSpec, ReceiverSpec,
-    SecretKeyRef,
+    AnomalyRuleSpec, DetectorSpec, MetricPipelineSpec, ReceiverKindSpec, ReceiverSpec, SecretKeyRef,
 };
 use crate::names;
 

@@ -215,11 +215,12 @@ pub async fn retain(
     raw_before_ms: i64,
     results_before_ms: i64,
 ) -> Result<(u64, u64), StoreError> {
-    let anomalies = sqlx::query("DELETE FROM anomalies WHERE state = 'resolved' AND resolved_ms < $1")
-        .bind(results_before_ms)
-        .execute(pool)
-        .await
-        .map_err(db_error)?;
+    let anomalies =
+        sqlx::query("DELETE FROM anomalies WHERE state = 'resolved' AND resolved_ms < $1")
+            .bind(results_before_ms)
+            .execute(pool)
+            .await
+            .map_err(db_error)?;
     let deliveries =
         sqlx::query("DELETE FROM anomaly_outbox WHERE sent_ms IS NOT NULL AND sent_ms < $1")
             .bind(raw_before_ms)

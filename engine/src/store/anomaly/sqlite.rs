@@ -218,11 +218,12 @@ pub async fn retain(
     raw_before_ms: i64,
     results_before_ms: i64,
 ) -> Result<(u64, u64), StoreError> {
-    let anomalies = sqlx::query("DELETE FROM anomalies WHERE state = 'resolved' AND resolved_ms < ?")
-        .bind(results_before_ms)
-        .execute(pool)
-        .await
-        .map_err(unavailable)?;
+    let anomalies =
+        sqlx::query("DELETE FROM anomalies WHERE state = 'resolved' AND resolved_ms < ?")
+            .bind(results_before_ms)
+            .execute(pool)
+            .await
+            .map_err(unavailable)?;
     let deliveries =
         sqlx::query("DELETE FROM anomaly_outbox WHERE sent_ms IS NOT NULL AND sent_ms < ?")
             .bind(raw_before_ms)
