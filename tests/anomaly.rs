@@ -122,20 +122,23 @@ async fn wait_for(
 }
 
 /// Subscribes to the server-sent events at `url` and collects the stream's
-/// text as it arrives.
-async fn live_events(client: &reqwest::Client, url: &str) -> Arc<Mutex<String>> {
+/// text as it arrives; abort the task to hang up.
+async fn live_events(
+    client: &reqwest::Client,
+    url: &str,
+) -> (Arc<Mutex<String>>, tokio::task::JoinHandle<()>) {
     let mut response = client.get(url).send().await.unwrap();
     assert_eq!(response.status(), 200);
     let text = Arc::new(Mutex::new(String::new()));
     let sink = Arc::clone(&text);
-    tokio::spawn(async move {
+    let reader = tokio::spawn(async move {
         while let Ok(Some(chunk)) = response.chunk().await {
             sink.lock()
                 .unwrap()
                 .push_str(&String::from_utf8_lossy(&chunk));
         }
     });
-    text
+    (text, reader)
 }
 
 /// The data of the first `event` in the collected stream, or fails after a minute.
@@ -198,7 +201,7 @@ async fn the_spike_window_and_only_it_is_an_anomaly_across_a_sigkill() {
     let mut up = PulseProcess::spawn(&["up", "--config", config_arg]);
     let gateway = up.banner_url("gateway", Duration::from_secs(60));
     let dashboard = up.banner_url("dashboard", Duration::from_secs(60));
-    let live = live_events(
+    let (live, reader) = live_events(
         &client,
         &format!("{dashboard}/api/v1/live?metric=cpu_usage&window=1m"),
     )
@@ -234,6 +237,8 @@ async fn the_spike_window_and_only_it_is_an_anomaly_across_a_sigkill() {
     let event = wait_for_event(&live, "anomaly").await;
     assert_eq!(event["id"], a["id"], "{event}");
     assert_eq!(event["window_start_ms"], a["window_start_ms"]);
+    // Hang up: a graceful stop waits for open streams.
+    reader.abort();
 
     // The webhook got the trigger and the resolve, each once.
     let deadline = Instant::now() + Duration::from_secs(30);
