@@ -113,7 +113,7 @@ pub fn query(state: &AppState, params: &AnomalyParams) -> Result<AnomalyQuery, A
         (status = 500, description = "`store_error`: the store answered with something it could not have stored (a bug or corruption; see the logs)", body = pulse_server::openapi::ErrorBody),
         (status = 503, description = "`unavailable`: the store does not answer; retry after `Retry-After`", body = pulse_server::openapi::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     ),
-    security((), (pulse_server::openapi::BEARER = []))
+    security((), ("bearer" = []))
 )]
 pub(crate) async fn anomalies(
     State(state): State<AppState>,

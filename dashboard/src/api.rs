@@ -73,7 +73,7 @@ const SOURCE_HEADER: HeaderName = HeaderName::from_static("x-pulse-source");
         (status = 500, description = "`store_error`: the store answered with something it could not have stored (a bug or corruption; see the logs)", body = pulse_server::openapi::ErrorBody),
         (status = 503, description = "`unavailable`: the store does not answer; retry after `Retry-After`", body = pulse_server::openapi::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     ),
-    security((), (pulse_server::openapi::BEARER = []))
+    security((), ("bearer" = []))
 )]
 pub(crate) async fn dashboard(
     State(state): State<AppState>,
@@ -171,7 +171,7 @@ fn no_data(request: &LatestRequest, allowed_lateness: Duration) -> ApiError {
         (status = 500, description = "`store_error`: the store answered with something it could not have stored (a bug or corruption; see the logs)", body = pulse_server::openapi::ErrorBody),
         (status = 503, description = "`unavailable`: the store does not answer; retry after `Retry-After`", body = pulse_server::openapi::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     ),
-    security((), (pulse_server::openapi::BEARER = []))
+    security((), ("bearer" = []))
 )]
 pub(crate) async fn query_range(
     State(state): State<AppState>,
@@ -227,7 +227,7 @@ pub(crate) async fn query_range(
         (status = 500, description = "`store_error`: the store answered with something it could not have stored (a bug or corruption; see the logs)", body = pulse_server::openapi::ErrorBody),
         (status = 503, description = "`unavailable`: the store does not answer; retry after `Retry-After`", body = pulse_server::openapi::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     ),
-    security((), (pulse_server::openapi::BEARER = []))
+    security((), ("bearer" = []))
 )]
 pub(crate) async fn tags(
     State(state): State<AppState>,
@@ -261,7 +261,7 @@ pub(crate) async fn tags(
     path = "/api/v1/dashboards",
     tag = "dashboards",
     responses((status = 200, description = "Every board, `default` first", body = BoardList)),
-    security((), (pulse_server::openapi::BEARER = []))
+    security((), ("bearer" = []))
 )]
 pub(crate) async fn dashboards(State(state): State<AppState>) -> Response {
     Json(boards::list(&state.boards, state.windows.labels())).into_response()
@@ -280,7 +280,7 @@ pub(crate) async fn dashboards(State(state): State<AppState>) -> Response {
         (status = 500, description = "`store_error`: the store answered with something it could not have stored (a bug or corruption; see the logs)", body = pulse_server::openapi::ErrorBody),
         (status = 503, description = "`unavailable`: the store does not answer; retry after `Retry-After`", body = pulse_server::openapi::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     ),
-    security((), (pulse_server::openapi::BEARER = []))
+    security((), ("bearer" = []))
 )]
 pub(crate) async fn dashboard_board(
     State(state): State<AppState>,
@@ -324,7 +324,7 @@ pub(crate) fn no_such_board(boards: &[Board], name: &str) -> ApiError {
         (status = 500, description = "`store_error`: the store answered with something it could not have stored (a bug or corruption; see the logs)", body = pulse_server::openapi::ErrorBody),
         (status = 503, description = "`unavailable`: the store does not answer; retry after `Retry-After`", body = pulse_server::openapi::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     ),
-    security((), (pulse_server::openapi::BEARER = []))
+    security((), ("bearer" = []))
 )]
 pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let metrics = state.store.metrics().await.map_err(store_error)?;

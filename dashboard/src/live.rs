@@ -36,7 +36,7 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
         (status = 400, description = "A parameter is missing or wrong: `bad_query`, `missing_param`, `bad_window`, `bad_tags`, `bad_aggs`, `bad_range`, `bad_group_by`, ... (`message` says which and why)", body = pulse_server::openapi::ErrorBody),
         (status = 503, description = "`unavailable`: live updates cannot be subscribed to right now; retry after `Retry-After`", body = pulse_server::openapi::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     ),
-    security((), (pulse_server::openapi::BEARER = []))
+    security((), ("bearer" = []))
 )]
 pub(crate) async fn live(
     State(state): State<AppState>,

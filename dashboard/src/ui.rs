@@ -95,8 +95,8 @@ const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-
     path = "/",
     tag = "ui",
     responses((status = 200, description = "The web UI's page to a client whose `Accept` has `text/html`; a JSON index of the API to any other", content(
-        ("text/html" = String, example = "<!doctype html>..."),
-        ("application/json" = Object, example = json!({"service": "pulse-dashboard", "endpoints": {"/dashboard": "latest closed window across series"}}))
+        (String = "text/html", example = "<!doctype html>..."),
+        (Object = "application/json", example = json!({"service": "pulse-dashboard", "endpoints": {"/dashboard": "latest closed window across series"}}))
     )))
 )]
 pub(crate) async fn root(headers: HeaderMap) -> Response {
@@ -117,8 +117,8 @@ pub(crate) async fn root(headers: HeaderMap) -> Response {
     responses(
         (status = 200, description = "The web UI's page, showing the board", content_type = "text/html", body = String, example = "<!doctype html>..."),
         (status = 404, description = "No such board: the page (which lists the boards) to browsers, `no_such_dashboard` to other clients", content(
-            ("text/html" = String, example = "<!doctype html>..."),
-            ("application/json" = pulse_server::openapi::ErrorBody)
+            (String = "text/html", example = "<!doctype html>..."),
+            (pulse_server::openapi::ErrorBody = "application/json")
         )),
     )
 )]
@@ -145,10 +145,10 @@ pub(crate) async fn board(
     params(("path" = String, Path, description = "The file's path under the UI's assets", example = "app.js")),
     responses(
         (status = 200, description = "The file, with its content type", content(
-            ("text/javascript" = String),
-            ("text/css" = String),
-            ("image/svg+xml" = String),
-            ("text/plain" = String)
+            (String = "text/javascript"),
+            (String = "text/css"),
+            (String = "image/svg+xml"),
+            (String = "text/plain")
         )),
         (status = 304, description = "Not modified: the `If-None-Match` matched the file's `ETag`"),
         (status = 404, description = "`not_found`: no such file", body = pulse_server::openapi::ErrorBody),

@@ -65,7 +65,7 @@ struct Prepared {
         (status = 429, description = "`rate_limited`: the writer is over `gateway.rate_limit`; nothing was accepted, resend after `Retry-After` seconds", body = pulse_server::openapi::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before resending"))),
         (status = 503, description = "`unavailable` (the bus refused) or `overloaded` (no processing slot or decode budget within 2 s); nothing was accepted, retry after `Retry-After`", body = pulse_server::openapi::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     ),
-    security((), (pulse_server::openapi::BEARER = []))
+    security((), ("bearer" = []))
 )]
 pub(crate) async fn receive(
     State(gateway): State<Arc<Gateway>>,
