@@ -52,6 +52,8 @@ fn run(schemathesis: &PathBuf, base: &str, extra: &[&str]) {
         .args(["--suppress-health-check", "all"])
         .arg("--report-dir")
         .arg(reports.path())
+        // Its cache (`.schemathesis/`) goes there too, not into the repository.
+        .current_dir(reports.path())
         .args(extra)
         // NDJSON bodies: sent as the text generated for them.
         .env("SCHEMATHESIS_HOOKS", "ndjson_hooks")

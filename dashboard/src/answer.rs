@@ -77,10 +77,10 @@ pub struct LatestAnswer {
     #[schema(example = "2026-11-29T05:21:00Z")]
     pub window_end: Option<String>,
     /// Start of the window, Unix milliseconds.
-    #[schema(example = 1764393600000_i64)]
+    #[schema(value_type = i64, example = 1764393600000_i64)]
     pub window_start_ms: TimestampMs,
     /// End of the window (exclusive), Unix milliseconds.
-    #[schema(example = 1764393660000_i64)]
+    #[schema(value_type = i64, example = 1764393660000_i64)]
     pub window_end_ms: TimestampMs,
     /// How many series were merged.
     #[schema(example = 3)]
@@ -136,10 +136,10 @@ pub struct RangeAnswer {
     #[schema(example = "1m")]
     pub window: String,
     /// Start of the range, Unix milliseconds (inclusive).
-    #[schema(example = 1764390000000_i64)]
+    #[schema(value_type = i64, example = 1764390000000_i64)]
     pub from_ms: TimestampMs,
     /// End of the range, Unix milliseconds (exclusive).
-    #[schema(example = 1764393600000_i64)]
+    #[schema(value_type = i64, example = 1764393600000_i64)]
     pub to_ms: TimestampMs,
     /// One entry per combination of `group_by` values (one in all without `group_by`).
     #[schema(example = json!([{"tags": {"host": "web-01"}, "points": [{"window_start_ms": 1764393600000_i64, "window_end_ms": 1764393660000_i64, "aggregations": {"avg": 87.3}}]}]))]
@@ -158,7 +158,7 @@ pub struct RangeAnswer {
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct SeriesAnswer {
     /// The group's values of the `group_by` keys (empty without `group_by`).
-    #[schema(example = json!({"host": "web-01"}))]
+    #[schema(value_type = BTreeMap<String, String>, example = json!({"host": "web-01"}))]
     pub tags: Tags,
     /// Its windows, oldest first.
     #[schema(example = json!([{"window_start_ms": 1764393600000_i64, "window_end_ms": 1764393660000_i64, "aggregations": {"avg": 87.3}}]))]
@@ -169,10 +169,10 @@ pub struct SeriesAnswer {
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct PointAnswer {
     /// Start of the window, Unix milliseconds.
-    #[schema(example = 1764393600000_i64)]
+    #[schema(value_type = i64, example = 1764393600000_i64)]
     pub window_start_ms: TimestampMs,
     /// End of the window (exclusive), Unix milliseconds.
-    #[schema(example = 1764393660000_i64)]
+    #[schema(value_type = i64, example = 1764393660000_i64)]
     pub window_end_ms: TimestampMs,
     /// The aggregations asked for, merged across the group's series.
     #[schema(value_type = HashMap<String, Option<f64>>, example = json!({"count": 12, "avg": 87.3, "p95": 93.2}))]
@@ -254,10 +254,10 @@ pub struct LiveEvent<'a> {
     #[schema(value_type = BTreeMap<String, String>, example = json!({"host": "web-01"}))]
     pub tags: &'a Tags,
     /// Start of the window, Unix milliseconds.
-    #[schema(example = 1764393600000_i64)]
+    #[schema(value_type = i64, example = 1764393600000_i64)]
     pub window_start_ms: TimestampMs,
     /// End of the window (exclusive), Unix milliseconds.
-    #[schema(example = 1764393660000_i64)]
+    #[schema(value_type = i64, example = 1764393660000_i64)]
     pub window_end_ms: TimestampMs,
     /// The aggregations asked for (`aggs`, by default every one).
     #[schema(value_type = HashMap<String, Option<f64>>, example = json!({"count": 12, "avg": 87.3, "p95": 93.2}))]

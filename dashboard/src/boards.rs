@@ -89,7 +89,7 @@ pub struct PanelView {
     #[schema(example = json!(["avg", "p95"]))]
     pub aggs: Vec<String>,
     /// The tag filter of its queries.
-    #[schema(example = json!({"env": "prod"}))]
+    #[schema(value_type = BTreeMap<String, String>, example = json!({"env": "prod"}))]
     pub tags: Tags,
     /// The tag keys it groups by (one line or row per combination).
     #[schema(example = json!(["host"]))]
@@ -99,7 +99,7 @@ pub struct PanelView {
     pub thresholds: Vec<Threshold>,
     /// End of the metric's newest stored window, on the default board only.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(example = 1764393660000_i64)]
+    #[schema(value_type = Option<i64>, example = 1764393660000_i64)]
     pub last_window_end_ms: Option<TimestampMs>,
 }
 

@@ -48,8 +48,21 @@ pub struct ErrorDetail {
     /// Structured details of some codes: the limit crossed, the per-point errors
     /// of `invalid_points`, the valid choices. Absent when there are none.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>, example = json!({"limit_bytes": 10485760}))]
+    #[schema(schema_with = details_schema, required = false)]
     pub details: Option<Value>,
+}
+
+/// `details`: any JSON object (utoipa drops an example given to a free-form
+/// object, so the schema is written here).
+fn details_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::Object)
+        .description(Some(
+            "Structured details of some codes: the limit crossed, the per-point errors \
+             of `invalid_points`, the valid choices. Absent when there are none.",
+        ))
+        .examples([serde_json::json!({"limit_bytes": 10485760})])
+        .build()
 }
 
 /// `GET /healthz`: the process is alive.

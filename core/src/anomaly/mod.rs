@@ -67,16 +67,16 @@ pub struct Anomaly {
     #[schema(example = "cpu_usage")]
     pub metric_name: String,
     /// The series' tags.
-    #[schema(example = json!({"host": "web-01"}))]
+    #[schema(value_type = BTreeMap<String, String>, example = json!({"host": "web-01"}))]
     pub tags: Tags,
     /// The window label the rule judges.
     #[schema(example = "1m")]
     pub window: String,
     /// Start of the window the rule fired on, Unix milliseconds.
-    #[schema(example = 1764393600000_i64)]
+    #[schema(value_type = i64, example = 1764393600000_i64)]
     pub window_start_ms: TimestampMs,
     /// End of that window (exclusive), Unix milliseconds.
-    #[schema(example = 1764393660000_i64)]
+    #[schema(value_type = i64, example = 1764393660000_i64)]
     pub window_end_ms: TimestampMs,
     /// The window's value (the rule's aggregation).
     #[schema(example = 97.5)]
@@ -95,7 +95,7 @@ pub struct Anomaly {
     pub message: String,
     /// End of the window at which it resolved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(example = 1764393900000_i64)]
+    #[schema(value_type = Option<i64>, example = 1764393900000_i64)]
     pub resolved_ms: Option<TimestampMs>,
     /// Receivers the rule notifies (not part of the API answer).
     #[serde(default, skip)]

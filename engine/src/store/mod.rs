@@ -208,7 +208,7 @@ pub struct MetricInfo {
     #[schema(example = 3)]
     pub series: u64,
     /// End of the newest stored window of any series, if any (Unix milliseconds).
-    #[schema(example = 1764393660000_i64)]
+    #[schema(value_type = Option<i64>, example = 1764393660000_i64)]
     pub last_window_end_ms: Option<TimestampMs>,
 }
 
