@@ -59,8 +59,8 @@ pub struct ContentEncoding {
     pub content_encoding: Option<String>,
 }
 
-/// Documents `route` (an ingest handler's operation at `/v1/metrics`) at
-/// `/metrics` too: both routes take the same bodies and give the same answers.
+/// Documents the ingest handler's operation at `/v1/metrics` at `/metrics`
+/// too: both routes take the same bodies and give the same answers.
 pub fn also_at_metrics(doc: &mut utoipa::openapi::OpenApi) {
     let Some(mut operation) = doc
         .paths
