@@ -24,7 +24,10 @@ const CHECKS: &str = "not_a_server_error,response_schema_conformance,status_code
 
 fn schemathesis() -> Option<PathBuf> {
     let path = std::env::var_os("PULSE_SCHEMATHESIS").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tools/schemathesis/venv/bin/schemathesis"),
+        || {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("tools/schemathesis/venv/bin/schemathesis")
+        },
         PathBuf::from,
     );
     if path.exists() {
@@ -35,7 +38,10 @@ fn schemathesis() -> Option<PathBuf> {
         "schemathesis is missing at {}: `.ci/run` installs it (or set PULSE_SCHEMATHESIS)",
         path.display()
     );
-    eprintln!("skipped: no schemathesis at {} (run .ci/run once)", path.display());
+    eprintln!(
+        "skipped: no schemathesis at {} (run .ci/run once)",
+        path.display()
+    );
     None
 }
 
@@ -57,7 +63,10 @@ fn run(schemathesis: &PathBuf, base: &str, extra: &[&str]) {
         .args(extra)
         // NDJSON bodies: sent as the text generated for them.
         .env("SCHEMATHESIS_HOOKS", "ndjson_hooks")
-        .env("PYTHONPATH", PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tools/schemathesis"))
+        .env(
+            "PYTHONPATH",
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tools/schemathesis"),
+        )
         .env("SCHEMATHESIS_TELEMETRY", "false")
         .env("NO_COLOR", "1")
         .output()
@@ -68,7 +77,10 @@ fn run(schemathesis: &PathBuf, base: &str, extra: &[&str]) {
         String::from_utf8_lossy(&output.stderr)
     );
     println!("schemathesis against {base}:\n{text}");
-    assert!(output.status.success(), "schemathesis found answers that contradict the document of {base}:\n{text}");
+    assert!(
+        output.status.success(),
+        "schemathesis found answers that contradict the document of {base}:\n{text}"
+    );
 }
 
 fn free_port() -> u16 {

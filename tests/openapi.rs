@@ -44,13 +44,23 @@ fn documents_are_openapi_3_1_and_list_the_contract_routes() {
     for path in ["/metrics", "/v1/metrics"] {
         assert!(gateway[path]["post"].is_object(), "gateway POST {path}");
     }
-    assert!(gateway["/metrics"]["get"].is_object(), "gateway GET /metrics");
+    assert!(
+        gateway["/metrics"]["get"].is_object(),
+        "gateway GET /metrics"
+    );
     let dashboard = paths("dashboard.json");
-    for path in ["/dashboard", "/api/v1/query_range", "/api/v1/anomalies", "/api/v1/live"] {
+    for path in [
+        "/dashboard",
+        "/api/v1/query_range",
+        "/api/v1/anomalies",
+        "/api/v1/live",
+    ] {
         assert!(dashboard[path]["get"].is_object(), "dashboard GET {path}");
     }
     let receiver = paths("sidecar-receiver.json");
-    assert!(receiver["/v1/metrics"]["post"].is_object() && receiver["/metrics"]["post"].is_object());
+    assert!(
+        receiver["/v1/metrics"]["post"].is_object() && receiver["/metrics"]["post"].is_object()
+    );
 }
 
 /// Every property of every schema, and every parameter, says what it is and
@@ -79,14 +89,18 @@ fn every_field_and_parameter_has_a_description_and_an_example() {
         for (path, item) in doc["paths"].as_object().unwrap() {
             for (method, operation) in item.as_object().unwrap() {
                 for parameter in operation["parameters"].as_array().into_iter().flatten() {
-                    if parameter.get("description").is_none() || parameter.get("example").is_none() {
+                    if parameter.get("description").is_none() || parameter.get("example").is_none()
+                    {
                         missing.push(format!("{name}: {method} {path} {}", parameter["name"]));
                     }
                 }
             }
         }
     }
-    assert!(missing.is_empty(), "without a description or an example: {missing:#?}");
+    assert!(
+        missing.is_empty(),
+        "without a description or an example: {missing:#?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -106,7 +120,11 @@ async fn pulse_up_serves_its_documents() {
             .await
             .unwrap();
         assert_eq!(answer.status(), 200, "{name}");
-        assert_eq!(answer.headers()["content-type"], "application/json", "{name}");
+        assert_eq!(
+            answer.headers()["content-type"],
+            "application/json",
+            "{name}"
+        );
         let served = answer.text().await.unwrap();
         let (_, doc) = pulse::openapi::documents()
             .into_iter()

@@ -8,11 +8,11 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use pulse_core::codec::body::BodyError;
-use pulse_core::validate::PointError;
 use pulse_core::codec::body::TypedPoint;
+use pulse_core::validate::PointError;
+use serde::Deserialize;
 use serde::Serialize;
 use serde_json::json;
-use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::ApiError;
@@ -71,7 +71,8 @@ pub fn also_at_metrics(doc: &mut utoipa::openapi::OpenApi) {
         return;
     };
     operation.operation_id = Some("post_metrics".into());
-    operation.summary = Some("Takes points (the original single-point route; same contract as /v1/metrics)".into());
+    operation.summary =
+        Some("Takes points (the original single-point route; same contract as /v1/metrics)".into());
     let item = doc.paths.paths.entry("/metrics".into()).or_default();
     item.post = Some(operation);
 }

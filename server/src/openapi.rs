@@ -11,8 +11,8 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::http::header;
 use axum::extract::State;
+use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use serde::Serialize;
@@ -125,29 +125,37 @@ pub fn finish(mut doc: OpenApi, title: &str, description: &str) -> OpenApi {
         .version(env!("CARGO_PKG_VERSION"))
         .description(Some(description))
         .build();
-    let components = doc.components.get_or_insert_with(|| ComponentsBuilder::new().build());
+    let components = doc
+        .components
+        .get_or_insert_with(|| ComponentsBuilder::new().build());
     let mut authenticated = false;
     for item in doc.paths.paths.values_mut() {
         for operation in operations(item) {
-            let secured = operation
-                .security
-                .as_ref()
-                .is_some_and(|s| !s.is_empty());
+            let secured = operation.security.as_ref().is_some_and(|s| !s.is_empty());
             let responses = &mut operation.responses.responses;
             let mut add = |status: &str, text: &str| {
                 responses
                     .entry(status.to_string())
                     .or_insert_with(|| error_response(text));
             };
-            add("414", "url_too_long: the request target is over http.max_url_bytes");
+            add(
+                "414",
+                "url_too_long: the request target is over http.max_url_bytes",
+            );
             add(
                 "431",
                 "headers_too_large: the request headers are over http.max_header_bytes",
             );
             if secured {
                 authenticated = true;
-                add("401", "unauthorized: tokens are configured and no `Authorization: Bearer` header was sent");
-                add("403", "forbidden: the bearer token is not one of the configured tokens");
+                add(
+                    "401",
+                    "unauthorized: tokens are configured and no `Authorization: Bearer` header was sent",
+                );
+                add(
+                    "403",
+                    "forbidden: the bearer token is not one of the configured tokens",
+                );
             }
         }
     }
@@ -195,7 +203,10 @@ pub fn to_json(doc: &OpenApi) -> String {
     responses((status = 200, description = "This OpenAPI 3.1 document", content_type = "application/json", body = Object))
 )]
 async fn openapi_json(State(text): State<Arc<str>>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], text.to_string())
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        text.to_string(),
+    )
 }
 
 /// A documented error answer in the one error shape.
@@ -205,7 +216,9 @@ pub fn error_response(description: &str) -> RefOr<Response> {
         .content(
             "application/json",
             ContentBuilder::new()
-                .schema(Some(RefOr::<Schema>::Ref(Ref::from_schema_name("ErrorBody"))))
+                .schema(Some(RefOr::<Schema>::Ref(Ref::from_schema_name(
+                    "ErrorBody",
+                ))))
                 .build(),
         )
         .build()

@@ -342,7 +342,11 @@ fn trim_ascii(bytes: &[u8]) -> &[u8] {
 #[schema(as = Point, example = json!({"metric_name": "cpu_usage", "value": 92.5, "timestamp": 1721199945, "tags": {"host": "web-01", "env": "prod"}}))]
 pub struct TypedPoint {
     /// The metric: `[A-Za-z_][A-Za-z0-9_.:-]*`, at most 200 bytes.
-    #[schema(example = "cpu_usage", pattern = "^[A-Za-z_][A-Za-z0-9_.:-]*$", max_length = 200)]
+    #[schema(
+        example = "cpu_usage",
+        pattern = "^[A-Za-z_][A-Za-z0-9_.:-]*$",
+        max_length = 200
+    )]
     metric_name: String,
     /// The value: a finite number (a JSON string is refused).
     #[schema(example = 92.5)]
