@@ -64,6 +64,15 @@ pub struct Processor {
     deliverer: Option<Deliverer>,
 }
 
+/// The OpenAPI 3.1 document of the processor's health port (`processor.listen`).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    pulse_server::openapi::ops_document(
+        "Pulse processor",
+        "Probes and metrics of the stream processor: `/readyz` reports the store, the bus and the \
+         partitions it owns with their lag.",
+    )
+}
+
 impl Processor {
     pub fn new(
         config: &Config,
@@ -130,6 +139,7 @@ impl Processor {
             Arc::new(StatusCheck(Arc::clone(&self.status))),
         ];
         ops_router(Arc::clone(&self.registry), checks)
+            .merge(pulse_server::openapi::router(&openapi()))
     }
 
     /// Runs until `shutdown`, then commits what it holds so a restart resumes

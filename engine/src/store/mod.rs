@@ -199,11 +199,16 @@ pub struct ResultQuery {
 }
 
 /// A metric known to the store.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct MetricInfo {
+    /// The metric's name.
+    #[schema(example = "cpu_usage")]
     pub name: String,
+    /// How many series (tag combinations) of it are stored.
+    #[schema(example = 3)]
     pub series: u64,
-    /// End of the newest stored window of any series, if any.
+    /// End of the newest stored window of any series, if any (Unix milliseconds).
+    #[schema(value_type = Option<i64>, example = 1764393660000_i64)]
     pub last_window_end_ms: Option<TimestampMs>,
 }
 
