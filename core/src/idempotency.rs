@@ -53,10 +53,10 @@ pub enum KeyError {
     #[error("Idempotency-Offset was given without an Idempotency-Key")]
     OffsetWithoutKey,
     #[error(
-        "the body's points reach index {0} within the batch, past the last index {MAX_INDEX}; \
-         send a smaller batch"
+        "Idempotency-Offset {offset} leaves no room for a body of up to {max_points} points: \
+         indices within a batch end at {MAX_INDEX}"
     )]
-    IndexTooLarge(u64),
+    NoRoom { offset: u32, max_points: usize },
 }
 
 /// A request's batch: the key as hashed for the bus and the offset of its
@@ -70,11 +70,13 @@ pub struct RequestBatch {
 impl RequestBatch {
     /// Reads the two headers (`None` when absent). `scope` is what identifies
     /// the writer (its `Authorization` header), so equal keys of different
-    /// writers stay apart.
+    /// writers stay apart; `max_points` is the most points a body may hold,
+    /// which must all get an index.
     pub fn from_headers(
         key: Option<&[u8]>,
         offset: Option<&[u8]>,
         scope: &[u8],
+        max_points: usize,
     ) -> Result<Option<RequestBatch>, KeyError> {
         let Some(key) = key else {
             return match offset {
@@ -90,21 +92,24 @@ impl RequestBatch {
                 .and_then(|s| s.trim().parse::<u32>().ok())
                 .ok_or_else(|| KeyError::BadOffset(String::from_utf8_lossy(raw).into_owned()))?,
         };
+        if u64::from(offset) + (max_points as u64).saturating_sub(1) > MAX_INDEX {
+            return Err(KeyError::NoRoom { offset, max_points });
+        }
         Ok(Some(RequestBatch {
             key: batch_key(scope, key),
             offset,
         }))
     }
 
-    /// The reference of the point at `index` within the request's body.
-    pub fn point(&self, index: usize) -> Result<BatchRef, KeyError> {
-        let at = u64::from(self.offset) + index as u64;
-        let index = u32::try_from(at).map_err(|_| KeyError::IndexTooLarge(at))?;
-        Ok(BatchRef {
+    /// The reference of the point at `index` within the request's body
+    /// (below the `max_points` the headers were checked against).
+    pub fn point(&self, index: usize) -> BatchRef {
+        let index = u32::try_from(index).unwrap_or(u32::MAX);
+        BatchRef {
             key: self.key,
-            index,
+            index: self.offset.saturating_add(index),
             start: self.offset,
-        })
+        }
     }
 }
 
@@ -147,6 +152,7 @@ mod tests {
             Some(key.as_bytes()),
             offset.map(str::as_bytes),
             b"Bearer a",
+            10,
         )
     }
 
@@ -162,7 +168,8 @@ mod tests {
 
     #[test]
     fn bad_keys_and_offsets_are_refused_with_the_rule() {
-        for bad in ["", "has space", "a\\b", "\"\"", &"x".repeat(129)] {
+        let long = "x".repeat(129);
+        for bad in ["", "has space", "a\\b", "\"\"", long.as_str()] {
             let error = batch(bad, None).unwrap_err();
             assert!(matches!(error, KeyError::BadKey(_)), "{bad:?}: {error}");
             assert!(error.to_string().contains("1 to 128"));
@@ -177,22 +184,20 @@ mod tests {
             Err(KeyError::BadOffset(_))
         ));
         assert_eq!(
-            RequestBatch::from_headers(None, Some(b"3"), b""),
+            RequestBatch::from_headers(None, Some(b"3"), b"", 10),
             Err(KeyError::OffsetWithoutKey)
         );
-        assert_eq!(RequestBatch::from_headers(None, None, b""), Ok(None));
+        assert_eq!(RequestBatch::from_headers(None, None, b"", 10), Ok(None));
     }
 
     #[test]
-    fn points_are_numbered_from_the_offset_and_bounded() {
+    fn points_are_numbered_from_the_offset_with_room_for_a_whole_body() {
         let b = batch("k", Some("10")).unwrap().unwrap();
-        let p = b.point(5).unwrap();
+        let p = b.point(5);
         assert_eq!((p.index, p.start), (15, 10));
-        let b = batch("k", Some(&u32::MAX.to_string())).unwrap().unwrap();
-        assert!(b.point(0).is_ok());
-        assert_eq!(
-            b.point(1),
-            Err(KeyError::IndexTooLarge(MAX_INDEX + 1))
-        );
+        let last = (u32::MAX - 9).to_string();
+        assert_eq!(batch("k", Some(&last)).unwrap().unwrap().point(9).index, u32::MAX);
+        let over = (u32::MAX - 8).to_string();
+        assert!(matches!(batch("k", Some(&over)), Err(KeyError::NoRoom { .. })));
     }
 }

@@ -102,7 +102,14 @@ const MIGRATIONS: &[Migration] = &[
         native: ANOMALIES,
         timescaledb: ANOMALIES,
     },
+    Migration {
+        version: 6,
+        name: "batch_marks",
+        native: BATCH_MARKS,
+        timescaledb: BATCH_MARKS,
+    },
 ];
+const BATCH_MARKS: &str = include_str!("../../migrations/postgres/0006_batch_marks.sql");
 const ANOMALIES: &str = include_str!("../../migrations/postgres/0005_anomalies.sql");
 const DEAD_LETTERS: &str = include_str!("../../migrations/postgres/0003_dead_letters.sql");
 const PARTITION_OWNERS: &str = include_str!("../../migrations/postgres/0004_partition_owners.sql");
@@ -1128,13 +1135,17 @@ impl Store for PostgresStore {
         .fetch_all(&mut *tx)
         .await
         .map_err(db_error)?;
+        let marks = super::marks::postgres::load(&mut tx, &ids).await?;
         tx.commit().await.map_err(db_error)?;
 
         let partition_of = |row: &PgRow| -> Result<u32, StoreError> {
             let p: i64 = col(row, 0)?;
             u32::try_from(p).map_err(|_| StoreError::Corrupt(format!("partition {p}")))
         };
-        let mut checkpoint = Checkpoint::default();
+        let mut checkpoint = Checkpoint {
+            marks,
+            ..Checkpoint::default()
+        };
         for row in &taken {
             let generation: i64 = col(row, 1)?;
             checkpoint.claims.push(Claim {
@@ -1427,6 +1438,7 @@ impl Store for PostgresStore {
         }
 
         anomaly::postgres::write(&mut tx, &commit.anomalies, &commit.detectors).await?;
+        super::marks::postgres::write(&mut tx, &commit.upsert_marks, &commit.delete_marks).await?;
 
         let mut checkpoints: BTreeMap<u32, &PartitionCheckpoint> = BTreeMap::new();
         for p in &commit.partitions {
