@@ -105,16 +105,33 @@ async fn a_batch_sent_again_under_its_key_counts_once_whole_or_in_parts() {
     let client = reqwest::Client::new();
     let batch = points(1_000, 1);
 
-    assert_eq!(post_keyed(&client, &gateway, &batch, "batch-1", 0).await.0, 202);
+    assert_eq!(
+        post_keyed(&client, &gateway, &batch, "batch-1", 0).await.0,
+        202
+    );
     // The answer was lost, say: the client sends it again, whole...
-    assert_eq!(post_keyed(&client, &gateway, &batch, "batch-1", 0).await.0, 202);
+    assert_eq!(
+        post_keyed(&client, &gateway, &batch, "batch-1", 0).await.0,
+        202
+    );
     // ...and once more cut in two parts, each numbered within the batch.
     let (first, second) = batch.split_at(400);
-    assert_eq!(post_keyed(&client, &gateway, first, "batch-1", 0).await.0, 202);
-    assert_eq!(post_keyed(&client, &gateway, second, "batch-1", 400).await.0, 202);
+    assert_eq!(
+        post_keyed(&client, &gateway, first, "batch-1", 0).await.0,
+        202
+    );
+    assert_eq!(
+        post_keyed(&client, &gateway, second, "batch-1", 400)
+            .await
+            .0,
+        202
+    );
     // The same points under another key are another batch: counted again.
     let other = points(10, 2);
-    assert_eq!(post_keyed(&client, &gateway, &other, "batch-2", 0).await.0, 202);
+    assert_eq!(
+        post_keyed(&client, &gateway, &other, "batch-2", 0).await.0,
+        202
+    );
 
     // A bad key is refused before anything is taken.
     let (status, body) = post_keyed(&client, &gateway, &batch, "two words", 0).await;
@@ -141,7 +158,10 @@ async fn the_marks_of_a_batch_survive_a_processor_restart() {
     let running = pulse::up::start(config(dir.path(), 10_000)).await.unwrap();
     let client = reqwest::Client::new();
     let gateway = format!("http://{}", running.gateway);
-    assert_eq!(post_keyed(&client, &gateway, &batch, "restart", 0).await.0, 202);
+    assert_eq!(
+        post_keyed(&client, &gateway, &batch, "restart", 0).await.0,
+        202
+    );
     // Counted and checkpointed before the stop.
     check_windows(
         &client,
@@ -155,7 +175,10 @@ async fn the_marks_of_a_batch_survive_a_processor_restart() {
 
     let running = pulse::up::start(config(dir.path(), 10_000)).await.unwrap();
     let gateway = format!("http://{}", running.gateway);
-    assert_eq!(post_keyed(&client, &gateway, &batch, "restart", 0).await.0, 202);
+    assert_eq!(
+        post_keyed(&client, &gateway, &batch, "restart", 0).await.0,
+        202
+    );
     wait_for_duplicates(&client, &format!("http://{}", running.processor), 500).await;
     check_windows(
         &client,
@@ -301,13 +324,22 @@ async fn a_sidecar_batch_whose_answer_was_lost_or_whose_sidecar_was_killed_count
     let processor = format!("http://{}", running.processor);
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let sidecar = metrics_text(&client, &format!("http://127.0.0.1:{admin}")).await;
+        // The restarted sidecar's admin port may not listen yet.
+        let sidecar = match client
+            .get(format!("http://127.0.0.1:{admin}/metrics"))
+            .send()
+            .await
+        {
+            Ok(answer) => answer.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
         let gateway = metrics_text(&client, &format!("http://{}", running.gateway)).await;
         let metrics = metrics_text(&client, &processor).await;
         let written = counter(&gateway, "pulse_gateway_points_accepted_total");
         let duplicates = counter(&metrics, "pulse_processor_duplicate_points_total");
         let read = counter(&metrics, "pulse_processor_points_total") + duplicates;
-        if counter(&sidecar, "pulse_sidecar_buffer_points") == 0.0
+        if sidecar.contains("pulse_sidecar_buffer_points")
+            && counter(&sidecar, "pulse_sidecar_buffer_points") == 0.0
             && written >= batch.len() as f64
             && read == written
         {

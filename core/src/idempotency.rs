@@ -196,8 +196,14 @@ mod tests {
         let p = b.point(5);
         assert_eq!((p.index, p.start), (15, 10));
         let last = (u32::MAX - 9).to_string();
-        assert_eq!(batch("k", Some(&last)).unwrap().unwrap().point(9).index, u32::MAX);
+        assert_eq!(
+            batch("k", Some(&last)).unwrap().unwrap().point(9).index,
+            u32::MAX
+        );
         let over = (u32::MAX - 8).to_string();
-        assert!(matches!(batch("k", Some(&over)), Err(KeyError::NoRoom { .. })));
+        assert!(matches!(
+            batch("k", Some(&over)),
+            Err(KeyError::NoRoom { .. })
+        ));
     }
 }

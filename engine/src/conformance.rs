@@ -8,8 +8,8 @@ use pulse_core::{Aggregate, Point, SeriesId, Tags, WindowResult};
 use crate::bus::{BusConsumer, BusProducer, ConsumerEvent, OutgoingRecord};
 use crate::cache::Cache;
 use crate::store::{
-    BatchMark, Claim, Commit, DeadLetter, LateCount, OpenWindowKey, OpenWindowState, PartitionCheckpoint,
-    RawPoint, ResultQuery, SeriesRow, Store, StoreError,
+    BatchMark, Claim, Commit, DeadLetter, LateCount, OpenWindowKey, OpenWindowState,
+    PartitionCheckpoint, RawPoint, ResultQuery, SeriesRow, Store, StoreError,
 };
 
 fn tags(pairs: &[(&str, &str)]) -> Tags {
@@ -170,7 +170,10 @@ async fn batch_marks_change_and_are_forgotten(
         })
         .await
         .unwrap();
-    assert_eq!(store.load_checkpoint(&[1]).await.unwrap().marks, [mark(5, 8)]);
+    assert_eq!(
+        store.load_checkpoint(&[1]).await.unwrap().marks,
+        [mark(5, 8)]
+    );
     assert!(store.load_checkpoint(&[0]).await.unwrap().marks.is_empty());
 }
 

@@ -191,7 +191,10 @@ mod tests {
         assert_eq!(decode_record(&bytes).unwrap(), (sample(), Some(batch)));
         assert_eq!(decode_point(&bytes).unwrap(), sample());
         // A record written before batch references existed.
-        assert_eq!(decode_record(&encode_point(&sample())).unwrap(), (sample(), None));
+        assert_eq!(
+            decode_record(&encode_point(&sample())).unwrap(),
+            (sample(), None)
+        );
         let mut short = PointV1::decode(&bytes[1..]).unwrap();
         short.batch_key.truncate(3);
         let mut bytes = vec![RECORD_VERSION];

@@ -67,8 +67,9 @@ pub(super) mod sqlite {
         delete: &[BatchMarkKey],
     ) -> Result<(), StoreError> {
         for chunk in upsert.chunks(CHUNK) {
-            let mut sql =
-                QueryBuilder::<Sqlite>::new("INSERT INTO batch_marks (partition, batch_key, state) ");
+            let mut sql = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO batch_marks (partition, batch_key, state) ",
+            );
             sql.push_values(chunk, |mut b, m| {
                 b.push_bind(i64::from(m.partition))
                     .push_bind(m.key.to_vec())
@@ -110,8 +111,8 @@ pub(super) mod postgres {
         rows.iter()
             .map(|row| {
                 let p: i64 = col(row, 0)?;
-                let partition = u32::try_from(p)
-                    .map_err(|_| StoreError::Corrupt(format!("partition {p}")))?;
+                let partition =
+                    u32::try_from(p).map_err(|_| StoreError::Corrupt(format!("partition {p}")))?;
                 let mut mark = key_of(partition, col(row, 1)?)?;
                 mark.state = col(row, 2)?;
                 Ok(mark)
@@ -131,8 +132,9 @@ pub(super) mod postgres {
             .collect();
         let rows: Vec<_> = rows.into_iter().collect();
         for chunk in rows.chunks(CHUNK) {
-            let mut sql =
-                QueryBuilder::<Postgres>::new("INSERT INTO batch_marks (partition, batch_key, state) ");
+            let mut sql = QueryBuilder::<Postgres>::new(
+                "INSERT INTO batch_marks (partition, batch_key, state) ",
+            );
             sql.push_values(chunk, |mut b, ((partition, key), state)| {
                 b.push_bind(i64::from(*partition))
                     .push_bind(key.to_vec())

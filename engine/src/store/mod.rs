@@ -23,8 +23,8 @@ mod marks;
 pub mod postgres;
 pub mod sqlite;
 
-pub use marks::{BatchMark, BatchMarkKey};
 pub use anomaly::{AnomalyChange, AnomalyQuery, Delivery, DeliveryOutcome, DetectorState};
+pub use marks::{BatchMark, BatchMarkKey};
 
 /// Progress of one bus partition, stored with the results it produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -76,9 +76,7 @@ pub struct Marks {
 
 impl Marks {
     /// The marks a checkpoint saved.
-    pub fn restore<'a>(
-        saved: impl Iterator<Item = &'a BatchMark>,
-    ) -> Result<Marks, String> {
+    pub fn restore<'a>(saved: impl Iterator<Item = &'a BatchMark>) -> Result<Marks, String> {
         let mut marks = Marks::default();
         for row in saved {
             let mark = decode(&row.state)?;
@@ -205,7 +203,9 @@ fn decode(bytes: &[u8]) -> Result<Mark, String> {
     let unreadable = || format!("a batch mark of {} bytes does not decode", bytes.len());
     let (&format, rest) = bytes.split_first().ok_or_else(unreadable)?;
     if format != FORMAT {
-        return Err(format!("batch mark format {format} is unknown to this build"));
+        return Err(format!(
+            "batch mark format {format} is unknown to this build"
+        ));
     }
     if rest.len() < 8 || (rest.len() - 8) % 8 != 0 {
         return Err(unreadable());

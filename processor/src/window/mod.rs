@@ -144,8 +144,10 @@ impl Aggregator {
                 PartitionWindows::restore(p, saved, open, &self.layout, now)?;
             let marks = checkpoint.marks.iter().filter(|m| m.partition == p);
             windows.set_marks(
-                marks::Marks::restore(marks)
-                    .map_err(|message| RestoreError { partition: p, message })?,
+                marks::Marks::restore(marks).map_err(|message| RestoreError {
+                    partition: p,
+                    message,
+                })?,
             );
             if restored.merged_away > 0 {
                 warn!(
@@ -202,7 +204,13 @@ impl Aggregator {
     /// with event time `ts`, is new to its partition; a duplicate is passed
     /// over and must not be ingested (see [`marks`]).
     #[inline]
-    pub fn admit(&mut self, partition: u32, offset: u64, batch: &BatchRef, ts: TimestampMs) -> bool {
+    pub fn admit(
+        &mut self,
+        partition: u32,
+        offset: u64,
+        batch: &BatchRef,
+        ts: TimestampMs,
+    ) -> bool {
         match self.partitions.get_mut(&partition) {
             Some(p) => p.admit(offset, batch, ts),
             // Not ours (in flight across a rebalance): `ingest` ignores it.
