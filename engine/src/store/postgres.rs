@@ -1857,7 +1857,7 @@ mod tests {
                         .unwrap();
                 assert_eq!(
                     versions,
-                    vec![1, 2, 3, 4, 5],
+                    vec![1, 2, 3, 4, 5, 6],
                     "each schema has its own versions"
                 );
                 assert_eq!(store.mode(), db.mode());
