@@ -153,6 +153,11 @@ pub struct ProcessorConfig {
     /// older late points are counted and kept raw only.
     #[serde(with = "crate::duration::as_label")]
     pub late_horizon: Duration,
+    /// Most idempotency spans (about one per keyed request per partition)
+    /// each partition remembers; past it the oldest batches are forgotten
+    /// first and a resend of them would be counted again (see
+    /// [`Config::batch_mark_horizon`] for how long marks are kept).
+    pub max_batch_marks: usize,
 }
 
 impl Default for ProcessorConfig {
@@ -169,6 +174,7 @@ impl Default for ProcessorConfig {
             max_poll_records: 20_000,
             max_clock_skew: Duration::from_secs(5),
             late_horizon: Duration::from_secs(24 * 3600),
+            max_batch_marks: 100_000,
         }
     }
 }
@@ -600,6 +606,15 @@ impl Config {
     /// however late it is read (a sidecar's backlog after an outage).
     pub fn late_horizon(&self) -> Duration {
         self.processor.late_horizon.max(self.limits.max_past)
+    }
+
+    /// How long a partition remembers a keyed batch, measured from the newest
+    /// point it took under the key to the partition's watermark: as long as
+    /// the gateway could still accept a resend of those points (they are at
+    /// most `limits.max_past` old then, stamped up to `limits.max_future`
+    /// ahead, with `processor.max_clock_skew` for the clocks in between).
+    pub fn batch_mark_horizon(&self) -> Duration {
+        self.limits.max_past + self.limits.max_future + self.processor.max_clock_skew
     }
 
     /// The Kafka topic of the points: `bus.topic`, or by default

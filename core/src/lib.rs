@@ -14,6 +14,7 @@ pub mod codec;
 pub mod config;
 pub mod duration;
 pub mod edge;
+pub mod idempotency;
 pub mod names;
 pub mod point;
 pub mod result;

@@ -8,8 +8,8 @@ use pulse_core::{Aggregate, Point, SeriesId, Tags, WindowResult};
 use crate::bus::{BusConsumer, BusProducer, ConsumerEvent, OutgoingRecord};
 use crate::cache::Cache;
 use crate::store::{
-    Claim, Commit, DeadLetter, LateCount, OpenWindowKey, OpenWindowState, PartitionCheckpoint,
-    RawPoint, ResultQuery, SeriesRow, Store, StoreError,
+    BatchMark, Claim, Commit, DeadLetter, LateCount, OpenWindowKey, OpenWindowState,
+    PartitionCheckpoint, RawPoint, ResultQuery, SeriesRow, Store, StoreError,
 };
 
 fn tags(pairs: &[(&str, &str)]) -> Tags {
@@ -143,6 +143,40 @@ fn result(metric: &str, host: &str, window: &str, start: i64, values: &[f64]) ->
     }
 }
 
+/// Batch marks come back with their partition's checkpoint, are replaced by
+/// a later commit's and deleted by a later commit's `delete_marks`.
+async fn batch_marks_change_and_are_forgotten(
+    store: &dyn Store,
+    loaded: &[BatchMark],
+    committed: &[BatchMark],
+) {
+    assert_eq!(loaded, committed);
+    let mark = |key: u8, state: u8| BatchMark {
+        partition: 1,
+        key: [key; 16],
+        state: vec![state],
+    };
+    store
+        .commit(&Commit {
+            upsert_marks: vec![mark(6, 7), mark(5, 8)],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    store
+        .commit(&Commit {
+            delete_marks: vec![(1, [6; 16])],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        store.load_checkpoint(&[1]).await.unwrap().marks,
+        [mark(5, 8)]
+    );
+    assert!(store.load_checkpoint(&[0]).await.unwrap().marks.is_empty());
+}
+
 /// Store: atomic commits, checkpoints, latest and range queries, raw points,
 /// late counts, retention.
 pub async fn store_suite(store: &dyn Store) {
@@ -216,6 +250,12 @@ pub async fn store_suite(store: &dyn Store) {
         }],
         anomalies: vec![],
         detectors: vec![],
+        upsert_marks: vec![BatchMark {
+            partition: 1,
+            key: [5; 16],
+            state: vec![4, 5],
+        }],
+        delete_marks: vec![],
     };
     store.commit(&commit).await.unwrap();
     store
@@ -240,6 +280,7 @@ pub async fn store_suite(store: &dyn Store) {
         store.load_checkpoint(&[0]).await.unwrap().open.is_empty(),
         "state is per partition"
     );
+    batch_marks_change_and_are_forgotten(store, &checkpoint.marks, &commit.upsert_marks).await;
 
     let query = |window: &str, tags: Tags| ResultQuery {
         metric: "cpu".into(),

@@ -17,11 +17,13 @@ use axum::extract::{MatchedPath, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use pulse_core::codec::body::{ParsedBatch, parse_points_within};
-use pulse_core::codec::record::encode_point;
+use pulse_core::codec::record::encode_record;
+use pulse_core::idempotency::{KEY_HEADER, OFFSET_HEADER, RequestBatch};
 use pulse_core::series::SeriesId;
 use pulse_core::validate::{PointError, RejectReason};
 use pulse_engine::bus::OutgoingRecord;
 use pulse_server::edge::content_encoding;
+use pulse_server::error::ApiError;
 use tokio::sync::SemaphorePermit;
 
 use crate::Gateway;
@@ -94,6 +96,7 @@ impl Gateway {
     /// Takes one request from its body to the bus; the points of a `Receipt`
     /// are durable, those of a `Refusal` were not acknowledged.
     async fn ingest(self: Arc<Self>, headers: &HeaderMap, body: Body) -> Result<Receipt, Refusal> {
+        let batch = self.request_batch(headers).map_err(Refusal::Body)?;
         // The body is read before a slot is taken, so a client trickling its
         // body holds only its connection and the bytes it sent (charged to the
         // decode budget), never a slot others need.
@@ -111,14 +114,14 @@ impl Gateway {
         let (prepared, _reservation) = self
             .edge
             .decode(received, content_encoding(headers), move |text, charge| {
-                let batch = parse_points_within(
+                let parsed = parse_points_within(
                     text,
                     &gateway.limits,
                     gateway.settings.max_points_per_request,
                     now_ms,
                     charge,
                 )?;
-                Ok(gateway.prepare(batch, now_ms))
+                Ok(gateway.prepare(parsed, batch.as_ref(), now_ms))
             })
             .await
             .map_err(|e| Refusal::Body(e.answer()))?;
@@ -146,6 +149,21 @@ impl Gateway {
         })
     }
 
+    /// The request's idempotency headers, checked before its body is read:
+    /// a bad key is refused whole (`400 invalid_idempotency_key`), since
+    /// taking the points without it would lose the guarantee the client
+    /// asked for.
+    fn request_batch(&self, headers: &HeaderMap) -> Result<Option<RequestBatch>, ApiError> {
+        let get = |name: &str| headers.get(name).map(|v| v.as_bytes());
+        RequestBatch::from_headers(
+            get(KEY_HEADER),
+            get(OFFSET_HEADER),
+            get(header::AUTHORIZATION.as_str()).unwrap_or_default(),
+            self.settings.max_points_per_request,
+        )
+        .map_err(|e| ApiError::bad_request("invalid_idempotency_key", e.to_string()))
+    }
+
     /// Waits up to [`ADMISSION_WAIT`] for a processing slot.
     async fn admit(&self) -> Result<SemaphorePermit<'_>, Refusal> {
         match tokio::time::timeout(ADMISSION_WAIT, self.permits.acquire()).await {
@@ -157,8 +175,8 @@ impl Gateway {
 
     /// Holds back the points of new series over the active-series limit and
     /// encodes the rest as bus records; every point keeps its index in the
-    /// request.
-    fn prepare(&self, batch: ParsedBatch, now_ms: i64) -> Prepared {
+    /// request, and on the bus its place in the client's keyed batch.
+    fn prepare(&self, batch: ParsedBatch, keyed: Option<&RequestBatch>, now_ms: i64) -> Prepared {
         let series: Vec<SeriesId> = batch.points.iter().map(|p| p.point.series_id()).collect();
         let passes = self
             .series
@@ -177,7 +195,10 @@ impl Gateway {
                 _ => {
                     records.push(OutgoingRecord {
                         key: id.0,
-                        value: encode_point(&indexed.point),
+                        value: encode_record(
+                            &indexed.point,
+                            keyed.map(|k| k.point(indexed.index)).as_ref(),
+                        ),
                     });
                     admitted.push(id);
                 }

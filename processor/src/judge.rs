@@ -197,6 +197,7 @@ notify = ["ops"]
                 ..Commit::default()
             },
             offsets: vec![],
+            forgotten: Default::default(),
         }
     }
 

@@ -13,6 +13,11 @@ pub struct WindowLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PartitionLabel {
     pub partition: String,
 }
@@ -34,6 +39,9 @@ pub struct ProcessorMetrics {
     pub windows_closed: Family<WindowLabel, Counter>,
     pub undecodable_records: Counter,
     pub series_collisions: Counter,
+    pub duplicate_points: Counter,
+    pub batch_marks_forgotten: Family<ReasonLabel, Counter>,
+    pub batch_keys: Gauge,
     pub open_windows: Gauge,
     pub bus_lag: Family<PartitionLabel, Gauge>,
     pub watermark_seconds: Family<PartitionLabel, Gauge>,
@@ -53,6 +61,9 @@ impl ProcessorMetrics {
             windows_closed: Family::default(),
             undecodable_records: Counter::default(),
             series_collisions: Counter::default(),
+            duplicate_points: Counter::default(),
+            batch_marks_forgotten: Family::default(),
+            batch_keys: Gauge::default(),
             open_windows: Gauge::default(),
             bus_lag: Family::default(),
             watermark_seconds: Family::default(),
@@ -68,6 +79,24 @@ impl ProcessorMetrics {
             "late_points",
             "Points that arrived after their window closed, by window",
             m.late_points.clone(),
+        );
+        r.register(
+            "duplicate_points",
+            "Points of keyed batches sent again (Idempotency-Key) that were dropped \
+             because their partition had taken them before",
+            m.duplicate_points.clone(),
+        );
+        r.register(
+            "batch_marks_forgotten",
+            "Batch keys a partition stopped remembering: reason=\"expired\" past the horizon, \
+             reason=\"evicted\" early to stay within processor.max_batch_marks (a resend of \
+             those batches would be counted again)",
+            m.batch_marks_forgotten.clone(),
+        );
+        r.register(
+            "batch_keys",
+            "Batch keys (Idempotency-Key) the processor's partitions remember",
+            m.batch_keys.clone(),
         );
         r.register(
             "late_points_expired",

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use prometheus_client::registry::Registry;
 use pulse_core::backoff::Backoff;
-use pulse_core::codec::record::{decode_key, decode_point};
+use pulse_core::codec::record::{decode_key, decode_record};
 use pulse_core::config::{Config, ProcessorConfig, StorageConfig};
 use pulse_core::now_ms;
 use pulse_engine::bus::{BusConsumer, BusRecord, ConsumerEvent};
@@ -19,9 +19,11 @@ use tracing::{debug, error, info, warn};
 use crate::checkpoint::{Checkpoints, RETRY_CAP, RETRY_FIRST, Settled};
 use crate::deliver::Deliverer;
 use crate::judge::Judge;
-use crate::metrics::{AnomalyMetrics, PartitionLabel, ProcessorMetrics, StateLabel, WindowLabel};
+use crate::metrics::{
+    AnomalyMetrics, PartitionLabel, ProcessorMetrics, ReasonLabel, StateLabel, WindowLabel,
+};
 use crate::status::{Status, StatusCheck, lock};
-use crate::window::{Aggregator, Checkpointed, RestoreError};
+use crate::window::{Aggregator, Checkpointed, Forgotten, MarkPolicy, RestoreError};
 
 /// How long shutdown keeps trying to commit the final checkpoint.
 const SHUTDOWN_COMMIT_BUDGET: Duration = Duration::from_secs(10);
@@ -110,7 +112,12 @@ impl Processor {
                 config.processor.idle_timeout,
             )
             .map_err(|e| ProcessorError::Config(format!("processor.windows: {e}")))?
-            .bound_event_time(config.processor.max_clock_skew, config.late_horizon()),
+            .bound_event_time(config.processor.max_clock_skew, config.late_horizon())
+            .bound_marks(MarkPolicy {
+                horizon_ms: i64::try_from(config.batch_mark_horizon().as_millis())
+                    .unwrap_or(i64::MAX),
+                max_spans: config.processor.max_batch_marks,
+            }),
             config: config.processor.clone(),
             storage: config.storage.clone(),
             consumer,
@@ -379,9 +386,20 @@ impl Processor {
         let now = Instant::now();
         self.aggregator.set_wall_clock(now_ms());
         let mut expired = 0;
+        let mut duplicates = 0;
         for record in records {
-            match decode_point(&record.value) {
-                Ok(point) => {
+            match decode_record(&record.value) {
+                Ok((point, Some(batch)))
+                    if !self.aggregator.admit(
+                        record.partition,
+                        record.offset,
+                        &batch,
+                        point.timestamp_ms,
+                    ) =>
+                {
+                    duplicates += 1;
+                }
+                Ok((point, _)) => {
                     let outcome = self.aggregator.ingest(
                         record.partition,
                         record.offset,
@@ -412,6 +430,13 @@ impl Processor {
                 }
             }
         }
+        if duplicates > 0 {
+            self.metrics.duplicate_points.inc_by(duplicates);
+            info!(
+                message = "Points of a batch sent again (same Idempotency-Key) were dropped: they were taken before.",
+                points = duplicates
+            );
+        }
         if expired > 0 {
             self.metrics.late_points_expired.inc_by(expired);
             warn!(
@@ -422,10 +447,36 @@ impl Processor {
         self.aggregator.close_ready();
     }
 
+    /// Counts the batch keys a checkpoint forgot; one forgotten early is a
+    /// batch whose resend would be counted again, so it is logged.
+    fn count_forgotten(&self, forgotten: Forgotten) {
+        for (reason, n) in [
+            ("expired", forgotten.expired),
+            ("evicted", forgotten.evicted),
+        ] {
+            if n > 0 {
+                self.metrics
+                    .batch_marks_forgotten
+                    .get_or_create(&ReasonLabel { reason })
+                    .inc_by(n as u64);
+            }
+        }
+        if forgotten.evicted > 0 {
+            warn!(
+                message = "Batch keys were forgotten before their horizon to stay within processor.max_batch_marks; a resend of those batches would be counted again.",
+                keys = forgotten.evicted
+            );
+        }
+        self.metrics
+            .batch_keys
+            .set(self.aggregator.batch_keys() as i64);
+    }
+
     /// Takes a checkpoint of `partitions` (all when `None`) and starts
     /// writing it (see [`Checkpoints::launch`]).
     fn launch(&mut self, partitions: Option<&[u32]>, stop: &CancellationToken) {
         let mut checkpointed = self.aggregator.checkpoint(partitions);
+        self.count_forgotten(checkpointed.forgotten);
         let judged = self.judge.judge(&mut checkpointed);
         self.anomaly_metrics.evaluations.inc_by(judged.evaluations);
         for (state, n) in [("firing", judged.fired), ("resolved", judged.resolved)] {

@@ -9,9 +9,12 @@
 //! fail the cooldown doubles (up to `forward.backoff_max`). Points keep
 //! flowing into the buffer meanwhile.
 //!
-//! The gateway has no idempotency key, so delivery is at least once: a
-//! segment is sent again only when the sidecar stops between the gateway's 2xx
+//! A segment is sent again when the sidecar stops between the gateway's 2xx
 //! and the deletion of the segment, or when that 2xx is lost on the way back.
+//! Every request of a segment carries the segment's idempotency key (derived
+//! from what the buffer holds: its sequence number, creation time and bytes,
+//! so the same after a restart) and the index of its first point within the
+//! segment, so the pipeline drops what it took before (`segment_key`).
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -23,6 +26,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use tokio::sync::watch;
 
 use pulse_core::backoff::Backoff;
+use pulse_core::idempotency::{KEY_HEADER, OFFSET_HEADER};
 
 use crate::buffer::{Batch, Buffer, SegmentInfo};
 use crate::config::ForwardConfig;
@@ -277,6 +281,7 @@ impl Forwarder {
         let mut deadline: Option<Instant> = None;
         // The segment being sent, and its pieces not yet delivered.
         let mut current: Option<(SegmentInfo, Batch, VecDeque<Piece>)> = None;
+        let mut key = String::new();
         let mut refresh_token = false;
         loop {
             if current.is_none() {
@@ -298,6 +303,7 @@ impl Forwarder {
                 };
                 match self.load(&info).await {
                     Some((body, batch)) => {
+                        key = segment_key(&batch, &body);
                         let pieces = self.fit(&info, &batch, body);
                         current = Some((info, batch, pieces));
                     }
@@ -337,7 +343,7 @@ impl Forwarder {
             let token = self.token.get(refresh_token).map(str::to_string);
             refresh_token = false;
             let started = Instant::now();
-            let outcome = self.send(piece.body.clone(), batch, token.as_deref()).await;
+            let outcome = self.send(&piece, &key, batch, token.as_deref()).await;
             let elapsed = started.elapsed().as_secs_f64();
             let label = match &outcome {
                 Outcome::Delivered { rejected: 0 } => "delivered",
@@ -429,6 +435,7 @@ impl Forwarder {
         let whole = Piece {
             body,
             points: batch.points,
+            first: 0,
         };
         let max_points = self.config.max_points_per_request;
         if batch.points <= max_points as u64 {
@@ -441,6 +448,7 @@ impl Forwarder {
                     &text,
                     max_points,
                     self.config.max_decompressed_bytes,
+                    0,
                 )
                 .map_err(|e| e.to_string())
             });
@@ -489,14 +497,16 @@ impl Forwarder {
         }
     }
 
-    async fn send(&self, body: Bytes, batch: &Batch, token: Option<&str>) -> Outcome {
+    async fn send(&self, piece: &Piece, key: &str, batch: &Batch, token: Option<&str>) -> Outcome {
         let mut request = self
             .client
             .post(&self.url)
             .timeout(self.config.timeout)
             .header(header::CONTENT_TYPE, "application/x-ndjson")
             .header(header::CONTENT_ENCODING, content_encoding(batch.codec))
-            .body(body);
+            .header(KEY_HEADER, key)
+            .header(OFFSET_HEADER, piece.first)
+            .body(piece.body.clone());
         if let Some(token) = token {
             match HeaderValue::from_str(&format!("Bearer {token}")) {
                 Ok(value) => request = request.header(header::AUTHORIZATION, value),
@@ -532,6 +542,19 @@ impl Forwarder {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = (state, breaker.failures());
     }
+}
+
+/// The idempotency key of a segment: a hash of its sequence number, creation
+/// time and compressed bytes, all read back from the buffer, so it is the same
+/// for every send of the segment, before and after a restart, and differs
+/// between segments (and between sidecars, whose segments hold other points
+/// or were made at other times).
+pub fn segment_key(batch: &Batch, body: &[u8]) -> String {
+    let mut identity = batch.seq.to_le_bytes().to_vec();
+    identity.extend_from_slice(&batch.created_ms.to_le_bytes());
+    let key = pulse_core::idempotency::batch_key(&identity, body);
+    let hex: String = key.0.iter().map(|b| format!("{b:02x}")).collect();
+    format!("pulse-sidecar-{hex}")
 }
 
 /// `error: cause: cause` — reqwest's top-level message alone hides the cause

@@ -21,6 +21,10 @@ pub struct Piece {
     /// Compressed NDJSON, one frame or several end to end.
     pub body: Bytes,
     pub points: u64,
+    /// The index of its first point within the segment's batch: the
+    /// request's `Idempotency-Offset`, so however the batch is cut, each point
+    /// keeps one index under the segment's key.
+    pub first: u64,
 }
 
 /// The NDJSON text of a compressed body, refusing to grow past `max` bytes
@@ -71,21 +75,27 @@ pub fn split_lines(text: &[u8], max_points: usize, max_bytes: usize) -> Vec<(&[u
     chunks
 }
 
-/// `text` as compressed pieces within the limits.
+/// `text` as compressed pieces within the limits, its first point at index
+/// `first` of the batch.
 pub fn pieces(
     codec: Compression,
     text: &[u8],
     max_points: usize,
     max_bytes: usize,
+    first: u64,
 ) -> std::io::Result<Vec<Piece>> {
     let mut compressor = Compressor::new(codec)?;
+    let mut next = first;
     split_lines(text, max_points, max_bytes)
         .into_iter()
         .map(|(chunk, points)| {
-            Ok(Piece {
+            let piece = Piece {
                 body: Bytes::from(compressor.compress(chunk)?),
                 points,
-            })
+                first: next,
+            };
+            next += points;
+            Ok(piece)
         })
         .collect()
 }
@@ -100,7 +110,8 @@ pub fn halve(
 ) -> Result<Vec<Piece>, String> {
     let text = decompress(codec, &piece.body, max_text)?;
     let half = piece.points.div_ceil(2) as usize;
-    pieces(codec, &text, half, max_bytes).map_err(|e| format!("cannot compress a piece: {e}"))
+    pieces(codec, &text, half, max_bytes, piece.first)
+        .map_err(|e| format!("cannot compress a piece: {e}"))
 }
 
 #[cfg(test)]
@@ -142,10 +153,13 @@ mod tests {
     fn pieces_and_halves_decompress_to_the_original_lines() {
         for codec in [Compression::Zstd, Compression::Gzip] {
             let text = lines(7);
-            let whole = pieces(codec, &text, 100, usize::MAX).unwrap();
+            let whole = pieces(codec, &text, 100, usize::MAX, 0).unwrap();
             assert_eq!(whole.len(), 1);
             let halves = halve(codec, &whole[0], usize::MAX, 1 << 20).unwrap();
             assert_eq!(halves.iter().map(|p| p.points).collect::<Vec<_>>(), [4, 3]);
+            assert_eq!(halves.iter().map(|p| p.first).collect::<Vec<_>>(), [0, 4]);
+            let quarters = halve(codec, &halves[1], usize::MAX, 1 << 20).unwrap();
+            assert_eq!(quarters.iter().map(|p| p.first).collect::<Vec<_>>(), [4, 6]);
             let mut again = Vec::new();
             for piece in &halves {
                 again.extend(decompress(codec, &piece.body, 1 << 20).unwrap());
@@ -157,7 +171,7 @@ mod tests {
     #[test]
     fn a_body_that_decompresses_past_the_bound_is_refused() {
         let text = lines(100);
-        let piece = &pieces(Compression::Zstd, &text, 1000, usize::MAX).unwrap()[0];
+        let piece = &pieces(Compression::Zstd, &text, 1000, usize::MAX, 0).unwrap()[0];
         assert!(decompress(Compression::Zstd, &piece.body, 100).is_err());
         assert!(decompress(Compression::Gzip, b"not gzip", 100).is_err());
     }

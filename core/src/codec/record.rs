@@ -11,6 +11,7 @@
 use prost::Message;
 
 use crate::TimestampMs;
+use crate::idempotency::{BatchKey, BatchRef};
 use crate::point::{Point, Tags};
 use crate::series::SeriesId;
 
@@ -29,6 +30,16 @@ pub struct PointV1 {
     /// Sorted by key.
     #[prost(message, repeated, tag = "4")]
     pub tags: Vec<TagV1>,
+    /// The idempotency key of the batch the point came in (16 bytes), empty
+    /// when the client sent none.
+    #[prost(bytes = "vec", tag = "5")]
+    pub batch_key: Vec<u8>,
+    /// The point's index within that batch.
+    #[prost(uint32, tag = "6")]
+    pub batch_index: u32,
+    /// The index of the first point of the request that carried it.
+    #[prost(uint32, tag = "7")]
+    pub batch_start: u32,
 }
 
 /// `pulse.v1.Tag`.
@@ -53,6 +64,8 @@ pub enum RecordError {
     Decode(String),
     #[error("record key is {0} bytes, expected 8 (the series id)")]
     BadKey(usize),
+    #[error("record's batch key is {0} bytes, expected 16")]
+    BadBatchKey(usize),
 }
 
 /// The record key of a series.
@@ -68,6 +81,12 @@ pub fn decode_key(key: &[u8]) -> Result<SeriesId, RecordError> {
 
 /// Encodes a point as a versioned record value.
 pub fn encode_point(point: &Point) -> Vec<u8> {
+    encode_record(point, None)
+}
+
+/// Encodes a point and, when it came with an idempotency key, where it sits
+/// in its batch.
+pub fn encode_record(point: &Point, batch: Option<&BatchRef>) -> Vec<u8> {
     let message = PointV1 {
         metric_name: point.metric.clone(),
         value: point.value,
@@ -80,6 +99,9 @@ pub fn encode_point(point: &Point) -> Vec<u8> {
                 value: v.clone(),
             })
             .collect(),
+        batch_key: batch.map(|b| b.key.0.to_vec()).unwrap_or_default(),
+        batch_index: batch.map_or(0, |b| b.index),
+        batch_start: batch.map_or(0, |b| b.start),
     };
     let mut out = Vec::with_capacity(1 + message.encoded_len());
     out.push(RECORD_VERSION);
@@ -89,18 +111,38 @@ pub fn encode_point(point: &Point) -> Vec<u8> {
 
 /// Decodes a record value written by [`encode_point`].
 pub fn decode_point(bytes: &[u8]) -> Result<Point, RecordError> {
+    decode_record(bytes).map(|(point, _)| point)
+}
+
+/// Decodes a record value written by [`encode_record`]: the point and its
+/// place in a keyed batch, if any.
+pub fn decode_record(bytes: &[u8]) -> Result<(Point, Option<BatchRef>), RecordError> {
     let (&version, body) = bytes.split_first().ok_or(RecordError::Empty)?;
     if version != RECORD_VERSION {
         return Err(RecordError::UnknownVersion(version));
     }
     let message = PointV1::decode(body).map_err(|e| RecordError::Decode(e.to_string()))?;
+    let batch = match message.batch_key.len() {
+        0 => None,
+        16 => {
+            let mut key = [0; 16];
+            key.copy_from_slice(&message.batch_key);
+            Some(BatchRef {
+                key: BatchKey(key),
+                index: message.batch_index,
+                start: message.batch_start,
+            })
+        }
+        n => return Err(RecordError::BadBatchKey(n)),
+    };
     let tags: Tags = message.tags.into_iter().map(|t| (t.key, t.value)).collect();
-    Ok(Point {
+    let point = Point {
         metric: message.metric_name,
         tags,
         value: message.value,
         timestamp_ms: message.timestamp_ms as TimestampMs,
-    })
+    };
+    Ok((point, batch))
 }
 
 #[cfg(test)]
@@ -136,6 +178,28 @@ mod tests {
             bytes,
             [1, 10, 1, b'm', 17, 0, 0, 0, 0, 0, 0, 0xf0, 0x3f, 24, 1]
         );
+    }
+
+    #[test]
+    fn batch_references_round_trip_and_records_without_them_still_decode() {
+        let batch = BatchRef {
+            key: BatchKey([7; 16]),
+            index: 41,
+            start: 40,
+        };
+        let bytes = encode_record(&sample(), Some(&batch));
+        assert_eq!(decode_record(&bytes).unwrap(), (sample(), Some(batch)));
+        assert_eq!(decode_point(&bytes).unwrap(), sample());
+        // A record written before batch references existed.
+        assert_eq!(
+            decode_record(&encode_point(&sample())).unwrap(),
+            (sample(), None)
+        );
+        let mut short = PointV1::decode(&bytes[1..]).unwrap();
+        short.batch_key.truncate(3);
+        let mut bytes = vec![RECORD_VERSION];
+        short.encode(&mut bytes).unwrap();
+        assert_eq!(decode_record(&bytes), Err(RecordError::BadBatchKey(3)));
     }
 
     #[test]

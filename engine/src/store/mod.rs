@@ -19,10 +19,12 @@ use async_trait::async_trait;
 use pulse_core::{Point, SeriesId, Tags, TimestampMs, WindowResult};
 
 pub mod anomaly;
+mod marks;
 pub mod postgres;
 pub mod sqlite;
 
 pub use anomaly::{AnomalyChange, AnomalyQuery, Delivery, DeliveryOutcome, DetectorState};
+pub use marks::{BatchMark, BatchMarkKey};
 
 /// Progress of one bus partition, stored with the results it produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +125,9 @@ pub struct Commit {
     pub anomalies: Vec<AnomalyChange>,
     /// Changed detector states (the judge's part of the checkpoint).
     pub detectors: Vec<DetectorState>,
+    /// Batch marks taken or changed since the last commit, and those pruned.
+    pub upsert_marks: Vec<BatchMark>,
+    pub delete_marks: Vec<BatchMarkKey>,
 }
 
 impl Commit {
@@ -136,6 +141,8 @@ impl Commit {
             && self.dead_letters.is_empty()
             && self.anomalies.is_empty()
             && self.detectors.is_empty()
+            && self.upsert_marks.is_empty()
+            && self.delete_marks.is_empty()
     }
 }
 
@@ -182,6 +189,8 @@ pub struct Checkpoint {
     pub claims: Vec<Claim>,
     pub partitions: Vec<PartitionCheckpoint>,
     pub open: Vec<OpenWindowState>,
+    /// The batch marks of the loaded partitions.
+    pub marks: Vec<BatchMark>,
 }
 
 /// Which window results to read.

@@ -274,6 +274,9 @@ impl Store for SqliteStore {
                     },
                     state: row.get(3),
                 }));
+            checkpoint
+                .marks
+                .extend(super::marks::sqlite::load(&mut tx, partition).await?);
         }
         tx.commit().await.map_err(unavailable)?;
         Ok(checkpoint)
@@ -393,6 +396,7 @@ impl Store for SqliteStore {
         }
 
         anomaly::sqlite::write(&mut tx, &commit.anomalies, &commit.detectors).await?;
+        super::marks::sqlite::write(&mut tx, &commit.upsert_marks, &commit.delete_marks).await?;
 
         for p in &commit.partitions {
             sqlx::query(

@@ -3,16 +3,19 @@
 //! except the `Instant`s handed in, so it is tested and benchmarked directly.
 
 pub mod layout;
+pub mod marks;
 mod partition;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use pulse_core::idempotency::BatchRef;
 use pulse_core::{Point, SeriesId, TimestampMs, WindowResult, WindowSpec};
 use pulse_engine::store::{Checkpoint, Commit, DeadLetter, LateCount};
 use tracing::warn;
 
 pub use layout::{Layout, LayoutError};
+pub use marks::{Forgotten, MarkPolicy};
 pub use partition::{Ingested, PartitionWindows, Restored};
 
 /// How event times are judged against the watermark and the wall clock.
@@ -45,6 +48,7 @@ pub struct Aggregator {
     layout: Layout,
     timing: Timing,
     idle: Duration,
+    marks: MarkPolicy,
     partitions: BTreeMap<u32, PartitionWindows>,
 }
 
@@ -62,6 +66,8 @@ pub struct Checkpointed {
     /// from: (partition, how many), in the results' order. The judge keeps its
     /// state per partition and judges closed windows only, never late partials.
     pub result_partitions: Vec<(u32, usize)>,
+    /// Batch keys this checkpoint forgot.
+    pub forgotten: Forgotten,
 }
 
 /// Restoring a partition failed because stored state does not decode.
@@ -87,8 +93,19 @@ impl Aggregator {
                 wall_ms: None,
             },
             idle,
+            marks: MarkPolicy {
+                horizon_ms: i64::MAX,
+                max_spans: usize::MAX,
+            },
             partitions: BTreeMap::new(),
         })
+    }
+
+    /// How long and how many batch marks each partition keeps (without
+    /// this: every mark, forever).
+    pub fn bound_marks(mut self, policy: MarkPolicy) -> Self {
+        self.marks = policy;
+        self
     }
 
     /// Caps event times at the wall clock plus `max_clock_skew` for the
@@ -123,7 +140,15 @@ impl Aggregator {
         for &p in partitions {
             let saved = checkpoint.partitions.iter().find(|c| c.partition == p);
             let open = checkpoint.open.iter().filter(|o| o.key.partition == p);
-            let (windows, restored) = PartitionWindows::restore(p, saved, open, &self.layout, now)?;
+            let (mut windows, restored) =
+                PartitionWindows::restore(p, saved, open, &self.layout, now)?;
+            let marks = checkpoint.marks.iter().filter(|m| m.partition == p);
+            windows.set_marks(
+                marks::Marks::restore(marks).map_err(|message| RestoreError {
+                    partition: p,
+                    message,
+                })?,
+            );
             if restored.merged_away > 0 {
                 warn!(
                     message = "Saved windows of definitions no longer configured were merged into the configured windows they fed.",
@@ -173,6 +198,32 @@ impl Aggregator {
             Some(p) => p.ingest(offset, key, point, &self.layout, &self.timing, now),
             None => Ingested::default(),
         }
+    }
+
+    /// Whether the record at `offset`, a point of a keyed batch at `batch`
+    /// with event time `ts`, is new to its partition; a duplicate is passed
+    /// over and must not be ingested (see [`marks`]).
+    #[inline]
+    pub fn admit(
+        &mut self,
+        partition: u32,
+        offset: u64,
+        batch: &BatchRef,
+        ts: TimestampMs,
+    ) -> bool {
+        match self.partitions.get_mut(&partition) {
+            Some(p) => p.admit(offset, batch, ts),
+            // Not ours (in flight across a rebalance): `ingest` ignores it.
+            None => true,
+        }
+    }
+
+    /// Batch keys remembered, across partitions.
+    pub fn batch_keys(&self) -> usize {
+        self.partitions
+            .values()
+            .map(PartitionWindows::batch_keys)
+            .sum()
     }
 
     /// Moves past a record that could not be decoded, keeping it for the
@@ -225,12 +276,16 @@ impl Aggregator {
         let mut result_partitions = Vec::new();
         let mut late: BTreeMap<(String, String), u64> = BTreeMap::new();
         let mut partials = Vec::new();
+        let mut forgotten = Forgotten::default();
         for (&id, p) in self.partitions.iter_mut() {
             if partitions.is_some_and(|only| !only.contains(&id)) {
                 continue;
             }
             let before = commit.results.len();
             p.drain_into(&mut commit, &mut partials, &mut late, &self.layout);
+            let f = p.drain_marks(&self.marks, &mut commit);
+            forgotten.expired += f.expired;
+            forgotten.evicted += f.evicted;
             result_partitions.push((id, commit.results.len() - before));
             offsets.push((id, p.next_offset()));
         }
@@ -250,6 +305,7 @@ impl Aggregator {
             merged: Vec::new(),
             offsets,
             result_partitions,
+            forgotten,
         }
     }
 

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pulse_core::codec::state::{decode_state, encode_state};
+use pulse_core::idempotency::BatchRef;
 use pulse_core::{Aggregate, Point, SeriesId, Tags, TimestampMs, WindowResult, WindowSpec};
 use pulse_engine::store::{
     Commit, DeadLetter, OpenWindowKey, OpenWindowState, PartitionCheckpoint, RawPoint, SeriesRow,
@@ -19,6 +20,7 @@ use pulse_engine::store::{
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::layout::{Layout, MAX_WINDOWS, indices};
+use super::marks::{Forgotten, MarkPolicy, Marks};
 use super::{RestoreError, Timing};
 use crate::watermark::Clock;
 
@@ -188,6 +190,8 @@ pub struct PartitionWindows {
     /// Late points of closed windows since the last checkpoint, aggregated
     /// per window, for the store to merge into the stored results.
     late_partials: FxHashMap<Key, LatePartial>,
+    /// The keyed batches' points taken, to drop them when sent again.
+    marks: Marks,
 }
 
 /// The late points of one closed window of one series.
@@ -237,6 +241,7 @@ impl PartitionWindows {
             dead_letters: Vec::new(),
             late: Vec::new(),
             late_partials: FxHashMap::default(),
+            marks: Marks::default(),
         };
         let mut decoded = Vec::new();
         for state in states {
@@ -319,6 +324,34 @@ impl PartitionWindows {
 
     pub fn open_windows(&self) -> usize {
         self.open.len()
+    }
+
+    /// Resumes the batch marks a checkpoint saved.
+    pub fn set_marks(&mut self, marks: Marks) {
+        self.marks = marks;
+    }
+
+    /// Whether the record at `offset`, the point of a keyed batch at `batch`
+    /// with event time `ts`, is new here. A point taken before is passed
+    /// over (the caller counts it) and must not be ingested.
+    #[inline]
+    pub fn admit(&mut self, offset: u64, batch: &BatchRef, ts: TimestampMs) -> bool {
+        if self.marks.take(batch, ts) {
+            return true;
+        }
+        self.next_offset = self.next_offset.max(offset + 1);
+        false
+    }
+
+    /// Prunes the batch marks and moves their changes into `commit`.
+    pub fn drain_marks(&mut self, policy: &MarkPolicy, commit: &mut Commit) -> Forgotten {
+        self.marks
+            .checkpoint(self.partition, self.clock.watermark, policy, commit)
+    }
+
+    /// Batch keys remembered.
+    pub fn batch_keys(&self) -> usize {
+        self.marks.keys()
     }
 
     pub fn dead_letter(&mut self, letter: DeadLetter) {

@@ -213,6 +213,7 @@ fn the_same_id_with_another_name_is_a_collision_not_a_merge() {
         claims: vec![],
         partitions: vec![],
         open: vec![OpenWindowState { key, state }],
+        marks: vec![],
     };
     let mut a = Aggregator::new(minute_windows(), LATENESS, IDLE).unwrap();
     a.assign(&[0], &checkpoint, Instant::now()).unwrap();
@@ -286,6 +287,7 @@ impl FakeStore {
                     state: v.clone(),
                 })
                 .collect(),
+            marks: vec![],
         }
     }
 }
@@ -523,4 +525,55 @@ fn an_undecodable_record_becomes_a_dead_letter_committed_with_the_offset_past_it
         a.checkpoint(None).commit.dead_letters.is_empty(),
         "handed over once"
     );
+}
+
+#[test]
+fn a_keyed_batch_is_taken_once_across_a_restart_until_its_horizon() {
+    use pulse_core::idempotency::{BatchKey, BatchRef};
+
+    use super::MarkPolicy;
+
+    let policy = MarkPolicy {
+        horizon_ms: 600_000,
+        max_spans: 1_000,
+    };
+    let keyed = |index: u32| BatchRef {
+        key: BatchKey([9; 16]),
+        index,
+        start: 0,
+    };
+    let now = Instant::now();
+    let mut a = fresh(minute_windows(), &[0]).bound_marks(policy);
+    let batch: Vec<Point> = (0..3).map(|i| point("a", 1.0, 100 + i)).collect();
+    for (i, p) in batch.iter().enumerate() {
+        assert!(a.admit(0, i as u64, &keyed(i as u32), p.timestamp_ms));
+        a.ingest(0, i as u64, None, p.clone(), now);
+    }
+    let saved = a.checkpoint(None).commit;
+    assert_eq!(saved.upsert_marks.len(), 1);
+
+    // A new owner resumes from the checkpoint: the batch sent again is
+    // passed over (its offsets still move on), a new point is taken.
+    let mut b = Aggregator::new(minute_windows(), LATENESS, IDLE)
+        .unwrap()
+        .bound_marks(policy);
+    let checkpoint = Checkpoint {
+        partitions: saved.partitions.clone(),
+        marks: saved.upsert_marks.clone(),
+        ..Checkpoint::default()
+    };
+    b.assign(&[0], &checkpoint, now).unwrap();
+    for (i, p) in batch.iter().enumerate() {
+        assert!(!b.admit(0, 3 + i as u64, &keyed(i as u32), p.timestamp_ms));
+    }
+    assert_eq!(b.progress()[0].1, 6, "duplicates are read past");
+    assert!(b.admit(0, 6, &keyed(3), 103_000));
+
+    // Once the watermark is the horizon past the batch's newest point, the
+    // mark is deleted (the gateway no longer takes points that old).
+    b.ingest(0, 7, None, point("b", 1.0, 103 + 640), now);
+    let pruned = b.checkpoint(None);
+    assert_eq!(pruned.forgotten.expired, 1);
+    assert_eq!(pruned.commit.delete_marks, [(0, [9; 16])]);
+    assert_eq!(b.batch_keys(), 0);
 }

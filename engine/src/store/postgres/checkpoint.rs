@@ -58,13 +58,17 @@ pub(super) async fn load_checkpoint(
     .fetch_all(&mut *tx)
     .await
     .map_err(db_error)?;
+    let marks = crate::store::marks::postgres::load(&mut tx, &ids).await?;
     tx.commit().await.map_err(db_error)?;
 
     let partition_of = |row: &PgRow| -> Result<u32, StoreError> {
         let p: i64 = col(row, 0)?;
         u32::try_from(p).map_err(|_| StoreError::Corrupt(format!("partition {p}")))
     };
-    let mut checkpoint = Checkpoint::default();
+    let mut checkpoint = Checkpoint {
+        marks,
+        ..Checkpoint::default()
+    };
     for row in &taken {
         let generation: i64 = col(row, 1)?;
         checkpoint.claims.push(Claim {

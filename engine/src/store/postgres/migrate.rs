@@ -54,7 +54,14 @@ const MIGRATIONS: &[Migration] = &[
         native: ANOMALIES,
         timescaledb: ANOMALIES,
     },
+    Migration {
+        version: 6,
+        name: "batch_marks",
+        native: BATCH_MARKS,
+        timescaledb: BATCH_MARKS,
+    },
 ];
+const BATCH_MARKS: &str = include_str!("../../../migrations/postgres/0006_batch_marks.sql");
 const ANOMALIES: &str = include_str!("../../../migrations/postgres/0005_anomalies.sql");
 const DEAD_LETTERS: &str = include_str!("../../../migrations/postgres/0003_dead_letters.sql");
 const PARTITION_OWNERS: &str =

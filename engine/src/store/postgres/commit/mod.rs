@@ -61,6 +61,8 @@ impl PostgresStore {
         add_late_counts(&mut tx, &commit.late).await?;
         write_dead_letters(&mut tx, &commit.dead_letters).await?;
         anomaly::postgres::write(&mut tx, &commit.anomalies, &commit.detectors).await?;
+        crate::store::marks::postgres::write(&mut tx, &commit.upsert_marks, &commit.delete_marks)
+            .await?;
         write_checkpoints(&mut tx, &commit.partitions).await?;
         tx.commit().await.map_err(db_error)?;
 
