@@ -346,7 +346,12 @@ breaker_cooldown = "1s"
             let mut deck: Vec<Action> = [0, 0, 0, 1, 1, 2, 2, 3, 3, SIDECAR, SIDECAR, SIDECAR]
                 .into_iter()
                 .map(Action::Kill)
-                .chain([Action::CutStore, Action::CutStore, Action::CutCache, Action::CutCache])
+                .chain([
+                    Action::CutStore,
+                    Action::CutStore,
+                    Action::CutCache,
+                    Action::CutCache,
+                ])
                 .collect();
             for i in (1..deck.len()).rev() {
                 deck.swap(i, rng.between(0, i as u64 + 1) as usize);
@@ -355,7 +360,8 @@ breaker_cooldown = "1s"
             let mut restores: Vec<(Instant, Action)> = Vec::new();
             let mut cuts = 0;
             for action in deck {
-                let at = Instant::now() + Duration::from_millis(rng.between(step / 2, step * 3 / 2));
+                let at =
+                    Instant::now() + Duration::from_millis(rng.between(step / 2, step * 3 / 2));
                 while Instant::now() < at {
                     std::thread::sleep(Duration::from_millis(50));
                     restores.retain(|&(when, what)| {
@@ -428,7 +434,10 @@ breaker_cooldown = "1s"
     let metrics_url = format!("http://127.0.0.1:{admin_port}/metrics");
     let ends = loop {
         let buffered = match client.get(&metrics_url).send().await {
-            Ok(r) => gauge(&r.text().await.unwrap_or_default(), "pulse_sidecar_buffer_points"),
+            Ok(r) => gauge(
+                &r.text().await.unwrap_or_default(),
+                "pulse_sidecar_buffer_points",
+            ),
             Err(_) => None,
         };
         if buffered == Some(0.0) {
@@ -712,9 +721,9 @@ async fn check_dashboard_windows(
                 for point in series["points"].as_array().expect("points") {
                     let start = point["window_start_ms"].as_i64().expect("start");
                     let key = (metric.to_string(), host.to_string(), label, start);
-                    let agg = want
-                        .get(&key)
-                        .unwrap_or_else(|| panic!("the dashboard answered {key:?}, no such window"));
+                    let agg = want.get(&key).unwrap_or_else(|| {
+                        panic!("the dashboard answered {key:?}, no such window")
+                    });
                     let got = &point["aggregations"];
                     for name in aggs {
                         let kind: pulse_core::AggKind = name.parse().unwrap();
