@@ -12,8 +12,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,77 +30,14 @@ use pulse_processor::Processor;
 use pulse_server::{CancellationToken, serve};
 use rdkafka::mocking::MockCluster;
 use serde_json::Value;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::AbortHandle;
+use tokio::net::TcpListener;
 
+use common::proxy::{Proxy, target_of, through};
 use common::{test_database_url, test_redis_url};
 
 const TOPIC: &str = "pulse.outage.points";
 const HOSTS: [&str; 3] = ["a", "b", "c"];
 const MINUTE: i64 = 60_000;
-
-/// A TCP proxy to `target` that can be cut and restored.
-struct Proxy {
-    addr: SocketAddr,
-    open: Arc<AtomicBool>,
-    links: Arc<Mutex<Vec<AbortHandle>>>,
-}
-
-impl Proxy {
-    async fn start(target: SocketAddr) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let open = Arc::new(AtomicBool::new(true));
-        let links: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
-        let (accept_open, accept_links) = (Arc::clone(&open), Arc::clone(&links));
-        tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                if !accept_open.load(Ordering::SeqCst) {
-                    continue; // dropped: the connection is reset at once
-                }
-                let link = tokio::spawn(async move {
-                    if let Ok(mut server) = TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                    }
-                });
-                accept_links.lock().unwrap().push(link.abort_handle());
-            }
-        });
-        Proxy { addr, open, links }
-    }
-
-    /// Refuses new connections and breaks every open one.
-    fn cut(&self) {
-        self.open.store(false, Ordering::SeqCst);
-        for link in self.links.lock().unwrap().drain(..) {
-            link.abort();
-        }
-    }
-
-    fn restore(&self) {
-        self.open.store(true, Ordering::SeqCst);
-    }
-}
-
-/// `url` with its host and port replaced by `addr`.
-fn through(url: &str, addr: SocketAddr) -> String {
-    let mut parsed = reqwest::Url::parse(url).unwrap();
-    parsed.set_host(Some(&addr.ip().to_string())).unwrap();
-    parsed.set_port(Some(addr.port())).unwrap();
-    parsed.to_string()
-}
-
-fn target_of(url: &str) -> SocketAddr {
-    let parsed = reqwest::Url::parse(url).unwrap();
-    let host = parsed.host_str().unwrap().trim_matches(['[', ']']);
-    let port = parsed.port_or_known_default().unwrap_or(5432);
-    let ip: std::net::IpAddr = if host == "localhost" {
-        [127, 0, 0, 1].into()
-    } else {
-        host.parse().unwrap()
-    };
-    SocketAddr::new(ip, port)
-}
 
 /// Everything the processor logs, as text, for checking what it told the operator.
 #[derive(Clone, Default)]

@@ -5,6 +5,7 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 pub mod hostile;
+pub mod proxy;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -405,15 +406,20 @@ pub struct PulseProcess {
 
 impl PulseProcess {
     pub fn spawn(args: &[&str]) -> PulseProcess {
+        Self::spawn_program(std::path::Path::new(env!("CARGO_BIN_EXE_pulse")), args)
+    }
+
+    /// Like [`spawn`](Self::spawn), for another program (the sidecar).
+    pub fn spawn_program(program: &std::path::Path, args: &[&str]) -> PulseProcess {
         use std::io::{BufRead, BufReader};
         use std::process::{Command, Stdio};
 
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pulse"))
+        let mut child = Command::new(program)
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("pulse starts");
+            .unwrap_or_else(|e| panic!("{} starts: {e}", program.display()));
         let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let stdout = child.stdout.take().expect("piped stdout");
         let stderr = child.stderr.take().expect("piped stderr");
@@ -609,12 +615,28 @@ pub async fn send_points(
     }
 }
 
+/// (metric, series id, window label, window start) → the aggregate of its points.
+pub type ExactWindows = BTreeMap<(String, u64, &'static str, i64), pulse_core::Aggregate>;
+
+/// Adds `p` to every window of `windows` it falls into, as an uninterrupted
+/// run would (the pipeline's own aggregate and sketch code).
+pub fn add_to_windows(out: &mut ExactWindows, p: &pulse_core::Point, windows: &[WindowDef]) {
+    let id = p.series_id().0;
+    for &(label, size, slide) in windows {
+        let newest = p.timestamp_ms.div_euclid(slide) * slide;
+        for k in 0..size / slide {
+            out.entry((p.metric.clone(), id, label, newest - k * slide))
+                .or_default()
+                .add(p.value, p.timestamp_ms);
+        }
+    }
+}
+
 /// What the store must hold after the points went through the processor.
 #[derive(Debug, Default)]
 pub struct ExactResults {
-    /// (metric, series id, window label, window start) → the aggregate of
-    /// every point that counts in that window, added in bus order.
-    pub windows: BTreeMap<(String, u64, &'static str, i64), pulse_core::Aggregate>,
+    /// Every point that counts in each window, added in bus order.
+    pub windows: ExactWindows,
     /// (metric, window label) → points late for that definition.
     pub late: BTreeMap<(String, &'static str), u64>,
 }
@@ -640,21 +662,12 @@ pub fn exact_results(
         let partition = id % partitions;
         let watermark = max_ts.get(&partition).map(|m| m - lateness_ms);
         let ts = p.timestamp_ms;
+        add_to_windows(&mut out.windows, p, windows);
         let mut late_for = 0;
         for &(label, size, slide) in windows {
-            let newest = ts.div_euclid(slide) * slide;
-            let mut skipped = false;
-            for k in 0..size / slide {
-                let start = newest - k * slide;
-                if watermark.is_some_and(|wm| start + size <= wm) {
-                    skipped = true;
-                }
-                out.windows
-                    .entry((p.metric.clone(), id, label, start))
-                    .or_default()
-                    .add(p.value, ts);
-            }
-            if skipped {
+            // The oldest window of the point is the first to close.
+            let oldest = ts.div_euclid(slide) * slide - (size / slide - 1) * slide;
+            if watermark.is_some_and(|wm| oldest + size <= wm) {
                 late_for += 1;
                 *out.late.entry((p.metric.clone(), label)).or_default() += 1;
             }
@@ -673,19 +686,50 @@ pub fn exact_results(
 }
 
 /// Compares every window result and late count in `store` with `exact`:
-/// count, sum, min, max and last exactly, and the quantiles p1 to p99
-/// exactly (the sketch's bins add up, so a merged sketch equals the sketch
-/// of an uninterrupted run). Returns how many windows were checked.
+/// see [`check_windows_exact`], plus the late counts per metric and window.
+/// Returns how many windows were checked.
 pub async fn check_exact(
     store: &dyn pulse_engine::store::Store,
     exact: &ExactResults,
     windows: &[WindowDef],
 ) -> usize {
+    let checked = check_windows_exact(store, &exact.windows, windows).await;
+    let metrics: std::collections::BTreeSet<&str> =
+        exact.windows.keys().map(|k| k.0.as_str()).collect();
+    for &metric in &metrics {
+        let got: BTreeMap<String, u64> = store
+            .late_counts(metric)
+            .await
+            .expect("the store answers")
+            .into_iter()
+            .filter(|l| l.count > 0)
+            .map(|l| (l.window, l.count))
+            .collect();
+        let want: BTreeMap<String, u64> = exact
+            .late
+            .iter()
+            .filter(|(k, _)| k.0 == metric)
+            .map(|(k, &c)| (k.1.to_string(), c))
+            .collect();
+        assert_eq!(got, want, "late points of {metric}, per window");
+    }
+    checked
+}
+
+/// Compares every window result in `store` with `exact`: no window missing,
+/// none extra, none twice; count, sum, min, max and last exactly, and the
+/// quantiles p1 to p99 exactly (the sketch's bins add up, so a merged sketch
+/// equals the sketch of an uninterrupted run). Returns how many windows were
+/// checked.
+pub async fn check_windows_exact(
+    store: &dyn pulse_engine::store::Store,
+    exact: &ExactWindows,
+    windows: &[WindowDef],
+) -> usize {
     use pulse_core::AggKind;
     use pulse_engine::store::ResultQuery;
 
-    let metrics: std::collections::BTreeSet<&str> =
-        exact.windows.keys().map(|k| k.0.as_str()).collect();
+    let metrics: std::collections::BTreeSet<&str> = exact.keys().map(|k| k.0.as_str()).collect();
     let quantiles: Vec<(String, AggKind)> = (1..100)
         .map(|p| {
             (
@@ -717,15 +761,8 @@ pub async fn check_exact(
             }
         }
     }
-    let missing: Vec<_> = exact
-        .windows
-        .keys()
-        .filter(|k| !stored.contains_key(*k))
-        .collect();
-    let extra: Vec<_> = stored
-        .keys()
-        .filter(|k| !exact.windows.contains_key(*k))
-        .collect();
+    let missing: Vec<_> = exact.keys().filter(|k| !stored.contains_key(*k)).collect();
+    let extra: Vec<_> = stored.keys().filter(|k| !exact.contains_key(*k)).collect();
     assert!(
         missing.is_empty() && extra.is_empty(),
         "{} windows missing from the store (first {:?}), {} not expected (first {:?})",
@@ -734,7 +771,7 @@ pub async fn check_exact(
         extra.len(),
         extra.first()
     );
-    for (key, want) in &exact.windows {
+    for (key, want) in exact {
         let got = &stored[key];
         let what = format!("{key:?}");
         assert_eq!(
@@ -753,24 +790,7 @@ pub async fn check_exact(
             assert_eq!(got.value(*kind), want.value(*kind), "{what}: {name}");
         }
     }
-    for &metric in &metrics {
-        let got: BTreeMap<String, u64> = store
-            .late_counts(metric)
-            .await
-            .expect("the store answers")
-            .into_iter()
-            .filter(|l| l.count > 0)
-            .map(|l| (l.window, l.count))
-            .collect();
-        let want: BTreeMap<String, u64> = exact
-            .late
-            .iter()
-            .filter(|(k, _)| k.0 == metric)
-            .map(|(k, &c)| (k.1.to_string(), c))
-            .collect();
-        assert_eq!(got, want, "late points of {metric}, per window");
-    }
-    exact.windows.len()
+    exact.len()
 }
 
 /// librdkafka's mock Kafka cluster (one broker, in this test process) with
