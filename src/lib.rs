@@ -6,7 +6,5 @@
 //! run one role alone ([`up::start_role`]) on the production engines.
 //! [`engines`] turns a config into the engines.
 
-pub mod bench;
-pub mod browser;
 pub mod engines;
 pub mod up;
