@@ -7,8 +7,6 @@
 //! [`engines`] turns a config into the engines; [`openapi`] gathers every
 //! listener's OpenAPI document.
 
-pub mod bench;
-pub mod browser;
 pub mod engines;
 pub mod openapi;
 pub mod up;

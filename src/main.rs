@@ -104,8 +104,14 @@ enum Command {
         #[arg(long, short, env = "PULSE_CONFIG")]
         config: Option<PathBuf>,
     },
-    /// Measure sketch, aggregation and end-to-end throughput; see BENCHMARKS.md.
-    Bench(pulse::bench::BenchArgs),
+    /// Measure sketch, aggregation and end-to-end throughput (BENCHMARKS.md):
+    /// runs the `pulse-bench` binary next to this one with these arguments
+    /// (`pulse bench --help` lists them).
+    #[command(disable_help_flag = true)]
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
     /// Run the Kubernetes operator: reconciles MetricPipelines and Dashboards
     /// (on the leader), serves /healthz, /readyz, /metrics and the sidecar
     /// injection webhook.
@@ -172,7 +178,7 @@ fn main() -> ExitCode {
                 print!("{}", pulse::engines::redact_config(config).to_toml());
                 Ok(())
             }
-            Command::Bench(args) => pulse::bench::run(args).await,
+            Command::Bench { args } => bench(&args),
             Command::Crds { out_dir } => crds(out_dir.as_deref()),
             Command::Openapi { out_dir } => openapi(&out_dir),
             Command::Operator(args) => operator(args).await,
@@ -184,6 +190,32 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `pulse bench`: the benchmarks are a tool, not the product, so they live in
+/// their own binary (`pulse-bench`, built by `cargo build --release -p
+/// pulse-bench`); this runs the one beside `pulse` and waits for it.
+fn bench(args: &[std::ffi::OsString]) -> Result<(), String> {
+    let exe = std::env::current_exe()
+        .map_err(|e| format!("cannot find the pulse binary's directory: {e}"))?;
+    let bench = exe.with_file_name(format!("pulse-bench{}", std::env::consts::EXE_SUFFIX));
+    if !bench.is_file() {
+        return Err(format!(
+            "pulse bench runs the pulse-bench binary, which is not at {}: build it beside pulse \
+             with `cargo build --release -p pulse -p pulse-bench`, or run \
+             `cargo run --release -p pulse-bench -- <flags>`",
+            bench.display()
+        ));
+    }
+    let status = std::process::Command::new(&bench)
+        .args(args)
+        .status()
+        .map_err(|e| format!("cannot run {}: {e}", bench.display()))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{} ended with {status}", bench.display()))
     }
 }
 

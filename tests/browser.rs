@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pulse::browser::scenario::{self, BOARD, CPU_HOSTS, CPU_ORANGE, CPU_RED, HISTORY_MINUTES};
-use pulse::browser::{Browser, BrowserError, Page, PageError};
+use pulse_browser::scenario::{self, BOARD, CPU_HOSTS, CPU_ORANGE, CPU_RED, HISTORY_MINUTES};
+use pulse_browser::{Browser, BrowserError, Page, PageError};
 use pulse_core::config::Config;
 use serde_json::Value;
 

@@ -94,7 +94,7 @@ pub struct GatewayConfig {
 impl Default for GatewayConfig {
     fn default() -> Self {
         GatewayConfig {
-            listen: "0.0.0.0:9000".parse().expect("valid default address"),
+            listen: SocketAddr::from(([0, 0, 0, 0], names::GATEWAY_PORT)),
             max_body_bytes: 10 << 20,
             max_decompressed_bytes: 64 << 20,
             max_points_per_request: 100_000,
@@ -163,7 +163,7 @@ pub struct ProcessorConfig {
 impl Default for ProcessorConfig {
     fn default() -> Self {
         ProcessorConfig {
-            listen: "0.0.0.0:9100".parse().expect("valid default address"),
+            listen: SocketAddr::from(([0, 0, 0, 0], names::PROCESSOR_PORT)),
             windows: [60, 300, 900]
                 .into_iter()
                 .map(|s| WindowConfig::Tumbling(Duration::from_secs(s)))
@@ -195,7 +195,7 @@ pub struct DashboardConfig {
 impl Default for DashboardConfig {
     fn default() -> Self {
         DashboardConfig {
-            listen: "0.0.0.0:8080".parse().expect("valid default address"),
+            listen: SocketAddr::from(([0, 0, 0, 0], names::DASHBOARD_PORT)),
             read_tokens: Vec::new(),
             max_points_per_query: 20_000,
         }

@@ -10,6 +10,9 @@ pub mod admin;
 pub mod build;
 pub mod controller;
 pub mod crd;
+/// Test fixtures: only in tests and behind the `fixtures` feature (tower-test is no
+/// dependency of the product).
+#[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
 pub mod leader;
 pub mod metrics;

@@ -503,7 +503,7 @@ impl Processor {
         }
         match settled {
             Settled::Clear => {
-                self.update_cache(Vec::new()).await;
+                self.update_cache().await;
                 Ok(true)
             }
             Settled::Held | Settled::Failed => Ok(false),
@@ -555,13 +555,13 @@ impl Processor {
         ));
     }
 
-    /// Puts newly closed windows into the cache and announces them. What the
+    /// Puts the windows that landed (gathered in `cache_backlog` by
+    /// [`Self::landed`]) into the cache and announces them. What the
     /// cache refuses (Redis down, or reconnecting: its first command after an
     /// outage fails) is kept and sent again with the next checkpoint's windows,
     /// the newest [`CACHE_BACKLOG`] of them, so the latest windows reach the
     /// cache once it is back even if no further window closes.
-    async fn update_cache(&mut self, results: Vec<pulse_core::WindowResult>) {
-        self.cache_backlog.extend(results);
+    async fn update_cache(&mut self) {
         if self.cache_backlog.is_empty() {
             return;
         }
@@ -581,8 +581,8 @@ impl Processor {
     }
 
     /// Publishes lag and watermarks, and returns the partitions read to the
-    /// end of the bus: only those may count as idle. None when the bus cannot
-    /// say.
+    /// end of the bus: only those may count as idle. None of them (an empty
+    /// list) when the bus cannot say.
     async fn report_progress(&mut self) -> Vec<u32> {
         let ends = match self.consumer.end_offsets().await {
             Ok(ends) => ends,

@@ -514,6 +514,17 @@ mod tests {
             ),
             (9091, 8125, 4318, 9092)
         );
+        // The operator's injected container declares these ports (pulse_core::names).
+        use pulse_core::names;
+        assert_eq!(
+            (
+                names::SIDECAR_HTTP_PORT,
+                names::SIDECAR_STATSD_PORT,
+                names::SIDECAR_OTLP_PORT,
+                names::SIDECAR_ADMIN_PORT
+            ),
+            (9091, 8125, 4318, 9092)
+        );
         assert!(matches!(
             config.validate(),
             Err(ConfigError::Invalid { key, .. }) if key == "gateway"

@@ -269,7 +269,10 @@ impl Aggregator {
 
     /// Everything to persist for `partitions` (all when `None`) since the last
     /// checkpoint: closed results, raw points, changed open windows, late counts
-    /// and offsets. The caller must write it atomically before ingesting more.
+    /// and offsets. The caller writes it atomically, and only after the previous
+    /// checkpoint landed; ingesting may go on meanwhile (`run.rs` aggregates the
+    /// next records while one checkpoint is in flight), since what arrives after
+    /// this call belongs to the next checkpoint.
     pub fn checkpoint(&mut self, partitions: Option<&[u32]>) -> Checkpointed {
         let mut commit = Commit::default();
         let mut offsets = Vec::new();

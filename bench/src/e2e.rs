@@ -198,7 +198,7 @@ async fn through_up(bodies: Vec<Vec<u8>>, points: usize) -> Result<UpTimes, Stri
         config.processor.listen,
     ) = (local, local, local);
     config.storage.data_dir = dir.path().to_path_buf();
-    let running = crate::up::start(config)
+    let running = pulse::up::start(config)
         .await
         .map_err(|e| format!("pulse up did not start: {e}"))?;
     let outcome = drive(&running, bodies, points).await;
@@ -213,7 +213,7 @@ async fn through_up(bodies: Vec<Vec<u8>>, points: usize) -> Result<UpTimes, Stri
 }
 
 async fn drive(
-    running: &crate::up::Running,
+    running: &pulse::up::Running,
     bodies: Vec<Vec<u8>>,
     points: usize,
 ) -> Result<UpTimes, String> {

@@ -1,5 +1,5 @@
 //! Headless Chromium over the DevTools protocol, shared by the browser tests
-//! (`tests/browser.rs`) and `pulse bench --only ui`.
+//! (`tests/browser.rs`) and `pulse-bench --only ui` (`pulse bench --only ui`).
 //!
 //! A deliberately small client: launch, open a page, navigate, evaluate
 //! JavaScript, take a screenshot, and collect everything the page reports as an

@@ -1,4 +1,4 @@
-//! `pulse bench`: sketch, window-aggregation and end-to-end throughput, each
+//! `pulse-bench` (also run as `pulse bench`): sketch, window-aggregation and end-to-end throughput, each
 //! measured against a reference on the same data in the same run, printed as
 //! a Markdown table. BENCHMARKS.md explains the method and keeps the results.
 
@@ -134,7 +134,9 @@ pub struct Report {
 /// Runs the measurements and prints the table.
 pub async fn run(args: BenchArgs) -> Result<(), String> {
     if cfg!(debug_assertions) {
-        eprintln!("warning: this is a debug build; measure with `cargo run --release -- bench`");
+        eprintln!(
+            "warning: this is a debug build; measure with `cargo run --release -p pulse-bench`"
+        );
     }
     let report = measure(&args).await?;
     print!("{}", render(&report));
@@ -476,7 +478,7 @@ fn thousands(n: usize) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::browser::scenario::{self, BOARD, HISTORY_MINUTES, LIVE_MINUTES};
-use crate::browser::{Browser, Page};
+use pulse_browser::scenario::{self, BOARD, HISTORY_MINUTES, LIVE_MINUTES};
+use pulse_browser::{Browser, Page};
 
 use super::Report;
 
@@ -86,7 +86,7 @@ pub async fn measure(loads: usize, updates: usize) -> Result<UiResult, String> {
     let config =
         pulse_core::config::Config::from_toml(&scenario::config_toml(dir.path(), "1s", &[]))
             .map_err(|e| e.to_string())?;
-    let running = crate::up::start(config).await.map_err(|e| e.to_string())?;
+    let running = pulse::up::start(config).await.map_err(|e| e.to_string())?;
     let outcome = run(&browser, running.gateway, running.dashboard, loads, updates).await;
     browser.close().await;
     running.stop().await?;
@@ -219,7 +219,7 @@ mod tests {
     /// Chromium, unless `CI` is set, like the browser tests.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_ui_bench_runs_at_tiny_sizes() {
-        if crate::browser::chromium_path().is_none() && std::env::var_os("CI").is_none() {
+        if pulse_browser::chromium_path().is_none() && std::env::var_os("CI").is_none() {
             eprintln!("SKIPPED: no Chromium; set CI=1 to make this a failure");
             return;
         }

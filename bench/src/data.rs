@@ -78,7 +78,7 @@ pub fn stream_point(i: u64, fleet: &[Series], base_ms: TimestampMs) -> Point {
     let round = (i / n) as i64;
     let mut ts = base_ms + round * 1_000 + ((i % n) * 1_000 / n) as i64;
     let roll = mix(i ^ 0x0DD5);
-    if roll % 1_000 == 0 {
+    if roll.is_multiple_of(1_000) {
         ts -= 600_000;
     } else if roll % 100 < 5 {
         ts -= ((roll >> 20) % 20_000) as i64;

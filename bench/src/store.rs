@@ -23,7 +23,7 @@ const DAY_MS: i64 = 86_400_000;
 
 /// Connects to `url` within a few seconds, or says why not.
 pub async fn connect(url: &str) -> Result<PgConnection, String> {
-    let where_ = crate::engines::redact_url(url);
+    let where_ = pulse::engines::redact_url(url);
     match tokio::time::timeout(Duration::from_secs(5), PgConnection::connect(url)).await {
         Ok(Ok(conn)) => Ok(conn),
         Ok(Err(e)) => Err(format!("PostgreSQL at {where_} is unreachable: {e}")),
