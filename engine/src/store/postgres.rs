@@ -25,20 +25,21 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::str::FromStr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use pulse_core::{Aggregate, Point, SeriesId, Tags, TimestampMs, WindowResult};
-use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgArguments, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Arguments, Executor, Postgres, Row};
 
 mod claim;
+mod options;
 mod timescale;
 
 pub use claim::{claim_schema, owned_schema};
+pub use options::connect_options;
 pub use timescale::TimescalePolicies;
 
 use super::{
@@ -162,7 +163,7 @@ pub(in crate::store) fn db_error(e: sqlx::Error) -> StoreError {
         | E::Protocol(_)
         | E::PoolTimedOut
         | E::PoolClosed
-        | E::WorkerCrashed => StoreError::Unavailable(e.to_string()),
+        | E::WorkerCrashed => StoreError::Unavailable(options::connect_failure(&e)),
         E::Database(db) => {
             let code = db.code().map(|c| c.to_string()).unwrap_or_default();
             // 08 connection exception, 53 insufficient resources, 57 operator
@@ -637,11 +638,7 @@ impl PostgresStore {
         pool: PgPoolOptions,
     ) -> Result<PostgresStore, StoreError> {
         check_schema(schema)?;
-        let mut options = PgConnectOptions::from_str(url).map_err(|e| {
-            StoreError::Other(format!(
-                "invalid PostgreSQL url (expected postgres://user:password@host:port/database): {e}"
-            ))
-        })?;
+        let mut options = connect_options(url)?;
         if options.get_application_name().is_none() {
             options = options.application_name("pulse");
         }
@@ -670,9 +667,10 @@ impl PostgresStore {
             .await
             .map_err(|e| {
                 StoreError::Unavailable(format!(
-                    "cannot connect to PostgreSQL at {target}: {e}; check that the server runs and \
+                    "cannot connect to PostgreSQL at {target}: {}; check that the server runs and \
                      accepts connections there, that the database exists and that the user may log \
-                     in (or fix the store url)"
+                     in (or fix the store url)",
+                    options::connect_failure(&e)
                 ))
             })?;
         let store = PostgresStore {
