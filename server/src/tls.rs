@@ -31,10 +31,18 @@ pub struct CertFiles {
 }
 
 /// What a role serves HTTPS with; cheap to clone.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ServerTls {
     acceptor: TlsAcceptor,
     pair: Arc<Reloading<CertifiedKey>>,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("pair", &self.pair)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]

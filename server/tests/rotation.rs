@@ -26,6 +26,9 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tower::ServiceExt;
 
+/// A status code and the certificate the server presented with it.
+type Answer = (u16, Vec<u8>);
+
 /// How long a rotation may take to be seen (the files are polled every second).
 const ROTATION_DEADLINE: Duration = Duration::from_secs(20);
 
@@ -144,7 +147,7 @@ async fn certificate_swapped_while_a_client_keeps_sending_refuses_no_request() {
     // A client that opens a new connection (a new handshake) per request,
     // and one kept-alive connection opened before the renewal.
     let stop = Arc::new(AtomicBool::new(false));
-    let seen: Arc<Mutex<Vec<(u16, Vec<u8>)>>> = Arc::default();
+    let seen: Arc<Mutex<Vec<Answer>>> = Arc::default();
     let sender = tokio::spawn({
         let (connector, stop, seen) = (connector.clone(), Arc::clone(&stop), Arc::clone(&seen));
         async move {
