@@ -247,6 +247,7 @@ pub async fn run(
         admin,
         admin_stop.clone(),
         config.edge.clone(),
+        None,
     ));
     tracing::info!(
         message = "pulse-sidecar is up.",
