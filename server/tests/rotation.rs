@@ -62,6 +62,10 @@ impl Ca {
             .expect("versions")
             .with_root_certificates(roots)
             .with_no_client_auth();
+        // A resumed session presents no certificate; every handshake here
+        // is a full one, so it shows the certificate in service.
+        let mut config = config;
+        config.resumption = rustls::client::Resumption::disabled();
         TlsConnector::from(Arc::new(config))
     }
 }
