@@ -4,9 +4,11 @@
 //! embedded engines unless the config names Kafka, PostgreSQL or Redis; the same
 //! [`up::start`] is what the end-to-end tests run. `pulse gateway|processor|dashboard`
 //! run one role alone ([`up::start_role`]) on the production engines.
-//! [`engines`] turns a config into the engines.
+//! [`engines`] turns a config into the engines; [`openapi`] gathers every
+//! listener's OpenAPI document.
 
 pub mod bench;
 pub mod browser;
 pub mod engines;
+pub mod openapi;
 pub mod up;

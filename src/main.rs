@@ -118,6 +118,14 @@ enum Command {
         #[arg(long)]
         out_dir: Option<PathBuf>,
     },
+    /// Write the OpenAPI 3.1 document of every HTTP listener (gateway,
+    /// dashboard, processor, operator, the sidecar's receivers and admin port),
+    /// as each serves it at GET /openapi.json, to `<dir>/<listener>.json`
+    /// (`--out-dir docs/openapi` regenerates the repository's copies).
+    Openapi {
+        #[arg(long, default_value = "docs/openapi")]
+        out_dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -166,6 +174,7 @@ fn main() -> ExitCode {
             }
             Command::Bench(args) => pulse::bench::run(args).await,
             Command::Crds { out_dir } => crds(out_dir.as_deref()),
+            Command::Openapi { out_dir } => openapi(&out_dir),
             Command::Operator(args) => operator(args).await,
         }
     });
@@ -241,6 +250,19 @@ fn crds(out_dir: Option<&std::path::Path>) -> Result<(), String> {
                 println!("wrote {}", path.display());
             }
         }
+    }
+    Ok(())
+}
+
+/// `pulse openapi`: every listener's OpenAPI document, one file each.
+fn openapi(out_dir: &std::path::Path) -> Result<(), String> {
+    std::fs::create_dir_all(out_dir)
+        .map_err(|e| format!("cannot create {}: {e}", out_dir.display()))?;
+    for (name, doc) in pulse::openapi::documents() {
+        let path = out_dir.join(name);
+        std::fs::write(&path, pulse::openapi::text(&doc))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        println!("wrote {}", path.display());
     }
     Ok(())
 }

@@ -4,7 +4,8 @@
 //! (firing, then resolved). `pulse up` is SIGKILLed mid-stream and restarted
 //! on the same data directory: the detector's history survives (otherwise the
 //! spike would fall in a new warm-up and never fire) and nothing is judged or
-//! delivered twice.
+//! delivered twice. A `/api/v1/live` subscriber gets the spike as an `anomaly`
+//! event.
 
 mod common;
 
@@ -120,6 +121,55 @@ async fn wait_for(
     }
 }
 
+/// Subscribes to the server-sent events at `url` and collects the stream's
+/// text as it arrives; abort the task to hang up.
+async fn live_events(
+    client: &reqwest::Client,
+    url: &str,
+) -> (Arc<Mutex<String>>, tokio::task::JoinHandle<()>) {
+    let mut response = client.get(url).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let text = Arc::new(Mutex::new(String::new()));
+    let sink = Arc::clone(&text);
+    let reader = tokio::spawn(async move {
+        while let Ok(Some(chunk)) = response.chunk().await {
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&chunk));
+        }
+    });
+    (text, reader)
+}
+
+/// The data of the first `event` in the collected stream, or fails after a minute.
+async fn wait_for_event(text: &Mutex<String>, event: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let found = {
+            let text = text.lock().unwrap();
+            // Events are separated by a blank line; each has `event:` and `data:` lines.
+            text.split("\n\n").find_map(|block| {
+                let field = |name: &str| {
+                    block
+                        .lines()
+                        .find_map(|l| l.strip_prefix(name).map(str::trim_start))
+                };
+                (field("event:")? == event).then_some(())?;
+                field("data:").and_then(|data| serde_json::from_str::<Value>(data).ok())
+            })
+        };
+        if let Some(data) = found {
+            return data;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no `{event}` event on the live stream: {}",
+            text.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_spike_window_and_only_it_is_an_anomaly_across_a_sigkill() {
     let dir = tempfile::tempdir().unwrap();
@@ -147,10 +197,15 @@ async fn the_spike_window_and_only_it_is_an_anomaly_across_a_sigkill() {
     .await;
     up.kill();
 
-    // Restarted on the same data: the rest, with the spike.
+    // Restarted on the same data: the rest, with the spike, watched live.
     let mut up = PulseProcess::spawn(&["up", "--config", config_arg]);
     let gateway = up.banner_url("gateway", Duration::from_secs(60));
     let dashboard = up.banner_url("dashboard", Duration::from_secs(60));
+    let (live, reader) = live_events(
+        &client,
+        &format!("{dashboard}/api/v1/live?metric=cpu_usage&window=1m"),
+    )
+    .await;
     send(&client, &gateway, points(base_ms, 7..MINUTES)).await;
     let api = format!("{dashboard}/api/v1/anomalies?metric=cpu_usage&from={from}&to={to}");
     let answer = wait_for(&client, &api, "the spike's anomaly to resolve", |b| {
@@ -176,6 +231,14 @@ async fn the_spike_window_and_only_it_is_an_anomaly_across_a_sigkill() {
         format!("{dashboard}/api/v1/query_range?metric=cpu_usage&window=1m&from={from}&to={to}");
     let (_, range) = get_json(&client, &range).await;
     assert_eq!(range["anomalies"][0]["id"], a["id"]);
+
+    // The live subscriber got it as an `anomaly` event (firing, or already
+    // resolved when both changes fell between two of its looks at the store).
+    let event = wait_for_event(&live, "anomaly").await;
+    assert_eq!(event["id"], a["id"], "{event}");
+    assert_eq!(event["window_start_ms"], a["window_start_ms"]);
+    // Hang up: a graceful stop waits for open streams.
+    reader.abort();
 
     // The webhook got the trigger and the resolve, each once.
     let deadline = Instant::now() + Duration::from_secs(30);

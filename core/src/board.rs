@@ -113,7 +113,7 @@ pub struct Board {
 }
 
 /// What a panel draws.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum PanelKind {
     /// Line chart over the chosen time range, one line per group and aggregation.
@@ -159,11 +159,14 @@ pub struct Panel {
 }
 
 /// From `value` upwards (inclusive), the panel shows `color`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Threshold {
+    /// The lowest value shown in `color`.
+    #[schema(example = 90.0)]
     pub value: f64,
     /// A named colour (green, blue, yellow, orange, red, purple, grey) or `#rrggbb`.
+    #[schema(example = "red")]
     pub color: String,
 }
 

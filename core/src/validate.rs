@@ -44,20 +44,27 @@ impl Default for Limits {
 }
 
 /// Why one point of a request was rejected.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"index": 3, "field": "value", "reason": "invalid_value", "message": "`value` must be a finite number"}))]
 pub struct PointError {
     /// Position of the point in its batch (0 for a single point).
+    #[schema(example = 3)]
     pub index: usize,
     /// The field at fault (`metric_name`, `value`, `timestamp`, `tags`, `tags.<key>`),
     /// or absent when the point as a whole is malformed.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "value")]
     pub field: Option<String>,
+    /// Why, as a stable code (also the `reason` label of the rejected-points metric).
+    #[schema(inline, example = "invalid_value")]
     pub reason: RejectReason,
+    /// What is wrong with the point, for a person.
+    #[schema(example = "`value` must be a finite number")]
     pub message: String,
 }
 
 /// Rejection reasons, also used as the `reason` label of the rejected-points metric.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RejectReason {
     Malformed,

@@ -26,19 +26,37 @@ pub const MAX_ANOMALIES: usize = 10_000;
 
 /// Raw parameters: `metric` (optional here), `from`, `to`, `tags` as for `query_range`, plus
 /// optional `rule`, `window` and `state` (firing or resolved).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AnomalyParams {
+    /// Only this metric's anomalies (default every metric).
+    #[param(example = "cpu_usage")]
     pub metric: Option<String>,
+    /// Start of the range: Unix seconds or RFC 3339; default an hour before `to`.
+    #[param(example = "2026-11-29T04:00:00Z")]
     pub from: Option<String>,
+    /// End of the range: Unix seconds or RFC 3339; default now. At most 400 days after `from`.
+    #[param(example = "2026-11-29T05:00:00Z")]
     pub to: Option<String>,
+    /// Tag filter `key:value,key:value` (at most 32 keys, each once): only series with all of them.
+    #[param(example = "env:prod,host:web-01")]
     pub tags: Option<String>,
+    /// Only this rule's anomalies.
+    #[param(example = "cpu_high")]
     pub rule: Option<String>,
+    /// Only this window: a configured window label (`GET /api/v1/metrics` lists them); 400 `bad_window` otherwise.
+    #[param(example = "1m")]
     pub window: Option<String>,
+    /// Only anomalies in this state: `firing` or `resolved` (400 `bad_state` otherwise).
+    #[param(example = "firing")]
     pub state: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+/// The `GET /api/v1/anomalies` answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AnomaliesAnswer {
+    /// The matching anomalies, at most 10 000 (the newest).
+    #[schema(example = json!([{"id": "3f2a9c0d41b7e655", "rule": "cpu_high", "metric_name": "cpu_usage", "tags": {"host": "web-01"}, "window": "1m", "window_start_ms": 1764393600000_i64, "window_end_ms": 1764393660000_i64, "value": 97.5, "expected": 90.0, "score": 7.5, "state": "firing", "message": "cpu_usage avg 97.5 is above 90 (rule cpu_high)"}]))]
     pub anomalies: Vec<Anomaly>,
 }
 
@@ -83,7 +101,20 @@ pub fn query(state: &AppState, params: &AnomalyParams) -> Result<AnomalyQuery, A
     })
 }
 
-/// `GET /api/v1/anomalies`.
+/// `GET /api/v1/anomalies`: what the anomaly rules found, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/anomalies",
+    tag = "anomalies",
+    params(AnomalyParams),
+    responses(
+        (status = 200, description = "The matching anomalies", body = AnomaliesAnswer),
+        (status = 400, description = "A parameter is missing or wrong: `bad_query`, `bad_state`, `missing_param`, `bad_window`, `bad_tags`, `bad_aggs`, `bad_range`, `bad_group_by`, ... (`message` says which and why)", body = pulse_server::openapi::ErrorBody),
+        (status = 500, description = "`store_error`: the store answered with something it could not have stored (a bug or corruption; see the logs)", body = pulse_server::openapi::ErrorBody),
+        (status = 503, description = "`unavailable`: the store does not answer; retry after `Retry-After`", body = pulse_server::openapi::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    ),
+    security((), ("bearer" = []))
+)]
 pub(crate) async fn anomalies(
     State(state): State<AppState>,
     Params(params): Params<AnomalyParams>,

@@ -10,12 +10,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use pulse_core::{AggKind, Aggregate, Tags, TimestampMs, WindowResult};
 use pulse_engine::store::MetricInfo;
 use serde::{Serialize, Serializer};
+use utoipa::ToSchema;
 
 use crate::instant;
 
 /// Where an answer came from, reported in the body, the `X-Pulse-Source` header
 /// and the query metrics, so a slow or stale answer can be traced to its engine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Source {
     Cache,
@@ -57,16 +58,35 @@ impl Serialize for AggValues {
 
 /// The `GET /dashboard` answer: the original contract plus window bounds (RFC 3339
 /// for people, milliseconds for programs), the number of series merged and the source.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct LatestAnswer {
+    /// The metric asked for.
+    #[schema(example = "cpu_usage")]
     pub metric_name: String,
+    /// The window asked for (a configured window label).
+    #[schema(example = "1m")]
     pub window: String,
+    /// The aggregations asked for (`aggs`), merged across the series; `null`
+    /// where an aggregate is empty.
+    #[schema(value_type = HashMap<String, Option<f64>>, example = json!({"count": 12, "avg": 87.3, "p95": 93.2}))]
     pub aggregations: AggValues,
+    /// Start of the window, RFC 3339 (null only past the year 9999).
+    #[schema(example = "2026-11-29T05:20:00Z")]
     pub window_start: Option<String>,
+    /// End of the window (exclusive), RFC 3339.
+    #[schema(example = "2026-11-29T05:21:00Z")]
     pub window_end: Option<String>,
+    /// Start of the window, Unix milliseconds.
+    #[schema(value_type = i64, example = 1764393600000_i64)]
     pub window_start_ms: TimestampMs,
+    /// End of the window (exclusive), Unix milliseconds.
+    #[schema(value_type = i64, example = 1764393660000_i64)]
     pub window_end_ms: TimestampMs,
+    /// How many series were merged.
+    #[schema(example = 3)]
     pub series: usize,
+    /// Where the answer came from (also in the `X-Pulse-Source` header).
+    #[schema(inline, example = "cache")]
     pub source: Source,
 }
 
@@ -107,33 +127,55 @@ fn merge<'a>(aggs: impl IntoIterator<Item = &'a Aggregate>) -> Aggregate {
 }
 
 /// The `GET /api/v1/query_range` answer.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct RangeAnswer {
+    /// The metric asked for.
+    #[schema(example = "cpu_usage")]
     pub metric_name: String,
+    /// The window asked for.
+    #[schema(example = "1m")]
     pub window: String,
+    /// Start of the range, Unix milliseconds (inclusive).
+    #[schema(value_type = i64, example = 1764390000000_i64)]
     pub from_ms: TimestampMs,
+    /// End of the range, Unix milliseconds (exclusive).
+    #[schema(value_type = i64, example = 1764393600000_i64)]
     pub to_ms: TimestampMs,
+    /// One entry per combination of `group_by` values (one in all without `group_by`).
+    #[schema(example = json!([{"tags": {"host": "web-01"}, "points": [{"window_start_ms": 1764393600000_i64, "window_end_ms": 1764393660000_i64, "aggregations": {"avg": 87.3}}]}]))]
     pub series: Vec<SeriesAnswer>,
     /// The store held more rows than `dashboard.max_points_per_query`: the newest
     /// windows are answered and the oldest are missing.
+    #[schema(example = false)]
     pub truncated: bool,
     /// Anomalies the rules found on the matching series in the range and
     /// window (the UI marks them on the panel).
+    #[schema(example = json!([]))]
     pub anomalies: Vec<pulse_core::anomaly::Anomaly>,
 }
 
 /// One group of series: the values of the `group_by` keys and its merged points.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct SeriesAnswer {
+    /// The group's values of the `group_by` keys (empty without `group_by`).
+    #[schema(value_type = BTreeMap<String, String>, example = json!({"host": "web-01"}))]
     pub tags: Tags,
+    /// Its windows, oldest first.
+    #[schema(example = json!([{"window_start_ms": 1764393600000_i64, "window_end_ms": 1764393660000_i64, "aggregations": {"avg": 87.3}}]))]
     pub points: Vec<PointAnswer>,
 }
 
 /// One window of one group.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct PointAnswer {
+    /// Start of the window, Unix milliseconds.
+    #[schema(value_type = i64, example = 1764393600000_i64)]
     pub window_start_ms: TimestampMs,
+    /// End of the window (exclusive), Unix milliseconds.
+    #[schema(value_type = i64, example = 1764393660000_i64)]
     pub window_end_ms: TimestampMs,
+    /// The aggregations asked for, merged across the group's series.
+    #[schema(value_type = HashMap<String, Option<f64>>, example = json!({"count": 12, "avg": 87.3, "p95": 93.2}))]
     pub aggregations: AggValues,
 }
 
@@ -197,15 +239,28 @@ pub fn trim_to_limit(mut results: Vec<WindowResult>, limit: usize) -> (Vec<Windo
 }
 
 /// One closed window as `/api/v1/live` sends it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct LiveEvent<'a> {
+    /// The window's metric.
+    #[schema(value_type = String, example = "cpu_usage")]
     pub metric_name: &'a str,
+    /// The window's label.
+    #[schema(value_type = String, example = "1m")]
     pub window: &'a str,
-    /// Hex, because JSON numbers lose precision past 2^53.
+    /// The series id in hex, because JSON numbers lose precision past 2^53.
+    #[schema(example = "9f86d081884c7d65")]
     pub series_id: String,
+    /// The series' tags.
+    #[schema(value_type = BTreeMap<String, String>, example = json!({"host": "web-01"}))]
     pub tags: &'a Tags,
+    /// Start of the window, Unix milliseconds.
+    #[schema(value_type = i64, example = 1764393600000_i64)]
     pub window_start_ms: TimestampMs,
+    /// End of the window (exclusive), Unix milliseconds.
+    #[schema(value_type = i64, example = 1764393660000_i64)]
     pub window_end_ms: TimestampMs,
+    /// The aggregations asked for (`aggs`, by default every one).
+    #[schema(value_type = HashMap<String, Option<f64>>, example = json!({"count": 12, "avg": 87.3, "p95": 93.2}))]
     pub aggregations: AggValues,
 }
 
@@ -223,16 +278,23 @@ pub fn live_event<'a>(result: &'a WindowResult, aggs: &[AggKind]) -> LiveEvent<'
 
 /// The `GET /api/v1/tags` answer: which tag keys and values the matching series
 /// carry, for the UI's filter and group-by pickers.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct TagsAnswer {
+    /// The metric asked for.
+    #[schema(example = "cpu_usage")]
     pub metric_name: String,
+    /// The window asked for.
+    #[schema(example = "1m")]
     pub window: String,
     /// Every key with its values, both sorted.
+    #[schema(value_type = BTreeMap<String, Vec<String>>, example = json!({"host": ["web-01", "web-02"], "env": ["prod"]}))]
     pub keys: BTreeMap<String, BTreeSet<String>>,
     /// Distinct series seen.
+    #[schema(example = 2)]
     pub series: usize,
     /// The range held more rows than `dashboard.max_points_per_query`, so series
     /// seen only in its oldest windows may be missing.
+    #[schema(example = false)]
     pub truncated: bool,
 }
 
@@ -253,9 +315,13 @@ pub fn tag_values(results: &[WindowResult]) -> (BTreeMap<String, BTreeSet<String
 }
 
 /// The `GET /api/v1/metrics` answer: stored metrics and the windows one may ask for.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct MetricsAnswer<'a> {
+    /// Every stored metric, by name.
+    #[schema(example = json!([{"name": "cpu_usage", "series": 3, "last_window_end_ms": 1764393660000_i64}]))]
     pub metrics: Vec<MetricInfo>,
+    /// The configured window labels, the values `window` takes.
+    #[schema(value_type = Vec<String>, example = json!(["1m", "5m", "15m"]))]
     pub windows: &'a [String],
 }
 

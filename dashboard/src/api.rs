@@ -20,8 +20,8 @@ use tracing::{error, warn};
 
 use pulse_core::board::{Board, DEFAULT_BOARD};
 
-use crate::answer::{self, MetricsAnswer, RangeAnswer, Source, TagsAnswer};
-use crate::boards;
+use crate::answer::{self, LatestAnswer, MetricsAnswer, RangeAnswer, Source, TagsAnswer};
+use crate::boards::{self, BoardList, BoardView};
 use crate::metrics::{DashboardMetrics, Endpoint};
 use crate::params::{KnownWindows, LatestParams, LatestRequest, RangeParams, RangeRequest};
 
@@ -57,6 +57,24 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Params<T> {
 const SOURCE_HEADER: HeaderName = HeaderName::from_static("x-pulse-source");
 
 /// `GET /dashboard`: the latest closed window across the matching series.
+///
+/// The newest closed window of every matching series, merged: the p95 is the
+/// p95 of the union of their points. Read from the cache, or from the store
+/// when the cache is cold or down (`source`).
+#[utoipa::path(
+    get,
+    path = "/dashboard",
+    tag = "query",
+    params(LatestParams),
+    responses(
+        (status = 200, description = "The newest closed window, merged across the matching series", body = LatestAnswer, headers(("X-Pulse-Source" = String, description = "`cache` or `store`"))),
+        (status = 400, description = "A parameter is missing or wrong: `bad_query`, `missing_param`, `bad_window`, `bad_tags`, `bad_aggs`, `bad_range`, `bad_group_by`, ... (`message` says which and why)", body = pulse_server::openapi::ErrorBody),
+        (status = 404, description = "`no_data`: no closed window of the metric (with the tags) exists yet", body = pulse_server::openapi::ErrorBody),
+        (status = 500, description = "`store_error`: the store answered with something it could not have stored (a bug or corruption; see the logs)", body = pulse_server::openapi::ErrorBody),
+        (status = 503, description = "`unavailable`: the store does not answer; retry after `Retry-After`", body = pulse_server::openapi::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    ),
+    security((), ("bearer" = []))
+)]
 pub(crate) async fn dashboard(
     State(state): State<AppState>,
     Params(params): Params<LatestParams>,
@@ -139,6 +157,22 @@ fn no_data(request: &LatestRequest, allowed_lateness: Duration) -> ApiError {
 }
 
 /// `GET /api/v1/query_range`: merged windows over a time range, optionally grouped.
+///
+/// One series per combination of the `group_by` values, merged across the
+/// rest, with the anomalies found in the range.
+#[utoipa::path(
+    get,
+    path = "/api/v1/query_range",
+    tag = "query",
+    params(RangeParams),
+    responses(
+        (status = 200, description = "The windows of the range, per group", body = RangeAnswer),
+        (status = 400, description = "A parameter is missing or wrong: `bad_query`, `missing_param`, `bad_window`, `bad_tags`, `bad_aggs`, `bad_range`, `bad_group_by`, ... (`message` says which and why)", body = pulse_server::openapi::ErrorBody),
+        (status = 500, description = "`store_error`: the store answered with something it could not have stored (a bug or corruption; see the logs)", body = pulse_server::openapi::ErrorBody),
+        (status = 503, description = "`unavailable`: the store does not answer; retry after `Retry-After`", body = pulse_server::openapi::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    ),
+    security((), ("bearer" = []))
+)]
 pub(crate) async fn query_range(
     State(state): State<AppState>,
     Params(params): Params<RangeParams>,
@@ -182,6 +216,19 @@ pub(crate) async fn query_range(
 
 /// `GET /api/v1/tags`: the tag keys and values of the series a `query_range`
 /// with the same parameters would read (`group_by` and `aggs` are ignored).
+#[utoipa::path(
+    get,
+    path = "/api/v1/tags",
+    tag = "query",
+    params(RangeParams),
+    responses(
+        (status = 200, description = "The tag keys and values of the matching series", body = TagsAnswer),
+        (status = 400, description = "A parameter is missing or wrong: `bad_query`, `missing_param`, `bad_window`, `bad_tags`, `bad_aggs`, `bad_range`, `bad_group_by`, ... (`message` says which and why)", body = pulse_server::openapi::ErrorBody),
+        (status = 500, description = "`store_error`: the store answered with something it could not have stored (a bug or corruption; see the logs)", body = pulse_server::openapi::ErrorBody),
+        (status = 503, description = "`unavailable`: the store does not answer; retry after `Retry-After`", body = pulse_server::openapi::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    ),
+    security((), ("bearer" = []))
+)]
 pub(crate) async fn tags(
     State(state): State<AppState>,
     Params(params): Params<RangeParams>,
@@ -209,12 +256,32 @@ pub(crate) async fn tags(
 }
 
 /// `GET /api/v1/dashboards`: the boards the UI can show, `default` first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/dashboards",
+    tag = "dashboards",
+    responses((status = 200, description = "Every board, `default` first", body = BoardList)),
+    security((), ("bearer" = []))
+)]
 pub(crate) async fn dashboards(State(state): State<AppState>) -> Response {
     Json(boards::list(&state.boards, state.windows.labels())).into_response()
 }
 
 /// `GET /api/v1/dashboards/{name}`: one board's panels with their defaults
 /// filled; `default` is made from the stored metrics.
+#[utoipa::path(
+    get,
+    path = "/api/v1/dashboards/{name}",
+    tag = "dashboards",
+    params(("name" = String, Path, description = "The board's name (`default` is always there)", example = "default")),
+    responses(
+        (status = 200, description = "The board with every default filled in", body = BoardView),
+        (status = 404, description = "`no_such_dashboard`: `details.dashboards` names the boards that exist", body = pulse_server::openapi::ErrorBody),
+        (status = 500, description = "`store_error`: the store answered with something it could not have stored (a bug or corruption; see the logs)", body = pulse_server::openapi::ErrorBody),
+        (status = 503, description = "`unavailable`: the store does not answer; retry after `Retry-After`", body = pulse_server::openapi::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    ),
+    security((), ("bearer" = []))
+)]
 pub(crate) async fn dashboard_board(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -248,6 +315,17 @@ pub(crate) fn no_such_board(boards: &[Board], name: &str) -> ApiError {
 }
 
 /// `GET /api/v1/metrics`: what can be queried.
+#[utoipa::path(
+    get,
+    path = "/api/v1/metrics",
+    tag = "query",
+    responses(
+        (status = 200, description = "The stored metrics and the configured windows", body = MetricsAnswer),
+        (status = 500, description = "`store_error`: the store answered with something it could not have stored (a bug or corruption; see the logs)", body = pulse_server::openapi::ErrorBody),
+        (status = 503, description = "`unavailable`: the store does not answer; retry after `Retry-After`", body = pulse_server::openapi::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    ),
+    security((), ("bearer" = []))
+)]
 pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let metrics = state.store.metrics().await.map_err(store_error)?;
     state.metrics.query(Endpoint::Metrics, Source::Store);

@@ -6,9 +6,10 @@ use pulse_core::board::{Board, DEFAULT_BOARD, Panel, PanelKind, Threshold};
 use pulse_core::{Tags, TimestampMs};
 use pulse_engine::store::MetricInfo;
 use serde::Serialize;
+use utoipa::ToSchema;
 
 /// Where a board comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum BoardSource {
     /// `[[dashboards]]` in the config file (later: a `Dashboard` resource).
@@ -18,49 +19,87 @@ pub enum BoardSource {
 }
 
 /// One line of `GET /api/v1/dashboards`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct BoardSummary {
+    /// The board's name, as in `/d/<name>` and `/api/v1/dashboards/<name>`.
+    #[schema(example = "checkout")]
     pub name: String,
+    /// Its title, for people.
+    #[schema(example = "Checkout service")]
     pub title: String,
-    /// `None` for the default board, whose panels depend on the stored metrics.
+    /// Its panel count; `null` for the default board, whose panels depend on the stored metrics.
+    #[schema(example = 4)]
     pub panels: Option<usize>,
+    /// Where the board comes from.
+    #[schema(inline, example = "config")]
     pub source: BoardSource,
 }
 
 /// `GET /api/v1/dashboards`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct BoardList<'a> {
+    /// Every board, `default` first.
+    #[schema(example = json!([{"name": "default", "title": "All metrics", "panels": null, "source": "metrics"}]))]
     pub dashboards: Vec<BoardSummary>,
+    /// The configured window labels.
+    #[schema(value_type = Vec<String>, example = json!(["1m", "5m"]))]
     pub windows: &'a [String],
 }
 
 /// `GET /api/v1/dashboards/<name>`: a board ready to draw.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct BoardView<'a> {
+    /// The board's name.
+    #[schema(example = "checkout")]
     pub name: String,
+    /// Its title.
+    #[schema(example = "Checkout service")]
     pub title: String,
+    /// Where the board comes from.
+    #[schema(inline, example = "config")]
     pub source: BoardSource,
     /// The windows one may pick in the UI: the configured ones.
+    #[schema(value_type = Vec<String>, example = json!(["1m", "5m"]))]
     pub windows: &'a [String],
+    /// Its panels, in order.
+    #[schema(example = json!([{"id": "p1", "title": "CPU", "kind": "line", "metric": "cpu_usage", "window": "1m", "aggs": ["avg"], "tags": {}, "group_by": ["host"], "thresholds": []}]))]
     pub panels: Vec<PanelView>,
 }
 
 /// A panel with nothing left to default: the page sends these values as the
 /// query parameters of `query_range` and `/dashboard`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct PanelView {
     /// Stable within the board (`p1`, `p2`, …), for the page's element ids.
+    #[schema(example = "p1")]
     pub id: String,
+    /// The panel's title.
+    #[schema(example = "CPU")]
     pub title: String,
+    /// What it draws.
+    #[schema(inline, example = "line")]
     pub kind: PanelKind,
+    /// The metric it shows.
+    #[schema(example = "cpu_usage")]
     pub metric: String,
+    /// The window it reads.
+    #[schema(example = "1m")]
     pub window: String,
+    /// The aggregations it shows.
+    #[schema(example = json!(["avg", "p95"]))]
     pub aggs: Vec<String>,
+    /// The tag filter of its queries.
+    #[schema(value_type = BTreeMap<String, String>, example = json!({"env": "prod"}))]
     pub tags: Tags,
+    /// The tag keys it groups by (one line or row per combination).
+    #[schema(example = json!(["host"]))]
     pub group_by: Vec<String>,
+    /// Colours by value, lowest first.
+    #[schema(example = json!([{"value": 90.0, "color": "red"}]))]
     pub thresholds: Vec<Threshold>,
     /// End of the metric's newest stored window, on the default board only.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<i64>, example = 1764393660000_i64)]
     pub last_window_end_ms: Option<TimestampMs>,
 }
 

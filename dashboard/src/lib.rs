@@ -9,7 +9,7 @@
 //! | `GET /api/v1/tags?metric=&window=[&from=][&to=][&tags=]` | tag keys and values of the series in a range |
 //! | `GET /api/v1/dashboards[/{name}]` | the dashboards of the UI and their panels |
 //! | `GET /`, `GET /d/{name}`, `GET /assets/*` | the web UI (`ui`); `/` is a JSON index for non-browsers |
-//! | `/healthz`, `/readyz`, `/metrics` | operations |
+//! | `/healthz`, `/readyz`, `/metrics`, `/openapi.json` | operations, and this API as an OpenAPI 3.1 document |
 //!
 //! Series are always combined by merging their aggregates, so every quantile is the
 //! quantile of the union of the points. Parsing (`params`), merging and shaping
@@ -35,8 +35,11 @@ mod boards;
 mod instant;
 mod live;
 mod metrics;
+mod openapi;
 mod params;
 mod ui;
+
+pub use openapi::openapi;
 
 use api::AppState;
 use metrics::DashboardMetrics;
@@ -114,6 +117,7 @@ impl Dashboard {
             .merge(ui)
             .merge(api)
             .merge(ops_router(registry, checks))
+            .merge(pulse_server::openapi::router(&openapi()))
             .route_layer(from_fn_with_state(http_metrics, track))
             .fallback(api::not_found)
     }

@@ -21,6 +21,23 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 /// Streams every newly closed window that passes the optional metric and window
 /// filters, with all default aggregations.
+///
+/// Server-sent events: a `window` event (data: `LiveEvent`) per newly closed
+/// window of a series, and again when late points update it; an `anomaly`
+/// event (data: `Anomaly`) when an anomaly fires or resolves. A comment every
+/// 15 s keeps the connection open. The stream does not end.
+#[utoipa::path(
+    get,
+    path = "/api/v1/live",
+    tag = "query",
+    params(LiveParams),
+    responses(
+        (status = 200, description = "The event stream (`window` events carry a `LiveEvent`, `anomaly` events an `Anomaly`)", content_type = "text/event-stream", body = String, example = "event: window\ndata: {\"metric_name\":\"cpu_usage\",\"window\":\"1m\",\"series_id\":\"9f86d081884c7d65\",\"tags\":{\"host\":\"web-01\"},\"window_start_ms\":1764393600000,\"window_end_ms\":1764393660000,\"aggregations\":{\"avg\":87.3}}\n\n"),
+        (status = 400, description = "A parameter is missing or wrong: `bad_query`, `missing_param`, `bad_window`, `bad_tags`, `bad_aggs`, `bad_range`, `bad_group_by`, ... (`message` says which and why)", body = pulse_server::openapi::ErrorBody),
+        (status = 503, description = "`unavailable`: live updates cannot be subscribed to right now; retry after `Retry-After`", body = pulse_server::openapi::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    ),
+    security((), ("bearer" = []))
+)]
 pub(crate) async fn live(
     State(state): State<AppState>,
     Params(params): Params<LiveParams>,

@@ -7,6 +7,7 @@ use pulse_core::result::{MAX_TAG_FILTERS, parse_tag_filter};
 use pulse_core::{AggKind, Tags, TimestampMs, WindowResult};
 use pulse_server::ApiError;
 use serde::Deserialize;
+use utoipa::IntoParams;
 
 use crate::instant;
 
@@ -19,30 +20,59 @@ pub const MAX_RANGE_MS: TimestampMs = 400 * 86_400_000;
 pub const DEFAULT_RANGE_MS: TimestampMs = 3_600_000;
 
 /// Raw parameters of `GET /dashboard`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LatestParams {
+    /// Required: the metric's name.
+    #[param(required = true, example = "cpu_usage")]
     pub metric: Option<String>,
+    /// Required: a configured window label (`GET /api/v1/metrics` lists them); 400 `bad_window` otherwise.
+    #[param(required = true, example = "1m")]
     pub window: Option<String>,
+    /// Tag filter `key:value,key:value` (at most 32 keys, each once): only series with all of them.
+    #[param(example = "env:prod,host:web-01")]
     pub tags: Option<String>,
+    /// Aggregations, comma-separated: `count, sum, min, max, avg, last` and quantiles `p0`…`p100` (one decimal); default every one.
+    #[param(example = "avg,max,p95")]
     pub aggs: Option<String>,
 }
 
 /// Raw parameters of `GET /api/v1/query_range`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RangeParams {
+    /// Required: the metric's name.
+    #[param(required = true, example = "cpu_usage")]
     pub metric: Option<String>,
+    /// Required: a configured window label (`GET /api/v1/metrics` lists them); 400 `bad_window` otherwise.
+    #[param(required = true, example = "1m")]
     pub window: Option<String>,
+    /// Start of the range: Unix seconds or RFC 3339; default an hour before `to`.
+    #[param(example = "2026-11-29T04:00:00Z")]
     pub from: Option<String>,
+    /// End of the range: Unix seconds or RFC 3339; default now. At most 400 days after `from`.
+    #[param(example = "2026-11-29T05:00:00Z")]
     pub to: Option<String>,
+    /// Tag filter `key:value,key:value` (at most 32 keys, each once): only series with all of them.
+    #[param(example = "env:prod,host:web-01")]
     pub tags: Option<String>,
+    /// Tag keys to group by, comma-separated (at most 16): one series per combination of their values.
+    #[param(example = "host")]
     pub group_by: Option<String>,
+    /// Aggregations, comma-separated: `count, sum, min, max, avg, last` and quantiles `p0`…`p100` (one decimal); default every one.
+    #[param(example = "avg,max,p95")]
     pub aggs: Option<String>,
 }
 
 /// Raw parameters of `GET /api/v1/live`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LiveParams {
+    /// Only this metric's windows (default every metric).
+    #[param(example = "cpu_usage")]
     pub metric: Option<String>,
+    /// Only this window: a configured window label (`GET /api/v1/metrics` lists them); 400 `bad_window` otherwise.
+    #[param(example = "1m")]
     pub window: Option<String>,
 }
 

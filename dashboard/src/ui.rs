@@ -90,6 +90,15 @@ const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-
 
 /// `GET /`: the UI for browsers, the JSON index for API clients, so `curl /`
 /// keeps answering what it did before the UI existed.
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "ui",
+    responses((status = 200, description = "The web UI's page to a client whose `Accept` has `text/html`; a JSON index of the API to any other", content(
+        (String = "text/html", example = "<!doctype html>..."),
+        (Object = "application/json", example = json!({"service": "pulse-dashboard", "endpoints": {"/dashboard": "latest closed window across series"}}))
+    )))
+)]
 pub(crate) async fn root(headers: HeaderMap) -> Response {
     if wants_html(&headers) {
         page(StatusCode::OK, &headers)
@@ -100,6 +109,19 @@ pub(crate) async fn root(headers: HeaderMap) -> Response {
 
 /// `GET /d/{name}`: the page, or the page with a 404 for an unknown board (the
 /// app then lists the boards that exist).
+#[utoipa::path(
+    get,
+    path = "/d/{name}",
+    tag = "ui",
+    params(("name" = String, Path, description = "The board's name", example = "default")),
+    responses(
+        (status = 200, description = "The web UI's page, showing the board", content_type = "text/html", body = String, example = "<!doctype html>..."),
+        (status = 404, description = "No such board: the page (which lists the boards) to browsers, `no_such_dashboard` to other clients", content(
+            (String = "text/html", example = "<!doctype html>..."),
+            (pulse_server::openapi::ErrorBody = "application/json")
+        )),
+    )
+)]
 pub(crate) async fn board(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -114,7 +136,24 @@ pub(crate) async fn board(
     }
 }
 
-/// `GET /assets/{*path}`.
+/// `GET /assets/{*path}`: the web UI's scripts, styles and fonts, with an
+/// `ETag` (a matching `If-None-Match` gets 304).
+#[utoipa::path(
+    get,
+    path = "/assets/{path}",
+    tag = "ui",
+    params(("path" = String, Path, description = "The file's path under the UI's assets", example = "app.js")),
+    responses(
+        (status = 200, description = "The file, with its content type", content(
+            (String = "text/javascript"),
+            (String = "text/css"),
+            (String = "image/svg+xml"),
+            (String = "text/plain")
+        )),
+        (status = 304, description = "Not modified: the `If-None-Match` matched the file's `ETag`"),
+        (status = 404, description = "`not_found`: no such file", body = pulse_server::openapi::ErrorBody),
+    )
+)]
 pub(crate) async fn asset(Path(path): Path<String>, headers: HeaderMap) -> Response {
     match ASSETS.iter().position(|a| a.path == path) {
         Some(i) => {

@@ -12,6 +12,7 @@
 
 mod answer;
 mod metrics;
+mod openapi;
 mod rate;
 mod readiness;
 mod receive;
@@ -30,6 +31,8 @@ use pulse_server::auth::{Tokens, require_bearer};
 use pulse_server::edge::{BodyEdge, DecodeBudget};
 use pulse_server::http_metrics::{HttpMetrics, track};
 use tokio::sync::Semaphore;
+
+pub use crate::openapi::openapi;
 
 use crate::metrics::GatewayMetrics;
 use crate::rate::RateLimits;
@@ -115,6 +118,7 @@ impl Gateway {
                 registry,
                 vec![Arc::new(BusReadiness(bus))],
             ))
+            .merge(pulse_server::openapi::router(&openapi()))
             .route_layer(from_fn_with_state(http_metrics, track))
     }
 }

@@ -40,7 +40,33 @@ struct Prepared {
     series: Vec<SeriesId>,
 }
 
-/// Axum handler for both ingest routes.
+/// Takes points: 202 once every point is durable in the bus.
+///
+/// `POST /metrics` (the original single-point contract) and `POST /v1/metrics`
+/// (the sidecar's batches) take the same bodies and give the same answers.
+#[utoipa::path(
+    post,
+    path = "/v1/metrics",
+    tag = "ingest",
+    params(pulse_server::ingest::ContentEncoding),
+    request_body(
+        description = "One point, an array of points, or NDJSON (one point per line)",
+        content(
+            (pulse_server::ingest::IngestBody = "application/json"),
+            (String = "application/x-ndjson", example = "{\"metric_name\":\"mem_used\",\"value\":1024,\"tags\":{\"host\":\"db-01\"}}\n")
+        )
+    ),
+    responses(
+        (status = 202, description = "Every point is durable in the bus", body = pulse_server::ingest::Receipt),
+        (status = 400, description = "`invalid_points`: some points were invalid (`details` is `InvalidPoints`; the valid ones were accepted), or of a new series over `gateway.max_active_series`; `invalid_json`, `empty_body`, `corrupt_body`: the body as a whole cannot be read", body = pulse_server::openapi::ErrorBody),
+        (status = 408, description = "`body_timeout`: the body did not arrive within `http.body_timeout`", body = pulse_server::openapi::ErrorBody),
+        (status = 413, description = "`body_too_large` (over `gateway.max_body_bytes`, before or after decompression) or `too_many_points` (over `gateway.max_points_per_request`)", body = pulse_server::openapi::ErrorBody),
+        (status = 415, description = "`unsupported_encoding`: a `Content-Encoding` other than identity, gzip, zstd", body = pulse_server::openapi::ErrorBody),
+        (status = 429, description = "`rate_limited`: the writer is over `gateway.rate_limit`; nothing was accepted, resend after `Retry-After` seconds", body = pulse_server::openapi::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before resending"))),
+        (status = 503, description = "`unavailable` (the bus refused) or `overloaded` (no processing slot or decode budget within 2 s); nothing was accepted, retry after `Retry-After`", body = pulse_server::openapi::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    ),
+    security((), ("bearer" = []))
+)]
 pub(crate) async fn receive(
     State(gateway): State<Arc<Gateway>>,
     route: MatchedPath,

@@ -90,6 +90,19 @@ impl MetricPipeline {
         self
     }
 
+    /// With an anomaly rule notifying a Slack receiver whose URL is in the
+    /// Secret `alerts`, key `slack`.
+    pub fn alerting(mut self) -> MetricPipeline {
+        let (anomaly, alerting) = serde_json::from_value(json!([
+            {"rules": [{"name": "cpu-spike", "metric": "cpu", "detector": "ewma", "notify": ["chat"]}]},
+            {"receivers": [{"name": "chat", "kind": "slack", "urlSecretRef": {"name": "alerts", "key": "slack"}}]},
+        ]))
+        .unwrap_or_else(|e| unreachable!("the fixture rules are valid JSON for the CRD: {e}"));
+        self.spec.anomaly = Some(anomaly);
+        self.spec.alerting = Some(alerting);
+        self
+    }
+
     /// With a window the validation refuses.
     pub fn invalid(mut self) -> MetricPipeline {
         self.spec.windows = vec!["7 fortnights".into()];

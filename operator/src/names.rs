@@ -55,6 +55,19 @@ pub const ENV_REDIS_URL: &str = "PULSE_CACHE__REDIS_URL";
 pub const ENV_INGEST_TOKENS: &str = "PULSE_GATEWAY__TOKENS";
 pub const ENV_READ_TOKENS: &str = "PULSE_DASHBOARD__READ_TOKENS";
 
+/// The variable holding the URL of the pipeline's receiver number `index`
+/// (`alerting.receivers[index].url_env`). By position, as receiver names may
+/// hold characters a variable name cannot; outside the config sections, so
+/// the loader does not read it as a key.
+pub fn receiver_url_env(index: usize) -> String {
+    format!("PULSE_RECEIVER_{index}_URL")
+}
+
+/// The variable holding the PagerDuty routing key of receiver number `index`.
+pub fn receiver_routing_key_env(index: usize) -> String {
+    format!("PULSE_RECEIVER_{index}_ROUTING_KEY")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -208,10 +208,11 @@ async fn serve_health(
         .await
         .map_err(|source| RunError::Listen { addr, source })?;
     let router = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(health);
+        .with_state(health)
+        .merge(pulse_server::openapi::router(&openapi()));
     Ok(tokio::spawn(async move {
         axum::serve(listener, router)
             .with_graceful_shutdown(shutdown.cancelled_owned())
@@ -220,6 +221,44 @@ async fn serve_health(
     }))
 }
 
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(healthz, readyz, metrics))]
+struct HealthApi;
+
+/// The OpenAPI 3.1 document of the operator's health port.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    use utoipa::OpenApi as _;
+    pulse_server::openapi::finish(
+        HealthApi::openapi(),
+        "Pulse operator",
+        "Probes and metrics of the Kubernetes operator (`pulse operator --listen`). The sidecar \
+         injection webhook is a Kubernetes AdmissionReview endpoint on its own TLS port and is \
+         not part of this document.",
+    )
+}
+
+/// Liveness: answers as long as the process serves HTTP.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    responses((status = 200, description = "The operator is alive", content_type = "text/plain", body = String, example = "ok"))
+)]
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Readiness: ready once the Kubernetes client, the health server and the
+/// webhook are up.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Ready", content_type = "text/plain", body = String, example = "ready"),
+        (status = 503, description = "Still starting", content_type = "text/plain", body = String, example = "starting"),
+    )
+)]
 async fn readyz(State(health): State<Health>) -> impl IntoResponse {
     if health.ready.load(Ordering::Relaxed) {
         (StatusCode::OK, "ready")
@@ -228,6 +267,13 @@ async fn readyz(State(health): State<Health>) -> impl IntoResponse {
     }
 }
 
+/// The operator's metrics in the OpenMetrics text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses((status = 200, description = "Every metric of the operator (OpenMetrics text)", content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String, example = "# TYPE pulse_operator_reconciles counter\npulse_operator_reconciles_total 3\n# EOF\n"))
+)]
 async fn metrics(State(health): State<Health>) -> impl IntoResponse {
     (
         [(

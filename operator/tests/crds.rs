@@ -202,6 +202,9 @@ fn cel_rules_spanning_fields_are_in_the_schema() {
         "self == oldSelf",
         "self.metadata.name.size() <= 50",
         "self.rateBurst == 0 || self.rateBurst >= self.maxPointsPerRequest",
+        "r.window in self.windows",
+        "self.alerting.receivers.exists(x, x.name == n)",
+        "self.kind != 'slack' || has(self.urlSecretRef)",
     ] {
         assert!(text.contains(rule), "missing CEL rule {rule}");
     }
@@ -259,7 +262,7 @@ fn cel_refuses_a_sliding_window_whose_slide_does_not_divide_its_size() {
     let bad = pipeline_with(|v| v["spec"]["windows"] = json!(["1m", "10m/3m"]));
     let err = validate_cel(&bad).unwrap_err().to_string();
     assert!(err.contains("multiple of its slide"), "{err}");
-    let good = pipeline_with(|v| v["spec"]["windows"] = json!(["1h/5m", "90s/30s"]));
+    let good = pipeline_with(|v| v["spec"]["windows"] = json!(["1m", "1h/5m", "90s/30s"]));
     validate_cel(&good).unwrap();
 }
 
@@ -313,6 +316,7 @@ fn examples_parse_and_validate() {
         &spec["redis"]["urlSecretRef"],
         &spec["auth"]["ingestTokensSecretRef"],
         &spec["auth"]["readTokensSecretRef"],
+        &spec["alerting"]["receivers"][0]["urlSecretRef"],
     ] {
         assert_eq!(reference["name"], secret["metadata"]["name"]);
         let key = reference["key"].as_str().unwrap();

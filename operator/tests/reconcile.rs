@@ -372,6 +372,71 @@ async fn an_invalid_spec_is_a_condition_and_a_slow_requeue_not_an_error() {
 }
 
 #[tokio::test]
+async fn receivers_reach_the_processor_from_their_secret_and_never_the_config_map() {
+    let h = harness();
+    h.reconcile(MetricPipeline::test().finalized().alerting())
+        .await
+        .expect("reconcile");
+    let mut expected = vec![SECRET.to_string()];
+    expected.extend(pipeline_applies());
+    expected.extend([format!("PATCH {PIPELINE}/status"), EVENT.to_string()]);
+    assert_eq!(h.api.lines(), expected);
+    let recorded = h.api.recorded();
+    let config = recorded[2].body["data"][names::CONFIG_KEY]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let config = pulse_core::config::Config::from_toml(&config).expect("the pods read it");
+    assert_eq!(config.anomaly.rules[0].name, "cpu-spike");
+    assert_eq!(
+        config.alerting.receivers[0].url_env.as_deref(),
+        Some("PULSE_RECEIVER_0_URL")
+    );
+    assert_eq!(config.alerting.receivers[0].url, None);
+    let env =
+        |apply: &Recorded| apply.body["spec"]["template"]["spec"]["containers"][0]["env"].clone();
+    let processor = env(&recorded[5]);
+    let receiver = processor
+        .as_array()
+        .and_then(|e| e.iter().find(|v| v["name"] == "PULSE_RECEIVER_0_URL"))
+        .unwrap_or_else(|| panic!("no receiver variable in {processor}"));
+    assert_eq!(
+        receiver["valueFrom"]["secretKeyRef"],
+        serde_json::json!({"name": "alerts", "key": "slack", "optional": false})
+    );
+    assert!(
+        !env(&recorded[4]).to_string().contains("PULSE_RECEIVER"),
+        "the gateway gets no receiver Secret"
+    );
+    let status = status_patch(&recorded);
+    assert_eq!(condition(&status, "Ready").0, "True", "{}", status.body);
+}
+
+#[tokio::test]
+async fn a_bad_rule_is_an_invalid_spec_condition_naming_it() {
+    let h = harness();
+    let mut mp = MetricPipeline::test().finalized().alerting();
+    if let Some(anomaly) = mp.spec.anomaly.as_mut() {
+        anomaly.rules[0].window = Some("2h".into());
+    }
+    h.reconcile(mp)
+        .await
+        .expect("an invalid spec is not an error");
+    assert_eq!(
+        h.api.lines(),
+        vec![format!("PATCH {PIPELINE}/status"), EVENT.to_string()],
+        "nothing applied"
+    );
+    let status = status_patch(&h.api.recorded());
+    assert_eq!(condition(&status, "Ready"), cond("False", "InvalidSpec"));
+    let message = status.body.to_string();
+    assert!(
+        message.contains("anomaly.rules[0] (cpu-spike).window"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
 async fn fewer_partitions_are_refused_in_the_status_and_the_rest_still_applies() {
     let h = harness();
     h.topics.insert(POINTS, 12, 86_400_000);

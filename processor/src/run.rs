@@ -64,6 +64,15 @@ pub struct Processor {
     deliverer: Option<Deliverer>,
 }
 
+/// The OpenAPI 3.1 document of the processor's health port (`processor.listen`).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    pulse_server::openapi::ops_document(
+        "Pulse processor",
+        "Probes and metrics of the stream processor: `/readyz` reports the store, the bus and the \
+         partitions it owns with their lag.",
+    )
+}
+
 impl Processor {
     pub fn new(
         config: &Config,
@@ -130,6 +139,7 @@ impl Processor {
             Arc::new(StatusCheck(Arc::clone(&self.status))),
         ];
         ops_router(Arc::clone(&self.registry), checks)
+            .merge(pulse_server::openapi::router(&openapi()))
     }
 
     /// Runs until `shutdown`, then commits what it holds so a restart resumes
@@ -562,7 +572,8 @@ pub(crate) async fn sleep_or_shutdown(d: Duration, stop: &CancellationToken) -> 
     }
 }
 
-/// Deletes raw points and results past their retention, now and periodically.
+/// Deletes raw points, results, resolved anomalies and delivered outbox rows
+/// past their retention (`Store::enforce_retention`), now and periodically.
 async fn retention_loop(
     store: Arc<dyn Store>,
     storage: StorageConfig,
@@ -573,11 +584,16 @@ async fn retention_loop(
         let raw_before = now - storage.raw_retention.as_millis() as i64;
         let results_before = now - storage.result_retention.as_millis() as i64;
         match store.enforce_retention(raw_before, results_before).await {
-            Ok(report) if report.raw_points + report.results > 0 => {
+            Ok(report)
+                if report.raw_points + report.results + report.anomalies + report.deliveries
+                    > 0 =>
+            {
                 info!(
                     message = "Retention removed old data.",
                     raw_points = report.raw_points,
-                    results = report.results
+                    results = report.results,
+                    anomalies = report.anomalies,
+                    deliveries = report.deliveries
                 );
             }
             Ok(_) => {}

@@ -8,10 +8,88 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use pulse_core::codec::body::BodyError;
+use pulse_core::codec::body::TypedPoint;
 use pulse_core::validate::PointError;
+use serde::Deserialize;
+use serde::Serialize;
 use serde_json::json;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::ApiError;
+
+/// The `202` answer: every point of the request was taken.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(example = json!({"accepted": 2, "rejected": 0}))]
+pub struct Receipt {
+    /// Points taken (durable in the bus, or in the sidecar's buffer).
+    #[schema(example = 2)]
+    pub accepted: usize,
+    /// Always 0 in a `202`: a request with an invalid point is answered `400 invalid_points`.
+    #[schema(example = 0)]
+    pub rejected: usize,
+}
+
+/// `details` of a `400 invalid_points` answer. The valid points of the
+/// request were taken all the same: resend only the ones listed, fixed.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(example = json!({"accepted": 1, "rejected": 1, "errors": [{"index": 1, "field": "value", "reason": "invalid_value", "message": "`value` must be a finite number"}], "errors_omitted": 0}))]
+pub struct InvalidPoints<'a> {
+    /// Valid points of the request that were taken.
+    #[schema(example = 1)]
+    pub accepted: usize,
+    /// Invalid points, not taken.
+    #[schema(example = 1)]
+    pub rejected: usize,
+    /// The first 100 errors, in the order of the points.
+    #[schema(value_type = Vec<PointError>)]
+    pub errors: &'a [PointError],
+    /// Errors past the first 100, counted but not listed.
+    #[schema(example = 0)]
+    pub errors_omitted: usize,
+}
+
+/// The `Content-Encoding` of an ingest body.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Header)]
+pub struct ContentEncoding {
+    /// How the body is compressed: absent or `identity` (not at all), `gzip` or
+    /// `zstd`; anything else is refused with 415 `unsupported_encoding`.
+    #[serde(rename = "Content-Encoding")]
+    #[param(rename = "Content-Encoding", example = "gzip")]
+    pub content_encoding: Option<String>,
+}
+
+/// Documents the ingest handler's operation at `/v1/metrics` at `/metrics`
+/// too: both routes take the same bodies and give the same answers.
+pub fn also_at_metrics(doc: &mut utoipa::openapi::OpenApi) {
+    let Some(mut operation) = doc
+        .paths
+        .paths
+        .get("/v1/metrics")
+        .and_then(|item| item.post.clone())
+    else {
+        return;
+    };
+    operation.operation_id = Some("post_metrics".into());
+    operation.summary =
+        Some("Takes points (the original single-point route; same contract as /v1/metrics)".into());
+    let item = doc.paths.paths.entry("/metrics".into()).or_default();
+    item.post = Some(operation);
+}
+
+/// The body of both ingest routes: one point, or an array of points (as
+/// `application/json`), or one point per line (NDJSON, `application/x-ndjson`
+/// or any other content type), optionally compressed (`Content-Encoding: gzip`
+/// or `zstd`). The route decodes it as a stream; this type names its shape.
+#[derive(Deserialize, ToSchema)]
+#[serde(untagged)]
+#[schema(example = json!([{"metric_name": "cpu_usage", "value": 91, "tags": {"host": "web-01"}}, {"metric_name": "cpu_usage", "value": 95, "tags": {"host": "web-02"}}]))]
+pub enum IngestBody {
+    /// One point.
+    One(TypedPoint),
+    /// A batch of points.
+    Many(Vec<TypedPoint>),
+}
 
 /// Most point errors listed in one answer: enough to fix a client, small enough
 /// that a batch of 100 000 bad points does not produce a huge error body.
@@ -22,7 +100,10 @@ pub const MAX_LISTED_ERRORS: usize = 100;
 /// how many valid points were accepted anyway.
 pub fn points_answer(accepted: usize, errors: &[PointError]) -> Response {
     if errors.is_empty() {
-        let body = json!({"accepted": accepted, "rejected": 0});
+        let body = Receipt {
+            accepted,
+            rejected: 0,
+        };
         return (StatusCode::ACCEPTED, Json(body)).into_response();
     }
     let rejected = errors.len();
@@ -36,11 +117,11 @@ pub fn points_answer(accepted: usize, errors: &[PointError]) -> Response {
         );
     }
     ApiError::bad_request("invalid_points", message)
-        .with_details(json!({
-            "accepted": accepted,
-            "rejected": rejected,
-            "errors": listed,
-            "errors_omitted": omitted,
+        .with_details(json!(InvalidPoints {
+            accepted,
+            rejected,
+            errors: listed,
+            errors_omitted: omitted,
         }))
         .into_response()
 }

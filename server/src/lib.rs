@@ -9,6 +9,7 @@ pub mod edge;
 pub mod error;
 pub mod http_metrics;
 pub mod ingest;
+pub mod openapi;
 pub mod ops;
 pub mod reload;
 pub mod serve;

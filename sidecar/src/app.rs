@@ -241,7 +241,8 @@ pub async fn run(
             Arc::new(BufferCheck(Arc::clone(&buffer))),
             Arc::new(GatewayCheck(circuit)),
         ],
-    );
+    )
+    .merge(pulse_server::openapi::router(&crate::openapi::admin()));
     let admin_task = tokio::spawn(pulse_server::serve(
         admin_listener,
         admin,

@@ -16,6 +16,7 @@ pub mod config;
 pub mod encode;
 pub mod forward;
 pub mod metrics;
+pub mod openapi;
 pub mod parse;
 pub mod receivers;
 pub mod split;

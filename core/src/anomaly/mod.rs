@@ -28,6 +28,7 @@ pub use rule::{
 /// Whether an alert is still on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[derive(utoipa::ToSchema)]
 pub enum AlertState {
     Firing,
     Resolved,
@@ -53,28 +54,48 @@ impl AlertState {
 /// One anomaly: a rule fired on one series' window. The same record (by
 /// `id`) later turns `resolved`. This is what the API answers, the store
 /// keeps, the `.anomalies` topic carries and the generic webhook receives.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Anomaly {
     /// Stable: derived from rule, series, window and window start, so a
     /// replay produces the same id, and receivers deduplicate on it.
+    #[schema(example = "3f2a9c0d41b7e655")]
     pub id: String,
+    /// The rule that fired (`[[anomalies.rules]]` name).
+    #[schema(example = "cpu_high")]
     pub rule: String,
+    /// The series' metric.
+    #[schema(example = "cpu_usage")]
     pub metric_name: String,
+    /// The series' tags.
+    #[schema(value_type = BTreeMap<String, String>, example = json!({"host": "web-01"}))]
     pub tags: Tags,
+    /// The window label the rule judges.
+    #[schema(example = "1m")]
     pub window: String,
-    /// The window the rule fired on.
+    /// Start of the window the rule fired on, Unix milliseconds.
+    #[schema(value_type = i64, example = 1764393600000_i64)]
     pub window_start_ms: TimestampMs,
+    /// End of that window (exclusive), Unix milliseconds.
+    #[schema(value_type = i64, example = 1764393660000_i64)]
     pub window_end_ms: TimestampMs,
     /// The window's value (the rule's aggregation).
+    #[schema(example = 97.5)]
     pub value: f64,
     /// What the detector expected: the mean, or the bound crossed.
+    #[schema(example = 90.0)]
     pub expected: f64,
     /// Standard deviations from the mean, or distance past the bound.
+    #[schema(example = 7.5)]
     pub score: f64,
+    /// `firing`, or `resolved` once the series is back to normal.
+    #[schema(inline, example = "firing")]
     pub state: AlertState,
+    /// What was found, for a person.
+    #[schema(example = "cpu_usage avg 97.5 is above 90 (rule cpu_high)")]
     pub message: String,
     /// End of the window at which it resolved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<i64>, example = 1764393900000_i64)]
     pub resolved_ms: Option<TimestampMs>,
     /// Receivers the rule notifies (not part of the API answer).
     #[serde(default, skip)]

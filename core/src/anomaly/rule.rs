@@ -72,16 +72,17 @@ pub struct RuleConfig {
     pub notify: Vec<String>,
 }
 
-fn default_aggregation() -> String {
+/// The defaults of an unset key; public so the operator's CRD has the same.
+pub fn default_aggregation() -> String {
     "avg".into()
 }
-fn default_windows() -> usize {
+pub fn default_windows() -> usize {
     10
 }
-fn default_deviation() -> f64 {
+pub fn default_deviation() -> f64 {
     3.0
 }
-fn default_for() -> u32 {
+pub fn default_for() -> u32 {
     1
 }
 
@@ -133,17 +134,47 @@ pub struct ReceiverConfig {
 impl ReceiverConfig {
     /// The URL to POST to: `url`, else the variable `url_env` names, else
     /// (PagerDuty only) the public endpoint.
+    /// Checked to be an http(s) URL.
     pub fn resolved_url(&self) -> Result<String, String> {
-        if let Some(url) = self.url.as_deref().filter(|u| !u.trim().is_empty()) {
-            return Ok(url.trim().to_string());
+        let url = if let Some(url) = self.url.as_deref().filter(|u| !u.trim().is_empty()) {
+            url.trim().to_string()
+        } else if let Some(var) = &self.url_env {
+            read_env(var)?
+        } else {
+            match self.kind {
+                ReceiverKind::Pagerduty => PAGERDUTY_EVENTS_URL.into(),
+                _ => return Err("`url` (or `url_env`) is required".into()),
+            }
+        };
+        if url.starts_with("http://") || url.starts_with("https://") {
+            Ok(url)
+        } else {
+            Err("must be an http:// or https:// URL".into())
         }
-        if let Some(var) = &self.url_env {
-            return read_env(var);
+    }
+
+    /// What can be checked without the environment: a URL written in the
+    /// file is read, a URL or key from a variable only needs the variable
+    /// named. Only the processor sends alerts, so only it resolves the
+    /// variables (at start, see [`ReceiverConfig::resolved_url`]); the other
+    /// roles read the same file without the Secrets.
+    fn check_written(&self) -> Result<(), (&'static str, String)> {
+        if self.url_env.is_none() {
+            self.resolved_url().map_err(|m| ("url", m))?;
         }
-        match self.kind {
-            ReceiverKind::Pagerduty => Ok(PAGERDUTY_EVENTS_URL.into()),
-            _ => Err("`url` (or `url_env`) is required".into()),
+        if self.kind == ReceiverKind::Pagerduty
+            && self.routing_key_env.is_none()
+            && self
+                .routing_key
+                .as_deref()
+                .is_none_or(|k| k.trim().is_empty())
+        {
+            return Err((
+                "routing_key",
+                "`routing_key` (or `routing_key_env`) is required for pagerduty".into(),
+            ));
         }
+        Ok(())
     }
 
     /// PagerDuty's routing key: `routing_key`, else the variable `routing_key_env` names.
@@ -190,17 +221,8 @@ pub fn validate(
                 format!("receiver `{}` is declared twice", r.name),
             ));
         }
-        let url = r.resolved_url().map_err(|m| invalid(key("url"), m))?;
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(invalid(
-                key("url"),
-                "must be an http:// or https:// URL".into(),
-            ));
-        }
-        if r.kind == ReceiverKind::Pagerduty {
-            r.resolved_routing_key()
-                .map_err(|m| invalid(key("routing_key"), m))?;
-        }
+        r.check_written()
+            .map_err(|(field, m)| invalid(key(field), m))?;
     }
     let mut names = HashSet::new();
     for (i, rule) in rules.rules.iter().enumerate() {
@@ -395,16 +417,15 @@ url = "http://127.0.0.1:9999/hook"
     }
 
     #[test]
-    fn receiver_secrets_come_from_the_environment() {
+    fn receiver_secrets_come_from_the_environment_of_the_sender_only() {
         let text = GOOD.replace(
             "url = \"http://127.0.0.1:9999/hook\"",
             "url_env = \"PULSE_TEST_RECEIVER_URL_UNSET\"",
         );
-        assert!(
-            load(&text)
-                .unwrap_err()
-                .contains("PULSE_TEST_RECEIVER_URL_UNSET")
-        );
+        // Every role loads the file; only the processor, which sends, needs the variable.
+        let config = load(&text).unwrap();
+        let err = config.alerting.receivers[0].resolved_url().unwrap_err();
+        assert!(err.contains("PULSE_TEST_RECEIVER_URL_UNSET"), "{err}");
         let r = super::ReceiverConfig {
             name: "pd".into(),
             kind: super::ReceiverKind::Pagerduty,

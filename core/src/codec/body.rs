@@ -336,14 +336,31 @@ fn trim_ascii(bytes: &[u8]) -> &[u8] {
 
 /// One point of the wire contract decoded straight into its types. Unknown
 /// fields are ignored and `null` means absent, as in [`WirePoint`], so a body
-/// this accepts gives the same points as the field-by-field path.
-#[derive(Deserialize)]
-struct TypedPoint {
+/// this accepts gives the same points as the field-by-field path. It is also
+/// the `Point` schema of the ingest routes' OpenAPI documents.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = Point, example = json!({"metric_name": "cpu_usage", "value": 92.5, "timestamp": 1721199945, "tags": {"host": "web-01", "env": "prod"}}))]
+pub struct TypedPoint {
+    /// The metric: `[A-Za-z_][A-Za-z0-9_.:-]*`, at most 200 bytes.
+    #[schema(
+        example = "cpu_usage",
+        pattern = "^[A-Za-z_][A-Za-z0-9_.:-]*$",
+        max_length = 200
+    )]
     metric_name: String,
+    /// The value: a finite number (a JSON string is refused).
+    #[schema(example = 92.5)]
     value: f64,
+    /// Event time in Unix seconds (fractions allowed); absent or `null` means
+    /// the time of arrival. At most `limits.max_past` (1 d) old and
+    /// `limits.max_future` (10 m) ahead.
     #[serde(default)]
+    #[schema(example = 1721199945)]
     timestamp: Option<f64>,
+    /// At most 32 tags: keys `[A-Za-z_][A-Za-z0-9_.-]*` up to 100 bytes, values
+    /// 1 to 256 bytes without control characters, each key once.
     #[serde(default)]
+    #[schema(value_type = Option<BTreeMap<String, String>>, example = json!({"host": "web-01", "env": "prod"}))]
     tags: Option<UniqueTags>,
 }
 

@@ -199,11 +199,16 @@ pub struct ResultQuery {
 }
 
 /// A metric known to the store.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct MetricInfo {
+    /// The metric's name.
+    #[schema(example = "cpu_usage")]
     pub name: String,
+    /// How many series (tag combinations) of it are stored.
+    #[schema(example = 3)]
     pub series: u64,
-    /// End of the newest stored window of any series, if any.
+    /// End of the newest stored window of any series, if any (Unix milliseconds).
+    #[schema(value_type = Option<i64>, example = 1764393660000_i64)]
     pub last_window_end_ms: Option<TimestampMs>,
 }
 
@@ -212,6 +217,10 @@ pub struct MetricInfo {
 pub struct RetentionReport {
     pub raw_points: u64,
     pub results: u64,
+    /// Resolved anomalies (see [`Store::enforce_retention`]).
+    pub anomalies: u64,
+    /// Delivered outbox rows.
+    pub deliveries: u64,
 }
 
 /// Store failures. `Unavailable` is transient: retry with backoff.
@@ -298,8 +307,12 @@ pub trait Store: Send + Sync {
     /// Late-point totals of `metric`, per window.
     async fn late_counts(&self, metric: &str) -> Result<Vec<LateCount>, StoreError>;
 
-    /// Deletes raw points older than `raw_before_ms` and results whose window
-    /// ended before `results_before_ms`.
+    /// Deletes raw points (and dead letters) older than `raw_before_ms` and
+    /// results whose window ended before `results_before_ms`. Anomalies go
+    /// with the results once resolved (a resolving window that ended before
+    /// `results_before_ms`); a firing one stays however old, as it is still
+    /// on. Outbox rows go with the raw points once delivered (sent before
+    /// `raw_before_ms`); an undelivered row is never deleted.
     async fn enforce_retention(
         &self,
         raw_before_ms: TimestampMs,

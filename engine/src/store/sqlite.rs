@@ -585,9 +585,13 @@ impl Store for SqliteStore {
             .execute(&self.pool)
             .await
             .map_err(unavailable)?;
+        let (anomalies, deliveries) =
+            anomaly::sqlite::retain(&self.pool, raw_before_ms, results_before_ms).await?;
         Ok(RetentionReport {
             raw_points: raw.rows_affected(),
             results: results.rows_affected(),
+            anomalies,
+            deliveries,
         })
     }
 

@@ -63,10 +63,20 @@ pub fn pipeline_objects(pipeline: &ValidatedPipeline, image: &str) -> PipelineOb
         names::ENV_INGEST_TOKENS,
         pipeline.ingest_tokens_secret.as_ref(),
     )]);
-    let processor_env = deployment::secret_env([
-        (names::ENV_DATABASE_URL, Some(&pipeline.database_url_secret)),
-        (names::ENV_REDIS_URL, pipeline.redis_url_secret.as_ref()),
-    ]);
+    // Only the processor sends alerts, so only it gets the receivers' Secrets.
+    let processor_env = deployment::secret_env(
+        [
+            (names::ENV_DATABASE_URL, Some(&pipeline.database_url_secret)),
+            (names::ENV_REDIS_URL, pipeline.redis_url_secret.as_ref()),
+        ]
+        .into_iter()
+        .chain(
+            pipeline
+                .receiver_secrets
+                .iter()
+                .map(|(env, secret)| (env.as_str(), Some(secret))),
+        ),
+    );
     PipelineObjects {
         service_account: service_account::service_account(&owner, &service_account),
         config_map: config_map::config_map(&owner, &config_map_name, &pipeline.config_toml),

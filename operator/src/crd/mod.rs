@@ -8,6 +8,7 @@
 //! later as a failed reconcile. What needs more than one object (a dashboard's
 //! window against its pipeline's) is checked by [`crate::validate`].
 
+mod alerting;
 mod dashboard;
 mod pipeline;
 
@@ -15,6 +16,10 @@ use kube::CustomResourceExt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use alerting::{
+    AlertingSpec, AnomalyRuleSpec, AnomalySpec, DetectorSpec, MAX_RECEIVERS, MAX_RULES,
+    ReceiverKindSpec, ReceiverSpec,
+};
 pub use dashboard::{
     Dashboard, DashboardSpec, DashboardStatus, PanelKindSpec, PanelSpec, ThresholdSpec,
 };

@@ -10,7 +10,7 @@ use pulse_core::validate::Limits;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{DURATION_PATTERN, DeletionPolicy, SecretKeyRef};
+use super::{AlertingSpec, AnomalySpec, DURATION_PATTERN, DeletionPolicy, SecretKeyRef};
 
 /// A window as the processor and the dashboard name it: `5m` for a tumbling
 /// window, `10m/1m` for a sliding one (size/slide). Units s, m and h only, so the
@@ -43,6 +43,16 @@ const BROKERS_PATTERN: &str = r"^[^\s,]+(,[^\s,]+)*$";
 #[x_kube(validation = Rule::new("self.processor.replicas <= self.kafka.partitions").message(
     "processor.replicas must not exceed kafka.partitions: each processor consumes at least one partition, the rest would idle"
 ))]
+#[x_kube(validation = Rule::new(
+    "!has(self.anomaly) || !has(self.anomaly.rules) || self.anomaly.rules.all(r, !has(r.window) || r.window in self.windows)"
+).message(Message::Expression(
+    "'anomaly rule ' + self.anomaly.rules.filter(r, has(r.window) && !(r.window in self.windows))[0].name + ': window is not one of spec.windows (as written there)'".into()
+)))]
+#[x_kube(validation = Rule::new(
+    "!has(self.anomaly) || !has(self.anomaly.rules) || self.anomaly.rules.all(r, !has(r.notify) || r.notify.all(n, has(self.alerting) && has(self.alerting.receivers) && self.alerting.receivers.exists(x, x.name == n)))"
+).message(Message::Expression(
+    "'anomaly rule ' + self.anomaly.rules.filter(r, has(r.notify) && r.notify.exists(n, !(has(self.alerting) && has(self.alerting.receivers) && self.alerting.receivers.exists(x, x.name == n))))[0].name + ': notify names a receiver not in spec.alerting.receivers'".into()
+)))]
 #[serde(rename_all = "camelCase")]
 pub struct MetricPipelineSpec {
     /// The Kafka cluster and the pipeline's topics `pulse.<namespace>.<name>.points`
@@ -88,6 +98,13 @@ pub struct MetricPipelineSpec {
     /// does work.
     #[serde(default)]
     pub processor: RoleSpec,
+    /// Rules judged when a window closes (like `[[anomaly.rules]]` in pulse.toml).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anomaly: Option<AnomalySpec>,
+    /// Receivers the rules notify (like `[[alerting.receivers]]` in pulse.toml);
+    /// credentials come from Secrets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerting: Option<AlertingSpec>,
     /// Container image of the pulse binary for this pipeline's pods; the
     /// operator's `--image` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -27,7 +27,7 @@ use crate::config::HttpConfig;
 
 const RECEIVER: &str = "http";
 
-struct Receiver {
+pub(crate) struct Receiver {
     intake: Arc<Intake>,
     config: HttpConfig,
     edge: BodyEdge,
@@ -50,10 +50,34 @@ pub fn router(intake: Arc<Intake>, config: HttpConfig, http_metrics: HttpMetrics
         .route("/metrics", post(receive))
         .route("/v1/metrics", post(receive))
         .with_state(receiver)
+        .merge(pulse_server::openapi::router(&crate::openapi::receiver()))
         .route_layer(from_fn_with_state(http_metrics, track))
 }
 
-async fn receive(
+/// Takes points into the sidecar's buffer: the gateway's contract, where 202
+/// means "in the buffer on disk".
+#[utoipa::path(
+    post,
+    path = "/v1/metrics",
+    tag = "ingest",
+    params(pulse_server::ingest::ContentEncoding),
+    request_body(
+        description = "One point, an array of points, or NDJSON (one point per line)",
+        content(
+            (pulse_server::ingest::IngestBody = "application/json"),
+            (String = "application/x-ndjson", example = "{\"metric_name\":\"mem_used\",\"value\":1024,\"tags\":{\"host\":\"db-01\"}}\n")
+        )
+    ),
+    responses(
+        (status = 202, description = "Every point is in the sidecar's buffer on disk", body = pulse_server::ingest::Receipt),
+        (status = 400, description = "`invalid_points`: some points were invalid (`details` is `InvalidPoints`; the valid ones were buffered); `invalid_json`, `empty_body`, `corrupt_body`: the body as a whole cannot be read", body = pulse_server::openapi::ErrorBody),
+        (status = 408, description = "`body_timeout`: the body did not arrive within `edge.body_timeout`", body = pulse_server::openapi::ErrorBody),
+        (status = 413, description = "`body_too_large` (over `http.max_body_bytes`, before or after decompression) or `too_many_points` (over `http.max_points_per_request`)", body = pulse_server::openapi::ErrorBody),
+        (status = 415, description = "`unsupported_encoding`: a `Content-Encoding` other than identity, gzip, zstd", body = pulse_server::openapi::ErrorBody),
+        (status = 503, description = "`unavailable` (the buffer cannot take points: disk) or `overloaded` (the decode budget stayed full for 2 s); nothing was kept, retry after `Retry-After`", body = pulse_server::openapi::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    )
+)]
+pub(crate) async fn receive(
     State(receiver): State<Arc<Receiver>>,
     headers: HeaderMap,
     body: Body,

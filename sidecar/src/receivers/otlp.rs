@@ -28,11 +28,16 @@ use crate::parse::otlp::{Encoding, decode, to_points};
 const RECEIVER: &str = "otlp";
 
 /// `google.rpc.Status`, the error body of OTLP/HTTP (details omitted).
-#[derive(Clone, PartialEq, prost::Message, serde::Serialize)]
-struct Status {
+#[derive(Clone, PartialEq, prost::Message, serde::Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"code": 3, "message": "the body is not an OTLP ExportMetricsServiceRequest"}))]
+pub(crate) struct Status {
+    /// The gRPC status code: 3 invalid argument, 8 resource exhausted, 14 unavailable.
     #[prost(int32, tag = "1")]
+    #[schema(example = 3)]
     code: i32,
+    /// What went wrong, for a person.
     #[prost(string, tag = "2")]
+    #[schema(example = "the body is not an OTLP ExportMetricsServiceRequest")]
     message: String,
 }
 
@@ -46,7 +51,7 @@ const UNAVAILABLE: i32 = 14;
 /// bytes.
 const DECODED_EXPANSION: usize = 4;
 
-struct Receiver {
+pub(crate) struct Receiver {
     intake: Arc<Intake>,
     config: OtlpConfig,
     max_points: usize,
@@ -61,9 +66,36 @@ pub fn router(intake: Arc<Intake>, config: OtlpConfig, max_points: usize) -> Rou
             config,
             max_points,
         }))
+        .merge(pulse_server::openapi::router(&crate::openapi::otlp()))
 }
 
-async fn receive(
+/// Takes an OTLP `ExportMetricsServiceRequest` into the sidecar's buffer,
+/// answered as the OTLP/HTTP specification asks, in the request's encoding.
+#[utoipa::path(
+    post,
+    path = "/v1/metrics",
+    tag = "otlp",
+    params(pulse_server::ingest::ContentEncoding),
+    request_body(
+        description = "An OTLP `ExportMetricsServiceRequest` (opentelemetry-proto `collector/metrics/v1`): protobuf, or its JSON mapping",
+        content(
+            (Object = "application/json", example = json!({"resourceMetrics": [{"scopeMetrics": [{"metrics": [{"name": "queue.depth", "gauge": {"dataPoints": [{"asInt": "7"}]}}]}]}]})),
+            (Vec<u8> = "application/x-protobuf")
+        )
+    ),
+    responses(
+        (status = 200, description = "An `ExportMetricsServiceResponse`: `{}` when every data point was buffered, `partialSuccess` (`rejectedDataPoints`, `errorMessage`) when some were rejected", content(
+            (Object = "application/json", example = json!({"partialSuccess": {"rejectedDataPoints": 1, "errorMessage": "1 data points were rejected; the first: ..."}})),
+            (Vec<u8> = "application/x-protobuf")
+        )),
+        (status = 400, description = "A body that cannot be read: a `google.rpc.Status`", content((Status = "application/json"), (Vec<u8> = "application/x-protobuf"))),
+        (status = 408, description = "The body did not arrive within `edge.body_timeout`: a `google.rpc.Status`", content((Status = "application/json"), (Vec<u8> = "application/x-protobuf"))),
+        (status = 413, description = "Over `otlp.max_body_bytes` (before or after decompression) or the point limit: a `google.rpc.Status`", content((Status = "application/json"), (Vec<u8> = "application/x-protobuf"))),
+        (status = 415, description = "A content type other than application/x-protobuf or application/json, or an unknown `Content-Encoding`: a `google.rpc.Status`", content((Status = "application/json"), (Vec<u8> = "application/x-protobuf"))),
+        (status = 503, description = "The buffer cannot take points, or the decode budget stayed full; retry after `Retry-After`: a `google.rpc.Status`", content((Status = "application/json"), (Vec<u8> = "application/x-protobuf")), headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    )
+)]
+pub(crate) async fn receive(
     State(receiver): State<Arc<Receiver>>,
     headers: HeaderMap,
     body: Body,

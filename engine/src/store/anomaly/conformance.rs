@@ -1,7 +1,8 @@
 //! What every store engine must do with anomalies (part of
 //! `conformance::store_suite`): upsert by id, an outbox row per receiver and
 //! the bus, delivered in order and never queued twice, detector states per
-//! partition, and the API's filters.
+//! partition, the API's filters, and retention (resolved anomalies with the
+//! results, delivered outbox rows with the raw points, nothing undelivered).
 
 use pulse_core::anomaly::{AlertState, Anomaly};
 use pulse_core::{SeriesId, Tags};
@@ -149,4 +150,26 @@ pub async fn anomaly_suite(store: &dyn Store) {
     let retried = after.iter().find(|d| d.seq == failed.seq).unwrap();
     assert_eq!((retried.attempts, retried.next_attempt_ms), (1, 99_000));
     assert_eq!(store.pending_deliveries(&[7], 2).await.unwrap().len(), 2);
+
+    // Retention: a's resolving window ended at 240 000 and the row was sent at 5;
+    // both cutoffs are exclusive.
+    let report = store.enforce_retention(5, 240_000).await.unwrap();
+    assert_eq!((report.anomalies, report.deliveries), (0, 0));
+    let report = store.enforce_retention(6, 240_001).await.unwrap();
+    assert_eq!(
+        (report.anomalies, report.deliveries),
+        (1, 1),
+        "the resolved anomaly and the sent row"
+    );
+    let kept = store.anomalies(&query(Tags::new(), None)).await.unwrap();
+    assert_eq!(
+        kept.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
+        ["aaaa000000000002"],
+        "a firing anomaly is kept however old"
+    );
+    assert_eq!(
+        store.pending_deliveries(&[7], 100).await.unwrap().len(),
+        5,
+        "undelivered rows are never pruned"
+    );
 }

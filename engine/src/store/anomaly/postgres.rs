@@ -206,3 +206,26 @@ pub async fn mark(pool: &PgPool, seq: i64, outcome: &DeliveryOutcome) -> Result<
     q.bind(seq).execute(pool).await.map_err(db_error)?;
     Ok(())
 }
+
+/// Deletes resolved anomalies whose resolving window ended before
+/// `results_before_ms` and outbox rows sent before `raw_before_ms`
+/// (see `Store::enforce_retention`); returns how many of each.
+pub async fn retain(
+    pool: &PgPool,
+    raw_before_ms: i64,
+    results_before_ms: i64,
+) -> Result<(u64, u64), StoreError> {
+    let anomalies =
+        sqlx::query("DELETE FROM anomalies WHERE state = 'resolved' AND resolved_ms < $1")
+            .bind(results_before_ms)
+            .execute(pool)
+            .await
+            .map_err(db_error)?;
+    let deliveries =
+        sqlx::query("DELETE FROM anomaly_outbox WHERE sent_ms IS NOT NULL AND sent_ms < $1")
+            .bind(raw_before_ms)
+            .execute(pool)
+            .await
+            .map_err(db_error)?;
+    Ok((anomalies.rows_affected(), deliveries.rows_affected()))
+}

@@ -1,7 +1,8 @@
 //! Retention: native mode drops whole daily partitions past the cutoff
 //! first (cheap, no dead rows), then both modes delete the leftovers (rows
 //! of a partition that could not be dropped, or of the DEFAULT partition;
-//! TimescaleDB's own retention policy drops chunks on its schedule).
+//! TimescaleDB's own retention policy drops chunks on its schedule). Resolved
+//! anomalies and delivered outbox rows go too (`anomaly::postgres::retain`).
 
 use pulse_core::TimestampMs;
 
@@ -47,6 +48,9 @@ impl PostgresStore {
                 .map_err(db_error)?;
         report.raw_points += raw.rows_affected();
         report.results += results.rows_affected();
+        (report.anomalies, report.deliveries) =
+            crate::store::anomaly::postgres::retain(&self.pool, raw_before_ms, results_before_ms)
+                .await?;
         Ok(report)
     }
 }

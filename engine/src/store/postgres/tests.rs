@@ -374,7 +374,8 @@ async fn partitions_are_created_on_demand_and_dropped_by_retention(db: TestDb) {
             report,
             RetentionReport {
                 raw_points: 3,
-                results: 3
+                results: 3,
+                ..RetentionReport::default()
             },
             "two rows by dropping the old day's partition, one leftover row each"
         );
@@ -530,7 +531,8 @@ async fn chunks_are_created_on_demand_and_emptied_by_retention(store: &PostgresS
         report,
         RetentionReport {
             raw_points: 3,
-            results: 3
+            results: 3,
+            ..RetentionReport::default()
         }
     );
     assert_eq!(

@@ -17,6 +17,8 @@ use pulse_core::board::{Board, Boards, Panel, PanelKind, Threshold};
 use pulse_core::config::{Config, PipelineConfig, WindowConfig};
 use pulse_core::window::WindowSpec;
 
+mod alerting;
+
 use crate::crd::{
     Dashboard, DeletionPolicy, MetricPipeline, PanelKindSpec, PanelSpec, RoleSpec, SecretKeyRef,
 };
@@ -70,6 +72,15 @@ pub enum InvalidSpec {
         "spec.pipeline is `{wanted}` but the pipeline given is `{given}`: the dashboard must be validated against the pipeline it names"
     )]
     WrongPipeline { wanted: String, given: String },
+    #[error(
+        "spec.anomaly.rules[{index}] ({rule}).window: `{window}` is not a window ({reason}); use one of spec.windows"
+    )]
+    RuleWindow {
+        index: usize,
+        rule: String,
+        window: String,
+        reason: String,
+    },
     #[error("spec.panels: {0}")]
     Panel(String),
     #[error(
@@ -151,6 +162,9 @@ pub struct ValidatedPipeline {
     pub redis_url_secret: Option<SecretKeyRef>,
     pub ingest_tokens_secret: Option<SecretKeyRef>,
     pub read_tokens_secret: Option<SecretKeyRef>,
+    /// The receivers' Secret keys, by the variable the processor reads each
+    /// from (`alerting.receivers[].url_env` / `routing_key_env` in `config`).
+    pub receiver_secrets: Vec<(String, SecretKeyRef)>,
     pub gateway: Workload,
     pub processor: Workload,
     /// The spec's image; the operator's `--image` when `None`.
@@ -246,6 +260,7 @@ pub fn validate_pipeline(pipeline: &MetricPipeline) -> Result<ValidatedPipeline,
     config.limits.max_tag_value_len = to_usize(limits.max_tag_value_length);
     config.limits.max_past = duration("limits.maxPast", &limits.max_past)?;
     config.limits.max_future = duration("limits.maxFuture", &limits.max_future)?;
+    let receiver_secrets = alerting::render(spec, &mut config)?;
 
     let config_toml = render(&config)?;
     let windows = config.window_specs().map_err(config_error)?;
@@ -270,6 +285,7 @@ pub fn validate_pipeline(pipeline: &MetricPipeline) -> Result<ValidatedPipeline,
         redis_url_secret: spec.redis.as_ref().map(|r| r.url_secret_ref.clone()),
         ingest_tokens_secret: auth.ingest_tokens_secret_ref,
         read_tokens_secret: auth.read_tokens_secret_ref,
+        receiver_secrets,
         gateway,
         processor,
         image: spec.image.clone(),
@@ -484,6 +500,17 @@ fn window_spec(config: &WindowConfig) -> Result<WindowSpec, pulse_core::window::
     match *config {
         WindowConfig::Tumbling(size) => WindowSpec::tumbling(size),
         WindowConfig::Sliding { size, slide } => WindowSpec::sliding(size, slide),
+    }
+}
+
+/// The label core gives the window `text` (`60s` is `1m`), or why it is none.
+fn window_label(text: &str) -> Result<String, String> {
+    match window(text) {
+        Ok(config) => window_spec(&config)
+            .map(|w| w.label)
+            .map_err(|e| e.to_string()),
+        Err(InvalidSpec::Window { reason, .. }) => Err(reason),
+        Err(other) => Err(other.to_string()),
     }
 }
 
