@@ -28,9 +28,9 @@ use pulse_engine::bus::embedded::SqliteBus;
 use pulse_engine::bus::kafka::{KafkaConsumer, KafkaProducer};
 use pulse_engine::bus::{BusConsumer, BusError, BusProducer};
 use pulse_engine::cache::memory::MemoryCache;
-use pulse_engine::cache::redis::RedisCache;
+use pulse_engine::cache::redis::{RedisCache, TlsFiles};
 use pulse_engine::cache::{Cache, CacheError};
-use pulse_engine::store::postgres::{PostgresStore, TimescalePolicies, claim_schema};
+use pulse_engine::store::postgres::{PostgresStore, TimescalePolicies, claim_schema, owned_schema};
 use pulse_engine::store::sqlite::SqliteStore;
 use pulse_engine::store::{Store, StoreError};
 use pulse_server::CancellationToken;
@@ -153,8 +153,11 @@ pub struct Engines {
     /// For the processor's alert delivery: the pipeline's `.anomalies` topic
     /// (Kafka only; the embedded bus has no topic outside Pulse to feed).
     pub anomaly_topic: Option<Arc<dyn BusProducer>>,
-    /// For the processor and the dashboard.
+    /// For the processor (and the dashboard without `dashboard.database_url`).
     pub store: Option<Arc<dyn Store>>,
+    /// For the dashboard: the store at `dashboard.database_url` (a read
+    /// replica) when set, else the same as `store`.
+    pub dashboard_store: Option<Arc<dyn Store>>,
     pub cache: Option<Arc<dyn Cache>>,
     pub summary: EngineSummary,
 }
@@ -227,15 +230,44 @@ pub async fn connect(
         consumer: None,
         anomaly_topic: None,
         store: None,
+        dashboard_store: None,
         cache: None,
         summary: EngineSummary {
             data_dir: embedded.then(|| data_dir.clone()),
             ..EngineSummary::default()
         },
     };
+    let read_url = config
+        .dashboard
+        .database_url
+        .as_ref()
+        .filter(|_| roles.contains(&Role::Dashboard));
+    // With its own read URL the dashboard needs no access to the primary.
+    let uses_primary = roles.contains(&Role::Processor) || (uses_store && read_url.is_none());
     if uses_store {
-        let ((store, store_summary), (cache, cache_summary)) =
-            tokio::try_join!(open_store(config, shutdown), open_cache(config, shutdown))?;
+        let primary = async {
+            match uses_primary {
+                true => open_store(config, shutdown).await.map(Some),
+                false => Ok(None),
+            }
+        };
+        let read = async {
+            match read_url {
+                Some(url) => open_read_store(config, url, shutdown).await.map(Some),
+                None => Ok(None),
+            }
+        };
+        let (primary, read, (cache, cache_summary)) =
+            tokio::try_join!(primary, read, open_cache(config, shutdown))?;
+        let (store, primary_summary) = primary.unzip();
+        let read_summary = read
+            .as_ref()
+            .map(|(_, summary)| format!("dashboard reads {summary}"));
+        let store_summary = [primary_summary, read_summary]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join("; ");
         if roles.len() == 1 && config.cache.redis_url.is_none() {
             warn!(
                 message = "cache.redis_url is not set, so this role's cache is in-process and not \
@@ -244,7 +276,8 @@ pub async fn connect(
                 role = roles[0].name()
             );
         }
-        engines.store = Some(store);
+        engines.dashboard_store = read.map(|(read, _)| read).or_else(|| store.clone());
+        engines.store = store;
         engines.cache = Some(cache);
         engines.summary.store = Some(store_summary);
         engines.summary.cache = Some(cache_summary);
@@ -450,6 +483,53 @@ async fn open_store(
     Ok((Arc::new(store), summary))
 }
 
+/// The dashboard's store at `dashboard.database_url`: read only (no schema
+/// claim, no migration, which a replica would refuse), so it waits until the
+/// pipeline's schema has reached it from the primary.
+async fn open_read_store(
+    config: &Config,
+    url: &str,
+    shutdown: &CancellationToken,
+) -> Result<(Arc<dyn Store>, String), EngineError> {
+    let target = Target {
+        engine: "PostgreSQL",
+        address: url_endpoint(url, 5432),
+        key: "dashboard.database_url",
+    };
+    let (pipeline, address) = (&config.pipeline, target.address.as_str());
+    let open = move || async move {
+        probe(address).await.map_err(StoreError::Unavailable)?;
+        let schema = owned_schema(url, &pipeline.namespace, &pipeline.name)
+            .await?
+            .ok_or_else(|| {
+                StoreError::Unavailable(format!(
+                    "no schema of pipeline {}/{} there yet: a processor creates it on \
+                     storage.database_url and replication brings it here",
+                    pipeline.namespace, pipeline.name
+                ))
+            })?;
+        PostgresStore::connect(url, &schema).await
+    };
+    let store = retry(
+        &target,
+        shutdown,
+        is_permanent_store,
+        connect_backoff(),
+        open,
+    )
+    .await?;
+    let (mode, schema) = (store.mode(), store.schema());
+    info!(
+        message = "Dashboard store: PostgreSQL (read URL).",
+        address = %target.address,
+        url = %redact_url(url),
+        schema,
+        mode
+    );
+    let summary = format!("PostgreSQL {}, schema {schema} ({mode})", target.address);
+    Ok((Arc::new(store), summary))
+}
+
 async fn open_cache(
     config: &Config,
     shutdown: &CancellationToken,
@@ -484,10 +564,15 @@ async fn open_cache(
         );
     }
     let never_permanent = |_: &CacheError| false;
+    let tls = &TlsFiles {
+        ca_file: config.cache.tls_ca_file.clone(),
+        cert_file: config.cache.tls_cert_file.clone(),
+        key_file: config.cache.tls_key_file.clone(),
+    };
     let (prefix_ref, address) = (prefix.as_str(), target.address.as_str());
     let open = move || async move {
         probe(address).await.map_err(CacheError::Unavailable)?;
-        RedisCache::connect(url, prefix_ref, ttl).await
+        RedisCache::connect_tls(url, prefix_ref, ttl, tls).await
     };
     let cache = retry(&target, shutdown, never_permanent, connect_backoff(), open).await?;
     info!(
@@ -697,7 +782,7 @@ pub fn redact_url(url: &str) -> String {
 }
 
 fn is_secret_param(name: &str) -> bool {
-    ["password", "pass", "pwd", "secret", "token"]
+    ["password", "pass", "pwd", "secret", "token", "sslpassword"]
         .iter()
         .any(|s| name.eq_ignore_ascii_case(s))
 }

@@ -347,6 +347,7 @@ async fn up(config: Config) -> Result<(), String> {
         .map(|w| w.label)
         .collect();
     let lateness = pulse_core::duration::label(config.processor.allowed_lateness);
+    let https = https_roles(&config);
     let Some(running) = started(pulse::up::start_until(config, shutdown).await)? else {
         return Ok(());
     };
@@ -363,7 +364,7 @@ async fn up(config: Config) -> Result<(), String> {
         (Role::Dashboard, running.dashboard),
         (Role::Processor, running.processor),
     ] {
-        print_listener(role, addr);
+        print_listener(&https, role, addr);
     }
     print_engines(&running.engines);
     println!(
@@ -380,9 +381,31 @@ async fn up(config: Config) -> Result<(), String> {
     Ok(())
 }
 
-/// One line of the start-up banner: a role, where it listens, what it serves.
-fn print_listener(role: Role, addr: std::net::SocketAddr) {
-    println!("  {:<10} http://{addr}   {}", role.name(), role.routes());
+/// One line of the start-up banner: a role, where it listens (`https://`
+/// when `https` holds the role), what it serves.
+fn print_listener(https: &[Role], role: Role, addr: std::net::SocketAddr) {
+    let scheme = if https.contains(&role) {
+        "https"
+    } else {
+        "http"
+    };
+    println!(
+        "  {:<10} {scheme}://{addr}   {}",
+        role.name(),
+        role.routes()
+    );
+}
+
+/// The roles that serve HTTPS under `config`.
+fn https_roles(config: &Config) -> Vec<Role> {
+    [
+        (Role::Gateway, &config.gateway.tls_cert_file),
+        (Role::Dashboard, &config.dashboard.tls_cert_file),
+    ]
+    .into_iter()
+    .filter(|(_, cert)| cert.is_some())
+    .map(|(role, _)| role)
+    .collect()
 }
 
 /// `pulse gateway|processor|dashboard`: one role alone.
@@ -397,12 +420,13 @@ async fn role(role: Role, args: RoleArgs) -> Result<(), String> {
         Role::Gateway | Role::Dashboard => "Stopping: finishing the requests in flight...",
     };
     let shutdown = prepare(stopping);
+    let https = https_roles(&config);
     let Some(running) = started(pulse::up::start_role(config, role, shutdown).await)? else {
         return Ok(());
     };
     let name = role.name();
     println!("Pulse {name} is up");
-    print_listener(role, running.addr);
+    print_listener(&https, role, running.addr);
     print_engines(&running.engines);
     println!("Press Ctrl-C to stop.");
     running.wait().await?;

@@ -10,9 +10,11 @@ use std::sync::{Arc, Mutex};
 use prometheus_client::registry::Registry;
 use pulse_core::config::Config;
 use pulse_dashboard::Dashboard;
+use pulse_engine::store::Store;
 use pulse_gateway::Gateway;
 use pulse_processor::Processor;
-use pulse_server::{CancellationToken, bind, serve};
+use pulse_server::auth::Tokens;
+use pulse_server::{CancellationToken, CertFiles, ServerTls, bind, serve};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tracing::error;
@@ -29,6 +31,8 @@ pub enum UpError {
     Bind(#[from] pulse_server::serve::BindError),
     #[error("processor: {0}")]
     Processor(#[from] pulse_processor::ProcessorError),
+    #[error("cannot serve HTTPS: {0}")]
+    Tls(#[from] pulse_server::reload::FileError),
 }
 
 impl UpError {
@@ -178,6 +182,75 @@ impl Tasks {
     }
 }
 
+/// What the HTTP roles serve HTTPS with and whose tokens they accept, read
+/// from the files the config names and followed as they change.
+struct Security {
+    roles: Vec<(Role, Option<ServerTls>, Tokens)>,
+}
+
+impl Security {
+    fn load(
+        config: &Config,
+        roles: &[Role],
+        shutdown: &CancellationToken,
+    ) -> Result<Security, UpError> {
+        let mut loaded = Vec::with_capacity(roles.len());
+        for &role in roles {
+            let (cert, key, tokens) = match role {
+                Role::Gateway => (
+                    &config.gateway.tls_cert_file,
+                    &config.gateway.tls_key_file,
+                    Tokens::configured(
+                        &config.gateway.tokens,
+                        config.gateway.tokens_file.as_deref(),
+                        "gateway.tokens_file",
+                    )?,
+                ),
+                Role::Dashboard => (
+                    &config.dashboard.tls_cert_file,
+                    &config.dashboard.tls_key_file,
+                    Tokens::configured(
+                        &config.dashboard.read_tokens,
+                        config.dashboard.read_tokens_file.as_deref(),
+                        "dashboard.read_tokens_file",
+                    )?,
+                ),
+                Role::Processor => (&None, &None, Tokens::default()),
+            };
+            tokens.watch(shutdown.clone());
+            let tls = match (cert, key) {
+                (Some(cert_file), Some(key_file)) => {
+                    let tls = ServerTls::load(CertFiles {
+                        cert_file: cert_file.clone(),
+                        key_file: key_file.clone(),
+                        section: role.name(),
+                    })?;
+                    tls.watch(shutdown.clone());
+                    Some(tls)
+                }
+                _ => None,
+            };
+            loaded.push((role, tls, tokens));
+        }
+        Ok(Security { roles: loaded })
+    }
+
+    fn tls(&self, role: Role) -> Option<ServerTls> {
+        self.roles
+            .iter()
+            .find(|(r, _, _)| *r == role)
+            .and_then(|(_, tls, _)| tls.clone())
+    }
+
+    fn tokens(&self, role: Role) -> Tokens {
+        self.roles
+            .iter()
+            .find(|(r, _, _)| *r == role)
+            .map(|(_, _, tokens)| tokens.clone())
+            .unwrap_or_default()
+    }
+}
+
 /// The steps every way of running Pulse shares: refuse an impossible engine
 /// choice, bind the roles' listeners (so a taken port shows at once, not after
 /// waiting for a database), open the engines, then serve each role.
@@ -187,6 +260,9 @@ async fn launch(
     shutdown: CancellationToken,
 ) -> Result<Launched, UpError> {
     engines::check_roles(config, roles)?;
+    // Certificates and token files load before anything binds or connects:
+    // a wrong file shows at once, naming its key.
+    let security = Security::load(config, roles, &shutdown)?;
     let mut listeners: Vec<(Role, TcpListener)> = Vec::with_capacity(roles.len());
     for &role in roles {
         let (addr, key) = match role {
@@ -209,10 +285,10 @@ async fn launch(
     } else {
         shutdown.clone()
     };
-    let shared = engines.store.clone().zip(engines.cache.clone());
-    let store_and_cache = || {
-        shared
+    let store_and_cache = |store: &Option<Arc<dyn Store>>| {
+        store
             .clone()
+            .zip(engines.cache.clone())
             .expect("the engines of the processor and the dashboard include a store and a cache")
     };
     let mut routers = Vec::with_capacity(roles.len());
@@ -224,16 +300,19 @@ async fn launch(
                     .producer
                     .clone()
                     .expect("the gateway's engines include a bus producer");
-                let router = Gateway::router(config, producer, registry());
+                let tokens = security.tokens(role);
+                let router = Gateway::router_with_tokens(config, producer, registry(), tokens);
                 (router, shutdown.clone())
             }
             Role::Dashboard => {
-                let (store, cache) = store_and_cache();
-                let router = Dashboard::router(config, store, cache, registry());
+                let (store, cache) = store_and_cache(&engines.dashboard_store);
+                let tokens = security.tokens(role);
+                let router =
+                    Dashboard::router_with_tokens(config, store, cache, registry(), tokens);
                 (router, servers_stop.clone())
             }
             Role::Processor => {
-                let (store, cache) = store_and_cache();
+                let (store, cache) = store_and_cache(&engines.store);
                 let consumer = engines
                     .consumer
                     .take()
@@ -260,8 +339,9 @@ async fn launch(
                 .expect("a bound listener has an address"),
         ));
         let edge = config.http.clone();
+        let tls = security.tls(role);
         set.spawn(async move {
-            serve(listener, router, stop, edge)
+            serve(listener, router, stop, edge, tls)
                 .await
                 .map_err(|e| format!("{} server failed: {e}", role.name()))
         });

@@ -204,12 +204,14 @@ checkpoint_interval = "200ms"
         processor.router(),
         shutdown.clone(),
         config.http.clone(),
+        None,
     ));
     tokio::spawn(serve(
         dashboard_http,
         dashboard,
         shutdown.clone(),
         config.http.clone(),
+        None,
     ));
     let running = tokio::spawn(processor.run(shutdown.clone()));
     let client = reqwest::Client::new();

@@ -77,6 +77,7 @@ async fn start(
         processor.router(),
         shutdown.clone(),
         pulse_core::edge::HttpLimits::default(),
+        None,
     ));
     let task = tokio::spawn(processor.run(shutdown.clone()));
     Running {

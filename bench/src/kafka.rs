@@ -71,7 +71,13 @@ impl Served {
             listener.local_addr().map_err(|e| format!("{e}"))?
         );
         let shutdown = CancellationToken::new();
-        let serve = pulse_server::serve(listener, router, shutdown.clone(), config.http.clone());
+        let serve = pulse_server::serve(
+            listener,
+            router,
+            shutdown.clone(),
+            config.http.clone(),
+            None,
+        );
         let task = tokio::spawn(async move { serve.await.map_err(|e| e.to_string()) });
         Ok(Served {
             url,

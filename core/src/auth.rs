@@ -40,6 +40,27 @@ pub fn check_bearer(header: Option<&str>, tokens: &[String]) -> AuthDecision {
     }
 }
 
+/// The tokens in a text (a Secret's value, a mounted token file): separated
+/// by newlines, commas or spaces, as tokens never hold those.
+///
+/// A text that names no token is refused rather than read as "no
+/// authentication": it is what an empty or truncated Secret looks like, and
+/// failing closed beats a gateway that silently accepts everyone.
+pub fn tokens_from_text(text: &str) -> Result<Vec<String>, &'static str> {
+    let tokens: Vec<String> = text
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+        .collect();
+    if tokens.is_empty() {
+        return Err(
+            "the tokens text holds no token (an empty Secret?); put at least one token in it, \
+             or remove the key to run without authentication",
+        );
+    }
+    Ok(tokens)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

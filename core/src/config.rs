@@ -89,6 +89,17 @@ pub struct GatewayConfig {
     /// of tokens separated by newlines or commas (see [`tokens_from_list_or_text`]).
     #[serde(deserialize_with = "tokens_from_list_or_text")]
     pub tokens: Vec<String>,
+    /// A file of bearer tokens allowed to write (one per line, or separated
+    /// by commas), re-read when it changes: a mounted Secret that rotates.
+    /// Instead of `tokens`, not with it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens_file: Option<PathBuf>,
+    /// PEM certificate (chain) and key to serve HTTPS with; both or neither.
+    /// Re-read when the files change (a cert-manager renewal), no restart.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for GatewayConfig {
@@ -104,6 +115,9 @@ impl Default for GatewayConfig {
             max_active_series: 0,
             series_idle: Duration::from_secs(3600),
             tokens: Vec::new(),
+            tokens_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -188,8 +202,26 @@ pub struct DashboardConfig {
     /// of tokens separated by newlines or commas.
     #[serde(deserialize_with = "tokens_from_list_or_text")]
     pub read_tokens: Vec<String>,
+    /// A file of bearer tokens allowed to read, re-read when it changes.
+    /// Instead of `read_tokens`, not with it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_tokens_file: Option<PathBuf>,
     /// Most windows one `query_range` answer may hold.
     pub max_points_per_query: usize,
+    /// PostgreSQL URL the dashboard reads from, e.g. a streaming replica
+    /// (same form and TLS parameters as `storage.database_url`). Unset or
+    /// empty: `storage.database_url`. The dashboard never writes through it.
+    #[serde(
+        deserialize_with = "empty_as_none",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub database_url: Option<String>,
+    /// PEM certificate (chain) and key to serve HTTPS with; both or neither.
+    /// Re-read when the files change (a cert-manager renewal), no restart.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for DashboardConfig {
@@ -197,7 +229,11 @@ impl Default for DashboardConfig {
         DashboardConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], names::DASHBOARD_PORT)),
             read_tokens: Vec::new(),
+            read_tokens_file: None,
             max_points_per_query: 20_000,
+            database_url: None,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -301,6 +337,16 @@ pub struct CacheConfig {
     /// that window's answers come from the store between two closings.
     #[serde(with = "crate::duration::as_label")]
     pub ttl: Duration,
+    /// PEM file of the CA that signed Redis's certificate (`rediss://`).
+    /// Unset: the system's trusted roots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate and key, for a Redis that asks for one
+    /// (`tls-auth-clients yes`); both or neither.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for CacheConfig {
@@ -308,6 +354,9 @@ impl Default for CacheConfig {
         CacheConfig {
             redis_url: None,
             ttl: Duration::from_secs(3600),
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -341,18 +390,7 @@ fn tokens_from_list_or_text<'de, D: serde::Deserializer<'de>>(
     }
     Ok(match ListOrText::deserialize(d)? {
         ListOrText::Text(text) => {
-            let tokens: Vec<String> = text
-                .split(|c: char| c == ',' || c.is_whitespace())
-                .filter(|t| !t.is_empty())
-                .map(str::to_string)
-                .collect();
-            if tokens.is_empty() {
-                return Err(serde::de::Error::custom(
-                    "the tokens text holds no token (an empty Secret?); put at least one \
-                     token in it, or remove the key to run without authentication",
-                ));
-            }
-            tokens
+            crate::auth::tokens_from_text(&text).map_err(serde::de::Error::custom)?
         }
         ListOrText::Number(n) => vec![n.to_string()],
         ListOrText::List(list) => list,
@@ -524,6 +562,49 @@ impl Config {
                 ));
             }
         }
+        for (key, tokens, file) in [
+            (
+                "gateway.tokens_file",
+                &self.gateway.tokens,
+                &self.gateway.tokens_file,
+            ),
+            (
+                "dashboard.read_tokens_file",
+                &self.dashboard.read_tokens,
+                &self.dashboard.read_tokens_file,
+            ),
+        ] {
+            if file.is_some() && !tokens.is_empty() {
+                return Err(invalid(
+                    key,
+                    "tokens come from the file or from the list, not both: put every token in \
+                     the file"
+                        .into(),
+                ));
+            }
+        }
+        for (section, cert, key) in [
+            (
+                "gateway",
+                &self.gateway.tls_cert_file,
+                &self.gateway.tls_key_file,
+            ),
+            (
+                "dashboard",
+                &self.dashboard.tls_cert_file,
+                &self.dashboard.tls_key_file,
+            ),
+        ] {
+            if cert.is_some() != key.is_some() {
+                return Err(invalid(
+                    &format!("{section}.tls_cert_file"),
+                    format!(
+                        "{section}.tls_cert_file and {section}.tls_key_file go together: set \
+                         both to serve HTTPS, or neither"
+                    ),
+                ));
+            }
+        }
         if self.pipeline.name.is_empty() || self.pipeline.namespace.is_empty() {
             return Err(invalid(
                 "pipeline",
@@ -570,14 +651,28 @@ impl Config {
         } else if let Some(topic) = &self.bus.topic {
             check_topic(topic).map_err(|why| invalid("bus.topic", format!("`{topic}` {why}")))?;
         }
-        if let Some(url) = &self.storage.database_url {
-            if !has_scheme(url, &["postgres", "postgresql"]) {
+        for (key, url) in [
+            ("storage.database_url", &self.storage.database_url),
+            ("dashboard.database_url", &self.dashboard.database_url),
+        ] {
+            if let Some(url) = url
+                && !has_scheme(url, &["postgres", "postgresql"])
+            {
                 return Err(invalid(
-                    "storage.database_url",
-                    "must be a PostgreSQL URL such as postgres://user:password@host:5432/database"
+                    key,
+                    "must be a PostgreSQL URL such as postgres://user:password@host:5432/database\
+                     [?sslmode=verify-full&sslrootcert=/path/ca.crt]"
                         .into(),
                 ));
             }
+        }
+        if self.dashboard.database_url.is_some() && self.storage.database_url.is_none() {
+            return Err(invalid(
+                "dashboard.database_url",
+                "a read URL for the dashboard needs storage.database_url too: the processor \
+                 writes to PostgreSQL and the dashboard reads a replica of it"
+                    .into(),
+            ));
         }
         if let Some(url) = &self.cache.redis_url {
             if !has_scheme(url, &["redis", "rediss", "unix", "redis+unix"]) {
@@ -587,6 +682,32 @@ impl Config {
                         .into(),
                 ));
             }
+        }
+        let cache_tls = [
+            ("cache.tls_ca_file", &self.cache.tls_ca_file),
+            ("cache.tls_cert_file", &self.cache.tls_cert_file),
+            ("cache.tls_key_file", &self.cache.tls_key_file),
+        ];
+        if let Some((key, _)) = cache_tls.iter().find(|(_, file)| file.is_some()) {
+            let tls_url = self
+                .cache
+                .redis_url
+                .as_deref()
+                .is_some_and(|url| url.starts_with("rediss://"));
+            if !tls_url {
+                return Err(invalid(
+                    key,
+                    "is only used with a rediss:// cache.redis_url (Redis over TLS)".into(),
+                ));
+            }
+        }
+        if self.cache.tls_cert_file.is_some() != self.cache.tls_key_file.is_some() {
+            return Err(invalid(
+                "cache.tls_cert_file",
+                "cache.tls_cert_file and cache.tls_key_file go together (a client certificate \
+                 and its key)"
+                    .into(),
+            ));
         }
         if self.cache.ttl < Duration::from_secs(1) {
             return Err(invalid("cache.ttl", "must be at least 1s".into()));
@@ -874,10 +995,26 @@ mod tests {
                 "storage.database_url",
             ),
             (
+                "[storage]\ndatabase_url = \"postgres://db/x\"\n[dashboard]\ndatabase_url = \"db:5432\"",
+                "dashboard.database_url",
+            ),
+            (
+                "[dashboard]\ndatabase_url = \"postgres://replica/x\"",
+                "dashboard.database_url",
+            ),
+            (
                 "[cache]\nredis_url = \"http://cache:6379\"",
                 "cache.redis_url",
             ),
             ("[cache]\nttl = \"500ms\"", "cache.ttl"),
+            (
+                "[cache]\nredis_url = \"redis://cache\"\ntls_ca_file = \"/ca.crt\"",
+                "cache.tls_ca_file",
+            ),
+            (
+                "[cache]\nredis_url = \"rediss://cache\"\ntls_cert_file = \"/c.crt\"",
+                "cache.tls_cert_file",
+            ),
             ("[cache]\nttl = \"soon\"", "ttl"),
             ("[cache]\nredis = \"redis://cache\"", "redis"),
         ] {

@@ -54,11 +54,26 @@ impl Dashboard {
     /// When `dashboard.read_tokens` is non-empty every API route needs one of them
     /// as a bearer token; the operational endpoints and the UI's pages and assets
     /// (which hold no data) stay open, so probes and scrapers need no secret.
+    ///
+    /// The tokens are `dashboard.read_tokens`; [`Dashboard::router_with_tokens`]
+    /// takes them from elsewhere (`pulse up` passes `dashboard.read_tokens_file`'s).
     pub fn router(
         config: &Config,
         store: Arc<dyn Store>,
         cache: Arc<dyn Cache>,
         registry: Arc<Mutex<Registry>>,
+    ) -> Router {
+        let tokens = Tokens::Fixed(Arc::new(config.dashboard.read_tokens.clone()));
+        Self::router_with_tokens(config, store, cache, registry, tokens)
+    }
+
+    /// [`Dashboard::router`] with the readers' `tokens`.
+    pub fn router_with_tokens(
+        config: &Config,
+        store: Arc<dyn Store>,
+        cache: Arc<dyn Cache>,
+        registry: Arc<Mutex<Registry>>,
+        tokens: Tokens,
     ) -> Router {
         let (metrics, http_metrics) = {
             let mut registry = registry.lock().unwrap_or_else(|e| e.into_inner());
@@ -79,7 +94,6 @@ impl Dashboard {
         for problem in pulse_core::board::check_windows(&state.boards, state.windows.labels()) {
             tracing::warn!(message = "A dashboard panel asks for a window that is not computed; it will show the error.", %problem);
         }
-        let tokens = Tokens(Arc::new(config.dashboard.read_tokens.clone()));
         let api = Router::new()
             .route("/dashboard", get(api::dashboard))
             .route("/api/v1/query_range", get(api::query_range))

@@ -830,6 +830,228 @@ mod postgres_engine {
     }
 }
 
+mod postgres_tls {
+    //! The PostgreSQL store over TLS, against a cluster of its own that
+    //! refuses plain connections (see `tls_peers`).
+
+    use crate::store::StoreError;
+    use crate::store::postgres::PostgresStore;
+    use crate::store::postgres::testing::unique_name as unique_schema;
+    use crate::tls_peers::{PG_CERT_USER, PgTls, TestPki};
+
+    fn url(host: &str, pg: &PgTls, user: &str, query: &str) -> String {
+        format!("postgres://{user}@{host}:{}/postgres?{query}", pg.port)
+    }
+
+    async fn refusal(url: &str) -> String {
+        match PostgresStore::connect(url, &unique_schema("refused")).await {
+            Ok(_) => panic!("{url} connected"),
+            Err(StoreError::Unavailable(message)) => message,
+            Err(other) => panic!("{url}: not an unavailable store: {other}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn postgres_store_conforms_over_verify_full_tls() {
+        let pki = TestPki::new(PG_CERT_USER);
+        let Some(pg) = PgTls::start(&pki) else { return };
+        let ca = pki.ca.display();
+        let verified = url(
+            "localhost",
+            &pg,
+            "postgres",
+            &format!("sslmode=verify-full&sslrootcert={ca}"),
+        );
+        let store = PostgresStore::connect(&verified, &unique_schema("tls"))
+            .await
+            .unwrap();
+        super::store_suite(&store).await;
+
+        // The cluster takes TLS only, so the suite above ran encrypted.
+        let plain = refusal(&url("localhost", &pg, "postgres", "sslmode=disable")).await;
+        assert!(plain.contains("no encryption"), "{plain}");
+    }
+
+    #[tokio::test]
+    async fn postgres_tls_refuses_a_wrong_ca_or_host_naming_the_cause() {
+        let pki = TestPki::new(PG_CERT_USER);
+        let Some(pg) = PgTls::start(&pki) else { return };
+        let (ca, other) = (pki.ca.display(), pki.other_ca.display());
+
+        let untrusted = refusal(&url(
+            "localhost",
+            &pg,
+            "postgres",
+            &format!("sslmode=verify-full&sslrootcert={other}"),
+        ))
+        .await;
+        assert!(
+            untrusted.contains("certificate is not trusted"),
+            "{untrusted}"
+        );
+        assert!(untrusted.contains("sslrootcert"), "{untrusted}");
+        // libpq reads `require` with a root certificate as `verify-ca`.
+        let required = refusal(&url(
+            "localhost",
+            &pg,
+            "postgres",
+            &format!("sslmode=require&sslrootcert={other}"),
+        ))
+        .await;
+        assert!(
+            required.contains("certificate is not trusted"),
+            "{required}"
+        );
+
+        // The certificate names `localhost`, not 127.0.0.1.
+        let mismatch = refusal(&url(
+            "127.0.0.1",
+            &pg,
+            "postgres",
+            &format!("sslmode=verify-full&sslrootcert={ca}"),
+        ))
+        .await;
+        assert!(mismatch.contains("hostname mismatch"), "{mismatch}");
+        PostgresStore::connect(
+            &url(
+                "localhost",
+                &pg,
+                "postgres",
+                &format!("sslmode=verify-ca&sslrootcert={ca}"),
+            ),
+            &unique_schema("ca"),
+        )
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn postgres_tls_client_certificate_logs_in_with_sslcert_and_sslkey() {
+        let pki = TestPki::new(PG_CERT_USER);
+        let Some(pg) = PgTls::start(&pki) else { return };
+        let (ca, cert, key) = (
+            pki.ca.display(),
+            pki.client_cert.display(),
+            pki.client_key.display(),
+        );
+        let with_cert = url(
+            "localhost",
+            &pg,
+            PG_CERT_USER,
+            &format!("sslmode=verify-full&sslrootcert={ca}&sslcert={cert}&sslkey={key}"),
+        );
+        let store = PostgresStore::connect(&with_cert, &unique_schema("mtls"))
+            .await
+            .unwrap();
+        crate::store::Store::migrate(&store).await.unwrap();
+        let without = refusal(&url(
+            "localhost",
+            &pg,
+            PG_CERT_USER,
+            &format!("sslmode=verify-full&sslrootcert={ca}"),
+        ))
+        .await;
+        assert!(without.contains("certificate"), "{without}");
+    }
+}
+
+mod redis_tls {
+    //! The Redis cache over `rediss://`, against a redis-server of its own
+    //! with only a TLS port (see `tls_peers`).
+
+    use std::time::Duration;
+
+    use crate::cache::CacheError;
+    use crate::cache::redis::{RedisCache, TlsFiles};
+    use crate::tls_peers::{REDIS_PASSWORD, RedisTls, TestPki};
+
+    const TTL: Duration = Duration::from_secs(600);
+
+    fn url(user: &str, host: &str, redis: &RedisTls) -> String {
+        format!("rediss://{user}:{REDIS_PASSWORD}@{host}:{}", redis.port)
+    }
+
+    async fn refusal(url: &str, tls: &TlsFiles) -> String {
+        match RedisCache::connect_tls(url, "pulse_tls_refused", TTL, tls).await {
+            Ok(_) => panic!("connected"),
+            Err(CacheError::Unavailable(message)) => {
+                assert!(!message.contains(REDIS_PASSWORD), "{message}");
+                message
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_cache_conforms_over_rediss_with_a_client_certificate() {
+        let pki = TestPki::new("pulse");
+        let Some(redis) = RedisTls::start(&pki, true) else {
+            return;
+        };
+        let tls = TlsFiles {
+            ca_file: Some(pki.ca.clone()),
+            cert_file: Some(pki.client_cert.clone()),
+            key_file: Some(pki.client_key.clone()),
+        };
+        // The ACL user `pulse`, as a managed Redis hands out.
+        let cache =
+            RedisCache::connect_tls(&url("pulse", "localhost", &redis), "pulse_tls", TTL, &tls)
+                .await
+                .unwrap();
+        super::cache_suite(&cache).await;
+
+        let without_cert = TlsFiles {
+            ca_file: tls.ca_file.clone(),
+            ..TlsFiles::default()
+        };
+        let refused = refusal(&url("pulse", "localhost", &redis), &without_cert).await;
+        assert!(refused.contains("Redis at localhost"), "{refused}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_tls_refuses_a_wrong_ca_or_host_naming_the_cause() {
+        let pki = TestPki::new("pulse");
+        let Some(redis) = RedisTls::start(&pki, false) else {
+            return;
+        };
+        let with_ca = |ca: &std::path::Path| TlsFiles {
+            ca_file: Some(ca.to_path_buf()),
+            ..TlsFiles::default()
+        };
+        let untrusted = refusal(
+            &url("default", "localhost", &redis),
+            &with_ca(&pki.other_ca),
+        )
+        .await;
+        assert!(
+            untrusted.contains("certificate is not trusted"),
+            "{untrusted}"
+        );
+        assert!(untrusted.contains("cache.tls_ca_file"), "{untrusted}");
+        let mismatch = refusal(&url("default", "127.0.0.1", &redis), &with_ca(&pki.ca)).await;
+        assert!(mismatch.contains("hostname mismatch"), "{mismatch}");
+        let plain = refusal(
+            &url("default", "localhost", &redis),
+            &TlsFiles {
+                ca_file: Some("/nonexistent/ca.crt".into()),
+                ..TlsFiles::default()
+            },
+        )
+        .await;
+        assert!(
+            plain.contains("cache.tls_ca_file names /nonexistent/ca.crt"),
+            "{plain}"
+        );
+        RedisCache::connect_tls(
+            &url("default", "localhost", &redis),
+            "pulse_tls_ok",
+            TTL,
+            &with_ca(&pki.ca),
+        )
+        .await
+        .unwrap();
+    }
+}
+
 mod kafka_engine {
     //! The Kafka engine against librdkafka's mock cluster: the real Kafka
     //! protocol on loopback, with consumer groups and commits (topics are made

@@ -14,6 +14,9 @@ pub mod bus;
 pub mod cache;
 mod sqlite;
 pub mod store;
+mod tls;
 
 #[cfg(test)]
 pub mod conformance;
+#[cfg(test)]
+mod tls_peers;

@@ -62,10 +62,24 @@ impl Gateway {
     /// `gateway.tokens` is set), `/healthz`, `/readyz` (which asks the bus) and
     /// `/metrics`, with request latency tracked per route. Its metrics are
     /// registered in `registry`, which `/metrics` serves.
+    ///
+    /// The tokens are `gateway.tokens`; [`Gateway::router_with_tokens`] takes
+    /// them from elsewhere (`pulse up` passes `gateway.tokens_file`'s).
     pub fn router(
         config: &Config,
         bus: Arc<dyn BusProducer>,
         registry: Arc<Mutex<Registry>>,
+    ) -> Router {
+        let tokens = Tokens::Fixed(Arc::new(config.gateway.tokens.clone()));
+        Self::router_with_tokens(config, bus, registry, tokens)
+    }
+
+    /// [`Gateway::router`] with the writers' `tokens`.
+    pub fn router_with_tokens(
+        config: &Config,
+        bus: Arc<dyn BusProducer>,
+        registry: Arc<Mutex<Registry>>,
+        tokens: Tokens,
     ) -> Router {
         let (metrics, http_metrics) = {
             let mut registry = registry.lock().unwrap_or_else(PoisonError::into_inner);
@@ -91,7 +105,6 @@ impl Gateway {
         });
         // With no tokens configured `require_bearer` lets every request through,
         // so the layer is always present and there is one code path.
-        let tokens = Tokens(Arc::new(config.gateway.tokens.clone()));
         // The handlers read the body themselves with the configured limit; axum's
         // `DefaultBodyLimit` only governs extractors such as `Bytes` and `Json`,
         // which these routes do not use.

@@ -37,7 +37,7 @@ impl RateLimits {
         });
         RateLimits {
             limiter,
-            by_token: !settings.tokens.is_empty(),
+            by_token: !settings.tokens.is_empty() || settings.tokens_file.is_some(),
             rate: settings.rate_limit,
         }
     }

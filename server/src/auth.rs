@@ -1,5 +1,6 @@
 //! Bearer-token middleware: 401 without a token, 403 with a wrong one.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -7,13 +8,81 @@ use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use pulse_core::auth::{AuthDecision, check_bearer};
+use pulse_core::auth::{AuthDecision, check_bearer, tokens_from_text};
+use tokio_util::sync::CancellationToken;
 
 use crate::ApiError;
+use crate::reload::{FileError, KeyedFile, Reloading};
 
-/// Tokens allowed through; empty means authentication is off.
-#[derive(Clone, Default)]
-pub struct Tokens(pub Arc<Vec<String>>);
+/// Tokens allowed through: a fixed list (empty: authentication is off), or
+/// a mounted file re-read when it changes (never empty: see
+/// [`pulse_core::auth::tokens_from_text`]).
+///
+/// During a rotation the file holds the old and the new token, so both work;
+/// the old one stops working once it is removed from the file, within
+/// [`crate::reload::RELOAD_INTERVAL`] or so.
+#[derive(Clone, Debug)]
+pub enum Tokens {
+    Fixed(Arc<Vec<String>>),
+    File(Arc<Reloading<Vec<String>>>),
+}
+
+impl Default for Tokens {
+    fn default() -> Self {
+        Tokens::Fixed(Arc::default())
+    }
+}
+
+impl Tokens {
+    /// The tokens in the config: the file at `file` (named by `key` in
+    /// errors) when set, else `list`.
+    pub fn configured(
+        list: &[String],
+        file: Option<&Path>,
+        key: &str,
+    ) -> Result<Tokens, FileError> {
+        let Some(path) = file else {
+            return Ok(Tokens::Fixed(Arc::new(list.to_vec())));
+        };
+        let file = KeyedFile::new(key, path);
+        let parse = {
+            let file = file.clone();
+            move |bytes: &[Vec<u8>]| {
+                let text =
+                    std::str::from_utf8(&bytes[0]).map_err(|_| file.error("is not UTF-8 text"))?;
+                tokens_from_text(text).map_err(|why| file.error(why))
+            }
+        };
+        Ok(Tokens::File(Reloading::load(
+            format!("the tokens of {key}"),
+            vec![file],
+            parse,
+        )?))
+    }
+
+    /// The tokens in force now.
+    pub fn current(&self) -> Arc<Vec<String>> {
+        match self {
+            Tokens::Fixed(tokens) => Arc::clone(tokens),
+            Tokens::File(file) => file.current(),
+        }
+    }
+
+    /// Re-reads the token file now; `Ok(true)` when new tokens went into force.
+    pub fn reload(&self) -> Result<bool, FileError> {
+        match self {
+            Tokens::Fixed(_) => Ok(false),
+            Tokens::File(file) => file.reload(),
+        }
+    }
+
+    /// Follows the token file until `shutdown` (nothing to do for a list).
+    pub fn watch(&self, shutdown: CancellationToken) {
+        if let Tokens::File(file) = self {
+            file.watch(shutdown);
+        }
+    }
+}
 
 /// Axum middleware (use with `axum::middleware::from_fn_with_state`).
 pub async fn require_bearer(
@@ -25,7 +94,7 @@ pub async fn require_bearer(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|h| h.to_str().ok());
-    let refusal = match check_bearer(header, &tokens.0) {
+    let refusal = match check_bearer(header, &tokens.current()) {
         AuthDecision::Allowed => return next.run(request).await,
         AuthDecision::Missing => {
             let mut response = ApiError::new(

@@ -11,10 +11,13 @@ pub mod http_metrics;
 pub mod ingest;
 pub mod openapi;
 pub mod ops;
+pub mod reload;
 pub mod serve;
 pub mod telemetry;
+pub mod tls;
 
 pub use error::ApiError;
 pub use ops::{ReadinessCheck, ops_router};
 pub use serve::{bind, serve, shutdown_signal};
+pub use tls::{CertFiles, ServerTls};
 pub use tokio_util::sync::CancellationToken;

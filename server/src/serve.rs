@@ -11,13 +11,15 @@ use axum::http::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use pulse_core::edge::HttpLimits;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower::{Service, service_fn};
+
+use crate::tls::ServerTls;
 
 /// A listener could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -56,11 +58,17 @@ pub async fn bind(
 /// header read timeout that also closes idle kept-alive connections, request
 /// heads bounded by `max_url_bytes` and `max_header_bytes`, and every error
 /// answer in the one JSON shape (see [`crate::edge::shape`]).
+///
+/// With `tls`, every connection is HTTPS (HTTP/2 or HTTP/1.1 by ALPN); the
+/// handshake runs in the connection's own task, bounded by the header read
+/// timeout, so a slow or broken client holds only its own slot. The
+/// certificate follows its files (see [`ServerTls::watch`]).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     shutdown: CancellationToken,
     limits: HttpLimits,
+    tls: Option<ServerTls>,
 ) -> std::io::Result<()> {
     let limits = &limits;
     let router = crate::edge::shape::layer(router, limits);
@@ -103,15 +111,28 @@ pub async fn serve(
             request.extensions_mut().insert(ConnectInfo(remote));
             router.clone().call(request.map(Body::new))
         });
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service))
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let (builder, watcher, acceptor) = (
+            builder.clone(),
+            graceful.watcher(),
+            tls.as_ref().map(ServerTls::acceptor),
+        );
+        let handshake_timeout = limits.header_timeout;
         tokio::spawn(async move {
-            // A client that goes away or breaks the protocol ends only its
-            // own connection; there is nothing to answer.
-            if let Err(error) = connection.await {
-                tracing::debug!(message = "A connection ended with an error.", %error);
+            match acceptor {
+                None => run_connection(&builder, watcher, stream, service).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => run_connection(&builder, watcher, stream, service).await,
+                        // Nothing was asked yet, so nothing is lost: a scanner,
+                        // a client that does not trust the certificate, or plain HTTP.
+                        Ok(Err(error)) => {
+                            tracing::debug!(message = "A TLS handshake failed.", %remote, %error);
+                        }
+                        Err(_) => {
+                            tracing::debug!(message = "A TLS handshake timed out.", %remote);
+                        }
+                    }
+                }
             }
             drop(permit);
         });
@@ -119,6 +140,34 @@ pub async fn serve(
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// Serves one accepted connection (plain or TLS) until it ends or the
+/// graceful shutdown closes it.
+async fn run_connection<I, S>(
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: Watcher,
+    stream: I,
+    service: S,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: Service<
+            Request<Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let connection = builder
+        .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service))
+        .into_owned();
+    // A client that goes away or breaks the protocol ends only its own
+    // connection; there is nothing to answer.
+    if let Err(error) = watcher.watch(connection).await {
+        tracing::debug!(message = "A connection ended with an error.", %error);
+    }
 }
 
 /// hyper's largest read buffer: twice the largest head the limits let

@@ -192,7 +192,7 @@ pub async fn run(
         let stop = receivers_stop.clone();
         let edge = config.edge.clone();
         receivers.spawn(async move {
-            if let Err(error) = pulse_server::serve(listener, router, stop, edge).await {
+            if let Err(error) = pulse_server::serve(listener, router, stop, edge, None).await {
                 tracing::error!(message = "The HTTP receiver failed.", %error);
             }
         });
@@ -207,7 +207,7 @@ pub async fn run(
         let stop = receivers_stop.clone();
         let edge = config.edge.clone();
         receivers.spawn(async move {
-            if let Err(error) = pulse_server::serve(listener, router, stop, edge).await {
+            if let Err(error) = pulse_server::serve(listener, router, stop, edge, None).await {
                 tracing::error!(message = "The OTLP receiver failed.", %error);
             }
         });
@@ -248,6 +248,7 @@ pub async fn run(
         admin,
         admin_stop.clone(),
         config.edge.clone(),
+        None,
     ));
     tracing::info!(
         message = "pulse-sidecar is up.",

@@ -56,6 +56,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -64,7 +65,7 @@ use futures::stream::BoxStream;
 use pulse_core::codec::state::{decode_state, encode_state};
 use pulse_core::{SeriesId, WindowResult};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, RedisError, Script};
+use redis::{Client, ClientTlsConfig, RedisError, Script, TlsCertificates};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -150,14 +151,25 @@ impl fmt::Debug for RedisCache {
 
 impl RedisCache {
     /// Connects to the Redis at `url` (`redis://[user:password@]host:port[/db]`,
-    /// `rediss://` for TLS if the crate is built with it, `unix://`) and keeps
+    /// `rediss://` for TLS trusting the system's roots, `unix://`) and keeps
     /// every key under `prefix`; latest hashes expire `ttl` after their last
-    /// write.
+    /// write. [`RedisCache::connect_tls`] adds a CA and a client certificate.
     ///
     /// Connects eagerly, so a wrong address or password shows at start-up
     /// rather than on the first query; fails within a few seconds when Redis
     /// cannot be reached. After that the connection heals on its own.
     pub async fn connect(url: &str, prefix: &str, ttl: Duration) -> Result<RedisCache, CacheError> {
+        Self::connect_tls(url, prefix, ttl, &TlsFiles::default()).await
+    }
+
+    /// [`RedisCache::connect`] to a `rediss://` URL with the CA (instead of
+    /// the system's roots) and the client certificate in `tls`.
+    pub async fn connect_tls(
+        url: &str,
+        prefix: &str,
+        ttl: Duration,
+        tls: &TlsFiles,
+    ) -> Result<RedisCache, CacheError> {
         let ttl_ms = i64::try_from(ttl.as_millis())
             .ok()
             .filter(|ms| *ms > 0)
@@ -173,9 +185,7 @@ impl RedisCache {
                     .into(),
             ));
         }
-        // The parse error does not repeat the URL, which may hold a password.
-        let client = Client::open(url)
-            .map_err(|e| CacheError::Unavailable(format!("the Redis URL does not parse: {e}")))?;
+        let client = open_client(url, tls)?;
         let target = client.get_connection_info().addr().to_string();
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
@@ -213,7 +223,81 @@ impl RedisCache {
 }
 
 fn unavailable(target: &str, what: &str, e: &RedisError) -> CacheError {
-    CacheError::Unavailable(format!("Redis at {target}: {what} failed: {e}"))
+    let cause = crate::tls::explain(e, "cache.tls_ca_file").unwrap_or_else(|| e.to_string());
+    CacheError::Unavailable(format!("Redis at {target}: {what} failed: {cause}"))
+}
+
+/// The files of a TLS connection to Redis (`cache.tls_ca_file`,
+/// `cache.tls_cert_file`, `cache.tls_key_file`), all PEM.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TlsFiles {
+    /// The CA that signed the server's certificate; `None`: the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate and its key, for a Redis that asks for one
+    /// (`tls-auth-clients yes`).
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+/// A client for `url` with the TLS files in `tls` (read now, so a missing
+/// file shows at start-up, named by its key).
+fn open_client(url: &str, tls: &TlsFiles) -> Result<Client, CacheError> {
+    let invalid = |why: String| CacheError::Unavailable(why);
+    let tls_url = url.starts_with("rediss://");
+    // The parse errors do not repeat the URL, which may hold a password.
+    if *tls == TlsFiles::default() {
+        return Client::open(url)
+            .map_err(|e| invalid(format!("the Redis URL does not parse: {e}")));
+    }
+    if !tls_url {
+        return Err(invalid(
+            "cache.tls_ca_file, cache.tls_cert_file and cache.tls_key_file need a rediss:// \
+             cache.redis_url (TLS); the URL asks for a plain connection"
+                .into(),
+        ));
+    }
+    let read = |key: &str, path: &Option<PathBuf>| -> Result<Option<Vec<u8>>, CacheError> {
+        path.as_ref()
+            .map(|path| {
+                std::fs::read(path).map_err(|e| {
+                    invalid(format!(
+                        "{key} names {}, which cannot be read: {e}",
+                        path.display()
+                    ))
+                })
+            })
+            .transpose()
+    };
+    let root_cert = read("cache.tls_ca_file", &tls.ca_file)?;
+    let client_tls = match (
+        read("cache.tls_cert_file", &tls.cert_file)?,
+        read("cache.tls_key_file", &tls.key_file)?,
+    ) {
+        (Some(client_cert), Some(client_key)) => Some(ClientTlsConfig {
+            client_cert,
+            client_key,
+        }),
+        (None, None) => None,
+        _ => {
+            return Err(invalid(
+                "cache.tls_cert_file and cache.tls_key_file go together: set both for a client \
+                 certificate, or neither"
+                    .into(),
+            ));
+        }
+    };
+    Client::build_with_tls(
+        url,
+        TlsCertificates {
+            client_tls,
+            root_cert,
+        },
+    )
+    .map_err(|e| {
+        invalid(format!(
+            "the Redis URL or its TLS files are not usable (check that the files are PEM): {e}"
+        ))
+    })
 }
 
 /// The hash field of a series: fixed width, so fields sort like ids.

@@ -133,7 +133,9 @@ impl SchemaAdmin for PostgresSchemaAdmin {
             operation,
             detail: e.to_string(),
         };
-        let mut conn = tokio::time::timeout(DROP_TIMEOUT, PgConnection::connect(url))
+        let options = pulse_engine::store::postgres::connect_options(url)
+            .map_err(|e| unavailable(e.to_string()))?;
+        let mut conn = tokio::time::timeout(DROP_TIMEOUT, PgConnection::connect_with(&options))
             .await
             .map_err(|_| unavailable(format!("no connection within {DROP_TIMEOUT:?}")))?
             .map_err(|e| unavailable(e.to_string()))?;

@@ -109,7 +109,7 @@ pub async fn owned_schema(
 }
 
 async fn connect(url: &str) -> Result<PgConnection, StoreError> {
-    PgConnection::connect(url)
+    PgConnection::connect_with(&super::connect_options(url)?)
         .await
         .map_err(|e| match db_error(e) {
             StoreError::Other(m) => StoreError::Unavailable(m),

@@ -25,14 +25,13 @@
 //!   API ([`query`]).
 
 use std::collections::HashSet;
-use std::str::FromStr;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use pulse_core::{Point, Tags, TimestampMs, WindowResult};
 use sqlx::Executor;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgPool, PgPoolOptions};
 
 mod calendar;
 mod checkpoint;
@@ -42,6 +41,7 @@ mod copy;
 mod ident;
 mod migrate;
 mod mode;
+mod options;
 mod partitions;
 mod query;
 mod retention;
@@ -49,6 +49,7 @@ mod sql;
 mod timescale;
 
 pub use claim::{claim_schema, owned_schema};
+pub use options::connect_options;
 pub(in crate::store) use sql::{col, db_error};
 pub use timescale::TimescalePolicies;
 
@@ -96,11 +97,7 @@ impl PostgresStore {
         pool: PgPoolOptions,
     ) -> Result<PostgresStore, StoreError> {
         ident::check_schema(schema)?;
-        let mut options = PgConnectOptions::from_str(url).map_err(|e| {
-            StoreError::Other(format!(
-                "invalid PostgreSQL url (expected postgres://user:password@host:port/database): {e}"
-            ))
-        })?;
+        let mut options = connect_options(url)?;
         if options.get_application_name().is_none() {
             options = options.application_name("pulse");
         }
@@ -129,9 +126,10 @@ impl PostgresStore {
             .await
             .map_err(|e| {
                 StoreError::Unavailable(format!(
-                    "cannot connect to PostgreSQL at {target}: {e}; check that the server runs and \
+                    "cannot connect to PostgreSQL at {target}: {}; check that the server runs and \
                      accepts connections there, that the database exists and that the user may log \
-                     in (or fix the store url)"
+                     in (or fix the store url)",
+                    options::connect_failure(&e)
                 ))
             })?;
         let store = PostgresStore {

@@ -19,7 +19,7 @@ pub(in crate::store) fn db_error(e: sqlx::Error) -> StoreError {
         | E::Protocol(_)
         | E::PoolTimedOut
         | E::PoolClosed
-        | E::WorkerCrashed => StoreError::Unavailable(e.to_string()),
+        | E::WorkerCrashed => StoreError::Unavailable(super::options::connect_failure(&e)),
         E::Database(db) => {
             let code = db.code().map(|c| c.to_string()).unwrap_or_default();
             // 08 connection exception, 53 insufficient resources, 57 operator
