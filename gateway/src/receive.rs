@@ -50,7 +50,13 @@ struct Prepared {
     post,
     path = "/v1/metrics",
     tag = "ingest",
-    params(pulse_server::ingest::ContentEncoding),
+    params(
+        pulse_server::ingest::ContentEncoding,
+        ("Idempotency-Key" = Option<String>, Header, example = "batch-2026-12-07-0001",
+         description = "A key for the whole batch: 1 to 128 visible ASCII characters without spaces, `\"` or `\\` (double quotes around it are allowed). A batch sent again under the same key and writer token within the mark horizon counts once in the windows; the sidecar always sends one."),
+        ("Idempotency-Offset" = Option<u32>, Header, example = 400,
+         description = "The index of this body's first point within the whole batch (default 0), so a batch can be sent in parts; needs `Idempotency-Key`."),
+    ),
     request_body(
         description = "One point, an array of points, or NDJSON (one point per line)",
         content(
@@ -60,7 +66,7 @@ struct Prepared {
     ),
     responses(
         (status = 202, description = "Every point is durable in the bus", body = pulse_server::ingest::Receipt),
-        (status = 400, description = "`invalid_points`: some points were invalid (`details` is `InvalidPoints`; the valid ones were accepted), or of a new series over `gateway.max_active_series`; `invalid_json`, `empty_body`, `corrupt_body`: the body as a whole cannot be read", body = pulse_server::openapi::ErrorBody),
+        (status = 400, description = "`invalid_points`: some points were invalid (`details` is `InvalidPoints`; the valid ones were accepted), or of a new series over `gateway.max_active_series`; `invalid_json`, `empty_body`, `corrupt_body`: the body as a whole cannot be read; `invalid_idempotency_key`: a bad `Idempotency-Key` or `Idempotency-Offset` (nothing was read or accepted)", body = pulse_server::openapi::ErrorBody),
         (status = 408, description = "`body_timeout`: the body did not arrive within `http.body_timeout`", body = pulse_server::openapi::ErrorBody),
         (status = 413, description = "`body_too_large` (over `gateway.max_body_bytes`, before or after decompression) or `too_many_points` (over `gateway.max_points_per_request`)", body = pulse_server::openapi::ErrorBody),
         (status = 415, description = "`unsupported_encoding`: a `Content-Encoding` other than identity, gzip, zstd", body = pulse_server::openapi::ErrorBody),
