@@ -5,7 +5,7 @@
 //! on the same data directory: the detector's history survives (otherwise the
 //! spike would fall in a new warm-up and never fire) and nothing is judged or
 //! delivered twice. A `/api/v1/live` subscriber gets the spike as an `anomaly`
-//! event.
+//! event, and its stream ends when `pulse up` stops.
 
 mod common;
 
@@ -237,8 +237,6 @@ async fn the_spike_window_and_only_it_is_an_anomaly_across_a_sigkill() {
     let event = wait_for_event(&live, "anomaly").await;
     assert_eq!(event["id"], a["id"], "{event}");
     assert_eq!(event["window_start_ms"], a["window_start_ms"]);
-    // Hang up: a graceful stop waits for open streams.
-    reader.abort();
 
     // The webhook got the trigger and the resolve, each once.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -250,5 +248,14 @@ async fn the_spike_window_and_only_it_is_an_anomaly_across_a_sigkill() {
     let states: Vec<&Value> = bodies.iter().map(|b| &b["anomaly"]["state"]).collect();
     assert_eq!(states, [&json!("firing"), &json!("resolved")], "{bodies:?}");
     assert!(bodies.iter().all(|b| b["anomaly"]["id"] == a["id"]));
+    // Still subscribed: the graceful stop ends the stream instead of waiting for it.
+    assert!(
+        !reader.is_finished(),
+        "the live stream ended before the stop"
+    );
     up.terminate(Duration::from_secs(20));
+    tokio::time::timeout(Duration::from_secs(5), reader)
+        .await
+        .expect("the live stream did not end when pulse stopped")
+        .unwrap();
 }

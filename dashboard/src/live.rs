@@ -4,11 +4,12 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::Extension;
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::stream::{BoxStream, Stream, StreamExt};
 use pulse_core::{AggKind, WindowResult};
-use pulse_server::ApiError;
+use pulse_server::{ApiError, Stopping};
 
 use crate::answer::live_event;
 use crate::api::{AppState, Params};
@@ -25,7 +26,7 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// Server-sent events: a `window` event (data: `LiveEvent`) per newly closed
 /// window of a series, and again when late points update it; an `anomaly`
 /// event (data: `Anomaly`) when an anomaly fires or resolves. A comment every
-/// 15 s keeps the connection open. The stream does not end.
+/// 15 s keeps the connection open. The stream ends only when the server stops.
 #[utoipa::path(
     get,
     path = "/api/v1/live",
@@ -41,6 +42,7 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 pub(crate) async fn live(
     State(state): State<AppState>,
     Params(params): Params<LiveParams>,
+    stopping: Option<Extension<Stopping>>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, axum::Error>>>, ApiError> {
     let filter = LiveFilter::parse(&params, &state.windows)?;
     let updates = state.cache.subscribe().await.map_err(|error| {
@@ -60,7 +62,9 @@ pub(crate) async fn live(
                 .event("window")
                 .json_data(live_event(&result, &aggs))
         });
-    let events = futures::stream::select(windows, anomalies);
+    // Ends when the server stops, so a graceful stop need not wait for the client.
+    let stopped = stopping.map(|Extension(s)| s).unwrap_or_default().stopped();
+    let events = futures::stream::select(windows, anomalies).take_until(stopped);
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
 }
 

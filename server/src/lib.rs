@@ -18,6 +18,6 @@ pub mod tls;
 
 pub use error::ApiError;
 pub use ops::{ReadinessCheck, ops_router};
-pub use serve::{bind, serve, shutdown_signal};
+pub use serve::{Stopping, bind, serve, shutdown_signal};
 pub use tls::{CertFiles, ServerTls};
 pub use tokio_util::sync::CancellationToken;

@@ -21,6 +21,23 @@ use tower::{Service, service_fn};
 
 use crate::tls::ServerTls;
 
+/// The server's shutdown, in every request's extensions.
+///
+/// A graceful stop waits for every answer in flight to end, and an event stream
+/// never ends by itself: a handler that streams ends its stream with
+/// [`Stopping::stopped`], so one open `/api/v1/live` tab cannot hold a SIGTERM
+/// until the pod is killed. A router served without [`serve`] (tests) has none;
+/// the default never stops.
+#[derive(Clone, Debug, Default)]
+pub struct Stopping(CancellationToken);
+
+impl Stopping {
+    /// Resolves once the server has been told to stop.
+    pub async fn stopped(self) {
+        self.0.cancelled_owned().await;
+    }
+}
+
 /// A listener could not be opened.
 #[derive(Debug, thiserror::Error)]
 #[error(
@@ -106,9 +123,10 @@ pub async fn serve(
             },
             () = shutdown.cancelled() => break,
         };
-        let router = router.clone();
+        let (router, stopping) = (router.clone(), Stopping(shutdown.clone()));
         let service = service_fn(move |mut request: Request<Incoming>| {
             request.extensions_mut().insert(ConnectInfo(remote));
+            request.extensions_mut().insert(stopping.clone());
             router.clone().call(request.map(Body::new))
         });
         let (builder, watcher, acceptor) = (
