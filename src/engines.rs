@@ -471,16 +471,7 @@ async fn open_store(
         open,
     )
     .await?;
-    let (mode, schema) = (store.mode(), store.schema());
-    info!(
-        message = "Store: PostgreSQL.",
-        address = %target.address,
-        url = %redact_url(url),
-        schema,
-        mode
-    );
-    let summary = format!("PostgreSQL {}, schema {schema} ({mode})", target.address);
-    Ok((Arc::new(store), summary))
+    Ok(opened(store, &target, url, "Store: PostgreSQL."))
 }
 
 /// The dashboard's store at `dashboard.database_url`: read only (no schema
@@ -518,16 +509,32 @@ async fn open_read_store(
         open,
     )
     .await?;
+    Ok(opened(
+        store,
+        &target,
+        url,
+        "Dashboard store: PostgreSQL (read URL).",
+    ))
+}
+
+/// Logs the PostgreSQL store a role opened (the URL without its password) and
+/// gives the banner's line for it.
+fn opened(
+    store: PostgresStore,
+    target: &Target,
+    url: &str,
+    what: &'static str,
+) -> (Arc<dyn Store>, String) {
     let (mode, schema) = (store.mode(), store.schema());
     info!(
-        message = "Dashboard store: PostgreSQL (read URL).",
+        message = what,
         address = %target.address,
         url = %redact_url(url),
         schema,
         mode
     );
     let summary = format!("PostgreSQL {}, schema {schema} ({mode})", target.address);
-    Ok((Arc::new(store), summary))
+    (Arc::new(store), summary)
 }
 
 async fn open_cache(
