@@ -24,6 +24,7 @@ use crate::answer::{self, LatestAnswer, MetricsAnswer, RangeAnswer, Source, Tags
 use crate::boards::{self, BoardList, BoardView};
 use crate::metrics::{DashboardMetrics, Endpoint};
 use crate::params::{KnownWindows, LatestParams, LatestRequest, RangeParams, RangeRequest};
+use crate::resolution::{self, Resolution};
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -178,9 +179,10 @@ pub(crate) async fn query_range(
     Params(params): Params<RangeParams>,
 ) -> Result<Json<RangeAnswer>, ApiError> {
     let request = RangeRequest::parse(&params, &state.windows, pulse_core::now_ms())?;
+    let resolution = resolution_of(&state.windows, &request)?;
     let query = ResultQuery {
         metric: request.metric.clone(),
-        window: request.window.clone(),
+        window: resolution.source.clone(),
         tags: request.tags.clone(),
         from_ms: request.from_ms,
         to_ms: request.to_ms,
@@ -205,13 +207,38 @@ pub(crate) async fn query_range(
     anomalies.retain(|a| a.window == request.window);
     Ok(Json(RangeAnswer {
         anomalies,
-        series: answer::group_series(&results, &request.group_by, &request.aggs),
+        series: answer::group_series(
+            results,
+            &request.group_by,
+            &request.aggs,
+            resolution.step_ms,
+        ),
         metric_name: request.metric,
         window: request.window,
         from_ms: request.from_ms,
         to_ms: request.to_ms,
+        source_window: resolution.source,
+        step_ms: resolution.step_ms,
         truncated,
     }))
+}
+
+/// The stored window and point width of a range request (see [`resolution`]).
+fn resolution_of(windows: &KnownWindows, request: &RangeRequest) -> Result<Resolution, ApiError> {
+    // `RangeRequest::parse` resolved the label against these same windows.
+    let asked = windows
+        .specs()
+        .iter()
+        .find(|w| w.label == request.window)
+        .ok_or_else(|| ApiError::bad_request("unknown_window", "the window is not configured"))?;
+    resolution::choose(
+        windows.specs(),
+        asked,
+        request.to_ms - request.from_ms,
+        request.max_points,
+        request.step_ms,
+    )
+    .map_err(|message| ApiError::bad_request("bad_step", message))
 }
 
 /// `GET /api/v1/tags`: the tag keys and values of the series a `query_range`
