@@ -167,8 +167,8 @@ fn no_data(request: &LatestRequest, allowed_lateness: Duration) -> ApiError {
     tag = "query",
     params(RangeParams),
     responses(
-        (status = 200, description = "The windows of the range, per group", body = RangeAnswer),
-        (status = 400, description = "A parameter is missing or wrong: `bad_query`, `missing_param`, `bad_window`, `bad_tags`, `bad_aggs`, `bad_range`, `bad_group_by`, ... (`message` says which and why)", body = pulse_server::openapi::ErrorBody),
+        (status = 200, description = "The windows of the range, per group, at most `max_points` per group (`source_window` and `step_ms` say how coarse)", body = RangeAnswer),
+        (status = 400, description = "A parameter is missing or wrong: `bad_query`, `missing_param`, `bad_window`, `bad_tags`, `bad_aggs`, `bad_range`, `bad_group_by`, `bad_step`, `bad_max_points`, ... (`message` says which and why)", body = pulse_server::openapi::ErrorBody),
         (status = 500, description = "`store_error`: the store answered with something it could not have stored (a bug or corruption; see the logs)", body = pulse_server::openapi::ErrorBody),
         (status = 503, description = "`unavailable`: the store does not answer; retry after `Retry-After`", body = pulse_server::openapi::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     ),
@@ -372,7 +372,7 @@ pub(crate) fn index() -> Json<Value> {
         "ui": "open / or /d/<dashboard> in a browser",
         "endpoints": {
             "/dashboard": "latest closed window across series: metric, window, tags?, aggs?",
-            "/api/v1/query_range": "merged windows over time: metric, window, from?, to?, tags?, group_by?, aggs?",
+            "/api/v1/query_range": "merged windows over time: metric, window, from?, to?, tags?, group_by?, aggs?, max_points?, step?",
             "/api/v1/metrics": "stored metrics and configured windows",
             "/api/v1/live": "server-sent events of closed windows: metric?, window?",
             "/api/v1/anomalies": "anomalies the rules found: metric, from?, to?, rule?, tags?, window?, state?",

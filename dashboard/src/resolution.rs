@@ -55,16 +55,14 @@ pub fn choose(
         };
     }
     let size = asked.size_ms;
-    if let Some(step) = step_ms
-        && step % size != 0
-    {
+    if let Some(step) = step_ms.filter(|step| step % size != 0) {
         return Err(format!(
             "`step` ({step} ms) must be a multiple of the window `{}` ({size} ms)",
             asked.label
         ));
     }
     let max_points = TimestampMs::try_from(max_points.max(1)).unwrap_or(TimestampMs::MAX);
-    let fits = span_ms.div_ceil(max_points).max(size);
+    let fits = ceil_div(span_ms, max_points).max(size);
     let needed = step_ms.unwrap_or(0).max(fits);
     // Tumbling windows made of whole windows of `asked`, finest first.
     let mut candidates: Vec<&WindowSpec> = windows
@@ -81,7 +79,7 @@ pub fn choose(
                 Some(w) if needed > asked_step => lcm(asked_step, w.size_ms),
                 _ => asked_step,
             };
-            let step = needed.div_ceil(unit).saturating_mul(unit);
+            let step = ceil_div(needed, unit).saturating_mul(unit);
             let source = candidates
                 .iter()
                 .rev()
@@ -93,9 +91,8 @@ pub fn choose(
         None => match candidates.iter().find(|w| w.size_ms >= needed) {
             Some(fine) => (*fine, fine.size_ms),
             None => {
-                let step = needed
-                    .div_ceil(coarsest.size_ms)
-                    .saturating_mul(coarsest.size_ms);
+                let step =
+                    ceil_div(needed, coarsest.size_ms).saturating_mul(coarsest.size_ms);
                 (coarsest, step)
             }
         },
@@ -104,6 +101,11 @@ pub fn choose(
         source: source.label.clone(),
         step_ms: step,
     })
+}
+
+/// `a / b` rounded up, for `a >= 0` and `b > 0` (signed `div_ceil` is unstable).
+fn ceil_div(a: TimestampMs, b: TimestampMs) -> TimestampMs {
+    a / b + TimestampMs::from(a % b != 0)
 }
 
 fn lcm(a: TimestampMs, b: TimestampMs) -> TimestampMs {
