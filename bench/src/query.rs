@@ -176,7 +176,10 @@ fn history(end: TimestampMs, minutes: i64) -> Vec<WindowResult> {
 }
 
 async fn seed(store: &dyn Store, results: &[WindowResult]) -> Result<(), String> {
-    store.migrate().await.map_err(|e| format!("bench store: {e}"))?;
+    store
+        .migrate()
+        .await
+        .map_err(|e| format!("bench store: {e}"))?;
     for chunk in results.chunks(5_000) {
         let commit = Commit {
             results: chunk.to_vec(),
@@ -265,7 +268,12 @@ const COLUMNS: &str = "series_id, window_start, count, sum, min, max, last, last
 
 impl Plain {
     /// Fetches the rows of `window` starting in `[from, to)`; returns how many.
-    async fn rows(&mut self, window: &str, from: TimestampMs, to: TimestampMs) -> Result<usize, String> {
+    async fn rows(
+        &mut self,
+        window: &str,
+        from: TimestampMs,
+        to: TimestampMs,
+    ) -> Result<usize, String> {
         let lengths: Vec<usize> = match self {
             Plain::Sqlite(conn) => {
                 let sql = format!(
@@ -397,7 +405,11 @@ async fn dashboard_rate(
     );
     let deadline = Instant::now() + Duration::from_secs(20);
     let source = loop {
-        let response = client.get(&url).send().await.map_err(|e| format!("{url}: {e}"))?;
+        let response = client
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
         let source = response
             .headers()
             .get("x-pulse-source")
@@ -443,7 +455,11 @@ async fn dashboard_rate(
 }
 
 async fn get_bytes(client: &reqwest::Client, url: &str) -> Result<Vec<u8>, String> {
-    let response = client.get(url).send().await.map_err(|e| format!("{url}: {e}"))?;
+    let response = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
     let status = response.status();
     let body = response.bytes().await.map_err(|e| format!("{url}: {e}"))?;
     if !status.is_success() {

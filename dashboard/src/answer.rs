@@ -451,7 +451,12 @@ mod tests {
             result(None, 0, &[5.0]),
             result(Some("a"), 0, &[1.0]),
         ];
-        let series = group_series(results.to_vec(), &["host".to_string()], &kinds("sum"), 60_000);
+        let series = group_series(
+            results.to_vec(),
+            &["host".to_string()],
+            &kinds("sum"),
+            60_000,
+        );
         let hosts: Vec<_> = series.iter().map(|s| s.tags["host"].as_str()).collect();
         assert_eq!(hosts, ["", "a", "b"]);
         let a = &series[1];

@@ -91,8 +91,7 @@ pub fn choose(
         None => match candidates.iter().find(|w| w.size_ms >= needed) {
             Some(fine) => (*fine, fine.size_ms),
             None => {
-                let step =
-                    ceil_div(needed, coarsest.size_ms).saturating_mul(coarsest.size_ms);
+                let step = ceil_div(needed, coarsest.size_ms).saturating_mul(coarsest.size_ms);
                 (coarsest, step)
             }
         },
@@ -140,7 +139,12 @@ mod tests {
         ]
     }
 
-    fn pick(asked: usize, span: TimestampMs, max: usize, step: Option<TimestampMs>) -> (String, TimestampMs) {
+    fn pick(
+        asked: usize,
+        span: TimestampMs,
+        max: usize,
+        step: Option<TimestampMs>,
+    ) -> (String, TimestampMs) {
         let all = windows();
         let r = choose(&all, &all[asked], span, max, step).unwrap();
         (r.source, r.step_ms / MIN)

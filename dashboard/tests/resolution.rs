@@ -70,7 +70,11 @@ struct Fixture {
 impl Fixture {
     async fn new() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(SqliteStore::open(&dir.path().join("pulse.db")).await.unwrap());
+        let store = Arc::new(
+            SqliteStore::open(&dir.path().join("pulse.db"))
+                .await
+                .unwrap(),
+        );
         store.migrate().await.unwrap();
         let mut results = windows("1m", MIN);
         results.extend(windows("5m", 5 * MIN));
@@ -144,10 +148,19 @@ fn check_exact(answer: &Value, step: TimestampMs) {
             let (count, sum, min, max, p95) = exact(h, start, end);
             let a = &p["aggregations"];
             assert_eq!(a["count"].as_f64(), Some(count), "{start}");
-            assert!((a["sum"].as_f64().unwrap() - sum).abs() < 1e-6 * sum, "{start}");
-            assert_eq!((a["min"].as_f64(), a["max"].as_f64()), (Some(min), Some(max)));
+            assert!(
+                (a["sum"].as_f64().unwrap() - sum).abs() < 1e-6 * sum,
+                "{start}"
+            );
+            assert_eq!(
+                (a["min"].as_f64(), a["max"].as_f64()),
+                (Some(min), Some(max))
+            );
             let got = a["p95"].as_f64().unwrap();
-            assert!((got - p95).abs() <= 0.01 * p95, "p95 {got} against {p95} at {start}");
+            assert!(
+                (got - p95).abs() <= 0.01 * p95,
+                "p95 {got} against {p95} at {start}"
+            );
         }
     }
 }
@@ -160,16 +173,25 @@ async fn max_points_reads_the_finest_window_that_fits_and_says_so() {
     // 3 hours of 1m is 180 points per host: within 240.
     let (status, fine) = f.get(&format!("window=1m&{AGGS}")).await;
     assert_eq!(status, StatusCode::OK, "{fine}");
-    assert_eq!((fine["source_window"].as_str(), fine["step_ms"].as_i64()), (Some("1m"), Some(MIN)));
+    assert_eq!(
+        (fine["source_window"].as_str(), fine["step_ms"].as_i64()),
+        (Some("1m"), Some(MIN))
+    );
     check_exact(&fine, MIN);
     // In 40 points: 4.5 minutes each, so the 5m windows.
     let (_, five) = f.get(&format!("window=1m&max_points=40&{AGGS}")).await;
-    assert_eq!((five["source_window"].as_str(), five["step_ms"].as_i64()), (Some("5m"), Some(5 * MIN)));
+    assert_eq!(
+        (five["source_window"].as_str(), five["step_ms"].as_i64()),
+        (Some("5m"), Some(5 * MIN))
+    );
     assert_eq!(five["window"], "1m");
     check_exact(&five, 5 * MIN);
     // Past the coarsest window (15m), its windows are merged: 2 points of 90 minutes.
     let (_, merged) = f.get(&format!("window=1m&max_points=2&{AGGS}")).await;
-    assert_eq!((merged["source_window"].as_str(), merged["step_ms"].as_i64()), (Some("15m"), Some(90 * MIN)));
+    assert_eq!(
+        (merged["source_window"].as_str(), merged["step_ms"].as_i64()),
+        (Some("15m"), Some(90 * MIN))
+    );
     check_exact(&merged, 90 * MIN);
 }
 
@@ -182,7 +204,9 @@ async fn a_coarser_source_answers_what_the_window_itself_answers() {
     assert_eq!(via_max_points["series"], stored["series"]);
     // Merging the 1m windows by `step` gives the same numbers as reading the
     // 5m windows (the p95 within the sketch's 1 %: the merged sketches are equal).
-    let (_, from_fine) = f.get(&format!("window=1m&step=5m&max_points=1000&{AGGS}")).await;
+    let (_, from_fine) = f
+        .get(&format!("window=1m&step=5m&max_points=1000&{AGGS}"))
+        .await;
     let (_, from_five) = f.get(&format!("window=5m&max_points=1000&{AGGS}")).await;
     assert_eq!(from_fine["source_window"], "5m");
     assert_eq!(from_fine["series"], from_five["series"]);
@@ -194,7 +218,10 @@ async fn a_step_merges_consecutive_windows_exactly() {
     // 7 minutes is no configured window: the 1m windows merged by seven.
     let (status, seven) = f.get(&format!("window=1m&step=7m&{AGGS}")).await;
     assert_eq!(status, StatusCode::OK, "{seven}");
-    assert_eq!((seven["source_window"].as_str(), seven["step_ms"].as_i64()), (Some("1m"), Some(7 * MIN)));
+    assert_eq!(
+        (seven["source_window"].as_str(), seven["step_ms"].as_i64()),
+        (Some("1m"), Some(7 * MIN))
+    );
     // FROM is 2 minutes into a 7-minute point: the first point says it covers 5.
     check_exact(&seven, 7 * MIN);
     let (_, half_hour) = f.get(&format!("window=1m&step=30m&{AGGS}")).await;
@@ -206,7 +233,11 @@ async fn a_step_merges_consecutive_windows_exactly() {
 async fn bad_steps_and_max_points_are_400s_that_say_why() {
     let f = Fixture::new().await;
     for (query, code, says) in [
-        ("window=5m&step=7m", "bad_step", "multiple of the window `5m`"),
+        (
+            "window=5m&step=7m",
+            "bad_step",
+            "multiple of the window `5m`",
+        ),
         ("window=1m&step=soon", "bad_step", "not a duration"),
         ("window=1m&step=500ms", "bad_step", "outside 1s to 400d"),
         ("window=1m&max_points=0", "bad_max_points", "1 to 10000"),
