@@ -142,15 +142,16 @@ fn history(end: TimestampMs, minutes: i64) -> Vec<WindowResult> {
         ]
         .into();
         let id = SeriesId::of(METRIC, &tags);
-        let result = |window: &str, start_ms, size, agg| WindowResult {
-            series_id: id,
-            metric: METRIC.into(),
-            tags: tags.clone(),
-            window: window.into(),
-            start_ms,
-            end_ms: start_ms + size,
-            agg,
-        };
+        let result =
+            |window: &str, start_ms: TimestampMs, size: TimestampMs, agg: Aggregate| WindowResult {
+                series_id: id,
+                metric: METRIC.into(),
+                tags: tags.clone(),
+                window: window.into(),
+                start_ms,
+                end_ms: start_ms + size,
+                agg,
+            };
         let (mut five, mut fifteen) = (Aggregate::new(), Aggregate::new());
         for m in 0..minutes {
             let at = start + m * MIN;
