@@ -7,6 +7,7 @@ mod e2e;
 mod kafka;
 mod operator;
 mod processor;
+mod query;
 mod sketch;
 mod store;
 mod ui;
@@ -56,6 +57,9 @@ pub enum Stage {
     /// The operator's MetricPipeline reconciler over 1,000 pipelines; only
     /// when named (`--only operator`).
     Operator,
+    /// The query API (`query_range` at 1 h, 6 h and 24 h, `/dashboard` at a
+    /// fixed rate) on SQLite and, when it answers, PostgreSQL.
+    Query,
 }
 
 /// The throughput target of the window aggregation, per core.
@@ -174,6 +178,9 @@ pub async fn measure(args: &BenchArgs) -> Result<Report, String> {
     if wanted(Stage::Store) || wanted(Stage::Processor) {
         postgres_stages(args, &sizes, &mut report).await?;
     }
+    if wanted(Stage::Query) {
+        query_stage(args, &mut report).await?;
+    }
     if args.only.contains(&Stage::Ui) {
         ui::stage(args.quick, &mut report).await?;
     }
@@ -192,11 +199,7 @@ async fn postgres_stages(
     sizes: &Sizes,
     report: &mut Report,
 ) -> Result<(), String> {
-    let url = args
-        .database
-        .clone()
-        .or_else(|| std::env::var("PULSE_BENCH_DATABASE_URL").ok())
-        .unwrap_or_else(|| store::DEFAULT_DATABASE.into());
+    let url = database_url(args);
     if let Err(why) = store::connect(&url).await {
         if args.only.is_empty() {
             let skip = format!(
@@ -220,6 +223,43 @@ async fn postgres_stages(
         processor::stage(&url, sizes.processor_points, sizes.e2e_series, report).await?;
     }
     Ok(())
+}
+
+/// The query API: on SQLite always, on PostgreSQL when it answers (named
+/// with `--only query`, an unreachable PostgreSQL is an error).
+async fn query_stage(args: &BenchArgs, report: &mut Report) -> Result<(), String> {
+    let url = database_url(args);
+    let database = match store::connect(&url).await {
+        Ok(_) => Some(url.as_str()),
+        Err(why) if args.only.contains(&Stage::Query) => {
+            return Err(format!(
+                "the query measurement needs PostgreSQL: {why}; start it there or set --database / PULSE_BENCH_DATABASE_URL"
+            ));
+        }
+        Err(_) => None,
+    };
+    let sizes = if args.quick {
+        query::QuerySizes {
+            range_requests: 3,
+            dashboard_seconds: 1,
+            minutes: 120,
+        }
+    } else {
+        query::QuerySizes {
+            range_requests: 30,
+            dashboard_seconds: 10,
+            minutes: 24 * 60,
+        }
+    };
+    query::stage(database, sizes, report).await
+}
+
+/// `--database`, else `PULSE_BENCH_DATABASE_URL`, else the local default.
+fn database_url(args: &BenchArgs) -> String {
+    args.database
+        .clone()
+        .or_else(|| std::env::var("PULSE_BENCH_DATABASE_URL").ok())
+        .unwrap_or_else(|| store::DEFAULT_DATABASE.into())
 }
 
 fn sketch_stage(sizes: &Sizes, report: &mut Report) -> Result<(), String> {

@@ -47,6 +47,11 @@ impl Schemas {
         }
     }
 
+    /// Drops `schema` with the others (one a store claimed by its pipeline).
+    pub fn adopt(&mut self, schema: String) {
+        self.names.push(schema);
+    }
+
     /// A migrated store in a new schema named after `what`, this process and
     /// the time, so no other run shares it.
     pub async fn store(&mut self, what: &str) -> Result<PostgresStore, String> {

@@ -24,6 +24,13 @@ async fn quick_bench_measures_every_stage_and_renders_a_table() {
             "{row:?}"
         );
     }
+    // The query API always on SQLite, with each span and the fixed-rate line.
+    let query_notes = report
+        .notes
+        .iter()
+        .filter(|n| n.starts_with("Query API on SQLite"))
+        .count();
+    assert_eq!(query_notes, 4, "{report:?}");
     let table = render(&report);
     assert!(
         table.contains("| what | rate | reference | reference rate | ratio | target |"),

@@ -5,6 +5,7 @@
 //! Results are always combined with [`Aggregate::merge`], never by averaging their
 //! values: the p95 of three hosts is the p95 of the union of their points.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 
 use pulse_core::{AggKind, Aggregate, Tags, TimestampMs, WindowResult};
@@ -13,6 +14,7 @@ use serde::{Serialize, Serializer};
 use utoipa::ToSchema;
 
 use crate::instant;
+use crate::resolution::bucket;
 
 /// Where an answer came from, reported in the body, the `X-Pulse-Source` header
 /// and the query metrics, so a slow or stale answer can be traced to its engine.
@@ -141,6 +143,15 @@ pub struct RangeAnswer {
     /// End of the range, Unix milliseconds (exclusive).
     #[schema(value_type = i64, example = 1764393600000_i64)]
     pub to_ms: TimestampMs,
+    /// The configured window whose stored results the points merge: `window`,
+    /// or a coarser one holding the same points when `window` would give more
+    /// than `max_points` points (e.g. `15m` for a day of `1m`).
+    #[schema(example = "1m")]
+    pub source_window: String,
+    /// The width of each point in milliseconds: the windows starting in the
+    /// same multiple of it (from the epoch) are merged into one point.
+    #[schema(value_type = i64, example = 60000_i64)]
+    pub step_ms: TimestampMs,
     /// One entry per combination of `group_by` values (one in all without `group_by`).
     #[schema(example = json!([{"tags": {"host": "web-01"}, "points": [{"window_start_ms": 1764393600000_i64, "window_end_ms": 1764393660000_i64, "aggregations": {"avg": 87.3}}]}]))]
     pub series: Vec<SeriesAnswer>,
@@ -180,40 +191,48 @@ pub struct PointAnswer {
 }
 
 /// Groups `results` by the values of the `group_by` tag keys (a series without a
-/// key groups under an empty value) and merges each group's results per window
-/// start. Without keys every series lands in one group. Groups come ordered by
-/// their tag values, points by window start.
+/// key groups under an empty value) and merges each group's results per point
+/// of `step_ms` (see [`crate::resolution::bucket`]; a step equal to the
+/// windows' slide keeps every window its own point). Without keys every series
+/// lands in one group. Groups come ordered by their tag values, points by start.
+///
+/// A point's bounds are those of the windows it merged, so a point the range
+/// cuts (its first or last) says what it covers. The first window of a point
+/// is moved in, not merged into an empty aggregate, so a point of one window
+/// (one series per group, step of one window) costs no sketch copy.
 pub fn group_series(
-    results: &[WindowResult],
+    results: Vec<WindowResult>,
     group_by: &[String],
     aggs: &[AggKind],
+    step_ms: TimestampMs,
 ) -> Vec<SeriesAnswer> {
-    let mut groups: BTreeMap<Vec<&str>, BTreeMap<TimestampMs, (TimestampMs, Aggregate)>> =
-        BTreeMap::new();
+    type Points = BTreeMap<TimestampMs, (TimestampMs, TimestampMs, Aggregate)>;
+    let mut groups: BTreeMap<Vec<String>, Points> = BTreeMap::new();
     for result in results {
-        let key = group_by
+        let key: Vec<String> = group_by
             .iter()
-            .map(|k| result.tags.get(k).map_or("", String::as_str))
+            .map(|k| result.tags.get(k).cloned().unwrap_or_default())
             .collect();
-        let (end, agg) = groups
-            .entry(key)
-            .or_default()
-            .entry(result.start_ms)
-            .or_insert_with(|| (result.end_ms, Aggregate::new()));
-        *end = (*end).max(result.end_ms);
-        agg.merge(&result.agg);
+        let points = groups.entry(key).or_default();
+        match points.entry(bucket(result.start_ms, step_ms)) {
+            Entry::Vacant(slot) => {
+                slot.insert((result.start_ms, result.end_ms, result.agg));
+            }
+            Entry::Occupied(mut slot) => {
+                let (start, end, agg) = slot.get_mut();
+                *start = (*start).min(result.start_ms);
+                *end = (*end).max(result.end_ms);
+                agg.merge(&result.agg);
+            }
+        }
     }
     groups
         .into_iter()
         .map(|(values, points)| SeriesAnswer {
-            tags: group_by
-                .iter()
-                .cloned()
-                .zip(values.into_iter().map(str::to_string))
-                .collect(),
+            tags: group_by.iter().cloned().zip(values).collect(),
             points: points
-                .into_iter()
-                .map(|(start, (end, agg))| PointAnswer {
+                .into_values()
+                .map(|(start, end, agg)| PointAnswer {
                     window_start_ms: start,
                     window_end_ms: end,
                     aggregations: AggValues::of(&agg, aggs),
@@ -432,7 +451,12 @@ mod tests {
             result(None, 0, &[5.0]),
             result(Some("a"), 0, &[1.0]),
         ];
-        let series = group_series(&results, &["host".to_string()], &kinds("sum"));
+        let series = group_series(
+            results.to_vec(),
+            &["host".to_string()],
+            &kinds("sum"),
+            60_000,
+        );
         let hosts: Vec<_> = series.iter().map(|s| s.tags["host"].as_str()).collect();
         assert_eq!(hosts, ["", "a", "b"]);
         let a = &series[1];
@@ -448,7 +472,7 @@ mod tests {
             result(Some("b"), 0, &[3.0]),
             result(Some("a"), 60_000, &[7.0]),
         ];
-        let series = group_series(&results, &[], &kinds("count,avg"));
+        let series = group_series(results.to_vec(), &[], &kinds("count,avg"), 60_000);
         assert_eq!(series.len(), 1);
         assert!(series[0].tags.is_empty());
         let first = &series[0].points[0].aggregations;
@@ -457,7 +481,32 @@ mod tests {
             (Some(2.0), Some(2.0))
         );
         assert_eq!(series[0].points.len(), 2);
-        assert!(group_series(&[], &[], &kinds("avg")).is_empty());
+        assert!(group_series(Vec::new(), &[], &kinds("avg"), 60_000).is_empty());
+    }
+
+    #[test]
+    fn a_step_merges_the_windows_of_each_point_and_keeps_their_bounds() {
+        let results = [0, 60_000, 120_000, 180_000]
+            .iter()
+            .enumerate()
+            .map(|(i, start)| result(Some("a"), *start, &[i as f64, 10.0 * i as f64]))
+            .collect();
+        let series = group_series(results, &[], &kinds("count,max"), 120_000);
+        let points = &series[0].points;
+        assert_eq!(points.len(), 2);
+        let bounds: Vec<_> = points
+            .iter()
+            .map(|p| (p.window_start_ms, p.window_end_ms))
+            .collect();
+        assert_eq!(bounds, [(0, 120_000), (120_000, 240_000)]);
+        let second = &points[1].aggregations;
+        assert_eq!(second.get(AggKind::Count), Some(4.0));
+        assert_eq!(second.get(AggKind::Max), Some(30.0));
+        // The sketches merged too: the extremes of {2, 20} and {3, 30} are
+        // the quantiles p0 and p100 of their union (within 1 %).
+        let q = |k: &str| second.get(kinds(k)[0]).unwrap();
+        assert!((q("p0") - 2.0).abs() <= 0.02, "{}", q("p0"));
+        assert!((q("p100") - 30.0).abs() <= 0.3, "{}", q("p100"));
     }
 
     #[test]

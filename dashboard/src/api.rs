@@ -24,6 +24,7 @@ use crate::answer::{self, LatestAnswer, MetricsAnswer, RangeAnswer, Source, Tags
 use crate::boards::{self, BoardList, BoardView};
 use crate::metrics::{DashboardMetrics, Endpoint};
 use crate::params::{KnownWindows, LatestParams, LatestRequest, RangeParams, RangeRequest};
+use crate::resolution::{self, Resolution};
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -166,8 +167,8 @@ fn no_data(request: &LatestRequest, allowed_lateness: Duration) -> ApiError {
     tag = "query",
     params(RangeParams),
     responses(
-        (status = 200, description = "The windows of the range, per group", body = RangeAnswer),
-        (status = 400, description = "A parameter is missing or wrong: `bad_query`, `missing_param`, `bad_window`, `bad_tags`, `bad_aggs`, `bad_range`, `bad_group_by`, ... (`message` says which and why)", body = pulse_server::openapi::ErrorBody),
+        (status = 200, description = "The windows of the range, per group, at most `max_points` per group (`source_window` and `step_ms` say how coarse)", body = RangeAnswer),
+        (status = 400, description = "A parameter is missing or wrong: `bad_query`, `missing_param`, `bad_window`, `bad_tags`, `bad_aggs`, `bad_range`, `bad_group_by`, `bad_step`, `bad_max_points`, ... (`message` says which and why)", body = pulse_server::openapi::ErrorBody),
         (status = 500, description = "`store_error`: the store answered with something it could not have stored (a bug or corruption; see the logs)", body = pulse_server::openapi::ErrorBody),
         (status = 503, description = "`unavailable`: the store does not answer; retry after `Retry-After`", body = pulse_server::openapi::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     ),
@@ -178,9 +179,10 @@ pub(crate) async fn query_range(
     Params(params): Params<RangeParams>,
 ) -> Result<Json<RangeAnswer>, ApiError> {
     let request = RangeRequest::parse(&params, &state.windows, pulse_core::now_ms())?;
+    let resolution = resolution_of(&state.windows, &request)?;
     let query = ResultQuery {
         metric: request.metric.clone(),
-        window: request.window.clone(),
+        window: resolution.source.clone(),
         tags: request.tags.clone(),
         from_ms: request.from_ms,
         to_ms: request.to_ms,
@@ -205,13 +207,38 @@ pub(crate) async fn query_range(
     anomalies.retain(|a| a.window == request.window);
     Ok(Json(RangeAnswer {
         anomalies,
-        series: answer::group_series(&results, &request.group_by, &request.aggs),
+        series: answer::group_series(
+            results,
+            &request.group_by,
+            &request.aggs,
+            resolution.step_ms,
+        ),
         metric_name: request.metric,
         window: request.window,
         from_ms: request.from_ms,
         to_ms: request.to_ms,
+        source_window: resolution.source,
+        step_ms: resolution.step_ms,
         truncated,
     }))
+}
+
+/// The stored window and point width of a range request (see [`resolution`]).
+fn resolution_of(windows: &KnownWindows, request: &RangeRequest) -> Result<Resolution, ApiError> {
+    // `RangeRequest::parse` resolved the label against these same windows.
+    let asked = windows
+        .specs()
+        .iter()
+        .find(|w| w.label == request.window)
+        .ok_or_else(|| ApiError::bad_request("unknown_window", "the window is not configured"))?;
+    resolution::choose(
+        windows.specs(),
+        asked,
+        request.to_ms - request.from_ms,
+        request.max_points,
+        request.step_ms,
+    )
+    .map_err(|message| ApiError::bad_request("bad_step", message))
 }
 
 /// `GET /api/v1/tags`: the tag keys and values of the series a `query_range`
@@ -345,7 +372,7 @@ pub(crate) fn index() -> Json<Value> {
         "ui": "open / or /d/<dashboard> in a browser",
         "endpoints": {
             "/dashboard": "latest closed window across series: metric, window, tags?, aggs?",
-            "/api/v1/query_range": "merged windows over time: metric, window, from?, to?, tags?, group_by?, aggs?",
+            "/api/v1/query_range": "merged windows over time: metric, window, from?, to?, tags?, group_by?, aggs?, max_points?, step?",
             "/api/v1/metrics": "stored metrics and configured windows",
             "/api/v1/live": "server-sent events of closed windows: metric?, window?",
             "/api/v1/anomalies": "anomalies the rules found: metric, from?, to?, rule?, tags?, window?, state?",

@@ -3,7 +3,7 @@
 //! | endpoint | answers |
 //! |---|---|
 //! | `GET /dashboard?metric=&window=[&tags=][&aggs=]` | the latest closed window merged across series (cache first, store as fallback) |
-//! | `GET /api/v1/query_range?metric=&window=[&from=][&to=][&tags=][&group_by=][&aggs=]` | merged windows over a range, per group |
+//! | `GET /api/v1/query_range?metric=&window=[&from=][&to=][&tags=][&group_by=][&aggs=][&max_points=][&step=]` | merged windows over a range, per group, at most `max_points` points per group (`resolution`) |
 //! | `GET /api/v1/metrics` | stored metrics and configured windows |
 //! | `GET /api/v1/live[?metric=][&window=]` | server-sent events of newly closed windows |
 //! | `GET /api/v1/tags?metric=&window=[&from=][&to=][&tags=]` | tag keys and values of the series in a range |
@@ -37,6 +37,7 @@ mod live;
 mod metrics;
 mod openapi;
 mod params;
+mod resolution;
 mod ui;
 
 pub use openapi::openapi;

@@ -4,6 +4,7 @@
 
 use pulse_core::config::Config;
 use pulse_core::result::{MAX_TAG_FILTERS, parse_tag_filter};
+use pulse_core::window::WindowSpec;
 use pulse_core::{AggKind, Tags, TimestampMs, WindowResult};
 use pulse_server::ApiError;
 use serde::Deserialize;
@@ -18,6 +19,15 @@ pub const MAX_RANGE_MS: TimestampMs = 400 * 86_400_000;
 
 /// What `query_range` covers when `from` is not given.
 pub const DEFAULT_RANGE_MS: TimestampMs = 3_600_000;
+
+/// Points per series a `query_range` answers when `max_points` is not given:
+/// one per ~4 pixels of a 1,000-pixel panel, so 1 h stays at 1m, 6 h comes
+/// from the 5m windows and 24 h from the 15m ones, and 100 series of a day fit
+/// `dashboard.max_points_per_query` with room to spare.
+pub const DEFAULT_MAX_POINTS: usize = 240;
+
+/// The most `max_points` one may ask for: more than any screen draws.
+pub const MAX_MAX_POINTS: usize = 10_000;
 
 /// Raw parameters of `GET /dashboard`.
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -62,6 +72,12 @@ pub struct RangeParams {
     /// Aggregations, comma-separated: `count, sum, min, max, avg, last` and quantiles `p0`…`p100` (one decimal); default every one.
     #[param(example = "avg,max,p95")]
     pub aggs: Option<String>,
+    /// Most points per series (1 to 10000, default 240). When the range holds more windows, each point merges several: the finest configured window that fits is read (`source_window` in the answer), or consecutive windows are merged (`step_ms`).
+    #[param(example = 240)]
+    pub max_points: Option<String>,
+    /// Width of each point, a multiple of the window's size (`5m`, `1h`); the answer may be coarser when `max_points` asks for it (`step_ms` says what was used). Not for sliding windows.
+    #[param(example = "5m")]
+    pub step: Option<String>,
 }
 
 /// Raw parameters of `GET /api/v1/live`.
@@ -78,25 +94,34 @@ pub struct LiveParams {
 
 /// The window labels the pipeline computes, in configuration order. Only these
 /// can have results, so any other `window=` is a mistake worth a 400, not a 404.
+/// Their sizes let `query_range` read a coarser window instead of a finer one.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KnownWindows(Vec<String>);
+pub struct KnownWindows(Vec<String>, Vec<WindowSpec>);
 
 impl KnownWindows {
-    /// The labels of `config`'s windows. A validated config always has some; a
+    /// The windows of `config`. A validated config always has some; a
     /// broken one leaves none, so every query names the problem instead of the
     /// process panicking.
     pub fn from_config(config: &Config) -> KnownWindows {
         match config.window_specs() {
-            Ok(specs) => KnownWindows(specs.into_iter().map(|w| w.label).collect()),
+            Ok(specs) => KnownWindows::of(specs),
             Err(error) => {
                 tracing::error!(message = "Invalid window configuration; every query will be refused.", %error);
-                KnownWindows(Vec::new())
+                KnownWindows::of(Vec::new())
             }
         }
     }
 
+    pub fn of(specs: Vec<WindowSpec>) -> KnownWindows {
+        KnownWindows(specs.iter().map(|w| w.label.clone()).collect(), specs)
+    }
+
     pub fn labels(&self) -> &[String] {
         &self.0
+    }
+
+    pub fn specs(&self) -> &[WindowSpec] {
+        &self.1
     }
 
     /// Checks a required `window=` against the configured labels.
@@ -151,6 +176,10 @@ pub struct RangeRequest {
     /// Window starts in `[from_ms, to_ms)`.
     pub from_ms: TimestampMs,
     pub to_ms: TimestampMs,
+    /// Most points per series.
+    pub max_points: usize,
+    /// The width of a point asked for, if any.
+    pub step_ms: Option<TimestampMs>,
 }
 
 impl RangeRequest {
@@ -188,6 +217,8 @@ impl RangeRequest {
             aggs: aggs(params.aggs.as_deref())?,
             from_ms,
             to_ms,
+            max_points: max_points(params.max_points.as_deref())?,
+            step_ms: params.step.as_deref().map(step).transpose()?,
         })
     }
 }
@@ -284,6 +315,34 @@ fn group_by(text: Option<&str>) -> Result<Vec<String>, ApiError> {
     Ok(keys)
 }
 
+/// `max_points=240`: 1 to [`MAX_MAX_POINTS`]; absent means [`DEFAULT_MAX_POINTS`].
+fn max_points(text: Option<&str>) -> Result<usize, ApiError> {
+    let Some(text) = text else {
+        return Ok(DEFAULT_MAX_POINTS);
+    };
+    match text.trim().parse::<usize>() {
+        Ok(n) if (1..=MAX_MAX_POINTS).contains(&n) => Ok(n),
+        _ => Err(ApiError::bad_request(
+            "bad_max_points",
+            format!("`max_points` takes a whole number from 1 to {MAX_MAX_POINTS}, not `{text}`"),
+        )
+        .with_details(serde_json::json!({"limit": MAX_MAX_POINTS}))),
+    }
+}
+
+/// `step=5m`: a duration of at least a second and at most [`MAX_RANGE_MS`].
+fn step(text: &str) -> Result<TimestampMs, ApiError> {
+    let bad = |why: String| ApiError::bad_request("bad_step", format!("`step`: {why}"));
+    let duration = pulse_core::duration::parse(text).map_err(bad)?;
+    let ms = TimestampMs::try_from(duration.as_millis()).unwrap_or(TimestampMs::MAX);
+    if !(1_000..=MAX_RANGE_MS).contains(&ms) {
+        return Err(bad(format!(
+            "`{text}` is outside 1s to 400d; use e.g. step=5m"
+        )));
+    }
+    Ok(ms)
+}
+
 fn instant_param(name: &str, text: &str) -> Result<TimestampMs, ApiError> {
     instant::parse(text).map_err(|e| ApiError::bad_request("bad_time", format!("`{name}`: {e}")))
 }
@@ -295,7 +354,12 @@ mod tests {
     use super::*;
 
     fn windows() -> KnownWindows {
-        KnownWindows(vec!["1m".into(), "5m".into(), "10m/1m".into()])
+        let min = |m: u64| std::time::Duration::from_secs(m * 60);
+        KnownWindows::of(vec![
+            WindowSpec::tumbling(min(1)).unwrap(),
+            WindowSpec::tumbling(min(5)).unwrap(),
+            WindowSpec::sliding(min(10), min(1)).unwrap(),
+        ])
     }
 
     fn range(from: Option<&str>, to: Option<&str>) -> Result<RangeRequest, ApiError> {
