@@ -35,6 +35,9 @@ pub struct LatestParams {
     /// Aggregations, comma-separated: `count, sum, min, max, avg, last` and quantiles `p0`…`p100` (one decimal); default every one.
     #[param(example = "avg,max,p95")]
     pub aggs: Option<String>,
+    /// `true`: also the window still open, as it stands (marked `"partial": true`; what has arrived so far, never stored).
+    #[param(example = true)]
+    pub partial: Option<bool>,
 }
 
 /// Raw parameters of `GET /api/v1/query_range`.
@@ -62,6 +65,9 @@ pub struct RangeParams {
     /// Aggregations, comma-separated: `count, sum, min, max, avg, last` and quantiles `p0`…`p100` (one decimal); default every one.
     #[param(example = "avg,max,p95")]
     pub aggs: Option<String>,
+    /// `true`: also the window still open, as it stands (marked `"partial": true`; what has arrived so far, never stored).
+    #[param(example = true)]
+    pub partial: Option<bool>,
 }
 
 /// Raw parameters of `GET /api/v1/live`.
@@ -74,6 +80,9 @@ pub struct LiveParams {
     /// Only this window: a configured window label (`GET /api/v1/metrics` lists them); 400 `bad_window` otherwise.
     #[param(example = "1m")]
     pub window: Option<String>,
+    /// `true`: also `partial` events, the open windows as they stand, up to four a second per window.
+    #[param(example = true)]
+    pub partial: Option<bool>,
 }
 
 /// The window labels the pipeline computes, in configuration order. Only these
@@ -127,6 +136,8 @@ pub struct LatestRequest {
     pub window: String,
     pub tags: Tags,
     pub aggs: Vec<AggKind>,
+    /// Also the open window (`partial=true`).
+    pub partial: bool,
 }
 
 impl LatestRequest {
@@ -136,6 +147,7 @@ impl LatestRequest {
             window: windows.resolve(params.window.as_deref())?,
             tags: tags(params.tags.as_deref())?,
             aggs: aggs(params.aggs.as_deref())?,
+            partial: params.partial.unwrap_or(false),
         })
     }
 }
@@ -151,6 +163,8 @@ pub struct RangeRequest {
     /// Window starts in `[from_ms, to_ms)`.
     pub from_ms: TimestampMs,
     pub to_ms: TimestampMs,
+    /// Also the open windows in the range (`partial=true`).
+    pub partial: bool,
 }
 
 impl RangeRequest {
@@ -188,6 +202,7 @@ impl RangeRequest {
             aggs: aggs(params.aggs.as_deref())?,
             from_ms,
             to_ms,
+            partial: params.partial.unwrap_or(false),
         })
     }
 }
@@ -197,6 +212,8 @@ impl RangeRequest {
 pub struct LiveFilter {
     pub metric: Option<String>,
     pub window: Option<String>,
+    /// Also `partial` events.
+    pub partial: bool,
 }
 
 impl LiveFilter {
@@ -215,6 +232,7 @@ impl LiveFilter {
         Ok(LiveFilter {
             metric: metric.map(str::to_string),
             window,
+            partial: params.partial.unwrap_or(false),
         })
     }
 

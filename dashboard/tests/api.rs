@@ -14,7 +14,7 @@ use pulse_core::config::Config;
 use pulse_core::{Aggregate, SeriesId, Tags, TimestampMs, WindowResult};
 use pulse_dashboard::Dashboard;
 use pulse_engine::cache::memory::MemoryCache;
-use pulse_engine::cache::{Cache, CacheError};
+use pulse_engine::cache::{Cache, CacheError, Partial};
 use pulse_engine::store::sqlite::SqliteStore;
 use pulse_engine::store::{Commit, Store};
 use serde_json::{Value, json};
@@ -360,6 +360,18 @@ impl Cache for DownCache {
     }
 
     async fn subscribe(&self) -> Result<BoxStream<'static, WindowResult>, CacheError> {
+        Err(CacheError::Unavailable("connection refused".into()))
+    }
+
+    async fn put_partial(&self, _: &[Partial]) -> Result<(), CacheError> {
+        Err(CacheError::Unavailable("connection refused".into()))
+    }
+
+    async fn partials(&self, _: &str, _: &str, _: i64) -> Result<Vec<WindowResult>, CacheError> {
+        Err(CacheError::Unavailable("connection refused".into()))
+    }
+
+    async fn subscribe_partial(&self) -> Result<BoxStream<'static, WindowResult>, CacheError> {
         Err(CacheError::Unavailable("connection refused".into()))
     }
 }
