@@ -80,14 +80,18 @@ fn points_of(answer: &Value) -> Vec<Value> {
 
 async fn open_window_is_answered_live_and_never_stored(engines: Engines) {
     let dir = tempfile::tempdir().unwrap();
-    let running = pulse::up::start(config(dir.path(), &engines, "10m")).await.unwrap();
+    let running = pulse::up::start(config(dir.path(), &engines, "10m"))
+        .await
+        .unwrap();
     let (gateway, dashboard) = (
         format!("http://{}", running.gateway),
         format!("http://{}", running.dashboard),
     );
     let client = reqwest::Client::new();
     let mut live = client
-        .get(format!("{dashboard}/api/v1/live?metric=cpu_usage&window=1m&partial=true"))
+        .get(format!(
+            "{dashboard}/api/v1/live?metric=cpu_usage&window=1m&partial=true"
+        ))
         .send()
         .await
         .unwrap();
@@ -107,7 +111,8 @@ async fn open_window_is_answered_live_and_never_stored(engines: Engines) {
     let sum = (POINTS * (POINTS + 1) / 2) as f64;
     post(&client, &gateway, &points, 4).await;
 
-    let latest = format!("{dashboard}/dashboard?metric=cpu_usage&window=1m&aggs=count,sum,max&partial=true");
+    let latest =
+        format!("{dashboard}/dashboard?metric=cpu_usage&window=1m&aggs=count,sum,max&partial=true");
     let body = poll(&client, &latest, |status, b| {
         status == 200 && b["aggregations"]["count"] == POINTS
     })
@@ -125,7 +130,10 @@ async fn open_window_is_answered_live_and_never_stored(engines: Engines) {
     })
     .await;
     assert_eq!(
-        (body["partial"].clone(), body["aggregations"]["count"].clone()),
+        (
+            body["partial"].clone(),
+            body["aggregations"]["count"].clone()
+        ),
         (Value::from(true), Value::from(POINTS)),
         "{body}"
     );
@@ -188,11 +196,16 @@ async fn open_window_is_answered_live_and_never_stored(engines: Engines) {
         metrics.contains(&format!("pulse_processor_points_total {POINTS}\n")),
         "{metrics}"
     );
-    assert!(!metrics.contains("pulse_processor_partials_total 0\n"), "{metrics}");
+    assert!(
+        !metrics.contains("pulse_processor_partials_total 0\n"),
+        "{metrics}"
+    );
     running.stop().await.unwrap();
 
     // Restarted with a short lateness: the window closes, with every point once.
-    let running = pulse::up::start(config(dir.path(), &engines, "1s")).await.unwrap();
+    let running = pulse::up::start(config(dir.path(), &engines, "1s"))
+        .await
+        .unwrap();
     let dashboard = format!("http://{}", running.dashboard);
     let body = poll(&client, &range, |_, b| points_of(b).len() == 2).await;
     let points = points_of(&body);
@@ -207,7 +220,8 @@ async fn open_window_is_answered_live_and_never_stored(engines: Engines) {
         .sum();
     assert_eq!((counted, summed), (POINTS, sum), "{body}");
     // Closed now: a partial answer is the closed window, not marked partial.
-    let latest = format!("{dashboard}/dashboard?metric=cpu_usage&window=1m&aggs=count&partial=true");
+    let latest =
+        format!("{dashboard}/dashboard?metric=cpu_usage&window=1m&aggs=count&partial=true");
     let body = poll(&client, &latest, |status, b| {
         status == 200 && b.get("partial").is_none()
     })

@@ -38,8 +38,8 @@ pub async fn stage(quick: bool, database: &str, report: &mut Report) -> Result<(
     };
     measure(&embedded, rounds, report).await?;
 
-    let redis = std::env::var("PULSE_BENCH_REDIS_URL")
-        .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let redis =
+        std::env::var("PULSE_BENCH_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())

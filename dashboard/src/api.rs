@@ -23,8 +23,8 @@ use pulse_core::board::{Board, DEFAULT_BOARD};
 use crate::answer::{self, LatestAnswer, MetricsAnswer, RangeAnswer, Source, TagsAnswer};
 use crate::boards::{self, BoardList, BoardView};
 use crate::metrics::{DashboardMetrics, Endpoint};
-use crate::partial;
 use crate::params::{KnownWindows, LatestParams, LatestRequest, RangeParams, RangeRequest};
+use crate::partial;
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -86,8 +86,7 @@ pub(crate) async fn dashboard(
     let (mut results, mut source) = latest_results(&state, &request).await?;
     let mut open = Vec::new();
     if request.partial {
-        let partials =
-            partial::read(&state, &request.metric, &request.window, &request.tags).await;
+        let partials = partial::read(&state, &request.metric, &request.window, &request.tags).await;
         open = partial::still_open(partials, &results);
         if partial::newest_is_open(&results, &open) {
             source = Source::Cache;

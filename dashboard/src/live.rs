@@ -83,7 +83,11 @@ fn events(
     let aggs = AggKind::defaults();
     updates
         .filter(move |result| std::future::ready(filter.matches(result)))
-        .map(move |result| Event::default().event(name).json_data(live_event(&result, &aggs)))
+        .map(move |result| {
+            Event::default()
+                .event(name)
+                .json_data(live_event(&result, &aggs))
+        })
 }
 
 /// The cache's live stream, counted as a subscriber for as long as the client

@@ -117,7 +117,11 @@ mod tests {
     fn a_partial_of_a_closed_window_is_left_out() {
         let closed = [result("a", 0, &[1.0])];
         let open = still_open(
-            vec![result("a", 0, &[1.0]), result("a", 60_000, &[2.0]), result("b", 0, &[3.0])],
+            vec![
+                result("a", 0, &[1.0]),
+                result("a", 60_000, &[2.0]),
+                result("b", 0, &[3.0]),
+            ],
             &closed,
         );
         let kept: Vec<(&str, TimestampMs)> = open

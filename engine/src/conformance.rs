@@ -718,11 +718,19 @@ async fn partials_replace_expire_and_close(cache: &dyn Cache) {
         .unwrap();
     assert_eq!((got.start_ms, got.agg.count), (240_000, 1));
     let mut open = cache.partials("cpu", "1m", now).await.unwrap();
-    open.sort_by_key(|r| r.agg.max);
+    open.sort_by(|a, b| a.agg.max.total_cmp(&b.agg.max));
     let counts: Vec<(u64, f64)> = open.iter().map(|r| (r.agg.count, r.agg.max)).collect();
-    assert_eq!(counts, [(1, 2.0), (2, 4.0)], "the newer state of `a` replaced its older one");
     assert_eq!(
-        cache.partials("cpu", "1m", now + 60_000).await.unwrap().len(),
+        counts,
+        [(1, 2.0), (2, 4.0)],
+        "the newer state of `a` replaced its older one"
+    );
+    assert_eq!(
+        cache
+            .partials("cpu", "1m", now + 60_000)
+            .await
+            .unwrap()
+            .len(),
         0,
         "expired partials are not answered"
     );

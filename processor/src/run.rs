@@ -19,10 +19,10 @@ use tracing::{debug, error, info, warn};
 use crate::checkpoint::{Checkpoints, RETRY_CAP, RETRY_FIRST, Settled};
 use crate::deliver::Deliverer;
 use crate::judge::Judge;
-use crate::partial::{PARTIAL_EVERY, PartialPublisher};
 use crate::metrics::{
     AnomalyMetrics, PartitionLabel, ProcessorMetrics, ReasonLabel, StateLabel, WindowLabel,
 };
+use crate::partial::{PARTIAL_EVERY, PartialPublisher};
 use crate::status::{Status, StatusCheck, lock};
 use crate::window::{Aggregator, Checkpointed, Forgotten, MarkPolicy, RestoreError};
 
@@ -133,7 +133,10 @@ impl Processor {
             judge: Judge::new(rules),
             anomaly_metrics,
             deliverer: Some(deliverer),
-            partial_keep: (config.processor.allowed_lateness, config.processor.idle_timeout),
+            partial_keep: (
+                config.processor.allowed_lateness,
+                config.processor.idle_timeout,
+            ),
         })
     }
 

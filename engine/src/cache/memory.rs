@@ -58,9 +58,7 @@ impl MemoryCache {
     }
 }
 
-fn stream_of(
-    sender: &broadcast::Sender<WindowResult>,
-) -> BoxStream<'static, WindowResult> {
+fn stream_of(sender: &broadcast::Sender<WindowResult>) -> BoxStream<'static, WindowResult> {
     tokio_stream::wrappers::BroadcastStream::new(sender.subscribe())
         .filter_map(|item| async move { item.ok() })
         .boxed()
