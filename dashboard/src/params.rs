@@ -465,12 +465,14 @@ mod tests {
             open,
             LiveFilter {
                 metric: None,
-                window: None
+                window: None,
+                partial: false,
             }
         );
         let params = LiveParams {
             metric: None,
             window: Some("7m".into()),
+            partial: None,
         };
         assert!(LiveFilter::parse(&params, &windows()).is_err());
     }
@@ -489,6 +491,7 @@ mod tests {
         let params = LiveParams {
             metric: Some("cpu".into()),
             window: Some("1m".into()),
+            partial: None,
         };
         let filter = LiveFilter::parse(&params, &windows()).unwrap();
         assert!(filter.matches(&result("cpu", "1m")));

@@ -78,12 +78,16 @@ impl RedisCache {
             .map_err(|e| self.error(&format!("reading {key}"), &e))?;
         let mut results = Vec::with_capacity(entries.len());
         let mut expired = Vec::new();
+        // What has expired by the wall clock is deleted; what has by the
+        // caller's `now_ms` only is skipped.
+        let wall = pulse_core::now_ms();
         for (name, value) in entries {
             let decoded = value
                 .split_first_chunk::<8>()
                 .map(|(expires, rest)| (i64::from_be_bytes(*expires), rest));
             match decoded.map(|(expires, rest)| (expires, decode_result(rest))) {
-                Some((expires, _)) if expires <= now_ms => expired.push(name),
+                Some((expires, _)) if expires <= wall => expired.push(name),
+                Some((expires, _)) if expires <= now_ms => {}
                 Some((_, Ok(result))) => results.push(result),
                 Some((_, Err(error))) => {
                     tracing::warn!(key = %key, %error, "skipping an undecodable partial");
