@@ -345,6 +345,7 @@ mod tests {
             window: Some("5m".into()),
             tags: Some("host:web-01,env=prod".into()),
             aggs: None,
+            partial: None,
         };
         let request = LatestRequest::parse(&params, &windows()).unwrap();
         assert_eq!(request.metric, "cpu_usage");

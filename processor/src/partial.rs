@@ -98,7 +98,9 @@ async fn publish(
 ) {
     while let Some(partials) = receiver.recv().await {
         match cache.put_partial(&partials).await {
-            Ok(()) => metrics.partials.inc_by(partials.len() as u64),
+            Ok(()) => {
+                metrics.partials.inc_by(partials.len() as u64);
+            }
             Err(error) => {
                 metrics.partial_failures.inc();
                 resend_all.store(true, Ordering::Relaxed);
