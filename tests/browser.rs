@@ -146,12 +146,22 @@ async fn the_dashboard_renders_updates_live_and_filters_in_a_real_browser() {
     page.goto(&format!("{dashboard}/d/{BOARD}")).await.unwrap();
     page.eval("window.__sameDocument = true").await.unwrap();
     wait(&page, "document.body.dataset.loaded === 'true'", 15).await;
-    let minutes = HISTORY_MINUTES.to_string();
+    // One point per closed 1m window, and one for the window the last clock
+    // point opened: still open, so drawn provisional (hollow, dashed).
+    let minutes = (HISTORY_MINUTES + 1).to_string();
     assert_eq!(attr(&page, "p1", "state").await, "ready");
     assert_eq!(
         attr(&page, "p1", "points").await,
         minutes.as_str(),
-        "one point per closed 1m window"
+        "one point per closed 1m window, and the open one"
+    );
+    assert_eq!(attr(&page, "p1", "partial").await, "1", "the open window");
+    assert_eq!(
+        page.eval("document.querySelector('[data-panel=p1] .uplot').dataset.provisional")
+            .await
+            .unwrap(),
+        "1",
+        "its point is drawn provisional, on the one line (web-01) it has"
     );
     assert_eq!(attr(&page, "p1", "series").await, "3", "one line per host");
     assert_eq!(attr(&page, "p5", "points").await, minutes.as_str());
@@ -219,12 +229,19 @@ async fn the_dashboard_renders_updates_live_and_filters_in_a_real_browser() {
     scenario::post(&client, &gateway, &scenario::minute(start, HISTORY_MINUTES))
         .await
         .unwrap();
-    let more = (HISTORY_MINUTES + 1).to_string();
+    // The open window closes, and the new clock point opens the next one.
+    let more = (HISTORY_MINUTES + 2).to_string();
     wait(
         &page,
         &format!(
             "['p1', 'p5'].every(p => document.querySelector(`[data-panel=${{p}}]`).dataset.points === '{more}')"
         ),
+        10,
+    )
+    .await;
+    wait(
+        &page,
+        "document.querySelector('[data-panel=p1]').dataset.partial === '1'",
         10,
     )
     .await;
@@ -539,7 +556,8 @@ async fn the_page_shows_a_lost_stream_and_reconnects_by_itself() {
         .await
         .unwrap();
     wait(&page, "document.body.dataset.live === 'live'", 15).await;
-    let minutes = HISTORY_MINUTES.to_string();
+    // The closed minutes and the open one.
+    let minutes = (HISTORY_MINUTES + 1).to_string();
     assert_eq!(attr(&page, "p1", "points").await, minutes.as_str());
 
     relay.cut();
@@ -559,7 +577,7 @@ async fn the_page_shows_a_lost_stream_and_reconnects_by_itself() {
     relay.restore();
     wait(&page, "document.body.dataset.live === 'live'", 20).await;
     // Back live, the page re-reads what it missed.
-    let more = (HISTORY_MINUTES + 1).to_string();
+    let more = (HISTORY_MINUTES + 2).to_string();
     wait(
         &page,
         &format!("document.querySelector('[data-panel=p1]').dataset.points === '{more}'"),

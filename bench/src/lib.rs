@@ -4,6 +4,7 @@
 
 mod data;
 mod e2e;
+mod freshness;
 mod kafka;
 mod operator;
 mod processor;
@@ -60,6 +61,10 @@ pub enum Stage {
     /// The query API (`query_range` at 1 h, 6 h and 24 h, `/dashboard` at a
     /// fixed rate) on SQLite and, when it answers, PostgreSQL.
     Query,
+    /// How soon a point is in the open window's partial answer, embedded and
+    /// on Kafka + PostgreSQL + Redis; only when named (`--only freshness`),
+    /// since it needs PostgreSQL and Redis.
+    Freshness,
 }
 
 /// The throughput target of the window aggregation, per core.
@@ -183,6 +188,13 @@ pub async fn measure(args: &BenchArgs) -> Result<Report, String> {
     }
     if args.only.contains(&Stage::Ui) {
         ui::stage(args.quick, &mut report).await?;
+    }
+    if args.only.contains(&Stage::Freshness) {
+        let url = args
+            .database
+            .clone()
+            .unwrap_or_else(|| store::DEFAULT_DATABASE.into());
+        freshness::stage(args.quick, &url, &mut report).await?;
     }
     if !rss.is_empty() {
         report
@@ -458,7 +470,7 @@ pub fn render(report: &Report) -> String {
         cpu_model(),
         profile()
     );
-    // `--only ui` measures latencies, reported in the notes alone.
+    // `--only ui` and `--only freshness` measure latencies, reported in the notes alone.
     if !report.rows.is_empty() {
         let _ = writeln!(
             out,

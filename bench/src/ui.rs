@@ -135,9 +135,12 @@ async fn run(
     for i in 0..updates {
         // Spread the POSTs over the checkpoint cycle rather than in step with it.
         tokio::time::sleep(Duration::from_millis(200 + (i as u64 * 373) % 1000)).await;
-        let want = HISTORY_MINUTES + i as i64 + 1;
+        // The closed minutes, plus the one the POST's clock point opens
+        // (drawn provisional from its first partial on).
+        let minute = HISTORY_MINUTES + i as i64;
+        let want = minute + 2;
         let posted = pulse_core::now_ms() as f64;
-        scenario::post(&client, &gateway, &scenario::minute(start, want - 1)).await?;
+        scenario::post(&client, &gateway, &scenario::minute(start, minute)).await?;
         let drawn = wait(
             &page,
             &format!(

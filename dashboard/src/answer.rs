@@ -90,6 +90,11 @@ pub struct LatestAnswer {
     /// Where the answer came from (also in the `X-Pulse-Source` header).
     #[schema(inline, example = "cache")]
     pub source: Source,
+    /// Present and `true` only when the window is still open (asked for with
+    /// `partial=true`): what has arrived so far, and it will change.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[schema(example = false)]
+    pub partial: bool,
 }
 
 /// Merges the newest window among `results` across all their series. Only the
@@ -117,6 +122,7 @@ pub fn latest_answer(
         window_end_ms: end,
         series: newest.len(),
         source,
+        partial: false,
     })
 }
 
@@ -188,6 +194,11 @@ pub struct PointAnswer {
     /// The aggregations asked for, merged across the group's series.
     #[schema(value_type = HashMap<String, Option<f64>>, example = json!({"count": 12, "avg": 87.3, "p95": 93.2}))]
     pub aggregations: AggValues,
+    /// Present and `true` only for a window still open (`partial=true`):
+    /// what has arrived so far, and it will change.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[schema(example = false)]
+    pub partial: bool,
 }
 
 /// Groups `results` by the values of the `group_by` tag keys (a series without a
@@ -236,6 +247,7 @@ pub fn group_series(
                     window_start_ms: start,
                     window_end_ms: end,
                     aggregations: AggValues::of(&agg, aggs),
+                    partial: false,
                 })
                 .collect(),
         })

@@ -24,6 +24,7 @@ use crate::answer::{self, LatestAnswer, MetricsAnswer, RangeAnswer, Source, Tags
 use crate::boards::{self, BoardList, BoardView};
 use crate::metrics::{DashboardMetrics, Endpoint};
 use crate::params::{KnownWindows, LatestParams, LatestRequest, RangeParams, RangeRequest};
+use crate::partial;
 use crate::resolution::{self, Resolution};
 
 /// What every handler shares.
@@ -61,14 +62,16 @@ const SOURCE_HEADER: HeaderName = HeaderName::from_static("x-pulse-source");
 ///
 /// The newest closed window of every matching series, merged: the p95 is the
 /// p95 of the union of their points. Read from the cache, or from the store
-/// when the cache is cold or down (`source`).
+/// when the cache is cold or down (`source`). With `partial=true`, the window
+/// still open when it is newer, marked `"partial": true`: what has arrived so
+/// far (the processor publishes it to the cache four times a second).
 #[utoipa::path(
     get,
     path = "/dashboard",
     tag = "query",
     params(LatestParams),
     responses(
-        (status = 200, description = "The newest closed window, merged across the matching series", body = LatestAnswer, headers(("X-Pulse-Source" = String, description = "`cache` or `store`"))),
+        (status = 200, description = "The newest closed window (or, with `partial=true`, the open one when newer), merged across the matching series", body = LatestAnswer, headers(("X-Pulse-Source" = String, description = "`cache` or `store`"))),
         (status = 400, description = "A parameter is missing or wrong: `bad_query`, `missing_param`, `bad_window`, `bad_tags`, `bad_aggs`, `bad_range`, `bad_group_by`, ... (`message` says which and why)", body = pulse_server::openapi::ErrorBody),
         (status = 404, description = "`no_data`: no closed window of the metric (with the tags) exists yet", body = pulse_server::openapi::ErrorBody),
         (status = 500, description = "`store_error`: the store answered with something it could not have stored (a bug or corruption; see the logs)", body = pulse_server::openapi::ErrorBody),
@@ -81,9 +84,19 @@ pub(crate) async fn dashboard(
     Params(params): Params<LatestParams>,
 ) -> Result<Response, ApiError> {
     let request = LatestRequest::parse(&params, &state.windows)?;
-    let (results, source) = latest_results(&state, &request).await?;
+    let (mut results, mut source) = latest_results(&state, &request).await?;
+    let mut open = Vec::new();
+    if request.partial {
+        let partials = partial::read(&state, &request.metric, &request.window, &request.tags).await;
+        open = partial::still_open(partials, &results);
+        if partial::newest_is_open(&results, &open) {
+            source = Source::Cache;
+        }
+    }
     state.metrics.query(Endpoint::Dashboard, source);
-    let answer = answer::latest_answer(
+    let is_partial = partial::newest_is_open(&results, &open);
+    results.append(&mut open);
+    let mut answer = answer::latest_answer(
         &request.metric,
         &request.window,
         &results,
@@ -91,6 +104,7 @@ pub(crate) async fn dashboard(
         source,
     )
     .ok_or_else(|| no_data(&request, state.allowed_lateness))?;
+    answer.partial = is_partial;
     Ok((
         [(SOURCE_HEADER, HeaderValue::from_static(source.as_str()))],
         Json(answer),
@@ -160,7 +174,8 @@ fn no_data(request: &LatestRequest, allowed_lateness: Duration) -> ApiError {
 /// `GET /api/v1/query_range`: merged windows over a time range, optionally grouped.
 ///
 /// One series per combination of the `group_by` values, merged across the
-/// rest, with the anomalies found in the range.
+/// rest, with the anomalies found in the range. With `partial=true`, the
+/// windows still open in the range too, their points marked `"partial": true`.
 #[utoipa::path(
     get,
     path = "/api/v1/query_range",
@@ -191,7 +206,15 @@ pub(crate) async fn query_range(
     };
     let results = state.store.range(&query).await.map_err(store_error)?;
     state.metrics.query(Endpoint::QueryRange, Source::Store);
-    let (results, truncated) = answer::trim_to_limit(results, state.max_points_per_query);
+    let (mut results, truncated) = answer::trim_to_limit(results, state.max_points_per_query);
+    let mut open = Vec::new();
+    if request.partial {
+        let mut partials =
+            partial::read(&state, &request.metric, &resolution.source, &request.tags).await;
+        partials.retain(|r| (request.from_ms..request.to_ms).contains(&r.start_ms));
+        open = partial::still_open(partials, &results);
+        results.extend(open.iter().cloned());
+    }
     let mut anomalies = state
         .store
         .anomalies(&AnomalyQuery {
@@ -205,14 +228,16 @@ pub(crate) async fn query_range(
         .await
         .map_err(store_error)?;
     anomalies.retain(|a| a.window == request.window);
+    let mut series = answer::group_series(
+        results,
+        &request.group_by,
+        &request.aggs,
+        resolution.step_ms,
+    );
+    partial::mark(&mut series, &open, &request.group_by);
     Ok(Json(RangeAnswer {
         anomalies,
-        series: answer::group_series(
-            results,
-            &request.group_by,
-            &request.aggs,
-            resolution.step_ms,
-        ),
+        series,
         metric_name: request.metric,
         window: request.window,
         from_ms: request.from_ms,
@@ -371,10 +396,10 @@ pub(crate) fn index() -> Json<Value> {
         "service": "pulse-dashboard",
         "ui": "open / or /d/<dashboard> in a browser",
         "endpoints": {
-            "/dashboard": "latest closed window across series: metric, window, tags?, aggs?",
-            "/api/v1/query_range": "merged windows over time: metric, window, from?, to?, tags?, group_by?, aggs?, max_points?, step?",
+            "/dashboard": "latest closed window across series: metric, window, tags?, aggs?, partial?",
+            "/api/v1/query_range": "merged windows over time: metric, window, from?, to?, tags?, group_by?, aggs?, max_points?, step?, partial?",
             "/api/v1/metrics": "stored metrics and configured windows",
-            "/api/v1/live": "server-sent events of closed windows: metric?, window?",
+            "/api/v1/live": "server-sent events of closed windows (and open ones with partial=true): metric?, window?, partial?",
             "/api/v1/anomalies": "anomalies the rules found: metric, from?, to?, rule?, tags?, window?, state?",
             "/api/v1/tags": "tag keys and values of the series in a range: metric, window, from?, to?, tags?",
             "/api/v1/dashboards": "the dashboards the UI shows; /api/v1/dashboards/<name> for one",

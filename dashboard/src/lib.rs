@@ -37,6 +37,7 @@ mod live;
 mod metrics;
 mod openapi;
 mod params;
+mod partial;
 mod resolution;
 mod ui;
 

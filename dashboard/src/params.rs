@@ -45,6 +45,9 @@ pub struct LatestParams {
     /// Aggregations, comma-separated: `count, sum, min, max, avg, last` and quantiles `p0`…`p100` (one decimal); default every one.
     #[param(example = "avg,max,p95")]
     pub aggs: Option<String>,
+    /// `true`: also the window still open, as it stands (marked `"partial": true`; what has arrived so far, never stored).
+    #[param(example = true)]
+    pub partial: Option<bool>,
 }
 
 /// Raw parameters of `GET /api/v1/query_range`.
@@ -78,6 +81,9 @@ pub struct RangeParams {
     /// Width of each point, a multiple of the window's size (`5m`, `1h`); the answer may be coarser when `max_points` asks for it (`step_ms` says what was used). Not for sliding windows.
     #[param(example = "5m")]
     pub step: Option<String>,
+    /// `true`: also the window still open, as it stands (marked `"partial": true`; what has arrived so far, never stored).
+    #[param(example = true)]
+    pub partial: Option<bool>,
 }
 
 /// Raw parameters of `GET /api/v1/live`.
@@ -90,6 +96,9 @@ pub struct LiveParams {
     /// Only this window: a configured window label (`GET /api/v1/metrics` lists them); 400 `bad_window` otherwise.
     #[param(example = "1m")]
     pub window: Option<String>,
+    /// `true`: also `partial` events, the open windows as they stand, up to four a second per window.
+    #[param(example = true)]
+    pub partial: Option<bool>,
 }
 
 /// The window labels the pipeline computes, in configuration order. Only these
@@ -152,6 +161,8 @@ pub struct LatestRequest {
     pub window: String,
     pub tags: Tags,
     pub aggs: Vec<AggKind>,
+    /// Also the open window (`partial=true`).
+    pub partial: bool,
 }
 
 impl LatestRequest {
@@ -161,6 +172,7 @@ impl LatestRequest {
             window: windows.resolve(params.window.as_deref())?,
             tags: tags(params.tags.as_deref())?,
             aggs: aggs(params.aggs.as_deref())?,
+            partial: params.partial.unwrap_or(false),
         })
     }
 }
@@ -180,6 +192,8 @@ pub struct RangeRequest {
     pub max_points: usize,
     /// The width of a point asked for, if any.
     pub step_ms: Option<TimestampMs>,
+    /// Also the open windows in the range (`partial=true`).
+    pub partial: bool,
 }
 
 impl RangeRequest {
@@ -219,6 +233,7 @@ impl RangeRequest {
             to_ms,
             max_points: max_points(params.max_points.as_deref())?,
             step_ms: params.step.as_deref().map(step).transpose()?,
+            partial: params.partial.unwrap_or(false),
         })
     }
 }
@@ -228,6 +243,8 @@ impl RangeRequest {
 pub struct LiveFilter {
     pub metric: Option<String>,
     pub window: Option<String>,
+    /// Also `partial` events.
+    pub partial: bool,
 }
 
 impl LiveFilter {
@@ -246,6 +263,7 @@ impl LiveFilter {
         Ok(LiveFilter {
             metric: metric.map(str::to_string),
             window,
+            partial: params.partial.unwrap_or(false),
         })
     }
 
@@ -391,6 +409,7 @@ mod tests {
             window: Some("5m".into()),
             tags: Some("host:web-01,env=prod".into()),
             aggs: None,
+            partial: None,
         };
         let request = LatestRequest::parse(&params, &windows()).unwrap();
         assert_eq!(request.metric, "cpu_usage");
@@ -511,12 +530,14 @@ mod tests {
             open,
             LiveFilter {
                 metric: None,
-                window: None
+                window: None,
+                partial: false,
             }
         );
         let params = LiveParams {
             metric: None,
             window: Some("7m".into()),
+            partial: None,
         };
         assert!(LiveFilter::parse(&params, &windows()).is_err());
     }
@@ -535,6 +556,7 @@ mod tests {
         let params = LiveParams {
             metric: Some("cpu".into()),
             window: Some("1m".into()),
+            partial: None,
         };
         let filter = LiveFilter::parse(&params, &windows()).unwrap();
         assert!(filter.matches(&result("cpu", "1m")));

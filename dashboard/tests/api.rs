@@ -14,7 +14,7 @@ use pulse_core::config::Config;
 use pulse_core::{Aggregate, SeriesId, Tags, TimestampMs, WindowResult};
 use pulse_dashboard::Dashboard;
 use pulse_engine::cache::memory::MemoryCache;
-use pulse_engine::cache::{Cache, CacheError};
+use pulse_engine::cache::{Cache, CacheError, Partial};
 use pulse_engine::store::sqlite::SqliteStore;
 use pulse_engine::store::{Commit, Store};
 use serde_json::{Value, json};
@@ -360,6 +360,18 @@ impl Cache for DownCache {
     }
 
     async fn subscribe(&self) -> Result<BoxStream<'static, WindowResult>, CacheError> {
+        Err(CacheError::Unavailable("connection refused".into()))
+    }
+
+    async fn put_partial(&self, _: &[Partial]) -> Result<(), CacheError> {
+        Err(CacheError::Unavailable("connection refused".into()))
+    }
+
+    async fn partials(&self, _: &str, _: &str, _: i64) -> Result<Vec<WindowResult>, CacheError> {
+        Err(CacheError::Unavailable("connection refused".into()))
+    }
+
+    async fn subscribe_partial(&self) -> Result<BoxStream<'static, WindowResult>, CacheError> {
         Err(CacheError::Unavailable("connection refused".into()))
     }
 }
@@ -982,4 +994,130 @@ async fn with_read_tokens_the_pages_stay_open_and_the_new_endpoints_need_one() {
             "{closed}"
         );
     }
+}
+
+/// An open window as the processor publishes it, kept for a minute.
+fn open(result: WindowResult) -> Partial {
+    Partial {
+        result,
+        expires_ms: pulse_core::now_ms() + 60_000,
+    }
+}
+
+#[tokio::test]
+async fn partial_true_merges_the_open_window_and_marks_it() {
+    let fixture = Fixture::new(Config::default()).await;
+    fixture
+        .commit(vec![result(
+            "cpu_usage",
+            "5m",
+            &host("web-01"),
+            START,
+            &[1.0],
+        )])
+        .await;
+    let next = START + FIVE_MINUTES;
+    fixture
+        .cache
+        .put_partial(&[
+            open(result(
+                "cpu_usage",
+                "5m",
+                &host("web-01"),
+                next,
+                &[2.0, 6.0],
+            )),
+            open(result("cpu_usage", "5m", &host("web-02"), next, &[4.0])),
+            // The closed window's partial, not yet removed: never counted twice.
+            open(result("cpu_usage", "5m", &host("web-01"), START, &[1.0])),
+        ])
+        .await
+        .unwrap();
+
+    let plain = fixture
+        .get("/dashboard?metric=cpu_usage&window=5m&aggs=count")
+        .await
+        .json();
+    assert_eq!(plain["window_start_ms"], START, "{plain}");
+    assert!(plain.get("partial").is_none(), "{plain}");
+
+    let live = fixture
+        .get("/dashboard?metric=cpu_usage&window=5m&aggs=count,max&partial=true")
+        .await
+        .json();
+    assert_eq!(
+        (&live["window_start_ms"], &live["partial"], &live["series"]),
+        (&json!(next), &json!(true), &json!(2)),
+        "{live}"
+    );
+    assert_eq!(live["aggregations"], json!({"count": 3, "max": 6.0}));
+    let filtered = fixture
+        .get("/dashboard?metric=cpu_usage&window=5m&aggs=count&partial=true&tags=host:web-02")
+        .await
+        .json();
+    assert_eq!(filtered["aggregations"]["count"], 1, "{filtered}");
+
+    let range = format!(
+        "/api/v1/query_range?metric=cpu_usage&window=5m&from={}&to={}&aggs=count",
+        START / 1000,
+        (next + FIVE_MINUTES) / 1000
+    );
+    let closed = fixture.get(&range).await.json();
+    assert_eq!(
+        closed["series"][0]["points"].as_array().unwrap().len(),
+        1,
+        "{closed}"
+    );
+    let both = fixture.get(&format!("{range}&partial=true")).await.json();
+    assert_eq!(
+        both["series"][0]["points"],
+        json!([
+            {"window_start_ms": START, "window_end_ms": START + FIVE_MINUTES, "aggregations": {"count": 1}},
+            {"window_start_ms": next, "window_end_ms": next + FIVE_MINUTES, "aggregations": {"count": 3}, "partial": true},
+        ]),
+        "{both}"
+    );
+
+    // Recorded closed, the window is answered whole and unmarked.
+    fixture
+        .cache
+        .put_latest(&[
+            result("cpu_usage", "5m", &host("web-01"), next, &[2.0, 6.0]),
+            result("cpu_usage", "5m", &host("web-02"), next, &[4.0]),
+        ])
+        .await
+        .unwrap();
+    let closed = fixture
+        .get("/dashboard?metric=cpu_usage&window=5m&aggs=count&partial=true")
+        .await
+        .json();
+    assert_eq!(closed["window_start_ms"], next, "{closed}");
+    assert_eq!(closed["aggregations"]["count"], 3, "{closed}");
+    assert!(closed.get("partial").is_none(), "{closed}");
+}
+
+#[tokio::test]
+async fn partial_true_with_the_cache_down_answers_the_closed_windows() {
+    let fixture = Fixture::with_cache(Config::default(), Some(Arc::new(DownCache))).await;
+    fixture
+        .commit(vec![result(
+            "cpu_usage",
+            "5m",
+            &host("web-01"),
+            START,
+            &[4.0],
+        )])
+        .await;
+    let answer = fixture
+        .get("/dashboard?metric=cpu_usage&window=5m&aggs=max&partial=true")
+        .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.json()["aggregations"]["max"], 4.0);
+    let live = fixture.get("/api/v1/live?partial=true").await;
+    assert_eq!(live.status, StatusCode::SERVICE_UNAVAILABLE);
+    let bad = fixture
+        .get("/dashboard?metric=cpu_usage&window=5m&partial=maybe")
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert_eq!(bad.json()["error"]["code"], "bad_query");
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use pulse_core::{Aggregate, Point, SeriesId, Tags, WindowResult};
 
 use crate::bus::{BusConsumer, BusProducer, ConsumerEvent, OutgoingRecord};
-use crate::cache::Cache;
+use crate::cache::{Cache, Partial};
 use crate::store::{
     BatchMark, Claim, Commit, DeadLetter, LateCount, OpenWindowKey, OpenWindowState,
     PartitionCheckpoint, RawPoint, ResultQuery, SeriesRow, Store, StoreError,
@@ -687,6 +687,65 @@ pub async fn cache_suite(cache: &dyn Cache) {
         .unwrap()
         .unwrap();
     assert_eq!((got.start_ms, got.agg.last), (180_000, 7.0));
+    partials_replace_expire_and_close(cache).await;
+}
+
+/// Partials: the newest state of each open window, announced as written,
+/// skipped once expired, and gone when the window is recorded closed.
+async fn partials_replace_expire_and_close(cache: &dyn Cache) {
+    use futures::StreamExt;
+    let now = pulse_core::now_ms();
+    let partial = |host: &str, start: i64, values: &[f64], expires_ms: i64| Partial {
+        result: result("cpu", host, "1m", start, values),
+        expires_ms,
+    };
+    assert!(cache.partials("cpu", "1m", now).await.unwrap().is_empty());
+    let mut live = cache.subscribe_partial().await.unwrap();
+    cache
+        .put_partial(&[
+            partial("a", 240_000, &[1.0], now + 60_000),
+            partial("b", 240_000, &[2.0], now + 60_000),
+        ])
+        .await
+        .unwrap();
+    cache
+        .put_partial(&[partial("a", 240_000, &[1.0, 4.0], now + 60_000)])
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), live.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((got.start_ms, got.agg.count), (240_000, 1));
+    let mut open = cache.partials("cpu", "1m", now).await.unwrap();
+    open.sort_by(|a, b| a.agg.max.total_cmp(&b.agg.max));
+    let counts: Vec<(u64, f64)> = open.iter().map(|r| (r.agg.count, r.agg.max)).collect();
+    assert_eq!(
+        counts,
+        [(1, 2.0), (2, 4.0)],
+        "the newer state of `a` replaced its older one"
+    );
+    assert_eq!(
+        cache
+            .partials("cpu", "1m", now + 60_000)
+            .await
+            .unwrap()
+            .len(),
+        0,
+        "expired partials are not answered"
+    );
+    cache
+        .put_latest(&[result("cpu", "a", "1m", 240_000, &[1.0, 4.0])])
+        .await
+        .unwrap();
+    let open = cache.partials("cpu", "1m", now).await.unwrap();
+    assert_eq!(open.len(), 1, "closing `a`'s window removed its partial");
+    assert_eq!(open[0].agg.max, 2.0);
+    cache
+        .put_latest(&[result("cpu", "b", "1m", 240_000, &[2.0])])
+        .await
+        .unwrap();
+    assert!(cache.partials("cpu", "1m", now).await.unwrap().is_empty());
 }
 
 mod embedded {

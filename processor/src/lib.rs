@@ -7,6 +7,7 @@ mod checkpoint;
 pub mod deliver;
 pub mod judge;
 pub mod metrics;
+mod partial;
 mod post;
 pub mod run;
 mod status;

@@ -50,6 +50,9 @@ pub struct ProcessorMetrics {
     pub fenced_commits: Counter,
     pub commit_seconds: Histogram,
     pub cache_failures: Counter,
+    pub partials: Counter,
+    pub partial_failures: Counter,
+    pub partials_deferred: Counter,
 }
 
 impl ProcessorMetrics {
@@ -72,6 +75,9 @@ impl ProcessorMetrics {
             fenced_commits: Counter::default(),
             commit_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             cache_failures: Counter::default(),
+            partials: Counter::default(),
+            partial_failures: Counter::default(),
+            partials_deferred: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("pulse_processor");
         r.register("points", "Points aggregated", m.points.clone());
@@ -158,6 +164,21 @@ impl ProcessorMetrics {
             "cache_failures",
             "Cache updates that failed (the store stays authoritative)",
             m.cache_failures.clone(),
+        );
+        r.register(
+            "partials",
+            "Open windows' partials published to the cache (never stored)",
+            m.partials.clone(),
+        );
+        r.register(
+            "partial_failures",
+            "Partial publications the cache refused (every open window is sent again next time)",
+            m.partial_failures.clone(),
+        );
+        r.register(
+            "partials_deferred",
+            "Series whose partials waited for a later publication (more than processor's per-publication bound changed)",
+            m.partials_deferred.clone(),
         );
         m
     }

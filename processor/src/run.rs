@@ -22,6 +22,7 @@ use crate::judge::Judge;
 use crate::metrics::{
     AnomalyMetrics, PartitionLabel, ProcessorMetrics, ReasonLabel, StateLabel, WindowLabel,
 };
+use crate::partial::{PARTIAL_EVERY, PartialPublisher};
 use crate::status::{Status, StatusCheck, lock};
 use crate::window::{Aggregator, Checkpointed, Forgotten, MarkPolicy, RestoreError};
 
@@ -64,6 +65,8 @@ pub struct Processor {
     anomaly_metrics: AnomalyMetrics,
     /// Sends the anomaly outbox; started by `run`.
     deliverer: Option<Deliverer>,
+    /// Lateness and idle timeout, which bound how long a partial is kept.
+    partial_keep: (Duration, Duration),
 }
 
 /// The OpenAPI 3.1 document of the processor's health port (`processor.listen`).
@@ -130,6 +133,10 @@ impl Processor {
             judge: Judge::new(rules),
             anomaly_metrics,
             deliverer: Some(deliverer),
+            partial_keep: (
+                config.processor.allowed_lateness,
+                config.processor.idle_timeout,
+            ),
         })
     }
 
@@ -164,6 +171,13 @@ impl Processor {
         });
         let interval = self.config.checkpoint_interval;
         let mut next_checkpoint = Instant::now() + interval;
+        let partials = PartialPublisher::start(
+            Arc::clone(&self.cache),
+            self.partial_keep.0,
+            self.partial_keep.1,
+            self.metrics.clone(),
+        );
+        let mut next_partial = Instant::now() + PARTIAL_EVERY;
         let mut backoff = Backoff::new(RETRY_FIRST, RETRY_CAP);
         loop {
             // While a checkpoint is being written, look for its end often, so
@@ -176,6 +190,7 @@ impl Processor {
                 Duration::from_millis(250)
             };
             let wait = next_checkpoint
+                .min(next_partial)
                 .saturating_duration_since(Instant::now())
                 .min(longest);
             let event = tokio::select! {
@@ -212,6 +227,10 @@ impl Processor {
                 }
             }
             backoff.reset();
+            if Instant::now() >= next_partial {
+                partials.offer(&mut self.aggregator);
+                next_partial = Instant::now() + PARTIAL_EVERY;
+            }
             if self.checkpoints.finished() && !self.settle(&shutdown).await? {
                 break;
             }

@@ -443,11 +443,13 @@ const STATUS_TEXT = {
 function startLive() {
   live?.stop();
   live = new LiveStream({
+    // `partial` events move the open window's point as points arrive.
+    path: "/api/v1/live?partial=true",
     onEvent(name, data) {
-      if (name !== "window" && name !== "anomaly") return;
+      if (name !== "window" && name !== "anomaly" && name !== "partial") return;
       const badge = $("live");
       badge.dataset.lastEvent = String(Date.now());
-      badge.title = `Last window closed: ${formatTime(data.window_end_ms ?? Date.now())}`;
+      if (name === "window") badge.title = `Last window closed: ${formatTime(data.window_end_ms ?? Date.now())}`;
       for (const p of panels) if (p.matches(data)) p.onLive(name, data);
       if (name === "anomaly") loadAlerts();
     },

@@ -18,9 +18,11 @@ function cssVar(name) {
  *
  * `series`: [{label, color}], `data`: [xs (seconds), ...ys] as uPlot takes it,
  * `range()`: [from, to] in seconds for the x axis, `anomalies()`: markers
- * [{x (seconds), y?, label}], `compact`: a sparkline (no axes, no tooltip).
+ * [{x (seconds), y?, label}], `provisional()`: points of windows still open
+ * [{x (seconds), y, color}], drawn hollow and dashed since they will move,
+ * `compact`: a sparkline (no axes, no tooltip).
  */
-export function lineChart(root, { series, data, range, anomalies = () => [], compact = false, height = 240 }) {
+export function lineChart(root, { series, data, range, anomalies = () => [], provisional = () => [], compact = false, height = 240 }) {
   const text = cssVar("--muted") || "#667";
   const grid = cssVar("--grid") || "rgba(128,128,128,.15)";
   const axis = {
@@ -63,7 +65,7 @@ export function lineChart(root, { series, data, range, anomalies = () => [], com
         points: { show: (u, si, i0, i1) => i1 - i0 < 60, size: 5, fill: s.color },
       })),
     ],
-    plugins: compact ? [] : [tooltipPlugin(series), anomalyPlugin(anomalies)],
+    plugins: compact ? [] : [tooltipPlugin(series), anomalyPlugin(anomalies), provisionalPlugin(provisional)],
   };
   // eslint-disable-next-line no-undef
   return new uPlot(opts, data, root);
@@ -169,6 +171,39 @@ function anomalyPlugin(anomalies) {
             ctx.lineWidth = 2 * devicePixelRatio;
             ctx.stroke();
           }
+        }
+        ctx.restore();
+      },
+    },
+  };
+}
+
+/**
+ * The open windows' points (`partial=true` answers): a hollow ring with a
+ * dashed outline over the line's point, so a value that is still moving never
+ * looks final. `data-provisional` on the chart holds how many are drawn.
+ */
+function provisionalPlugin(provisional) {
+  return {
+    hooks: {
+      draw: (u) => {
+        const list = provisional().filter((p) => p.y !== null && p.y !== undefined);
+        u.root.dataset.provisional = String(list.length);
+        if (list.length === 0) return;
+        const ctx = u.ctx;
+        const background = cssVar("--bg") || "#fff";
+        ctx.save();
+        ctx.lineWidth = 2 * devicePixelRatio;
+        ctx.setLineDash([3 * devicePixelRatio, 2 * devicePixelRatio]);
+        for (const p of list) {
+          const x = u.valToPos(p.x, "x", true);
+          const y = u.valToPos(p.y, "y", true);
+          ctx.beginPath();
+          ctx.arc(x, y, 5 * devicePixelRatio, 0, 2 * Math.PI);
+          ctx.fillStyle = background;
+          ctx.fill();
+          ctx.strokeStyle = p.color;
+          ctx.stroke();
         }
         ctx.restore();
       },

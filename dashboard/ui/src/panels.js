@@ -92,7 +92,7 @@ class Panel {
     return event.metric_name === q.metric && event.window === q.window && sameTags(event.tags, q.tags);
   }
 
-  /** A closed window (or anomaly) arrived: refresh from its start, soon. */
+  /** A closed window, an open one's partial (or an anomaly) arrived: refresh from its start, soon. */
   onLive(name, event) {
     if (name === "anomaly") {
       this.anomalies.push(event);
@@ -183,7 +183,8 @@ class LinePanel extends Panel {
     this.chartEl = el("div", "chart");
     this.legend = el("ul", "legend");
     this.body.append(this.chartEl, this.legend);
-    this.groups = new Map(); // JSON(tags) -> {tags, points: Map(start -> aggregations)}
+    // JSON(tags) -> {tags, points: Map(start -> aggregations), open: Set(starts of windows still open)}
+    this.groups = new Map();
     this.aggs = [];
     this.chart = null;
     this.seriesKey = "";
@@ -220,6 +221,7 @@ class LinePanel extends Panel {
       tags: tagFilter(q.tags),
       group_by: q.group_by.join(","),
       aggs: q.aggs.join(","),
+      partial: "true",
     };
   }
 
@@ -227,12 +229,16 @@ class LinePanel extends Panel {
   merge(answer, fromMs) {
     for (const group of this.groups.values()) {
       for (const start of [...group.points.keys()]) if (start >= fromMs) group.points.delete(start);
+      for (const start of [...group.open]) if (start >= fromMs) group.open.delete(start);
     }
     for (const s of answer.series ?? []) {
       const key = JSON.stringify(s.tags);
-      if (!this.groups.has(key)) this.groups.set(key, { tags: s.tags, points: new Map() });
+      if (!this.groups.has(key)) this.groups.set(key, { tags: s.tags, points: new Map(), open: new Set() });
       const group = this.groups.get(key);
-      for (const p of s.points) group.points.set(p.window_start_ms, p.aggregations);
+      for (const p of s.points) {
+        group.points.set(p.window_start_ms, p.aggregations);
+        if (p.partial) group.open.add(p.window_start_ms); // still open: drawn provisional
+      }
       for (const a of s.anomalies ?? []) this.anomalies.push({ tags: s.tags, ...a });
     }
     for (const a of answer.anomalies ?? []) this.anomalies.push(a);
@@ -243,6 +249,7 @@ class LinePanel extends Panel {
     const { fromMs } = this.ctx.range();
     for (const group of this.groups.values()) {
       for (const start of [...group.points.keys()]) if (start < fromMs) group.points.delete(start);
+      for (const start of [...group.open]) if (start < fromMs) group.open.delete(start);
     }
     this.render(this.truncated);
   }
@@ -261,7 +268,7 @@ class LinePanel extends Panel {
       for (const agg of this.aggs) {
         const named = Object.keys(group.tags).length > 0;
         const label = named ? groupLabel(group.tags) + (this.aggs.length > 1 ? ` · ${agg}` : "") : agg;
-        lines.push({ label, tags: group.tags, agg, points: group.points, color: PALETTE[lines.length % PALETTE.length] });
+        lines.push({ label, tags: group.tags, agg, points: group.points, open: group.open, color: PALETTE[lines.length % PALETTE.length] });
       }
     }
     const data = [
@@ -270,6 +277,7 @@ class LinePanel extends Panel {
     ];
     this.lines = lines;
     this.el.dataset.points = String(starts.length);
+    this.el.dataset.partial = String(new Set(groups.flatMap(([, g]) => [...g.open])).size);
     this.el.dataset.series = String(lines.length);
     this.badge.textContent = truncated ? "truncated" : "";
     this.badge.title = truncated ? "More windows than dashboard.max_points_per_query: the oldest are not shown" : "";
@@ -295,11 +303,21 @@ class LinePanel extends Panel {
         data,
         range,
         anomalies: () => this.anomalyMarks(this.lines),
+        provisional: () => this.provisionalMarks(this.lines),
       });
     }
     this.renderLegend(lines, data);
     this.markUpdated();
     this.ctx.onChart();
+  }
+
+  /** The points of windows still open, per visible line. */
+  provisionalMarks(lines) {
+    return lines.flatMap((line, i) =>
+      this.chart?.series[i + 1]?.show === false
+        ? []
+        : [...line.open].map((start) => ({ x: start / 1000, y: line.points.get(start)?.[line.agg], color: line.color })),
+    );
   }
 
   renderLegend(lines, data) {

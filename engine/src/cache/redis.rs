@@ -10,6 +10,7 @@
 //! |---|---|---|
 //! | `P:latest:<metric>:<window>` | hash | field = series id as 16 lowercase hex digits, value = the newest result of that series ([value format](#value-format)) |
 //! | `P:live` | pub/sub channel | one message per newly closed window, same value format |
+//! | `P:partial:<metric>:<window>`, `P:partial-live` | hash, pub/sub channel | the open windows' partials ([`partial`]) |
 //!
 //! Metric names may contain `:` but window labels (`5m`, `10m/1m`) never do, so
 //! the last `:` of a latest key always separates the two.
@@ -63,13 +64,15 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use pulse_core::codec::state::{decode_state, encode_state};
-use pulse_core::{SeriesId, WindowResult};
+use pulse_core::{SeriesId, TimestampMs, WindowResult};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, ClientTlsConfig, RedisError, Script, TlsCertificates};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{Cache, CacheError};
+use super::{Cache, CacheError, Partial};
+
+mod partial;
 
 /// The version byte of [the value format](self#value-format).
 pub const VALUE_VERSION: u8 = 1;
@@ -308,6 +311,7 @@ fn series_field(id: SeriesId) -> String {
 #[async_trait]
 impl Cache for RedisCache {
     async fn put_latest(&self, results: &[WindowResult]) -> Result<(), CacheError> {
+        self.close_partials(results).await?;
         for batch in results.chunks(MAX_RESULTS_PER_SCRIPT) {
             // KEYS are 1-based in Lua; results of one hash share an index.
             let mut keys: Vec<String> = Vec::new();
@@ -416,6 +420,30 @@ impl Cache for RedisCache {
             })
     }
 
+    /// Opens a dedicated pub/sub connection (see [`RedisCache::subscribe_to`]).
+    async fn subscribe(&self) -> Result<BoxStream<'static, WindowResult>, CacheError> {
+        self.subscribe_to(self.live_channel.clone()).await
+    }
+
+    async fn put_partial(&self, partials: &[Partial]) -> Result<(), CacheError> {
+        self.write_partials(partials).await
+    }
+
+    async fn partials(
+        &self,
+        metric: &str,
+        window: &str,
+        now_ms: TimestampMs,
+    ) -> Result<Vec<WindowResult>, CacheError> {
+        self.read_partials(metric, window, now_ms).await
+    }
+
+    async fn subscribe_partial(&self) -> Result<BoxStream<'static, WindowResult>, CacheError> {
+        self.subscribe_to(self.partial_channel()).await
+    }
+}
+
+impl RedisCache {
     /// Opens a dedicated pub/sub connection (a subscribed Redis connection can
     /// do nothing else) and returns once Redis confirmed the subscription, so
     /// everything published after this returns is received.
@@ -423,8 +451,11 @@ impl Cache for RedisCache {
     /// The stream ends when the connection is lost; it does not resubscribe,
     /// since windows published meanwhile would be missing without a sign. The
     /// live endpoint's client reconnects and re-queries instead.
-    async fn subscribe(&self) -> Result<BoxStream<'static, WindowResult>, CacheError> {
-        let what = format!("subscribing to {}", self.live_channel);
+    async fn subscribe_to(
+        &self,
+        channel: String,
+    ) -> Result<BoxStream<'static, WindowResult>, CacheError> {
+        let what = format!("subscribing to {channel}");
         let mut pubsub = tokio::time::timeout(CONNECT_TIMEOUT, self.client.get_async_pubsub())
             .await
             .map_err(|_| {
@@ -434,7 +465,7 @@ impl Cache for RedisCache {
                 ))
             })?
             .map_err(|e| self.error(&what, &e))?;
-        tokio::time::timeout(RESPONSE_TIMEOUT, pubsub.subscribe(&self.live_channel))
+        tokio::time::timeout(RESPONSE_TIMEOUT, pubsub.subscribe(&channel))
             .await
             .map_err(|_| {
                 CacheError::Unavailable(format!(
@@ -446,7 +477,6 @@ impl Cache for RedisCache {
 
         let (sender, receiver) = mpsc::channel(LIVE_BUFFER);
         let messages = pubsub.into_on_message();
-        let channel = self.live_channel.clone();
         tokio::spawn(relay_live(messages, sender, channel.clone()));
         tracing::debug!(channel = %channel, target_addr = %self.target, "live subscription opened");
         Ok(ReceiverStream::new(receiver).boxed())

@@ -312,6 +312,19 @@ impl Aggregator {
         }
     }
 
+    /// The open windows as they stand of series changed since the last call
+    /// (every series when `all`), about `max` at most, and how many series
+    /// were left for the next call. Never part of a checkpoint (see
+    /// the partition's `partial` module).
+    pub fn partials(&mut self, all: bool, max: usize) -> (Vec<WindowResult>, usize) {
+        let mut out = Vec::new();
+        let mut left = 0;
+        for p in self.partitions.values_mut() {
+            left += p.partials_into(all, max, &self.layout, &mut out);
+        }
+        (out, left)
+    }
+
     /// Windows currently open, across partitions.
     pub fn open_windows(&self) -> usize {
         self.partitions

@@ -24,6 +24,8 @@ use super::marks::{Forgotten, MarkPolicy, Marks};
 use super::{RestoreError, Timing};
 use crate::watermark::Clock;
 
+mod partial;
+
 /// An open window: identity `(series, window index, start)`.
 type Key = (SeriesId, u16, TimestampMs);
 
@@ -38,6 +40,8 @@ struct Open {
     feeds: u64,
     /// Changed since the last checkpoint.
     dirty: bool,
+    /// Changed since its partial was last taken (see [`partial`]).
+    fresh: bool,
     /// Some state of it is in the store, so closing it must delete that.
     persisted: bool,
 }
@@ -286,6 +290,7 @@ impl PartitionWindows {
                     agg: window.agg.clone(),
                     feeds,
                     dirty: false,
+                    fresh: true,
                     persisted: true,
                 },
             );
@@ -516,6 +521,7 @@ impl PartitionWindows {
                         let open = slot.into_mut();
                         open.agg.add(point.value, ts);
                         open.dirty = true;
+                        open.fresh = true;
                         reached |= open.feeds;
                     }
                     Entry::Vacant(slot) => {
@@ -532,6 +538,7 @@ impl PartitionWindows {
                             agg,
                             feeds: layout.feeds(index),
                             dirty: true,
+                            fresh: true,
                             persisted: false,
                         });
                         self.by_end.entry(end).or_default().push(key);
@@ -657,6 +664,7 @@ impl PartitionWindows {
                         agg: Aggregate::new(),
                         feeds: layout.feeds(target),
                         dirty: true,
+                        fresh: true,
                         persisted: false,
                     }
                 });
@@ -665,6 +673,7 @@ impl PartitionWindows {
                 if Arc::ptr_eq(&open.name, name) {
                     open.agg.merge(agg);
                     open.dirty = true;
+                    open.fresh = true;
                 }
             }
         }
