@@ -324,7 +324,7 @@ async fn measure_up(
         .map_err(|e| format!("pulse up did not start: {e}"))?;
     let client = reqwest::Client::new();
     let base = format!("http://{}", running.dashboard);
-    let outcome = async {
+    let outcome: Result<EngineResult, String> = async {
         let mut spans = Vec::new();
         for (span, ms) in SPANS {
             let from = end - ms.min(sizes.minutes * MIN);
