@@ -19,6 +19,7 @@ use async_trait::async_trait;
 use pulse_core::{Point, SeriesId, Tags, TimestampMs, WindowResult};
 
 pub mod anomaly;
+mod columns;
 mod marks;
 pub mod postgres;
 pub mod sqlite;
