@@ -517,20 +517,26 @@ impl Store for SqliteStore {
 
     async fn metrics(&self) -> Result<Vec<MetricInfo>, StoreError> {
         let rows = sqlx::query(
-            "SELECT s.metric, COUNT(*), (SELECT MAX(r.window_end) FROM window_results r WHERE r.metric = s.metric) \
+            "SELECT s.metric, COUNT(*), (SELECT MAX(r.window_end) FROM window_results r WHERE r.metric = s.metric), \
+             (SELECT r.kind FROM window_results r WHERE r.metric = s.metric ORDER BY r.window_end DESC LIMIT 1) \
              FROM series s GROUP BY s.metric ORDER BY s.metric",
         )
         .fetch_all(&self.pool)
         .await
         .map_err(unavailable)?;
-        Ok(rows
-            .iter()
-            .map(|row| MetricInfo {
-                name: row.get(0),
-                series: row.get::<i64, _>(1) as u64,
-                last_window_end_ms: row.get(2),
+        rows.iter()
+            .map(|row| {
+                Ok(MetricInfo {
+                    name: row.get(0),
+                    series: row.get::<i64, _>(1) as u64,
+                    last_window_end_ms: row.get(2),
+                    kind: row
+                        .get::<Option<i32>, _>(3)
+                        .map(columns::kind)
+                        .transpose()?,
+                })
             })
-            .collect())
+            .collect()
     }
 
     async fn late_counts(&self, metric: &str) -> Result<Vec<LateCount>, StoreError> {

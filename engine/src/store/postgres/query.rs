@@ -167,7 +167,9 @@ pub(super) async fn raw_points(
 pub(super) async fn metrics(pool: &PgPool) -> Result<Vec<MetricInfo>, StoreError> {
     let rows = sqlx::query(
         "SELECT s.metric, count(*), \
-         (SELECT max(r.window_end) FROM window_results r WHERE r.metric = s.metric) \
+         (SELECT max(r.window_end) FROM window_results r WHERE r.metric = s.metric), \
+         (SELECT r.kind FROM window_results r WHERE r.metric = s.metric \
+          ORDER BY r.window_end DESC LIMIT 1) \
          FROM series s GROUP BY s.metric ORDER BY s.metric",
     )
     .fetch_all(pool)
@@ -179,6 +181,9 @@ pub(super) async fn metrics(pool: &PgPool) -> Result<Vec<MetricInfo>, StoreError
                 name: col(row, 0)?,
                 series: col::<i64>(row, 1)? as u64,
                 last_window_end_ms: col(row, 2)?,
+                kind: col::<Option<i32>>(row, 3)?
+                    .map(columns::kind)
+                    .transpose()?,
             })
         })
         .collect()
