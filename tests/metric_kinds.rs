@@ -75,7 +75,10 @@ async fn counters_histograms_and_exact_values_answer_what_users_check() {
     // A counter on two pods, scraped every 15 s from the window's start;
     // pod a restarts between its second and third scrape.
     let mut points = Vec::new();
-    for (pod, values) in [("a", [10.0, 20.0, 5.0, 15.0]), ("b", [100.0, 110.0, 120.0, 130.0])] {
+    for (pod, values) in [
+        ("a", [10.0, 20.0, 5.0, 15.0]),
+        ("b", [100.0, 110.0, 120.0, 130.0]),
+    ] {
         for (i, v) in values.into_iter().enumerate() {
             points.push(json!({"metric_name": "requests_total", "kind": "counter",
                 "value": v, "timestamp": at(15 * i as i64), "tags": {"pod": pod}}));
@@ -96,7 +99,9 @@ async fn counters_histograms_and_exact_values_answer_what_users_check() {
     // A value with 17 significant digits, and tag values with a comma.
     points.push(json!({"metric_name": "precise", "timestamp": at(5), "value": 0.0}));
     for (path, v) in [("/a,b", 7.0), ("/a", 1.0)] {
-        points.push(json!({"metric_name": "paths", "value": v, "timestamp": at(5), "tags": {"path": path}}));
+        points.push(
+            json!({"metric_name": "paths", "value": v, "timestamp": at(5), "tags": {"path": path}}),
+        );
     }
     // The precise value goes in as the client wrote it.
     let body = serde_json::to_string(&points).unwrap().replacen(
@@ -115,27 +120,58 @@ async fn counters_histograms_and_exact_values_answer_what_users_check() {
     // Counter: per pod, the growth with the reset counted (a: 10 + 5 + 10,
     // b: 30), extrapolated over the 15 s after the last scrape as
     // Prometheus's increase() does (x 60/45); across pods, the sum.
-    let a = window(&client, &dashboard, "metric=requests_total&tags=pod:a&aggs=count,increase,rate,last", 4).await;
-    close(&a["aggregations"]["increase"], 25.0 * 60.0 / 45.0, "increase of pod a");
-    let both = window(&client, &dashboard, "metric=requests_total&aggs=count,increase,rate,last", 8).await;
+    let a = window(
+        &client,
+        &dashboard,
+        "metric=requests_total&tags=pod:a&aggs=count,increase,rate,last",
+        4,
+    )
+    .await;
+    close(
+        &a["aggregations"]["increase"],
+        25.0 * 60.0 / 45.0,
+        "increase of pod a",
+    );
+    let both = window(
+        &client,
+        &dashboard,
+        "metric=requests_total&aggs=count,increase,rate,last",
+        8,
+    )
+    .await;
     let increase = (25.0 + 30.0) * 60.0 / 45.0;
     close(&both["aggregations"]["increase"], increase, "increase");
     close(&both["aggregations"]["rate"], increase / 60.0, "rate");
-    close(&both["aggregations"]["last"], 15.0 + 130.0, "last across pods");
+    close(
+        &both["aggregations"]["last"],
+        15.0 + 130.0,
+        "last across pods",
+    );
 
     // Histogram: p95 of both pods' observations merged, count and sum exact.
-    let h = window(&client, &dashboard, "metric=req_seconds&aggs=p95,count,sum", 200).await;
+    let h = window(
+        &client,
+        &dashboard,
+        "metric=req_seconds&aggs=p95,count,sum",
+        200,
+    )
+    .await;
     let mut all: Vec<f64> = fast.iter().chain(&slow).copied().collect();
     all.sort_by(f64::total_cmp);
     let exact = all[(0.95 * 199.0) as usize];
     let p95 = h["aggregations"]["p95"].as_f64().unwrap();
-    assert!((p95 - exact).abs() / exact <= 0.01, "p95 {p95}, exact {exact}");
+    assert!(
+        (p95 - exact).abs() / exact <= 0.01,
+        "p95 {p95}, exact {exact}"
+    );
     close(&h["aggregations"]["sum"], all.iter().sum(), "sum");
 
     // Bit for bit: the answer's text holds the value as sent.
     window(&client, &dashboard, "metric=precise&aggs=count,last", 1).await;
     let text = client
-        .get(format!("{dashboard}/dashboard?metric=precise&window=1m&aggs=last,max"))
+        .get(format!(
+            "{dashboard}/dashboard?metric=precise&window=1m&aggs=last,max"
+        ))
         .send()
         .await
         .unwrap()
@@ -150,7 +186,13 @@ async fn counters_histograms_and_exact_values_answer_what_users_check() {
     );
 
     // A quoted filter value may hold a comma.
-    let p = window(&client, &dashboard, "metric=paths&tags=path:%22/a,b%22&aggs=count,last", 1).await;
+    let p = window(
+        &client,
+        &dashboard,
+        "metric=paths&tags=path:%22/a,b%22&aggs=count,last",
+        1,
+    )
+    .await;
     assert_eq!(p["aggregations"]["last"], json!(7.0));
 
     // The metrics list says what each metric is.

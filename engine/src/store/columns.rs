@@ -32,11 +32,7 @@ pub fn agg_columns(alias: &str) -> String {
 
 /// The percentiles of `agg` stored as `p50`, `p90`, `p95`, `p99`.
 pub fn percentiles(agg: &Aggregate) -> [Option<f64>; 4] {
-    ["p50", "p90", "p95", "p99"].map(|q| {
-        q.parse::<AggKind>()
-            .ok()
-            .and_then(|kind| agg.value(kind))
-    })
+    ["p50", "p90", "p95", "p99"].map(|q| q.parse::<AggKind>().ok().and_then(|kind| agg.value(kind)))
 }
 
 /// The kind stored as `code`.

@@ -10,10 +10,9 @@ use sqlx::sqlite::{SqlitePool, SqliteRow};
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::{
-    columns,
     AnomalyQuery, Checkpoint, Claim, Commit, DeadLetter, Delivery, DeliveryOutcome, DetectorState,
     LateCount, MetricInfo, OpenWindowKey, OpenWindowState, PartitionCheckpoint, ResultQuery,
-    RetentionReport, Store, StoreError, anomaly, combine_results, merge_results,
+    RetentionReport, Store, StoreError, anomaly, columns, combine_results, merge_results,
 };
 
 /// Rows per multi-row statement; 20 parameters each stays below SQLite's

@@ -181,9 +181,7 @@ pub(super) async fn metrics(pool: &PgPool) -> Result<Vec<MetricInfo>, StoreError
                 name: col(row, 0)?,
                 series: col::<i64>(row, 1)? as u64,
                 last_window_end_ms: col(row, 2)?,
-                kind: col::<Option<i32>>(row, 3)?
-                    .map(columns::kind)
-                    .transpose()?,
+                kind: col::<Option<i32>>(row, 3)?.map(columns::kind).transpose()?,
             })
         })
         .collect()
