@@ -12,6 +12,9 @@ const SERIES: usize = 10;
 /// Points per series, one every 36 s: the last two hours.
 const POINTS: i64 = 200;
 
+/// Name, kind, count, sum, last, increase and p50 of a `metric_windows` row.
+type WindowRow = (String, String, i64, f64, f64, f64, Option<f64>);
+
 fn tags(s: usize) -> Tags {
     [("host".to_string(), format!("h{s}"))].into()
 }
@@ -99,9 +102,9 @@ async fn the_seed_query_reads_the_views_through_their_time_indexes() {
         let seed = "SELECT metric_name, kind, count, sum, last, increase, p50, p99 \
                     FROM metric_windows \
                     WHERE metric_name = 'm7' AND ts > now() - interval '5 minutes'";
-        let rows: Vec<(String, String, i64, f64, f64, f64, Option<f64>)> = sqlx::query_as(
-            &format!("SELECT metric_name, kind, count, sum, last, increase, p50 FROM ({seed}) q"),
-        )
+        let rows: Vec<WindowRow> = sqlx::query_as(&format!(
+            "SELECT metric_name, kind, count, sum, last, increase, p50 FROM ({seed}) q"
+        ))
         .fetch_all(&store.pool)
         .await
         .unwrap();
