@@ -2,13 +2,14 @@
 //! shapes of every endpoint. Pure, so the arithmetic of the API is tested without
 //! a store, a cache or HTTP.
 //!
-//! Results are always combined with [`Aggregate::merge`], never by averaging their
-//! values: the p95 of three hosts is the p95 of the union of their points.
+//! Results are always combined with [`Combined`], never by averaging their
+//! values: the p95 of three hosts is the p95 of the union of their points, and
+//! a counter's `increase`, `rate` and `last` add up across its series.
 
-use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 
-use pulse_core::{AggKind, Aggregate, Tags, TimestampMs, WindowResult};
+use pulse_core::result::Combined;
+use pulse_core::{AggKind, Tags, TimestampMs, WindowResult};
 use pulse_engine::store::MetricInfo;
 use serde::{Serialize, Serializer};
 use utoipa::ToSchema;
@@ -40,8 +41,14 @@ impl Source {
 pub struct AggValues(Vec<(AggKind, Option<f64>)>);
 
 impl AggValues {
-    pub fn of(agg: &Aggregate, kinds: &[AggKind]) -> AggValues {
-        AggValues(kinds.iter().map(|&k| (k, agg.value(k))).collect())
+    /// The values of `kinds` across the combined series.
+    pub fn of(combined: &Combined, kinds: &[AggKind]) -> AggValues {
+        AggValues(kinds.iter().map(|&k| (k, combined.value(k))).collect())
+    }
+
+    /// The values of `kinds` of one series' window.
+    pub fn of_one(result: &WindowResult, kinds: &[AggKind]) -> AggValues {
+        AggValues(kinds.iter().map(|&k| (k, result.value(k))).collect())
     }
 }
 
@@ -111,7 +118,7 @@ pub fn latest_answer(
     let start = results.iter().map(|r| r.start_ms).max()?;
     let newest: Vec<&WindowResult> = results.iter().filter(|r| r.start_ms == start).collect();
     let end = newest.iter().map(|r| r.end_ms).max().unwrap_or(start);
-    let merged = merge(newest.iter().map(|r| &r.agg));
+    let merged = Combined::of(newest.iter().copied());
     Some(LatestAnswer {
         metric_name: metric.to_string(),
         window: window.to_string(),
@@ -124,14 +131,6 @@ pub fn latest_answer(
         source,
         partial: false,
     })
-}
-
-fn merge<'a>(aggs: impl IntoIterator<Item = &'a Aggregate>) -> Aggregate {
-    let mut merged = Aggregate::new();
-    for agg in aggs {
-        merged.merge(agg);
-    }
-    merged
 }
 
 /// The `GET /api/v1/query_range` answer.
@@ -208,34 +207,34 @@ pub struct PointAnswer {
 /// lands in one group. Groups come ordered by their tag values, points by start.
 ///
 /// A point's bounds are those of the windows it merged, so a point the range
-/// cuts (its first or last) says what it covers. The first window of a point
-/// is moved in, not merged into an empty aggregate, so a point of one window
-/// (one series per group, step of one window) costs no sketch copy.
+/// cuts (its first or last) says what it covers. Series of one window start
+/// combine as [`Combined`] says (a counter's increase, rate and last add up
+/// across series); a point of several starts extends them in time
+/// ([`Combined::extend_in_time`]: the rate over the whole point, the last
+/// window's `last`).
 pub fn group_series(
     results: Vec<WindowResult>,
     group_by: &[String],
     aggs: &[AggKind],
     step_ms: TimestampMs,
 ) -> Vec<SeriesAnswer> {
-    type Points = BTreeMap<TimestampMs, (TimestampMs, TimestampMs, Aggregate)>;
-    let mut groups: BTreeMap<Vec<String>, Points> = BTreeMap::new();
-    for result in results {
+    // Group → point (bucket) → window start → the group's series at that start.
+    type Windows = BTreeMap<TimestampMs, (TimestampMs, Combined)>;
+    let mut groups: BTreeMap<Vec<String>, BTreeMap<TimestampMs, Windows>> = BTreeMap::new();
+    for result in &results {
         let key: Vec<String> = group_by
             .iter()
             .map(|k| result.tags.get(k).cloned().unwrap_or_default())
             .collect();
-        let points = groups.entry(key).or_default();
-        match points.entry(bucket(result.start_ms, step_ms)) {
-            Entry::Vacant(slot) => {
-                slot.insert((result.start_ms, result.end_ms, result.agg));
-            }
-            Entry::Occupied(mut slot) => {
-                let (start, end, agg) = slot.get_mut();
-                *start = (*start).min(result.start_ms);
-                *end = (*end).max(result.end_ms);
-                agg.merge(&result.agg);
-            }
-        }
+        let (end, combined) = groups
+            .entry(key)
+            .or_default()
+            .entry(bucket(result.start_ms, step_ms))
+            .or_default()
+            .entry(result.start_ms)
+            .or_insert_with(|| (result.end_ms, Combined::default()));
+        *end = (*end).max(result.end_ms);
+        combined.add(result);
     }
     groups
         .into_iter()
@@ -243,15 +242,30 @@ pub fn group_series(
             tags: group_by.iter().cloned().zip(values).collect(),
             points: points
                 .into_values()
-                .map(|(start, end, agg)| PointAnswer {
+                .filter_map(point_of_windows)
+                .map(|(start, end, combined)| PointAnswer {
                     window_start_ms: start,
                     window_end_ms: end,
-                    aggregations: AggValues::of(&agg, aggs),
+                    aggregations: AggValues::of(&combined, aggs),
                     partial: false,
                 })
                 .collect(),
         })
         .collect()
+}
+
+/// One point of a range answer from its windows in time order (one, or
+/// several when a coarse step merges them): its bounds and their values.
+fn point_of_windows(
+    windows: BTreeMap<TimestampMs, (TimestampMs, Combined)>,
+) -> Option<(TimestampMs, TimestampMs, Combined)> {
+    let mut windows = windows.into_iter();
+    let (start, (mut end, mut combined)) = windows.next()?;
+    for (_, (later_end, later)) in windows {
+        end = end.max(later_end);
+        combined.extend_in_time(&later, start, end);
+    }
+    Some((start, end, combined))
 }
 
 /// Cuts a range read to at most `limit` rows. The read asked the store for
@@ -303,7 +317,7 @@ pub fn live_event<'a>(result: &'a WindowResult, aggs: &[AggKind]) -> LiveEvent<'
         tags: &result.tags,
         window_start_ms: result.start_ms,
         window_end_ms: result.end_ms,
-        aggregations: AggValues::of(&result.agg, aggs),
+        aggregations: AggValues::of_one(result, aggs),
     }
 }
 
@@ -358,7 +372,7 @@ pub struct MetricsAnswer<'a> {
 
 #[cfg(test)]
 mod tests {
-    use pulse_core::SeriesId;
+    use pulse_core::{Aggregate, SeriesId};
     use serde_json::json;
 
     use super::*;
@@ -448,7 +462,7 @@ mod tests {
 
     #[test]
     fn empty_aggregate_values_are_null() {
-        let empty = AggValues::of(&Aggregate::new(), &kinds("avg,p95"));
+        let empty = AggValues::of(&Combined::default(), &kinds("avg,p95"));
         assert_eq!(
             serde_json::to_value(&empty).unwrap(),
             json!({"avg": null, "p95": null})

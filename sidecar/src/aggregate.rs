@@ -102,6 +102,8 @@ impl Aggregator {
                         tags: tags.clone(),
                         value,
                         timestamp_secs,
+                        kind: pulse_core::MetricKind::Gauge,
+                        sketch: None,
                     }));
                 Ok(count)
             }
@@ -153,6 +155,8 @@ impl Aggregator {
             tags,
             value,
             timestamp_secs,
+            kind: pulse_core::MetricKind::Gauge,
+            sketch: None,
         };
         let mut points = Vec::with_capacity(self.counters.len() + self.sets.len());
         points.extend(self.counters.drain().map(|(key, sum)| point(key, sum)));

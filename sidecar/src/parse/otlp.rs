@@ -231,6 +231,8 @@ impl Mapper<'_> {
             tags,
             value,
             timestamp_secs: Some(timestamp_secs),
+            kind: pulse_core::MetricKind::Gauge,
+            sketch: None,
         });
     }
 

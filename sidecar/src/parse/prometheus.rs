@@ -199,6 +199,8 @@ pub fn to_points(samples: Vec<Sample>, scraped_at_ms: TimestampMs) -> Vec<Unchec
             tags: sample.labels,
             value: sample.value,
             timestamp_secs: Some(sample.timestamp_ms.unwrap_or(scraped_at_ms) as f64 / 1000.0),
+            kind: pulse_core::MetricKind::Gauge,
+            sketch: None,
         })
         .collect()
 }
