@@ -14,6 +14,7 @@ pub mod codec;
 pub mod config;
 pub mod duration;
 pub mod edge;
+pub mod histogram;
 pub mod idempotency;
 pub mod names;
 pub mod point;

@@ -111,6 +111,7 @@ impl Gateway {
         let ingest = Router::new()
             .route("/metrics", post(receive::receive))
             .route("/v1/metrics", post(receive::receive))
+            .route("/api/v1/write", post(receive::remote_write))
             .route_layer(from_fn_with_state(tokens, require_bearer))
             .with_state(gateway);
         ingest

@@ -64,6 +64,25 @@ impl Aggregator {
         let key = (name, tags);
         let full = |len: usize, known: bool| len >= self.max_series && !known;
         match (kind, values) {
+            // DogStatsD: a stamped counter or gauge is the client's own
+            // aggregate for that instant, forwarded as it is (as the Datadog
+            // Agent does), so it lands in the window of its timestamp rather
+            // than the one of the next flush.
+            (Kind::Counter | Kind::Gauge, Values::Numbers(values)) if timestamp_secs.is_some() => {
+                let (metric, tags) = key;
+                let count = values.len();
+                let value = match kind {
+                    Kind::Counter => values.iter().map(|v| v / sample_rate).sum(),
+                    _ => *values.last().unwrap_or(&0.0),
+                };
+                self.samples.push(UncheckedPoint {
+                    metric,
+                    tags,
+                    value,
+                    timestamp_secs,
+                });
+                Ok(count)
+            }
             (Kind::Counter, Values::Numbers(values)) => {
                 if full(self.counters.len(), self.counters.contains_key(&key)) {
                     return Err(too_many_series(kind));
@@ -234,6 +253,36 @@ mod tests {
         assert!(
             agg.flush(NOW).is_empty(),
             "an unchanged gauge sends nothing"
+        );
+    }
+
+    #[test]
+    fn stamped_counters_and_gauges_keep_their_timestamp() {
+        let mut agg = Aggregator::new(100);
+        feed(
+            &mut agg,
+            &[
+                "hits:2|c|@0.5|T1721199900",
+                "temp:7:9|g|T1721199910",
+                "hits:1|c",
+            ],
+        );
+        let stamped = agg.take_samples();
+        assert_eq!(values(&stamped, "hits"), vec![4.0]);
+        assert_eq!(values(&stamped, "temp"), vec![9.0]);
+        let at = |metric: &str| {
+            stamped
+                .iter()
+                .find(|p| p.metric == metric)
+                .unwrap()
+                .timestamp_secs
+        };
+        assert_eq!(at("hits"), Some(1_721_199_900.0));
+        assert_eq!(at("temp"), Some(1_721_199_910.0));
+        assert_eq!(
+            values(&agg.flush(NOW), "hits"),
+            vec![1.0],
+            "unstamped ones still aggregate"
         );
     }
 

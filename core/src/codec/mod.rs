@@ -2,4 +2,5 @@
 
 pub mod body;
 pub mod record;
+pub mod remote_write;
 pub mod state;

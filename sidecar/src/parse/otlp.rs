@@ -27,7 +27,7 @@ use prost::Message;
 use pulse_core::validate::UncheckedPoint;
 use pulse_core::{Tags, TimestampMs};
 
-use super::{Rejection, sanitize_name, sanitize_tag_key};
+use super::{Rejection, bound_text, sanitize_name, sanitize_tag_key};
 
 /// `DataPointFlags.FLAG_NO_RECORDED_VALUE`.
 const NO_RECORDED_VALUE: u32 = 1;
@@ -123,7 +123,7 @@ pub fn to_points(
                         mapper.stats(&name, &tags, ts, dp.count, Some(dp.sum), None, None);
                         for q in dp.quantile_values {
                             let mut tags = tags.clone();
-                            tags.insert("quantile".into(), q.quantile.to_string());
+                            tags.insert("quantile".into(), bound_text(q.quantile));
                             mapper.push(&name, tags, q.value, ts);
                         }
                     }
@@ -192,7 +192,7 @@ impl Mapper<'_> {
         }
         let bucket = format!("{name}_bucket");
         let mut cumulative = 0u64;
-        let bounds = dp.explicit_bounds.iter().map(f64::to_string);
+        let bounds = dp.explicit_bounds.iter().map(|b| bound_text(*b));
         let les = bounds.chain(std::iter::once("+Inf".to_string()));
         for (count, le) in dp.bucket_counts.iter().zip(les) {
             cumulative = cumulative.saturating_add(*count);
@@ -369,7 +369,7 @@ mod tests {
             .iter()
             .map(|p| (p.tags["le"].as_str(), p.value))
             .collect();
-        assert_eq!(buckets, [("1", 1.0), ("+Inf", 2.0)]);
+        assert_eq!(buckets, [("1.0", 1.0), ("+Inf", 2.0)]);
     }
 
     #[test]

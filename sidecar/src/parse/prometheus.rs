@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use pulse_core::validate::UncheckedPoint;
 use pulse_core::{Tags, TimestampMs};
 
-use super::{Rejection, sanitize_name, sanitize_tag_key};
+use super::{Rejection, canonical_bound, sanitize_name, sanitize_tag_key};
 
 /// One sample line.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,11 +67,20 @@ pub fn parse(text: &str) -> Exposition {
     out
 }
 
-/// `<family>_created` of a counter, histogram or summary.
+/// `<family>_created` of a counter, histogram or summary. `prometheus_client`
+/// (Python) declares it as a family of its own (`# TYPE x_created gauge`)
+/// next to `# TYPE x_total counter`, so the family is looked for with and
+/// without `_total`.
 fn is_created(name: &str, types: &HashMap<&str, &str>) -> bool {
-    name.strip_suffix("_created")
-        .and_then(|family| types.get(family))
-        .is_some_and(|kind| matches!(*kind, "counter" | "histogram" | "summary"))
+    let Some(family) = name.strip_suffix("_created") else {
+        return false;
+    };
+    let timed = |family: &str| {
+        types
+            .get(family)
+            .is_some_and(|kind| matches!(*kind, "counter" | "histogram" | "summary"))
+    };
+    timed(family) || timed(&format!("{family}_total"))
 }
 
 /// Parses one sample line: `name{label="value",...} value [timestamp]`.
@@ -194,9 +203,16 @@ fn unescape_until_quote(text: &str) -> Option<(String, &str)> {
 pub fn to_points(samples: Vec<Sample>, scraped_at_ms: TimestampMs) -> Vec<UncheckedPoint> {
     samples
         .into_iter()
-        .map(|sample| UncheckedPoint {
+        .map(|mut sample| UncheckedPoint {
             metric: sanitize_name(&sample.name),
-            tags: sample.labels,
+            tags: {
+                for key in ["le", "quantile"] {
+                    if let Some(bound) = sample.labels.get_mut(key) {
+                        *bound = canonical_bound(bound);
+                    }
+                }
+                sample.labels
+            },
             value: sample.value,
             timestamp_secs: Some(sample.timestamp_ms.unwrap_or(scraped_at_ms) as f64 / 1000.0),
         })
@@ -308,6 +324,26 @@ rpc_duration_seconds_count 2693
         assert_eq!(points[0].timestamp_secs, Some(5.0));
         assert_eq!(points[1].timestamp_secs, Some(1.0));
         assert_eq!(points[1].tags.len(), 1, "an empty label is no label");
+    }
+
+    #[test]
+    fn created_families_of_prometheus_client_are_skipped() {
+        // As Python's prometheus_client 0.21 writes a counter and a histogram.
+        let text = "# HELP jobs_total Jobs.\n# TYPE jobs_total counter\njobs_total 3.0\n\
+            # HELP jobs_created Jobs.\n# TYPE jobs_created gauge\njobs_created 1.7e9\n\
+            # TYPE lat_seconds histogram\nlat_seconds_bucket{le=\"5\"} 1.0\n\
+            # TYPE lat_seconds_created gauge\nlat_seconds_created 1.7e9\n\
+            # TYPE boot_created gauge\nboot_created 1.0\n";
+        let names: Vec<String> = parse(text).samples.into_iter().map(|s| s.name).collect();
+        assert_eq!(names, ["jobs_total", "lat_seconds_bucket", "boot_created"]);
+    }
+
+    #[test]
+    fn bucket_bounds_are_spelled_one_way() {
+        let exposition = parse("a_bucket{le=\"5\"} 1\nb{quantile=\"0.50\"} 2\n");
+        let points = to_points(exposition.samples, 0);
+        assert_eq!(points[0].tags["le"], "5.0");
+        assert_eq!(points[1].tags["quantile"], "0.5");
     }
 
     #[test]
