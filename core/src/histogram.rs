@@ -19,7 +19,12 @@
 //! positive; observations in the `+Inf` bucket are placed at the highest
 //! finite bound (both as `histogram_quantile` does).
 
-use sketches_ddsketch::{Config, DDSketch};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use crate::point::{MetricKind, Tags};
+use crate::series::SeriesId;
+use crate::sketch::Distribution;
+use crate::validate::UncheckedPoint;
 
 /// The cumulative counts of one histogram series at one instant: `counts[i]`
 /// observations were `<= bounds[i]`. Bounds ascend; the last may be `+Inf`.
@@ -46,14 +51,21 @@ impl Increase {
         self.buckets.iter().map(|b| b.2).sum()
     }
 
-    /// The observations as a sketch (see the module's error bound); `None`
-    /// when there were none.
-    pub fn sketch(&self) -> Option<DDSketch> {
-        let mut sketch = DDSketch::new(Config::defaults());
+    /// The observations as the pipeline's sketch (see the module's error
+    /// bound), with their exact sum when the source sent one; `None` when
+    /// there were none.
+    pub fn distribution(&self) -> Option<Distribution> {
+        let mut observations = Distribution::new();
         for &(lower, upper, count) in &self.buckets {
-            spread(&mut sketch, lower, upper, count);
+            spread(&mut observations, lower, upper, count);
         }
-        (sketch.count() > 0).then_some(sketch)
+        if observations.count() == 0 {
+            return None;
+        }
+        if let Some(sum) = self.sum {
+            observations.set_sum(sum);
+        }
+        Some(observations)
     }
 }
 
@@ -61,12 +73,12 @@ impl Increase {
 const STEPS: u64 = 8;
 
 /// Adds `count` observations spread evenly over `(lower, upper]`.
-fn spread(sketch: &mut DDSketch, lower: f64, upper: f64, count: u64) {
+fn spread(observations: &mut Distribution, lower: f64, upper: f64, count: u64) {
     if count == 0 {
         return;
     }
     if lower == upper {
-        sketch.add_with_count(upper, count);
+        observations.observe_n(upper, count);
         return;
     }
     let steps = count.min(STEPS);
@@ -74,7 +86,7 @@ fn spread(sketch: &mut DDSketch, lower: f64, upper: f64, count: u64) {
         // The remainder goes to the first steps, so the counts stay exact.
         let share = count / steps + u64::from(step < count % steps);
         let at = lower + (upper - lower) * (step as f64 + 0.5) / steps as f64;
-        sketch.add_with_count(at, share);
+        observations.observe_n(at, share);
     }
 }
 
@@ -141,6 +153,196 @@ impl Cumulative {
     }
 }
 
+/// One classic histogram of one series at one instant, put together from
+/// its `_bucket{le}` points (and `_sum`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Classic {
+    /// The base name (`req_seconds` of `req_seconds_bucket`).
+    pub metric: String,
+    /// The labels without `le`.
+    pub tags: Tags,
+    pub timestamp_secs: Option<f64>,
+    pub state: Cumulative,
+}
+
+impl Classic {
+    /// The series the histogram's increments belong to.
+    pub fn series_id(&self) -> SeriesId {
+        SeriesId::of(&self.metric, &self.tags)
+    }
+}
+
+/// Takes the classic histograms out of `points` (each numbered by its place
+/// in a request): the `_bucket` points with a numeric `le` tag, and the
+/// `_sum` and `_count` points of the same base name, tags and time. A
+/// histogram is taken only with its `+Inf` bucket, so a request cut between
+/// two of its buckets leaves them as plain points of their own names. Each
+/// histogram keeps the number of its `+Inf` bucket; they come out ordered
+/// by series, then time, so increments can be taken in order.
+pub fn take_classic(points: &mut Vec<(usize, UncheckedPoint)>) -> Vec<(usize, Classic)> {
+    type Key = (String, Tags, Option<i64>);
+    let at = |p: &UncheckedPoint| p.timestamp_secs.map(|s| (s * 1000.0).round() as i64);
+    let mut buckets: BTreeMap<Key, (usize, Vec<(f64, f64)>)> = BTreeMap::new();
+    for (index, point) in points.iter() {
+        if let Some((base, tags, le)) = bucket_of(point) {
+            let entry = buckets.entry((base, tags, at(point))).or_insert((*index, Vec::new()));
+            if le == f64::INFINITY {
+                entry.0 = *index;
+            }
+            entry.1.push((le, point.value));
+        }
+    }
+    buckets.retain(|_, (_, b)| b.iter().any(|(le, _)| *le == f64::INFINITY));
+    if buckets.is_empty() {
+        return Vec::new();
+    }
+    let bases: BTreeSet<String> = buckets.keys().map(|k| k.0.clone()).collect();
+    let mut sums: HashMap<Key, f64> = HashMap::new();
+    points.retain(|(_, point)| {
+        if bucket_of(point).is_some_and(|(base, _, _)| bases.contains(&base)) {
+            return false;
+        }
+        for suffix in ["_sum", "_count"] {
+            if let Some(base) = point.metric.strip_suffix(suffix).filter(|b| bases.contains(*b)) {
+                if suffix == "_sum" {
+                    sums.insert((base.to_string(), point.tags.clone(), at(point)), point.value);
+                }
+                return false;
+            }
+        }
+        true
+    });
+    buckets
+        .into_iter()
+        .map(|(key, (index, mut pairs))| {
+            pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let sum = sums.get(&key).copied();
+            let (metric, tags, ms) = key;
+            let classic = Classic {
+                metric,
+                tags,
+                timestamp_secs: ms.map(|ms| ms as f64 / 1000.0),
+                state: Cumulative {
+                    bounds: pairs.iter().map(|p| p.0).collect(),
+                    counts: pairs.iter().map(|p| p.1).collect(),
+                    sum,
+                },
+            };
+            (index, classic)
+        })
+        .collect()
+}
+
+/// `(base name, tags without le, le)` of a `_bucket` point.
+fn bucket_of(point: &UncheckedPoint) -> Option<(String, Tags, f64)> {
+    let base = point.metric.strip_suffix("_bucket")?;
+    let le = point.tags.get("le")?.trim().parse::<f64>().ok()?;
+    let mut tags = point.tags.clone();
+    tags.remove("le");
+    Some((base.to_string(), tags, le))
+}
+
+/// The last cumulative state of each histogram series, to take the next
+/// one's increments from; at most `max` series (when full, those not seen
+/// in the last `max / 2` updates are forgotten, and their next state is a
+/// baseline again: one interval of theirs is not counted).
+#[derive(Debug)]
+pub struct Baselines {
+    max: usize,
+    states: HashMap<SeriesId, (Cumulative, u64)>,
+    clock: u64,
+    forgotten: u64,
+}
+
+impl Baselines {
+    pub fn new(max: usize) -> Baselines {
+        Baselines {
+            max: max.max(2),
+            states: HashMap::new(),
+            clock: 0,
+            forgotten: 0,
+        }
+    }
+
+    /// The last state of a series.
+    pub fn get(&self, id: SeriesId) -> Option<&Cumulative> {
+        self.states.get(&id).map(|(state, _)| state)
+    }
+
+    /// Keeps `state` as the series' last one.
+    pub fn set(&mut self, id: SeriesId, state: Cumulative) {
+        self.clock += 1;
+        if self.states.len() >= self.max && !self.states.contains_key(&id) {
+            let before = self.states.len();
+            let recent = self.clock.saturating_sub(self.max as u64 / 2);
+            self.states.retain(|_, (_, seen)| *seen >= recent);
+            self.forgotten += (before - self.states.len()) as u64;
+        }
+        self.states.insert(id, (state, self.clock));
+    }
+
+    /// Series forgotten for room so far.
+    pub fn forgotten(&self) -> u64 {
+        self.forgotten
+    }
+}
+
+/// The increments of a run of histograms (ordered by series, then time, as
+/// [`take_classic`] gives them) against `baselines`, without changing them:
+/// the states to keep come back beside, to be [`Baselines::set`] once the
+/// increments are safely taken (a refused request sent again then finds the
+/// same baselines). A histogram with no baseline, or no observation since
+/// its baseline, gives no increments.
+pub fn increments<'a>(
+    histograms: &'a [(usize, Classic)],
+    baselines: &Baselines,
+) -> (Vec<(usize, &'a Classic, Increase)>, Vec<(SeriesId, Cumulative)>) {
+    let mut pending: HashMap<SeriesId, &Cumulative> = HashMap::new();
+    let mut out = Vec::new();
+    for (index, classic) in histograms {
+        let id = classic.series_id();
+        if classic.state.check().is_ok() {
+            let previous = pending.get(&id).copied().or_else(|| baselines.get(id));
+            if let Some(increase) = classic.state.increase_since(previous) {
+                if increase.count() > 0 {
+                    out.push((*index, classic, increase));
+                }
+            }
+            pending.insert(id, &classic.state);
+        }
+    }
+    let keep = pending.into_iter().map(|(id, s)| (id, s.clone())).collect();
+    (out, keep)
+}
+
+/// Replaces the classic histograms among `points` by one histogram point
+/// per series and instant, holding what was observed since `baselines` (a
+/// point keeps the number of its `+Inf` bucket). Returns the states to keep
+/// as baselines once the points are taken (see [`increments`]).
+pub fn classic_to_histograms(
+    points: &mut Vec<(usize, UncheckedPoint)>,
+    baselines: &Baselines,
+) -> Vec<(SeriesId, Cumulative)> {
+    let histograms = take_classic(points);
+    let (increments, keep) = increments(&histograms, baselines);
+    for (index, classic, increase) in increments {
+        if let Some(observations) = increase.distribution() {
+            let point = UncheckedPoint {
+                kind: MetricKind::Histogram,
+                sketch: Some(Box::new(observations)),
+                ..UncheckedPoint::gauge(
+                    classic.metric.clone(),
+                    classic.tags.clone(),
+                    0.0,
+                    classic.timestamp_secs,
+                )
+            };
+            points.push((index, point));
+        }
+    }
+    keep
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,10 +366,10 @@ mod tests {
             [(0.0, 0.1, 0), (0.1, 0.5, 10), (0.5, 1.0, 0), (1.0, 1.0, 1)]
         );
         assert_eq!((increase.count(), increase.sum), (11, Some(7.0)));
-        let sketch = increase.sketch().unwrap();
-        assert_eq!(sketch.count(), 11);
+        let sketch = increase.distribution().unwrap();
+        assert_eq!((sketch.count(), sketch.sum()), (11, 7.0));
         // p50 lies in (0.1, 0.5]: the bound the module promises.
-        let p50 = sketch.quantile(0.5).unwrap().unwrap();
+        let p50 = sketch.quantile(0.5).unwrap();
         assert!((0.1..=0.5 * 1.01).contains(&p50), "{p50}");
     }
 
@@ -198,13 +400,86 @@ mod tests {
         assert!(a.check().is_ok());
     }
 
+    fn unchecked(metric: &str, tags: &[(&str, &str)], value: f64) -> UncheckedPoint {
+        UncheckedPoint::gauge(
+            metric,
+            tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            value,
+            Some(100.0),
+        )
+    }
+
+    #[test]
+    fn classic_histograms_are_put_together_from_their_bucket_points() {
+        let mut points: Vec<(usize, UncheckedPoint)> = [
+            unchecked("lat_bucket", &[("le", "0.5"), ("pod", "a")], 3.0),
+            unchecked("lat_bucket", &[("le", "+Inf"), ("pod", "a")], 5.0),
+            unchecked("lat_bucket", &[("le", "1.0"), ("pod", "a")], 4.0),
+            unchecked("lat_sum", &[("pod", "a")], 2.5),
+            unchecked("lat_count", &[("pod", "a")], 5.0),
+            // No +Inf bucket: not a whole histogram, left as it is.
+            unchecked("cut_bucket", &[("le", "1")], 1.0),
+            unchecked("up", &[], 1.0),
+        ]
+        .into_iter()
+        .enumerate()
+        .collect();
+        let histograms = take_classic(&mut points);
+        assert_eq!(histograms.len(), 1);
+        let (index, h) = &histograms[0];
+        assert_eq!((*index, h.metric.as_str()), (1, "lat"));
+        assert_eq!(h.tags.len(), 1);
+        assert_eq!(h.timestamp_secs, Some(100.0));
+        assert_eq!(h.state.bounds, [0.5, 1.0, f64::INFINITY]);
+        assert_eq!(h.state.counts, [3.0, 4.0, 5.0]);
+        assert_eq!(h.state.sum, Some(2.5));
+        let left: Vec<&str> = points.iter().map(|(_, p)| p.metric.as_str()).collect();
+        assert_eq!(left, ["cut_bucket", "up"]);
+    }
+
+    #[test]
+    fn increments_follow_a_series_through_a_run_and_baselines_change_only_when_kept() {
+        let classic = |counts: &[f64]| Classic {
+            metric: "lat".into(),
+            tags: Tags::new(),
+            timestamp_secs: None,
+            state: state(counts, 0.0),
+        };
+        let run = vec![
+            (0, classic(&[1.0, 1.0, 1.0, 1.0])),
+            (1, classic(&[1.0, 3.0, 3.0, 3.0])),
+        ];
+        let mut baselines = Baselines::new(10);
+        let (out, keep) = increments(&run, &baselines);
+        assert_eq!(out.len(), 1, "the first state is a baseline");
+        assert_eq!((out[0].0, out[0].2.count()), (1, 2));
+        assert!(baselines.get(run[0].1.series_id()).is_none());
+        for (id, state) in keep {
+            baselines.set(id, state);
+        }
+        let next = vec![(0, classic(&[1.0, 3.0, 3.0, 7.0]))];
+        let (out, _) = increments(&next, &baselines);
+        assert_eq!(out[0].2.count(), 4);
+    }
+
+    #[test]
+    fn baselines_stay_bounded_and_count_what_they_forget() {
+        let mut baselines = Baselines::new(4);
+        for n in 0..100u64 {
+            baselines.set(SeriesId(n), state(&[0.0; 4], 0.0));
+        }
+        assert!(baselines.states.len() <= 4);
+        assert!(baselines.forgotten() >= 96);
+        assert!(baselines.get(SeriesId(99)).is_some());
+    }
+
     #[test]
     fn the_p95_of_many_observations_stays_within_its_bucket() {
         let zero = state(&[0.0; 4], 0.0);
         // 900 fast requests, 80 at (0.5, 1], 20 slower: p95 is in (0.5, 1].
         let later = state(&[900.0, 900.0, 980.0, 1000.0], 500.0);
-        let sketch = later.increase_since(Some(&zero)).unwrap().sketch().unwrap();
-        let p95 = sketch.quantile(0.95).unwrap().unwrap();
+        let sketch = later.increase_since(Some(&zero)).unwrap().distribution().unwrap();
+        let p95 = sketch.quantile(0.95).unwrap();
         assert!((0.5 * 0.99..=1.0 * 1.01).contains(&p95), "{p95}");
     }
 }

@@ -10,7 +10,7 @@
 //! compressed), so the original single-point clients and the sidecar share one
 //! parser.
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -20,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use pulse_core::codec::body::{ParsedBatch, parse_points_within};
 use pulse_core::codec::record::encode_record;
 use pulse_core::codec::remote_write;
+use pulse_core::histogram::Cumulative;
 use pulse_core::idempotency::{KEY_HEADER, OFFSET_HEADER, RequestBatch};
 use pulse_core::series::SeriesId;
 use pulse_core::validate::{PointError, RejectReason};
@@ -28,7 +29,7 @@ use pulse_server::edge::content_encoding;
 use pulse_server::error::ApiError;
 use tokio::sync::SemaphorePermit;
 
-use crate::Gateway;
+use crate::{Gateway, HISTOGRAM_BASELINES};
 use crate::answer::{Receipt, Refusal};
 
 /// How long a request waits for a processing slot before it is turned away.
@@ -42,6 +43,8 @@ struct Prepared {
     records: Vec<OutgoingRecord>,
     errors: Vec<PointError>,
     series: Vec<SeriesId>,
+    /// Remote write's histogram states, kept as baselines once accepted.
+    baselines: Vec<(SeriesId, Cumulative)>,
 }
 
 /// Takes points: 202 once every point is durable in the bus.
@@ -208,17 +211,21 @@ impl Gateway {
             .decode(received, encoding, move |text, charge| {
                 let limits = &gateway.limits;
                 let max_points = gateway.settings.max_points_per_request;
-                let parsed = match format {
-                    Format::Points => {
-                        parse_points_within(text, limits, max_points, now_ms, charge)?
-                    }
+                let (parsed, baselines) = match format {
+                    Format::Points => (
+                        parse_points_within(text, limits, max_points, now_ms, charge)?,
+                        Vec::new(),
+                    ),
                     Format::RemoteWrite => {
                         let max_len = gateway.edge.max_decompressed_bytes;
                         let request = remote_write::decode(text, max_len, charge)?;
-                        remote_write::to_points(request, limits, max_points, now_ms)?
+                        let baselines = gateway.histograms.lock().unwrap_or_else(PoisonError::into_inner);
+                        remote_write::to_points(request, limits, max_points, now_ms, &baselines)?
                     }
                 };
-                Ok(gateway.prepare(parsed, batch.as_ref(), now_ms))
+                let mut prepared = gateway.prepare(parsed, batch.as_ref(), now_ms);
+                prepared.baselines = baselines;
+                Ok(prepared)
             })
             .await
             .map_err(|e| Refusal::Body(e.answer()))?;
@@ -239,6 +246,20 @@ impl Gateway {
         if let Some(active) = &self.series {
             active.commit(prepared.series, now_ms);
             self.metrics.active_series(active.len());
+        }
+        if !prepared.baselines.is_empty() {
+            let mut histograms = self.histograms.lock().unwrap_or_else(PoisonError::into_inner);
+            let forgotten = histograms.forgotten();
+            for (id, state) in prepared.baselines {
+                histograms.set(id, state);
+            }
+            if histograms.forgotten() > forgotten {
+                tracing::warn!(
+                    message = "Histogram baselines were forgotten for room; their next scrape is a baseline again.",
+                    forgotten = histograms.forgotten() - forgotten,
+                    limit = HISTOGRAM_BASELINES,
+                );
+            }
         }
         Ok(Receipt {
             accepted,
@@ -308,6 +329,7 @@ impl Gateway {
             records,
             errors,
             series: admitted,
+            baselines: Vec::new(),
         }
     }
 

@@ -74,8 +74,6 @@ pub struct MetricMetadata {
 
 /// `MetricMetadata.MetricType.COUNTER`.
 pub const METADATA_COUNTER: i32 = 1;
-/// `MetricMetadata.MetricType.HISTOGRAM`.
-pub const METADATA_HISTOGRAM: i32 = 4;
 
 /// The bit pattern of Prometheus' staleness marker (`value.StaleNaN`).
 pub const STALE_NAN: u64 = 0x7ff0_0000_0000_0002;
@@ -118,12 +116,21 @@ pub fn decode(
 /// The points of a request, validated one by one: each sample is numbered
 /// in request order (series by series), which is the index an error names.
 /// More than `max_points` samples refuse the request, as for a JSON batch.
+///
+/// Kinds, as a Prometheus user expects them: a series named `*_total`, or
+/// of a family the request's metadata calls a counter, is a cumulative
+/// counter; a classic histogram (its `_bucket{le}` series with `+Inf`, and
+/// `_sum`, `_count`) becomes one histogram point under its base name per
+/// scrape, holding the observations since the previous scrape in
+/// `baselines` (see [`crate::histogram`]). The histograms' new states come
+/// back beside the points, to be kept once the points are accepted.
 pub fn to_points(
     request: WriteRequest,
     limits: &Limits,
     max_points: usize,
     now_ms: TimestampMs,
-) -> Result<ParsedBatch, BodyError> {
+    baselines: &Baselines,
+) -> Result<(ParsedBatch, Vec<(SeriesId, Cumulative)>), BodyError> {
     let count: usize = request.timeseries.iter().map(|s| s.samples.len()).sum();
     if count > max_points {
         return Err(BodyError::TooManyPoints {
@@ -131,17 +138,27 @@ pub fn to_points(
             limit: max_points,
         });
     }
+    let counters: HashSet<&str> = request
+        .metadata
+        .iter()
+        .filter(|m| m.r#type == METADATA_COUNTER)
+        .map(|m| m.metric_family_name.as_str())
+        .collect();
+    let is_counter = |metric: &str| {
+        metric.ends_with("_total") || counters.contains(metric)
+    };
     let mut batch = ParsedBatch::default();
+    let mut points = Vec::with_capacity(count);
     let mut index = 0;
-    for series in request.timeseries {
-        let (metric, tags) = series_identity(series.labels);
-        for sample in series.samples {
+    for series in request.timeseries.iter() {
+        let (metric, tags) = series_identity(&series.labels);
+        for sample in &series.samples {
             let at = index;
             index += 1;
             if sample.value.to_bits() == STALE_NAN {
                 continue;
             }
-            let Some(metric) = metric.clone() else {
+            let Some(metric) = metric else {
                 batch.errors.push(PointError::new(
                     at,
                     Some("metric_name"),
@@ -150,118 +167,39 @@ pub fn to_points(
                 ));
                 continue;
             };
-            let point = UncheckedPoint {
+            let mut point = UncheckedPoint::gauge(
                 metric,
-                tags: tags.clone(),
-                value: sample.value,
-                timestamp_secs: Some(sample.timestamp as f64 / 1000.0),
-            };
-            match validate(at, point, limits, now_ms) {
-                Ok(point) => batch.points.push(IndexedPoint { index: at, point }),
-                Err(error) => batch.errors.push(error),
+                tags.clone(),
+                sample.value,
+                Some(sample.timestamp as f64 / 1000.0),
+            );
+            if is_counter(metric) {
+                point.kind = MetricKind::Counter;
             }
+            points.push((at, point));
         }
     }
-    Ok(batch)
-}
-
-/// One classic histogram of one series at one instant, put together from
-/// its `_bucket{le}` series (and `_sum`) of one request.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HistogramSample {
-    /// The base name (`req_seconds` of `req_seconds_bucket`).
-    pub metric: String,
-    /// The labels without `le`.
-    pub tags: Tags,
-    pub timestamp_ms: TimestampMs,
-    pub state: crate::histogram::Cumulative,
-}
-
-/// Takes the classic histograms out of a request: the `_bucket` series with
-/// an `le` label, and the `_sum` and `_count` series of the same base name
-/// and labels. Bucket series whose `le` is not a number stay plain series.
-/// A histogram is kept only with its `+Inf` bucket (a request cut between
-/// two of its buckets leaves the rest as plain series of their own names).
-pub fn take_histograms(request: &mut WriteRequest) -> Vec<HistogramSample> {
-    use std::collections::BTreeMap;
-
-    type Key = (String, Tags, TimestampMs);
-    let mut buckets: BTreeMap<Key, Vec<(f64, f64)>> = BTreeMap::new();
-    for series in &request.timeseries {
-        let Some((base, tags, le)) = bucket_of(&series.labels) else {
-            continue;
-        };
-        for sample in &series.samples {
-            if sample.value.to_bits() != STALE_NAN {
-                let key = (base.clone(), tags.clone(), sample.timestamp);
-                buckets.entry(key).or_default().push((le, sample.value));
-            }
+    let keep = histogram::classic_to_histograms(&mut points, baselines);
+    for (at, point) in points {
+        match validate(at, point, limits, now_ms) {
+            Ok(point) => batch.points.push(IndexedPoint { index: at, point }),
+            Err(error) => batch.errors.push(error),
         }
     }
-    buckets.retain(|_, b| b.iter().any(|(le, _)| *le == f64::INFINITY));
-    if buckets.is_empty() {
-        return Vec::new();
-    }
-    let bases: std::collections::BTreeSet<&str> = buckets.keys().map(|k| k.0.as_str()).collect();
-    let mut sums: BTreeMap<Key, f64> = BTreeMap::new();
-    request.timeseries.retain(|series| {
-        let (metric, tags) = series_identity(series.labels.clone());
-        let Some(metric) = metric else { return true };
-        if bucket_of(&series.labels).is_some_and(|(base, _, _)| bases.contains(base.as_str())) {
-            return false;
-        }
-        for suffix in ["_sum", "_count"] {
-            if let Some(base) = metric.strip_suffix(suffix).filter(|b| bases.contains(b)) {
-                if suffix == "_sum" {
-                    for sample in &series.samples {
-                        sums.insert(
-                            (base.to_string(), tags.clone(), sample.timestamp),
-                            sample.value,
-                        );
-                    }
-                }
-                return false;
-            }
-        }
-        true
-    });
-    buckets
-        .into_iter()
-        .map(|(key, mut pairs)| {
-            pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
-            let sum = sums.get(&key).copied();
-            let (metric, tags, timestamp_ms) = key;
-            HistogramSample {
-                metric,
-                tags,
-                timestamp_ms,
-                state: crate::histogram::Cumulative {
-                    bounds: pairs.iter().map(|p| p.0).collect(),
-                    counts: pairs.iter().map(|p| p.1).collect(),
-                    sum,
-                },
-            }
-        })
-        .collect()
-}
-
-/// `(base name, labels without le, le)` of a `_bucket` series.
-fn bucket_of(labels: &[Label]) -> Option<(String, Tags, f64)> {
-    let (metric, mut tags) = series_identity(labels.to_vec());
-    let base = metric?.strip_suffix("_bucket")?.to_string();
-    let le = tags.remove("le")?.trim().parse::<f64>().ok()?;
-    Some((base, tags, le))
+    batch.points.sort_by_key(|p| p.index);
+    batch.errors.sort_by_key(|e| e.index);
+    Ok((batch, keep))
 }
 
 /// `__name__` and the other labels as tags.
-fn series_identity(labels: Vec<Label>) -> (Option<String>, Tags) {
+fn series_identity(labels: &[Label]) -> (Option<&str>, Tags) {
     let mut metric = None;
     let mut tags = Tags::new();
     for Label { name, value } in labels {
         if name == "__name__" {
-            metric = Some(value);
+            metric = Some(value.as_str());
         } else if !value.is_empty() {
-            tags.insert(name, value);
+            tags.insert(name.clone(), value.clone());
         }
     }
     (metric, tags)
@@ -315,11 +253,12 @@ mod tests {
         };
         let decoded = decode(&compress(&request), 1 << 20, &mut |_| Ok(())).unwrap();
         assert_eq!(decoded.encode_to_vec(), request.encode_to_vec());
-        let batch = to_points(decoded, &Limits::default(), 10, NOW).unwrap();
+        let (batch, _) = to_points(decoded, &Limits::default(), 10, NOW, &Baselines::new(8)).unwrap();
         assert!(batch.errors.is_empty(), "{:?}", batch.errors);
         let points: Vec<_> = batch.points.iter().map(|p| &p.point).collect();
         assert_eq!(points.len(), 2, "the staleness marker is no point");
         assert_eq!(points[0].metric, "reqs_total");
+        assert_eq!(points[0].kind, MetricKind::Counter, "a `_total` series counts");
         assert_eq!(points[0].tags.len(), 2, "an empty label is no label");
         assert_eq!(points[0].tags["job"], "app");
         assert_eq!((points[1].value, points[1].timestamp_ms), (5.0, NOW));
@@ -334,7 +273,7 @@ mod tests {
             ],
             metadata: vec![],
         };
-        let batch = to_points(request, &Limits::default(), 10, NOW).unwrap();
+        let (batch, _) = to_points(request, &Limits::default(), 10, NOW, &Baselines::new(8)).unwrap();
         let errors: Vec<_> = batch.errors.iter().map(|e| (e.index, e.reason)).collect();
         assert_eq!(
             errors,
@@ -347,40 +286,50 @@ mod tests {
     }
 
     #[test]
-    fn classic_histograms_are_put_together_from_their_bucket_series() {
-        let bucket = |le: &str, v: f64| {
-            series(
-                &[("__name__", "lat_bucket"), ("le", le), ("pod", "a")],
-                &[(v, NOW)],
-            )
+    fn a_classic_histogram_is_one_histogram_point_of_each_scrapes_observations() {
+        let scrape = |ts: i64, counts: [f64; 3], sum: f64| {
+            let bucket = |le: &str, v: f64| {
+                series(&[("__name__", "lat_bucket"), ("le", le), ("pod", "a")], &[(v, ts)])
+            };
+            WriteRequest {
+                timeseries: vec![
+                    bucket("0.5", counts[0]),
+                    bucket("1", counts[1]),
+                    bucket("+Inf", counts[2]),
+                    series(&[("__name__", "lat_sum"), ("pod", "a")], &[(sum, ts)]),
+                    series(&[("__name__", "lat_count"), ("pod", "a")], &[(counts[2], ts)]),
+                    series(&[("__name__", "jobs")], &[(7.0, ts)]),
+                ],
+                metadata: vec![MetricMetadata {
+                    r#type: METADATA_COUNTER,
+                    metric_family_name: "jobs".into(),
+                    help: String::new(),
+                    unit: String::new(),
+                }],
+            }
         };
-        let mut request = WriteRequest {
-            timeseries: vec![
-                bucket("0.5", 3.0),
-                bucket("+Inf", 5.0),
-                bucket("1.0", 4.0),
-                series(&[("__name__", "lat_sum"), ("pod", "a")], &[(2.5, NOW)]),
-                series(&[("__name__", "lat_count"), ("pod", "a")], &[(5.0, NOW)]),
-                // No +Inf bucket: not a whole histogram, left as it is.
-                series(&[("__name__", "cut_bucket"), ("le", "1")], &[(1.0, NOW)]),
-                series(&[("__name__", "up")], &[(1.0, NOW)]),
-            ],
-            metadata: vec![],
-        };
-        let histograms = take_histograms(&mut request);
-        assert_eq!(histograms.len(), 1);
-        let h = &histograms[0];
-        assert_eq!((h.metric.as_str(), h.timestamp_ms), ("lat", NOW));
-        assert_eq!(h.tags.len(), 1);
-        assert_eq!(h.state.bounds, [0.5, 1.0, f64::INFINITY]);
-        assert_eq!(h.state.counts, [3.0, 4.0, 5.0]);
-        assert_eq!(h.state.sum, Some(2.5));
-        let left: Vec<_> = request
-            .timeseries
+        let mut baselines = Baselines::new(8);
+        let limits = Limits::default();
+        let (first, keep) =
+            to_points(scrape(NOW - 1000, [1.0, 1.0, 2.0], 3.0), &limits, 100, NOW, &baselines).unwrap();
+        assert_eq!(first.points.len(), 1, "a baseline and the counter: {:?}", first.points);
+        assert_eq!(first.points[0].point.kind, MetricKind::Counter);
+        for (id, state) in keep {
+            baselines.set(id, state);
+        }
+        let (second, _) =
+            to_points(scrape(NOW, [3.0, 4.0, 5.0], 4.5), &limits, 100, NOW, &baselines).unwrap();
+        let histogram = second
+            .points
             .iter()
-            .map(|s| series_identity(s.labels.clone()).0.unwrap())
-            .collect();
-        assert_eq!(left, ["cut_bucket", "up"]);
+            .map(|p| &p.point)
+            .find(|p| p.metric == "lat")
+            .unwrap();
+        assert_eq!(histogram.kind, MetricKind::Histogram);
+        assert_eq!(histogram.tags.len(), 1);
+        let sketch = histogram.sketch.as_ref().unwrap();
+        assert_eq!((sketch.count(), sketch.sum()), (3, 1.5));
+        assert_eq!(histogram.timestamp_ms, NOW);
     }
 
     #[test]
@@ -412,7 +361,7 @@ mod tests {
             metadata: vec![],
         };
         assert!(matches!(
-            to_points(many, &Limits::default(), 2, NOW),
+            to_points(many, &Limits::default(), 2, NOW, &Baselines::new(8)),
             Err(BodyError::TooManyPoints { count: 3, limit: 2 })
         ));
     }

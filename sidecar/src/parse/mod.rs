@@ -6,6 +6,7 @@
 //! buffers a point the gateway would refuse.
 
 pub mod otlp;
+pub mod otlp_buckets;
 pub mod prometheus;
 pub mod statsd;
 

@@ -14,10 +14,10 @@
 //! none is actively maintained. The grammar is small, and this parser is
 //! property-tested and fuzzed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use pulse_core::validate::UncheckedPoint;
-use pulse_core::{Tags, TimestampMs};
+use pulse_core::{MetricKind, Tags, TimestampMs};
 
 use super::{Rejection, canonical_bound, sanitize_name, sanitize_tag_key};
 
@@ -31,11 +31,14 @@ pub struct Sample {
     pub timestamp_ms: Option<TimestampMs>,
 }
 
-/// What one scrape held: its samples, and a rejection per unreadable line.
+/// What one scrape held: its samples, a rejection per unreadable line, and
+/// the families `# TYPE` calls counters (or summaries, whose `_sum` and
+/// `_count` count too).
 #[derive(Debug, Default)]
 pub struct Exposition {
     pub samples: Vec<Sample>,
     pub rejected: Vec<Rejection>,
+    pub counters: HashSet<String>,
 }
 
 /// Parses a whole exposition. Unreadable lines are rejected one by one; the
@@ -62,6 +65,20 @@ pub fn parse(text: &str) -> Exposition {
             Ok(sample) if is_created(&sample.name, &types) => {}
             Ok(sample) => out.samples.push(sample),
             Err(rejection) => out.rejected.push(rejection),
+        }
+    }
+    for (family, kind) in types {
+        match kind {
+            "counter" => {
+                // 0.0.4 writes `# TYPE x_total counter`, OpenMetrics `# TYPE x counter`.
+                out.counters.insert(family.to_string());
+                out.counters.insert(format!("{family}_total"));
+            }
+            "summary" => {
+                out.counters.insert(format!("{family}_sum"));
+                out.counters.insert(format!("{family}_count"));
+            }
+            _ => {}
         }
     }
     out
@@ -199,22 +216,31 @@ fn unescape_until_quote(text: &str) -> Option<(String, &str)> {
 }
 
 /// The points of an exposition: one per sample, stamped with its own
-/// timestamp or `scraped_at_ms`.
-pub fn to_points(samples: Vec<Sample>, scraped_at_ms: TimestampMs) -> Vec<UncheckedPoint> {
-    samples
+/// timestamp or `scraped_at_ms`; the samples of counter families are
+/// cumulative counters. (Classic histograms are then put together by
+/// `pulse_core::histogram`.)
+pub fn to_points(exposition: Exposition, scraped_at_ms: TimestampMs) -> Vec<UncheckedPoint> {
+    let counters = exposition.counters;
+    exposition
+        .samples
         .into_iter()
-        .map(|mut sample| UncheckedPoint {
-            metric: sanitize_name(&sample.name),
-            tags: {
-                for key in ["le", "quantile"] {
-                    if let Some(bound) = sample.labels.get_mut(key) {
-                        *bound = canonical_bound(bound);
-                    }
+        .map(|mut sample| {
+            for key in ["le", "quantile"] {
+                if let Some(bound) = sample.labels.get_mut(key) {
+                    *bound = canonical_bound(bound);
                 }
-                sample.labels
-            },
-            value: sample.value,
-            timestamp_secs: Some(sample.timestamp_ms.unwrap_or(scraped_at_ms) as f64 / 1000.0),
+            }
+            let timestamp_secs = sample.timestamp_ms.unwrap_or(scraped_at_ms) as f64 / 1000.0;
+            let mut point = UncheckedPoint::gauge(
+                sanitize_name(&sample.name),
+                sample.labels,
+                sample.value,
+                Some(timestamp_secs),
+            );
+            if counters.contains(&sample.name) {
+                point.kind = MetricKind::Counter;
+            }
+            point
         })
         .collect()
 }
@@ -319,8 +345,10 @@ rpc_duration_seconds_count 2693
 
     #[test]
     fn points_carry_labels_as_tags_and_the_scrape_time_by_default() {
-        let exposition = parse("up 1\nreq_total{a=\"x\",b=\"\"} 2 1000\n");
-        let points = to_points(exposition.samples, 5_000);
+        let exposition = parse("up 1\n# TYPE req counter\nreq_total{a=\"x\",b=\"\"} 2 1000\n");
+        let points = to_points(exposition, 5_000);
+        assert_eq!(points[0].kind, MetricKind::Gauge);
+        assert_eq!(points[1].kind, MetricKind::Counter);
         assert_eq!(points[0].timestamp_secs, Some(5.0));
         assert_eq!(points[1].timestamp_secs, Some(1.0));
         assert_eq!(points[1].tags.len(), 1, "an empty label is no label");
@@ -341,7 +369,7 @@ rpc_duration_seconds_count 2693
     #[test]
     fn bucket_bounds_are_spelled_one_way() {
         let exposition = parse("a_bucket{le=\"5\"} 1\nb{quantile=\"0.50\"} 2\n");
-        let points = to_points(exposition.samples, 0);
+        let points = to_points(exposition, 0);
         assert_eq!(points[0].tags["le"], "5.0");
         assert_eq!(points[1].tags["quantile"], "0.5");
     }

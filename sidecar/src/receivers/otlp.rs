@@ -6,7 +6,7 @@
 //! read, `503` + `Retry-After` when the buffer cannot take the points; each
 //! body in the request's own encoding.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::Router;
 use axum::body::Body;
@@ -19,6 +19,8 @@ use opentelemetry_proto::tonic::collector::metrics::v1::{
 };
 use prost::Message;
 use pulse_core::codec::body::BodyError;
+use pulse_core::histogram::{Baselines, Cumulative};
+use pulse_core::SeriesId;
 use pulse_server::edge::{BodyEdge, DecodeError, ReadError, content_encoding};
 
 use super::Intake;
@@ -55,7 +57,12 @@ pub(crate) struct Receiver {
     intake: Arc<Intake>,
     config: OtlpConfig,
     max_points: usize,
+    /// The previous export of each cumulative histogram series.
+    histograms: Mutex<Baselines>,
 }
+
+/// Cumulative histogram series followed per app.
+const MAX_HISTOGRAMS: usize = 10_000;
 
 /// The OTLP route. `max_points` bounds the points of one request.
 pub fn router(intake: Arc<Intake>, config: OtlpConfig, max_points: usize) -> Router {
@@ -65,6 +72,7 @@ pub fn router(intake: Arc<Intake>, config: OtlpConfig, max_points: usize) -> Rou
             intake,
             config,
             max_points,
+            histograms: Mutex::new(Baselines::new(MAX_HISTOGRAMS)),
         }))
         .merge(pulse_server::openapi::router(&crate::openapi::otlp()))
 }
@@ -148,7 +156,7 @@ pub(crate) async fn receive(
             Ok(work.map(text, encoding))
         })
         .await;
-    let (points, rejected) = match mapped {
+    let (points, rejected, baselines) = match mapped {
         Ok((Ok(mapped), _reservation)) => mapped,
         Ok((Err((http, code, message)), _)) => {
             receiver.intake.metrics.rejected(RECEIVER, "malformed", 1);
@@ -176,6 +184,7 @@ pub(crate) async fn receive(
         }
     };
     if let Err(error) = receiver.intake.write(RECEIVER, points).await {
+        // The baselines stay, so the client's retry counts the same interval.
         let mut response = status(
             encoding,
             StatusCode::SERVICE_UNAVAILABLE,
@@ -187,6 +196,11 @@ pub(crate) async fn receive(
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return response;
     }
+    let mut histograms = receiver.histograms.lock().unwrap_or_else(PoisonError::into_inner);
+    for (id, state) in baselines {
+        histograms.set(id, state);
+    }
+    drop(histograms);
     let partial_success = (!rejected.is_empty()).then(|| ExportMetricsPartialSuccess {
         rejected_data_points: rejected.len() as i64,
         error_message: format!(
@@ -233,15 +247,17 @@ impl Receiver {
         &self,
         decoded: &[u8],
         encoding: Encoding,
-    ) -> Result<(Vec<pulse_core::Point>, Vec<String>), Refusal> {
+    ) -> Result<Mapped, Refusal> {
         let request = decode(decoded, encoding)
             .map_err(|rejection| (StatusCode::BAD_REQUEST, INVALID_ARGUMENT, rejection.message))?;
         let now = pulse_core::now_ms();
+        let baselines = self.histograms.lock().unwrap_or_else(PoisonError::into_inner);
         let mapped = to_points(
             request,
             &self.config.resource_attributes,
             self.max_points,
             now,
+            &baselines,
         )
         .map_err(|too_many| {
             (
@@ -260,9 +276,14 @@ impl Receiver {
             let field = e.field.unwrap_or_default();
             format!("{field} {}", e.message)
         }));
-        Ok((points, rejected))
+        drop(baselines);
+        Ok((points, rejected, mapped.baselines))
     }
 }
+
+/// A request's valid points, the messages of its rejected ones, and its
+/// cumulative histograms' states, kept once the points are buffered.
+type Mapped = (Vec<pulse_core::Point>, Vec<String>, Vec<(SeriesId, Cumulative)>);
 
 fn status(encoding: Encoding, http: StatusCode, code: i32, message: String) -> Response {
     let status = Status { code, message };

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::http::header;
+use pulse_core::histogram::{Baselines, classic_to_histograms};
 use pulse_core::validate::UncheckedPoint;
 use pulse_core::{Tags, TimestampMs};
 use pulse_server::CancellationToken;
@@ -19,6 +20,9 @@ use crate::parse::prometheus::{parse, to_points};
 
 const RECEIVER: &str = "prometheus";
 
+/// Histogram series followed per app (their last bucket counts).
+const MAX_HISTOGRAMS: usize = 10_000;
+
 /// Scrapes until `stop`.
 pub async fn run(
     client: reqwest::Client,
@@ -28,6 +32,7 @@ pub async fn run(
     stop: CancellationToken,
 ) {
     let url = format!("http://127.0.0.1:{port}{}", config.path);
+    let mut baselines = Baselines::new(MAX_HISTOGRAMS);
     let mut interval = tokio::time::interval(config.interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -52,7 +57,14 @@ pub async fn run(
         if let Some(first) = exposition.rejected.first() {
             tracing::debug!(message = "Lines of the app's exposition were rejected.", lines = exposition.rejected.len(), first = %first.message);
         }
-        let mut points = to_points(exposition.samples, scraped_at);
+        let mut points: Vec<(usize, UncheckedPoint)> =
+            to_points(exposition, scraped_at).into_iter().enumerate().collect();
+        // One scrape holds every bucket of a histogram, so its baseline is
+        // kept at once (a scrape lost to a full buffer loses its interval).
+        for (id, state) in classic_to_histograms(&mut points, &baselines) {
+            baselines.set(id, state);
+        }
+        let mut points: Vec<UncheckedPoint> = points.into_iter().map(|(_, p)| p).collect();
         points.extend(scrape_health(
             outcome == "ok",
             started.elapsed(),
@@ -78,11 +90,8 @@ pub async fn run(
 /// answered with an exposition, 0 otherwise) and `scrape_duration_seconds`,
 /// so a dashboard or an anomaly rule sees a target that stopped answering.
 fn scrape_health(up: bool, took: Duration, at_ms: TimestampMs) -> [UncheckedPoint; 2] {
-    let point = |metric: &str, value: f64| UncheckedPoint {
-        metric: metric.to_string(),
-        tags: Tags::new(),
-        value,
-        timestamp_secs: Some(at_ms as f64 / 1000.0),
+    let point = |metric: &str, value: f64| {
+        UncheckedPoint::gauge(metric, Tags::new(), value, Some(at_ms as f64 / 1000.0))
     };
     [
         point("up", if up { 1.0 } else { 0.0 }),
