@@ -21,7 +21,7 @@ use prost::Message;
 use pulse_core::codec::body::BodyError;
 use pulse_core::histogram::{Baselines, Cumulative};
 use pulse_core::SeriesId;
-use pulse_server::edge::{BodyEdge, DecodeError, ReadError, content_encoding};
+use pulse_server::edge::{BodyEdge, DecodeError, ReadError, Received, content_encoding};
 
 use super::Intake;
 use crate::config::OtlpConfig;
@@ -53,7 +53,7 @@ const UNAVAILABLE: i32 = 14;
 /// bytes.
 const DECODED_EXPANSION: usize = 4;
 
-pub(crate) struct Receiver {
+pub struct Receiver {
     intake: Arc<Intake>,
     config: OtlpConfig,
     max_points: usize,
@@ -64,16 +64,24 @@ pub(crate) struct Receiver {
 /// Cumulative histogram series followed per app.
 const MAX_HISTOGRAMS: usize = 10_000;
 
-/// The OTLP route. `max_points` bounds the points of one request.
-pub fn router(intake: Arc<Intake>, config: OtlpConfig, max_points: usize) -> Router {
-    Router::new()
-        .route("/v1/metrics", post(receive))
-        .with_state(Arc::new(Receiver {
+impl Receiver {
+    /// The state OTLP/HTTP and OTLP/gRPC share. `max_points` bounds the
+    /// points of one request.
+    pub fn new(intake: Arc<Intake>, config: OtlpConfig, max_points: usize) -> Arc<Receiver> {
+        Arc::new(Receiver {
             intake,
             config,
             max_points,
             histograms: Mutex::new(Baselines::new(MAX_HISTOGRAMS)),
-        }))
+        })
+    }
+}
+
+/// The OTLP/HTTP route.
+pub fn router(receiver: Arc<Receiver>) -> Router {
+    Router::new()
+        .route("/v1/metrics", post(receive))
+        .with_state(receiver)
         .merge(pulse_server::openapi::router(&crate::openapi::otlp()))
 }
 
@@ -148,68 +156,10 @@ pub(crate) async fn receive(
             return response;
         }
     };
-    let work = Arc::clone(&receiver);
-    let mapped = edge
-        .decode(received, content_encoding(&headers), move |text, charge| {
-            // A decoded message holds more than its bytes; charge it before.
-            charge(text.len().saturating_mul(DECODED_EXPANSION))?;
-            Ok(work.map(text, encoding))
-        })
-        .await;
-    let (points, rejected, baselines) = match mapped {
-        Ok((Ok(mapped), _reservation)) => mapped,
-        Ok((Err((http, code, message)), _)) => {
-            receiver.intake.metrics.rejected(RECEIVER, "malformed", 1);
-            return status(encoding, http, code, message);
-        }
-        Err(DecodeError::Body(error)) => {
-            receiver.intake.metrics.rejected(RECEIVER, "malformed", 1);
-            let (http, code) = match error {
-                BodyError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, RESOURCE_EXHAUSTED),
-                BodyError::UnsupportedEncoding(_) => {
-                    (StatusCode::UNSUPPORTED_MEDIA_TYPE, INVALID_ARGUMENT)
-                }
-                BodyError::Busy => (StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE),
-                _ => (StatusCode::BAD_REQUEST, INVALID_ARGUMENT),
-            };
-            return status(encoding, http, code, error.to_string());
-        }
-        Err(DecodeError::Internal(error)) => {
-            return status(
-                encoding,
-                StatusCode::INTERNAL_SERVER_ERROR,
-                UNAVAILABLE,
-                error,
-            );
-        }
+    let answer = match receiver.export(received, content_encoding(&headers), encoding).await {
+        Ok(answer) => answer,
+        Err(failure) => return failure.answer(encoding),
     };
-    if let Err(error) = receiver.intake.write(RECEIVER, points).await {
-        // The baselines stay, so the client's retry counts the same interval.
-        let mut response = status(
-            encoding,
-            StatusCode::SERVICE_UNAVAILABLE,
-            UNAVAILABLE,
-            format!("the sidecar cannot buffer points ({error}); retry later"),
-        );
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return response;
-    }
-    let mut histograms = receiver.histograms.lock().unwrap_or_else(PoisonError::into_inner);
-    for (id, state) in baselines {
-        histograms.set(id, state);
-    }
-    drop(histograms);
-    let partial_success = (!rejected.is_empty()).then(|| ExportMetricsPartialSuccess {
-        rejected_data_points: rejected.len() as i64,
-        error_message: format!(
-            "{} data points were rejected; the first: {}",
-            rejected.len(),
-            rejected[0]
-        ),
-    });
-    let answer = ExportMetricsServiceResponse { partial_success };
     match encoding {
         Encoding::Protobuf => (
             StatusCode::OK,
@@ -231,9 +181,112 @@ pub(crate) async fn receive(
 
 type Refusal = (StatusCode, i32, String);
 
+/// Why an export was not taken: the HTTP status, the gRPC code and the
+/// message, and whether the client should retry after a second.
+pub(crate) struct Failure {
+    pub http: StatusCode,
+    pub code: i32,
+    pub message: String,
+    pub retry: bool,
+}
+
+impl Failure {
+    fn new(http: StatusCode, code: i32, message: String) -> Failure {
+        Failure {
+            http,
+            code,
+            message,
+            retry: http == StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The OTLP/HTTP answer: a `google.rpc.Status` in the request's encoding.
+    fn answer(self, encoding: Encoding) -> Response {
+        let mut response = status(encoding, self.http, self.code, self.message);
+        if self.retry {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
 impl Receiver {
+    /// Takes one received export (OTLP/HTTP's body, or OTLP/gRPC's message
+    /// without its frame) into the buffer: decompressed with
+    /// `content_encoding`, decoded, mapped, validated and written. The
+    /// answer carries `partial_success` when data points were rejected.
+    pub(crate) async fn export(
+        self: &Arc<Self>,
+        received: Received,
+        content_encoding: Option<String>,
+        encoding: Encoding,
+    ) -> Result<ExportMetricsServiceResponse, Failure> {
+        let work = Arc::clone(self);
+        let mapped = self
+            .edge()
+            .decode(received, content_encoding, move |text, charge| {
+                // A decoded message holds more than its bytes; charge it before.
+                charge(text.len().saturating_mul(DECODED_EXPANSION))?;
+                Ok(work.map(text, encoding))
+            })
+            .await;
+        let (points, rejected, baselines) = match mapped {
+            Ok((Ok(mapped), _reservation)) => mapped,
+            Ok((Err((http, code, message)), _)) => {
+                self.intake.metrics.rejected(RECEIVER, "malformed", 1);
+                return Err(Failure::new(http, code, message));
+            }
+            Err(DecodeError::Body(error)) => {
+                self.intake.metrics.rejected(RECEIVER, "malformed", 1);
+                let (http, code) = match error {
+                    BodyError::TooLarge { .. } => {
+                        (StatusCode::PAYLOAD_TOO_LARGE, RESOURCE_EXHAUSTED)
+                    }
+                    BodyError::UnsupportedEncoding(_) => {
+                        (StatusCode::UNSUPPORTED_MEDIA_TYPE, INVALID_ARGUMENT)
+                    }
+                    BodyError::Busy => (StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE),
+                    _ => (StatusCode::BAD_REQUEST, INVALID_ARGUMENT),
+                };
+                return Err(Failure::new(http, code, error.to_string()));
+            }
+            Err(DecodeError::Internal(error)) => {
+                return Err(Failure {
+                    http: StatusCode::INTERNAL_SERVER_ERROR,
+                    code: UNAVAILABLE,
+                    message: error,
+                    retry: false,
+                });
+            }
+        };
+        if let Err(error) = self.intake.write(RECEIVER, points).await {
+            // The baselines stay, so the client's retry counts the same interval.
+            return Err(Failure::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                UNAVAILABLE,
+                format!("the sidecar cannot buffer points ({error}); retry later"),
+            ));
+        }
+        let mut histograms = self.histograms.lock().unwrap_or_else(PoisonError::into_inner);
+        for (id, state) in baselines {
+            histograms.set(id, state);
+        }
+        drop(histograms);
+        let partial_success = (!rejected.is_empty()).then(|| ExportMetricsPartialSuccess {
+            rejected_data_points: rejected.len() as i64,
+            error_message: format!(
+                "{} data points were rejected; the first: {}",
+                rejected.len(),
+                rejected[0]
+            ),
+        });
+        Ok(ExportMetricsServiceResponse { partial_success })
+    }
+
     /// The shared ingest edge with this receiver's body limits.
-    fn edge(&self) -> BodyEdge {
+    pub(crate) fn edge(&self) -> BodyEdge {
         BodyEdge {
             budget: self.intake.budget.clone(),
             timeout: self.intake.body_timeout,
@@ -335,7 +388,7 @@ mod tests {
     #[tokio::test]
     async fn json_and_protobuf_requests_are_answered_in_kind() {
         let fixture = testing::intake();
-        let router = router(Arc::clone(&fixture.intake), OtlpConfig::default(), 1000);
+        let router = router(Receiver::new(Arc::clone(&fixture.intake), OtlpConfig::default(), 1000));
         let (status, body) = call(&router, "application/json", JSON.as_bytes().to_vec()).await;
         assert_eq!(status, StatusCode::OK);
         let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
@@ -355,7 +408,7 @@ mod tests {
     #[tokio::test]
     async fn garbage_is_a_400_status_and_other_content_types_a_415() {
         let fixture = testing::intake();
-        let router = router(Arc::clone(&fixture.intake), OtlpConfig::default(), 1000);
+        let router = router(Receiver::new(Arc::clone(&fixture.intake), OtlpConfig::default(), 1000));
         let (status, body) = call(&router, "application/x-protobuf", vec![0xff; 16]).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert_eq!(Status::decode(body).unwrap().code, INVALID_ARGUMENT);
@@ -370,7 +423,7 @@ mod tests {
             max_body_bytes: 100,
             ..OtlpConfig::default()
         };
-        let router = router(Arc::clone(&fixture.intake), config, 1000);
+        let router = router(Receiver::new(Arc::clone(&fixture.intake), config, 1000));
         let (status, body) = call(&router, "application/x-protobuf", vec![0; 101]).await;
         assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
         assert_eq!(Status::decode(body).unwrap().code, RESOURCE_EXHAUSTED);
