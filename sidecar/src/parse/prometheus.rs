@@ -367,6 +367,35 @@ rpc_duration_seconds_count 2693
     }
 
     #[test]
+    fn prometheus_client_output_gives_a_counter_and_one_histogram() {
+        use pulse_core::histogram::{Baselines, Cumulative, classic_to_histograms};
+
+        let exposition = parse(include_str!("fixtures/prometheus_client.txt"));
+        assert!(exposition.rejected.is_empty());
+        let mut points: Vec<(usize, UncheckedPoint)> =
+            to_points(exposition, 1_000).into_iter().enumerate().collect();
+        // The histogram's previous scrape: nothing observed yet.
+        let mut baselines = Baselines::new(8);
+        let bounds = vec![0.1, 0.25, 1.0, 2.5, f64::INFINITY];
+        let empty = Cumulative { counts: vec![0.0; 5], bounds, sum: Some(0.0) };
+        baselines.set(pulse_core::SeriesId::of("req_seconds", &Tags::new()), empty);
+        classic_to_histograms(&mut points, &baselines);
+        let names: Vec<(&str, MetricKind)> =
+            points.iter().map(|(_, p)| (p.metric.as_str(), p.kind)).collect();
+        assert_eq!(
+            names,
+            [("jobs_total", MetricKind::Counter), ("req_seconds", MetricKind::Histogram)],
+            "no _created series, one histogram under the base name"
+        );
+        let observations = points[1].1.sketch.as_ref().unwrap();
+        assert_eq!(observations.count(), 100);
+        assert!((observations.sum() - 16.7).abs() < 1e-9);
+        // 6 of 100 took 2 s: the p95 is in the (1, 2.5] bucket.
+        let p95 = observations.quantile(0.95).unwrap();
+        assert!((1.0..=2.5 * 1.01).contains(&p95), "{p95}");
+    }
+
+    #[test]
     fn bucket_bounds_are_spelled_one_way() {
         let exposition = parse("a_bucket{le=\"5\"} 1\nb{quantile=\"0.50\"} 2\n");
         let points = to_points(exposition, 0);
