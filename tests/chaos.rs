@@ -537,6 +537,8 @@ async fn app(url: String, gate: Arc<tokio::sync::Mutex<()>>, seed: u64) -> Vec<P
                     // Multiples of 1/4: every sum is exact in f64.
                     value: 1.0 + rng.between(0, 400) as f64 * 0.25,
                     timestamp_ms: now + SKEWS_MS[host] - rng.between(0, 1_000) as i64,
+                    kind: pulse_core::MetricKind::Gauge,
+                    sketch: None,
                 }
             })
             .collect();

@@ -72,6 +72,8 @@ fn points(from_ms: i64, minutes: i64) -> Vec<Point> {
                 tags: [("host".to_string(), host.to_string())].into(),
                 value: ((i * 7) % 23) as f64,
                 timestamp_ms: ts,
+                kind: pulse_core::MetricKind::Gauge,
+                sketch: None,
             });
             i += 1;
         }
@@ -339,6 +341,8 @@ fn closing_ticks(ts_ms: i64) -> Vec<Point> {
             tags: [("host".to_string(), format!("tick-{i}"))].into(),
             value: 0.0,
             timestamp_ms: ts_ms,
+            kind: pulse_core::MetricKind::Gauge,
+            sketch: None,
         };
         let partition = tick.series_id().partition(2);
         if ticks

@@ -88,5 +88,10 @@ pub fn stream_point(i: u64, fleet: &[Series], base_ms: TimestampMs) -> Point {
         tags: series.tags.clone(),
         value: skewed(i) * 10.0,
         timestamp_ms: ts,
+    },
+    kind: pulse_core::MetricKind::Gauge,
+    sketch: None,
+  kind: pulse_core::MetricKind::Gauge,
+        sketch: None,
     }
 }

@@ -92,6 +92,8 @@ pub(super) fn batches(points: usize, batch: usize, series: usize) -> Result<Vec<
             tags: s.tags.clone(),
             value: skewed(i as u64) * 10.0,
             timestamp_ms: start + (i as i64 * 180_000) / points as i64,
+            kind: pulse_core::MetricKind::Gauge,
+            sketch: None,
         }
     };
     let mut out = Vec::new();

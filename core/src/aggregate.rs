@@ -1,5 +1,6 @@
 //! Mergeable aggregates: exact count, sum, min, max and last, plus a DDSketch
-//! (1 % relative accuracy) for quantiles.
+//! (1 % relative accuracy) for quantiles, and for counters what `increase`
+//! and `rate` need (see [`crate::counter`]).
 //!
 //! An [`Aggregate`] is what a window holds while open and what the store keeps
 //! once closed. Because every part merges exactly (and the sketch merges without
@@ -9,9 +10,12 @@
 use std::fmt;
 use std::str::FromStr;
 
-use sketches_ddsketch::{Config as SketchConfig, DDSketch};
+use sketches_ddsketch::DDSketch;
 
 use crate::TimestampMs;
+use crate::counter;
+use crate::point::{MetricKind, Point};
+use crate::sketch::{Distribution, SketchError, decode_sketch, empty_sketch};
 
 /// Running aggregate of the points of one window (or of a merge of windows).
 #[derive(Clone)]
@@ -23,6 +27,17 @@ pub struct Aggregate {
     /// Value of the point with the highest timestamp.
     pub last: f64,
     pub last_ts: TimestampMs,
+    /// The kind of the point that gave `last` (a series has one kind; if a
+    /// client mixes them, the latest point's wins, whatever the merge order).
+    pub kind: MetricKind,
+    /// The value and time of the earliest value point (not histogram points):
+    /// with `last`, the ends a counter's `increase` is measured between.
+    pub first: f64,
+    pub first_ts: TimestampMs,
+    /// How much a cumulative counter grew from `first` to `last`, a drop
+    /// counted as a reset to zero (as Prometheus does): the sum of
+    /// [`counter::growth`] over consecutive points.
+    pub increase: f64,
     sketch: DDSketch,
 }
 
@@ -35,6 +50,10 @@ impl fmt::Debug for Aggregate {
             .field("max", &self.max)
             .field("last", &self.last)
             .field("last_ts", &self.last_ts)
+            .field("kind", &self.kind)
+            .field("first", &self.first)
+            .field("first_ts", &self.first_ts)
+            .field("increase", &self.increase)
             .finish_non_exhaustive()
     }
 }
@@ -50,6 +69,24 @@ impl Default for Aggregate {
 #[error("stored sketch is corrupt: {0}")]
 pub struct SketchDecodeError(String);
 
+/// Everything an aggregate is stored as (a store row, a checkpointed state),
+/// for [`Aggregate::from_parts`].
+#[derive(Debug, Clone, Copy)]
+pub struct AggregateParts<'a> {
+    pub count: u64,
+    pub sum: f64,
+    pub min: f64,
+    pub max: f64,
+    pub last: f64,
+    pub last_ts: TimestampMs,
+    pub kind: MetricKind,
+    pub first: f64,
+    pub first_ts: TimestampMs,
+    pub increase: f64,
+    /// DDSketch in DataDog's standard binary encoding.
+    pub sketch: &'a [u8],
+}
+
 impl Aggregate {
     /// An empty aggregate.
     pub fn new() -> Aggregate {
@@ -60,22 +97,75 @@ impl Aggregate {
             max: f64::NEG_INFINITY,
             last: f64::NAN,
             last_ts: TimestampMs::MIN,
-            sketch: DDSketch::new(SketchConfig::defaults()),
+            kind: MetricKind::Gauge,
+            first: 0.0,
+            first_ts: TimestampMs::MIN,
+            increase: 0.0,
+            sketch: empty_sketch(),
         }
     }
 
-    /// Adds one point. `last` follows the rule of [`Aggregate::takes_last`].
+    /// Adds one point of any kind: its value, or for a histogram point all
+    /// of its observations.
+    #[inline]
+    pub fn add_point(&mut self, point: &Point) {
+        match point.sketch.as_deref() {
+            Some(observations) => {
+                self.add_distribution(observations, point.timestamp_ms, point.kind)
+            }
+            None => self.add_value(point.value, point.timestamp_ms, point.kind),
+        }
+    }
+
+    /// Adds one gauge value (what [`Aggregate::add_point`] does for a gauge point).
     #[inline]
     pub fn add(&mut self, value: f64, ts: TimestampMs) {
+        self.add_value(value, ts, MetricKind::Gauge);
+    }
+
+    /// Adds one value point. `last` follows the rule of
+    /// [`Aggregate::takes_last`]; the counter ends move outwards (a point
+    /// inside them adds no growth, which is exact unless the counter reset
+    /// right around it).
+    #[inline]
+    pub fn add_value(&mut self, value: f64, ts: TimestampMs, kind: MetricKind) {
+        if self.first_ts == TimestampMs::MIN {
+            (self.first, self.first_ts, self.increase) = (value, ts, 0.0);
+        } else if ts > self.last_ts {
+            self.increase += counter::growth(self.last, value);
+        } else if ts < self.first_ts {
+            self.increase += counter::growth(value, self.first);
+            (self.first, self.first_ts) = (value, ts);
+        }
         self.count += 1;
         self.sum += value;
         self.min = self.min.min(value);
         self.max = self.max.max(value);
+        self.take_last(ts, value, kind);
+        self.sketch.add(value);
+    }
+
+    /// Adds the observations of a histogram point; its mean is the `last`.
+    pub fn add_distribution(&mut self, d: &Distribution, ts: TimestampMs, kind: MetricKind) {
+        if d.count() == 0 {
+            return;
+        }
+        self.count += d.count();
+        self.sum += d.sum();
+        self.min = self.min.min(d.min());
+        self.max = self.max.max(d.max());
+        self.take_last(ts, d.mean(), kind);
+        // Of Pulse's one configuration, checked when the sketch was decoded.
+        let _ = self.sketch.merge(d.ddsketch());
+    }
+
+    #[inline]
+    fn take_last(&mut self, ts: TimestampMs, value: f64, kind: MetricKind) {
         if self.takes_last(ts, value) {
             self.last = value;
             self.last_ts = ts;
+            self.kind = kind;
         }
-        self.sketch.add(value);
     }
 
     /// Whether a point `(ts, value)` replaces `last`: it is later, or as late
@@ -96,26 +186,100 @@ impl Aggregate {
         if other.count == 0 {
             return;
         }
+        self.merge_counter(other);
         self.count += other.count;
         self.sum += other.sum;
         self.min = self.min.min(other.min);
         self.max = self.max.max(other.max);
-        if self.takes_last(other.last_ts, other.last) {
-            self.last = other.last;
-            self.last_ts = other.last_ts;
-        }
+        self.take_last(other.last_ts, other.last, other.kind);
         // Both sketches are built from the same fixed configuration, so a merge
         // error cannot happen; if a foreign sketch ever slipped in, its quantiles are
         // dropped rather than mixed wrongly.
         let _ = self.sketch.merge(&other.sketch);
     }
 
-    /// The value of one aggregation, or `None` for an empty aggregate.
+    /// Joins the counter ends and growth of `other`, a part of the same
+    /// series, into `self` (before `last` moves). Parts side by side in time
+    /// (a window fed by the windows before it, a late point after the
+    /// others) join exactly, the growth between them included; overlapping
+    /// parts (points of one series from two partitions at once) keep the
+    /// growth of the earlier part and the growth from its end to the later
+    /// part's end, exact while the counter did not reset inside the overlap.
+    fn merge_counter(&mut self, other: &Aggregate) {
+        if other.first_ts == TimestampMs::MIN {
+            return;
+        }
+        if self.first_ts == TimestampMs::MIN {
+            (self.first, self.first_ts, self.increase) =
+                (other.first, other.first_ts, other.increase);
+            return;
+        }
+        let ends = |a: &Aggregate| counter::Ends {
+            first: a.first,
+            first_ts: a.first_ts,
+            last: a.last,
+            last_ts: a.last_ts,
+            increase: a.increase,
+        };
+        let joined = counter::join(ends(self), ends(other));
+        (self.first, self.first_ts, self.increase) =
+            (joined.first, joined.first_ts, joined.increase);
+    }
+
+    /// `increase` over the window `[start_ms, end_ms)`: for a cumulative
+    /// counter the growth extrapolated to the window's edges as Prometheus's
+    /// `increase()` does (at least two points needed); for a delta counter
+    /// the sum of its increments; for a histogram the number of
+    /// observations; nothing for a gauge.
+    pub fn increase_over(&self, start_ms: TimestampMs, end_ms: TimestampMs) -> Option<f64> {
+        if self.count == 0 {
+            return None;
+        }
+        match self.kind {
+            MetricKind::Gauge => None,
+            MetricKind::DeltaCounter => Some(self.sum),
+            MetricKind::Histogram => Some(self.count as f64),
+            MetricKind::Counter => counter::extrapolated_increase(
+                counter::Ends {
+                    first: self.first,
+                    first_ts: self.first_ts,
+                    last: self.last,
+                    last_ts: self.last_ts,
+                    increase: self.increase,
+                },
+                self.count,
+                start_ms,
+                end_ms,
+            ),
+        }
+    }
+
+    /// The value of one aggregation over the window `[start_ms, end_ms)`
+    /// this aggregate covers; `None` when it has none.
+    pub fn value_over(
+        &self,
+        kind: AggKind,
+        start_ms: TimestampMs,
+        end_ms: TimestampMs,
+    ) -> Option<f64> {
+        match kind {
+            AggKind::Increase => self.increase_over(start_ms, end_ms),
+            AggKind::Rate => self
+                .increase_over(start_ms, end_ms)
+                .map(|increase| counter::per_second(increase, start_ms, end_ms)),
+            _ => self.value(kind),
+        }
+    }
+
+    /// The value of one aggregation, or `None` for an empty aggregate, and
+    /// for `increase` and `rate`, which need the window
+    /// ([`Aggregate::value_over`]).
     pub fn value(&self, kind: AggKind) -> Option<f64> {
         if self.count == 0 {
             return None;
         }
         match kind {
+            AggKind::Increase | AggKind::Rate => None,
             AggKind::Count => Some(self.count as f64),
             AggKind::Sum => Some(self.sum),
             AggKind::Min => Some(self.min),
@@ -132,28 +296,43 @@ impl Aggregate {
         self.sketch.to_java_bytes()
     }
 
+    /// What the aggregate is stored as; the sketch in
+    /// [`Aggregate::sketch_bytes`]'s encoding is passed in, as the caller
+    /// usually has it already.
+    pub fn parts<'a>(&self, sketch: &'a [u8]) -> AggregateParts<'a> {
+        AggregateParts {
+            count: self.count,
+            sum: self.sum,
+            min: self.min,
+            max: self.max,
+            last: self.last,
+            last_ts: self.last_ts,
+            kind: self.kind,
+            first: self.first,
+            first_ts: self.first_ts,
+            increase: self.increase,
+            sketch,
+        }
+    }
+
     /// Rebuilds an aggregate from its stored parts.
-    pub fn from_parts(
-        count: u64,
-        sum: f64,
-        min: f64,
-        max: f64,
-        last: f64,
-        last_ts: TimestampMs,
-        sketch: &[u8],
-    ) -> Result<Aggregate, SketchDecodeError> {
-        let sketch = if count == 0 {
-            DDSketch::new(SketchConfig::defaults())
+    pub fn from_parts(p: AggregateParts<'_>) -> Result<Aggregate, SketchDecodeError> {
+        let sketch = if p.count == 0 {
+            empty_sketch()
         } else {
-            DDSketch::from_java_bytes(sketch).map_err(|e| SketchDecodeError(format!("{e:?}")))?
+            decode_sketch(p.sketch).map_err(|SketchError(e)| SketchDecodeError(e))?
         };
         Ok(Aggregate {
-            count,
-            sum,
-            min,
-            max,
-            last,
-            last_ts,
+            count: p.count,
+            sum: p.sum,
+            min: p.min,
+            max: p.max,
+            last: p.last,
+            last_ts: p.last_ts,
+            kind: p.kind,
+            first: p.first,
+            first_ts: p.first_ts,
+            increase: p.increase,
             sketch,
         })
     }
@@ -179,6 +358,10 @@ pub enum AggKind {
     Max,
     Avg,
     Last,
+    /// How much a counter grew in the window (see [`Aggregate::increase_over`]).
+    Increase,
+    /// [`AggKind::Increase`] per second of the window.
+    Rate,
     Quantile(Quantile),
 }
 
@@ -218,10 +401,12 @@ impl FromStr for AggKind {
             "max" => AggKind::Max,
             "avg" | "mean" => AggKind::Avg,
             "last" => AggKind::Last,
+            "increase" => AggKind::Increase,
+            "rate" => AggKind::Rate,
             _ => {
                 let bad = || {
                     format!(
-                        "unknown aggregation `{s}`: use count, sum, min, max, avg, last or a quantile p0..p100 such as p95 or p99.9"
+                        "unknown aggregation `{s}`: use count, sum, min, max, avg, last, increase, rate or a quantile p0..p100 such as p95 or p99.9"
                     )
                 };
                 let number = s.strip_prefix('p').ok_or_else(bad)?;
@@ -244,6 +429,8 @@ impl fmt::Display for AggKind {
             AggKind::Max => f.write_str("max"),
             AggKind::Avg => f.write_str("avg"),
             AggKind::Last => f.write_str("last"),
+            AggKind::Increase => f.write_str("increase"),
+            AggKind::Rate => f.write_str("rate"),
             AggKind::Quantile(Quantile(pm)) if pm % 10 == 0 => write!(f, "p{}", pm / 10),
             AggKind::Quantile(Quantile(pm)) => write!(f, "p{}.{}", pm / 10, pm % 10),
         }
@@ -355,8 +542,7 @@ mod tests {
             a.add(v, 1);
         }
         let bytes = a.sketch_bytes();
-        let b =
-            Aggregate::from_parts(a.count, a.sum, a.min, a.max, a.last, a.last_ts, &bytes).unwrap();
+        let b = Aggregate::from_parts(a.parts(&bytes)).unwrap();
         for q in ["p50", "p99", "max", "avg"] {
             let kind = q.parse().unwrap();
             assert_eq!(a.value(kind), b.value(kind), "{q}");
@@ -365,10 +551,12 @@ mod tests {
 
     #[test]
     fn corrupt_sketch_bytes_are_an_error_not_a_panic() {
+        let mut three = Aggregate::new();
+        (0..3).for_each(|i| three.add(f64::from(i), 0));
         for bytes in [&[][..], &[0xff; 3][..], &[2, 9, 9, 9, 9, 9, 9, 9, 9, 9][..]] {
-            let _ = Aggregate::from_parts(3, 1.0, 0.0, 1.0, 1.0, 0, bytes);
+            let _ = Aggregate::from_parts(three.parts(bytes));
         }
-        assert!(Aggregate::from_parts(3, 1.0, 0.0, 1.0, 1.0, 0, &[]).is_err());
+        assert!(Aggregate::from_parts(three.parts(&[])).is_err());
     }
 
     #[test]
@@ -379,7 +567,8 @@ mod tests {
     #[test]
     fn aggregation_names_parse_and_print() {
         for name in [
-            "count", "sum", "min", "max", "avg", "last", "p50", "p99.9", "p0", "p100",
+            "count", "sum", "min", "max", "avg", "last", "increase", "rate", "p50", "p99.9", "p0",
+            "p100",
         ] {
             assert_eq!(name.parse::<AggKind>().unwrap().to_string(), name);
         }

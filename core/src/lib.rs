@@ -12,6 +12,7 @@ pub mod backoff;
 pub mod board;
 pub mod codec;
 pub mod config;
+pub mod counter;
 pub mod duration;
 pub mod edge;
 pub mod histogram;
@@ -20,13 +21,15 @@ pub mod names;
 pub mod point;
 pub mod result;
 pub mod series;
+pub mod sketch;
 pub mod validate;
 pub mod window;
 
-pub use aggregate::{AggKind, Aggregate};
-pub use point::{Point, Tags};
+pub use aggregate::{AggKind, Aggregate, AggregateParts};
+pub use point::{MetricKind, Point, Tags};
 pub use result::WindowResult;
 pub use series::SeriesId;
+pub use sketch::Distribution;
 pub use window::WindowSpec;
 
 /// Milliseconds since the Unix epoch, the one time unit used inside Pulse.

@@ -8,7 +8,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::TimestampMs;
-use crate::point::{Point, Tags};
+use crate::point::{MetricKind, Point, Tags};
+use crate::sketch::Distribution;
 
 /// Limits on what a point may look like. Part of the config (`[limits]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -130,8 +131,36 @@ impl PointError {
 pub struct UncheckedPoint {
     pub metric: String,
     pub tags: Tags,
+    /// The number; ignored for a histogram point (its `value` becomes the
+    /// mean of its observations).
     pub value: f64,
     pub timestamp_secs: Option<f64>,
+    /// What the number means; [`MetricKind::Gauge`] unless the source knows.
+    pub kind: MetricKind,
+    /// The observations of a histogram point; a point with a sketch is a
+    /// histogram whatever `kind` says, unless `kind` names another value
+    /// kind (refused).
+    pub sketch: Option<Box<Distribution>>,
+}
+
+impl UncheckedPoint {
+    /// A gauge point as a source read it (set `kind` or `sketch` after for
+    /// other kinds).
+    pub fn gauge(
+        metric: impl Into<String>,
+        tags: Tags,
+        value: f64,
+        timestamp_secs: Option<f64>,
+    ) -> UncheckedPoint {
+        UncheckedPoint {
+            metric: metric.into(),
+            tags,
+            value,
+            timestamp_secs,
+            kind: MetricKind::Gauge,
+            sketch: None,
+        }
+    }
 }
 
 /// Checks `point` against `limits`, with `now_ms` as the receiver's clock.
@@ -144,7 +173,33 @@ pub fn validate(
     let err = |field: &str, reason, msg: String| PointError::new(index, Some(field), reason, msg);
     check_name(&point.metric, limits.max_name_len)
         .map_err(|m| err("metric_name", RejectReason::InvalidName, m))?;
-    if !point.value.is_finite() {
+    let (kind, value) = match &point.sketch {
+        None if point.kind == MetricKind::Histogram => {
+            return Err(err(
+                "sketch",
+                RejectReason::InvalidValue,
+                "is required for a point of kind `histogram`".into(),
+            ));
+        }
+        None => (point.kind, point.value),
+        Some(_) if !matches!(point.kind, MetricKind::Gauge | MetricKind::Histogram) => {
+            return Err(err(
+                "kind",
+                RejectReason::InvalidValue,
+                format!(
+                    "is `{}`, but a point with a sketch is a `histogram`",
+                    point.kind
+                ),
+            ));
+        }
+        Some(sketch) => {
+            if let Some(problem) = sketch.problem() {
+                return Err(err("sketch", RejectReason::InvalidValue, problem));
+            }
+            (MetricKind::Histogram, sketch.mean())
+        }
+    };
+    if !value.is_finite() {
         return Err(err(
             "value",
             RejectReason::InvalidValue,
@@ -212,8 +267,10 @@ pub fn validate(
     Ok(Point {
         metric: point.metric,
         tags: point.tags,
-        value: point.value,
+        value,
         timestamp_ms,
+        kind,
+        sketch: point.sketch,
     })
 }
 
@@ -282,15 +339,35 @@ mod tests {
     const NOW: i64 = 1_721_199_945_000;
 
     fn point(metric: &str, value: f64, ts: Option<f64>, tags: &[(&str, &str)]) -> UncheckedPoint {
-        UncheckedPoint {
-            metric: metric.into(),
-            value,
-            timestamp_secs: ts,
-            tags: tags
-                .iter()
+        UncheckedPoint::gauge(
+            metric,
+            tags.iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-        }
+            value,
+            ts,
+        )
+    }
+
+    #[test]
+    fn kinds_and_sketches_must_agree() {
+        let mut counter = point("requests_total", 7.0, None, &[]);
+        counter.kind = MetricKind::Counter;
+        let p = validate(0, counter, &Limits::default(), NOW).unwrap();
+        assert_eq!((p.kind, p.value, p.sketch), (MetricKind::Counter, 7.0, None));
+
+        let mut histogram = point("req_seconds", f64::NAN, None, &[]);
+        histogram.sketch = Some(Box::new(Distribution::of(&[1.0, 3.0])));
+        let p = validate(0, histogram.clone(), &Limits::default(), NOW).unwrap();
+        assert_eq!((p.kind, p.value), (MetricKind::Histogram, 2.0));
+
+        histogram.kind = MetricKind::Counter;
+        assert_eq!(reject(histogram.clone()).field.as_deref(), Some("kind"));
+        histogram.kind = MetricKind::Histogram;
+        histogram.sketch = Some(Box::new(Distribution::new()));
+        assert_eq!(reject(histogram.clone()).field.as_deref(), Some("sketch"));
+        histogram.sketch = None;
+        assert_eq!(reject(histogram).field.as_deref(), Some("sketch"));
     }
 
     fn reject(p: UncheckedPoint) -> PointError {

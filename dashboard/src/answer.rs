@@ -2,12 +2,14 @@
 //! shapes of every endpoint. Pure, so the arithmetic of the API is tested without
 //! a store, a cache or HTTP.
 //!
-//! Results are always combined with [`Aggregate::merge`], never by averaging their
-//! values: the p95 of three hosts is the p95 of the union of their points.
+//! Results are always combined with [`Combined`], never by averaging their
+//! values: the p95 of three hosts is the p95 of the union of their points, and
+//! a counter's `increase`, `rate` and `last` add up across its series.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use pulse_core::{AggKind, Aggregate, Tags, TimestampMs, WindowResult};
+use pulse_core::result::Combined;
+use pulse_core::{AggKind, Tags, TimestampMs, WindowResult};
 use pulse_engine::store::MetricInfo;
 use serde::{Serialize, Serializer};
 use utoipa::ToSchema;
@@ -38,8 +40,14 @@ impl Source {
 pub struct AggValues(Vec<(AggKind, Option<f64>)>);
 
 impl AggValues {
-    pub fn of(agg: &Aggregate, kinds: &[AggKind]) -> AggValues {
-        AggValues(kinds.iter().map(|&k| (k, agg.value(k))).collect())
+    /// The values of `kinds` across the combined series.
+    pub fn of(combined: &Combined, kinds: &[AggKind]) -> AggValues {
+        AggValues(kinds.iter().map(|&k| (k, combined.value(k))).collect())
+    }
+
+    /// The values of `kinds` of one series' window.
+    pub fn of_one(result: &WindowResult, kinds: &[AggKind]) -> AggValues {
+        AggValues(kinds.iter().map(|&k| (k, result.value(k))).collect())
     }
 }
 
@@ -104,7 +112,7 @@ pub fn latest_answer(
     let start = results.iter().map(|r| r.start_ms).max()?;
     let newest: Vec<&WindowResult> = results.iter().filter(|r| r.start_ms == start).collect();
     let end = newest.iter().map(|r| r.end_ms).max().unwrap_or(start);
-    let merged = merge(newest.iter().map(|r| &r.agg));
+    let merged = Combined::of(newest.iter().copied());
     Some(LatestAnswer {
         metric_name: metric.to_string(),
         window: window.to_string(),
@@ -116,14 +124,6 @@ pub fn latest_answer(
         series: newest.len(),
         source,
     })
-}
-
-fn merge<'a>(aggs: impl IntoIterator<Item = &'a Aggregate>) -> Aggregate {
-    let mut merged = Aggregate::new();
-    for agg in aggs {
-        merged.merge(agg);
-    }
-    merged
 }
 
 /// The `GET /api/v1/query_range` answer.
@@ -188,7 +188,7 @@ pub fn group_series(
     group_by: &[String],
     aggs: &[AggKind],
 ) -> Vec<SeriesAnswer> {
-    let mut groups: BTreeMap<Vec<&str>, BTreeMap<TimestampMs, (TimestampMs, Aggregate)>> =
+    let mut groups: BTreeMap<Vec<&str>, BTreeMap<TimestampMs, (TimestampMs, Combined)>> =
         BTreeMap::new();
     for result in results {
         let key = group_by
@@ -199,9 +199,9 @@ pub fn group_series(
             .entry(key)
             .or_default()
             .entry(result.start_ms)
-            .or_insert_with(|| (result.end_ms, Aggregate::new()));
+            .or_insert_with(|| (result.end_ms, Combined::default()));
         *end = (*end).max(result.end_ms);
-        agg.merge(&result.agg);
+        agg.add(result);
     }
     groups
         .into_iter()
@@ -272,7 +272,7 @@ pub fn live_event<'a>(result: &'a WindowResult, aggs: &[AggKind]) -> LiveEvent<'
         tags: &result.tags,
         window_start_ms: result.start_ms,
         window_end_ms: result.end_ms,
-        aggregations: AggValues::of(&result.agg, aggs),
+        aggregations: AggValues::of_one(result, aggs),
     }
 }
 
@@ -327,7 +327,7 @@ pub struct MetricsAnswer<'a> {
 
 #[cfg(test)]
 mod tests {
-    use pulse_core::SeriesId;
+    use pulse_core::{Aggregate, SeriesId};
     use serde_json::json;
 
     use super::*;
@@ -417,7 +417,7 @@ mod tests {
 
     #[test]
     fn empty_aggregate_values_are_null() {
-        let empty = AggValues::of(&Aggregate::new(), &kinds("avg,p95"));
+        let empty = AggValues::of(&Combined::default(), &kinds("avg,p95"));
         assert_eq!(
             serde_json::to_value(&empty).unwrap(),
             json!({"avg": null, "p95": null})

@@ -273,11 +273,13 @@ mod tests {
                 name: "mem_used".into(),
                 series: 2,
                 last_window_end_ms: Some(60_000),
+                kind: None,
             },
             MetricInfo {
                 name: "cpu_usage".into(),
                 series: 5,
                 last_window_end_ms: None,
+                kind: None,
             },
         ];
         let view = default_view(&metrics, &windows);

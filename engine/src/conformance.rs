@@ -374,6 +374,8 @@ pub async fn store_suite(store: &dyn Store) {
             tags: raw_tags.clone(),
             value: 1.0,
             timestamp_ms: 10,
+            kind: pulse_core::MetricKind::Gauge,
+            sketch: None,
         }]
     );
 

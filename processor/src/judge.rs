@@ -96,7 +96,7 @@ impl Judge {
         for ((partition, index, series, _), at) in due {
             let rule = &self.rules[index];
             let result = &commit.results[at];
-            let Some(value) = result.agg.value(rule.aggregation) else {
+            let Some(value) = result.value(rule.aggregation) else {
                 continue;
             };
             let state = self

@@ -49,6 +49,8 @@ async fn a_backlog_is_aggregated_not_counted_late_when_the_idle_timeout_is_short
             tags: Tags::from([("host".to_string(), host.to_string())]),
             value: (i % 17) as f64,
             timestamp_ms: start + i * 100,
+            kind: pulse_core::MetricKind::Gauge,
+            sketch: None,
         });
     }
     let records = points

@@ -141,6 +141,8 @@ fn points(n: i64) -> Vec<Point> {
             tags: Tags::from([("host".to_string(), format!("h{}", i % 6))]),
             value: (i % 23) as f64,
             timestamp_ms: start + i * (5 * MINUTE / n),
+            kind: pulse_core::MetricKind::Gauge,
+            sketch: None,
         })
         .collect()
 }

@@ -95,6 +95,8 @@ pub async fn run(
         tags: config.tags.clone(),
         value: 0.0,
         timestamp_secs: None,
+        kind: pulse_core::MetricKind::Gauge,
+        sketch: None,
     };
     pulse_core::validate::validate(0, probe, &config.limits, pulse_core::now_ms())
         .map_err(|e| StartError::Tags(e.message))?;

@@ -5,36 +5,21 @@
 
 use std::io::Write;
 
-use pulse_core::{Point, Tags};
-use serde::Serialize;
+use pulse_core::Point;
+use pulse_core::codec::json::write_point;
 
 use crate::config::Compression;
 
-#[derive(Serialize)]
-struct WirePoint<'a> {
-    metric_name: &'a str,
-    value: f64,
-    /// Unix seconds with millisecond precision; the gateway rounds back to the
-    /// same millisecond.
-    timestamp: f64,
-    #[serde(skip_serializing_if = "Tags::is_empty")]
-    tags: &'a Tags,
-}
-
-/// Appends one NDJSON line per point to `out`; returns the number of lines.
+/// Appends one NDJSON line per point to `out` (the shape of
+/// `pulse_core::codec::json`, with the point's kind and sketch); returns the
+/// number of lines.
 pub fn ndjson(points: &[Point], out: &mut Vec<u8>) -> usize {
     let mut written = 0;
     for point in points {
         let start = out.len();
-        let wire = WirePoint {
-            metric_name: &point.metric,
-            value: point.value,
-            timestamp: point.timestamp_ms as f64 / 1000.0,
-            tags: &point.tags,
-        };
         // Writing into a Vec only fails if serialisation itself does, which a
         // validated point cannot make it; undo a partial line all the same.
-        if serde_json::to_writer(&mut *out, &wire).is_ok() {
+        if write_point(point, out).is_ok() {
             out.push(b'\n');
             written += 1;
         } else {
@@ -120,6 +105,8 @@ mod tests {
                 tags,
                 value,
                 timestamp_ms,
+                kind: pulse_core::MetricKind::Gauge,
+                sketch: None,
             })
     }
 
@@ -150,11 +137,9 @@ mod tests {
                 prop_assert_eq!(&got.metric, &want.metric);
                 prop_assert_eq!(&got.tags, &want.tags);
                 prop_assert_eq!(got.timestamp_ms, want.timestamp_ms);
-                // The sidecar writes the shortest exact form (ryu); serde_json's
-                // default reader (the gateway's) may land one ulp away on
-                // values with more than 15 significant digits.
-                let tolerance = (want.value.abs() * 4.0 * f64::EPSILON).max(1e-300);
-                prop_assert!((got.value - want.value).abs() <= tolerance, "{} != {}", got.value, want.value);
+                // The sidecar writes the shortest exact form (ryu) and the
+                // gateway reads the nearest double: bit for bit.
+                prop_assert_eq!(got.value.to_bits(), want.value.to_bits());
             }
         }
     }

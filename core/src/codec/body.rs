@@ -9,8 +9,11 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::TimestampMs;
-use crate::point::{Point, Tags};
+use crate::point::{MetricKind, Point, Tags};
+use crate::sketch::Distribution;
 use crate::validate::{Limits, PointError, RejectReason, UncheckedPoint, validate};
+
+pub use super::json::SketchJson;
 
 /// Why a whole request body was refused (as opposed to single points in it).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -348,9 +351,12 @@ pub struct TypedPoint {
         max_length = 200
     )]
     metric_name: String,
-    /// The value: a finite number (a JSON string is refused).
+    /// The value: a finite number (a JSON string is refused). Required,
+    /// except for a point with a `sketch`. Read exactly: the double nearest
+    /// to the decimal sent, so every value round-trips bit for bit.
+    #[serde(default)]
     #[schema(example = 92.5)]
-    value: f64,
+    value: Option<f64>,
     /// Event time in Unix seconds (fractions allowed); absent or `null` means
     /// the time of arrival. At most `limits.max_past` (1 d) old and
     /// `limits.max_future` (10 m) ahead.
@@ -362,6 +368,14 @@ pub struct TypedPoint {
     #[serde(default)]
     #[schema(value_type = Option<BTreeMap<String, String>>, example = json!({"host": "web-01", "env": "prod"}))]
     tags: Option<UniqueTags>,
+    /// What the value means: `gauge` (the default), `counter` (a cumulative
+    /// running total), `delta_counter` (the increment since the series'
+    /// previous point) or `histogram` (the point carries a `sketch`).
+    #[serde(default)]
+    kind: Option<MetricKind>,
+    /// The observations of a histogram point, instead of `value`.
+    #[serde(default)]
+    sketch: Option<SketchJson>,
 }
 
 /// Tags as sent, refusing a key given twice: keeping one of the two values
@@ -399,15 +413,15 @@ impl<'de> Deserialize<'de> for UniqueTags {
     }
 }
 
-impl From<TypedPoint> for UncheckedPoint {
-    fn from(p: TypedPoint) -> UncheckedPoint {
-        UncheckedPoint {
-            metric: p.metric_name,
-            tags: p.tags.map(|t| t.0).unwrap_or_default(),
-            value: p.value,
-            timestamp_secs: p.timestamp,
-        }
-    }
+/// A point's `sketch` as a distribution, or the error naming the field.
+fn read_sketch(index: usize, sketch: Option<SketchJson>) -> Result<Option<Box<Distribution>>, PointError> {
+    sketch
+        .map(|s| {
+            s.distribution().map(Box::new).map_err(|e| {
+                PointError::new(index, Some("sketch"), RejectReason::InvalidValue, e.to_string())
+            })
+        })
+        .transpose()
 }
 
 /// The JSON object of one point, with each field kept raw so that a wrong type is
@@ -422,6 +436,10 @@ struct WirePoint<'a> {
     timestamp: Option<&'a RawValue>,
     #[serde(borrow)]
     tags: Option<&'a RawValue>,
+    #[serde(borrow)]
+    kind: Option<&'a RawValue>,
+    #[serde(borrow)]
+    sketch: Option<&'a RawValue>,
 }
 
 fn decode_point(index: usize, json: &[u8]) -> Result<UncheckedPoint, PointError> {
@@ -431,8 +449,15 @@ fn decode_point(index: usize, json: &[u8]) -> Result<UncheckedPoint, PointError>
         return Err(malformed("each point must be a JSON object".into()));
     }
     match serde_json::from_slice::<TypedPoint>(json) {
-        Ok(point) => Ok(point.into()),
-        Err(_) => decode_point_by_field(index, json),
+        Ok(p) if p.value.is_some() || p.sketch.is_some() => Ok(UncheckedPoint {
+            metric: p.metric_name,
+            tags: p.tags.map(|t| t.0).unwrap_or_default(),
+            value: p.value.unwrap_or(0.0),
+            timestamp_secs: p.timestamp,
+            kind: p.kind.unwrap_or_default(),
+            sketch: read_sketch(index, p.sketch)?,
+        }),
+        _ => decode_point_by_field(index, json),
     }
 }
 
@@ -452,16 +477,47 @@ fn decode_point_by_field(index: usize, json: &[u8]) -> Result<UncheckedPoint, Po
     let metric: String = serde_json::from_str(metric.get())
         .map_err(|_| field_err("metric_name", RejectReason::InvalidName, "must be a string"))?;
 
-    let value = wire
-        .value
-        .ok_or_else(|| field_err("value", RejectReason::InvalidValue, "is required"))?;
-    let value: f64 = serde_json::from_str(value.get()).map_err(|_| {
-        field_err(
-            "value",
-            RejectReason::InvalidValue,
-            "must be a finite number (JSON number, not a string)",
-        )
-    })?;
+    let kind = match wire.kind.map(RawValue::get) {
+        None | Some("null") => MetricKind::Gauge,
+        Some(raw) => serde_json::from_str::<String>(raw)
+            .map_err(|_| "must be a string".to_string())
+            .and_then(|k| k.parse())
+            .map_err(|m| field_err("kind", RejectReason::InvalidValue, &m))?,
+    };
+    let sketch = match wire.sketch.map(RawValue::get) {
+        None | Some("null") => None,
+        Some(raw) => {
+            let sketch = serde_json::from_str::<SketchJson>(raw).map_err(|e| {
+                field_err(
+                    "sketch",
+                    RejectReason::InvalidValue,
+                    &format!(
+                        "must be an object {{\"ddsketch\": <base64>, \"sum\", \"min\", \"max\"}}: {}",
+                        strip_position(&e)
+                    ),
+                )
+            })?;
+            read_sketch(index, Some(sketch))?
+        }
+    };
+
+    let value = match (wire.value, &sketch) {
+        (None, Some(_)) => 0.0,
+        (None, None) => {
+            return Err(field_err(
+                "value",
+                RejectReason::InvalidValue,
+                "is required (or a `sketch` for a histogram point)",
+            ));
+        }
+        (Some(value), _) => serde_json::from_str(value.get()).map_err(|_| {
+            field_err(
+                "value",
+                RejectReason::InvalidValue,
+                "must be a finite number (JSON number, not a string)",
+            )
+        })?,
+    };
 
     let timestamp_secs = match wire.timestamp.map(RawValue::get) {
         None | Some("null") => None,
@@ -495,6 +551,8 @@ fn decode_point_by_field(index: usize, json: &[u8]) -> Result<UncheckedPoint, Po
         tags,
         value,
         timestamp_secs,
+        kind,
+        sketch,
     })
 }
 

@@ -1,6 +1,8 @@
-//! Wire codecs: HTTP request bodies, bus records and checkpointed window state.
+//! Wire codecs: HTTP request bodies, the JSON of points and sketches, bus
+//! records and checkpointed window state.
 
 pub mod body;
+pub mod json;
 pub mod record;
 pub mod remote_write;
 pub mod state;

@@ -12,7 +12,8 @@ use prost::Message;
 
 use crate::TimestampMs;
 use crate::idempotency::{BatchKey, BatchRef};
-use crate::point::{Point, Tags};
+use crate::point::{MetricKind, Point, Tags};
+use crate::sketch::Distribution;
 use crate::series::SeriesId;
 
 /// The record format version this build writes.
@@ -40,6 +41,26 @@ pub struct PointV1 {
     /// The index of the first point of the request that carried it.
     #[prost(uint32, tag = "7")]
     pub batch_start: u32,
+    /// `pulse.v1.MetricKind`: 0 gauge, 1 counter, 2 delta counter, 3 histogram.
+    #[prost(int32, tag = "8")]
+    pub kind: i32,
+    /// The observations of a histogram point.
+    #[prost(message, optional, tag = "9")]
+    pub sketch: Option<SketchV1>,
+}
+
+/// `pulse.v1.Sketch`.
+#[derive(Clone, PartialEq, Message)]
+pub struct SketchV1 {
+    /// DDSketch (relative accuracy 0.01) in DataDog's standard binary encoding.
+    #[prost(bytes = "vec", tag = "1")]
+    pub ddsketch: Vec<u8>,
+    #[prost(double, tag = "2")]
+    pub sum: f64,
+    #[prost(double, tag = "3")]
+    pub min: f64,
+    #[prost(double, tag = "4")]
+    pub max: f64,
 }
 
 /// `pulse.v1.Tag`.
@@ -66,6 +87,10 @@ pub enum RecordError {
     BadKey(usize),
     #[error("record's batch key is {0} bytes, expected 16")]
     BadBatchKey(usize),
+    #[error("record's metric kind {0} is unknown to this build")]
+    UnknownKind(i32),
+    #[error("record's sketch: {0}")]
+    BadSketch(String),
 }
 
 /// The record key of a series.
@@ -102,6 +127,13 @@ pub fn encode_record(point: &Point, batch: Option<&BatchRef>) -> Vec<u8> {
         batch_key: batch.map(|b| b.key.0.to_vec()).unwrap_or_default(),
         batch_index: batch.map_or(0, |b| b.index),
         batch_start: batch.map_or(0, |b| b.start),
+        kind: point.kind.code(),
+        sketch: point.sketch.as_deref().map(|d| SketchV1 {
+            ddsketch: d.sketch_bytes(),
+            sum: d.sum(),
+            min: d.min(),
+            max: d.max(),
+        }),
     };
     let mut out = Vec::with_capacity(1 + message.encoded_len());
     out.push(RECORD_VERSION);
@@ -135,12 +167,24 @@ pub fn decode_record(bytes: &[u8]) -> Result<(Point, Option<BatchRef>), RecordEr
         }
         n => return Err(RecordError::BadBatchKey(n)),
     };
+    let kind = MetricKind::from_code(i64::from(message.kind))
+        .ok_or(RecordError::UnknownKind(message.kind))?;
+    let sketch = message
+        .sketch
+        .map(|s| {
+            Distribution::from_sketch_bytes(&s.ddsketch, Some(s.sum), Some(s.min), Some(s.max))
+                .map(Box::new)
+                .map_err(|e| RecordError::BadSketch(e.to_string()))
+        })
+        .transpose()?;
     let tags: Tags = message.tags.into_iter().map(|t| (t.key, t.value)).collect();
     let point = Point {
         metric: message.metric_name,
         tags,
         value: message.value,
         timestamp_ms: message.timestamp_ms as TimestampMs,
+        kind,
+        sketch,
     };
     Ok((point, batch))
 }
@@ -150,15 +194,15 @@ mod tests {
     use super::*;
 
     fn sample() -> Point {
-        Point {
-            metric: "cpu_usage".into(),
-            tags: [("env", "prod"), ("host", "web-01")]
+        Point::gauge(
+            "cpu_usage",
+            [("env", "prod"), ("host", "web-01")]
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-            value: 92.5,
-            timestamp_ms: 1_721_199_945_000,
-        }
+            92.5,
+            1_721_199_945_000,
+        )
     }
 
     #[test]
@@ -167,13 +211,23 @@ mod tests {
     }
 
     #[test]
+    fn counters_and_histograms_round_trip() {
+        let counter = Point::counter("requests_total", Tags::new(), 3806.1772796135315, 5);
+        assert_eq!(decode_point(&encode_point(&counter)).unwrap(), counter);
+        let mut d = Distribution::of(&[0.5, 0.25, 8.0]);
+        d.set_sum(8.7);
+        let histogram = Point::histogram("req_seconds", Tags::new(), d, 5);
+        assert_eq!(decode_point(&encode_point(&histogram)).unwrap(), histogram);
+        let mut unknown = PointV1::decode(&encode_point(&counter)[1..]).unwrap();
+        unknown.kind = 9;
+        let mut bytes = vec![RECORD_VERSION];
+        unknown.encode(&mut bytes).unwrap();
+        assert_eq!(decode_point(&bytes), Err(RecordError::UnknownKind(9)));
+    }
+
+    #[test]
     fn version_one_bytes_are_pinned() {
-        let bytes = encode_point(&Point {
-            metric: "m".into(),
-            tags: Tags::new(),
-            value: 1.0,
-            timestamp_ms: 1,
-        });
+        let bytes = encode_point(&Point::gauge("m", Tags::new(), 1.0, 1));
         assert_eq!(
             bytes,
             [1, 10, 1, b'm', 17, 0, 0, 0, 0, 0, 0, 0xf0, 0x3f, 24, 1]

@@ -6,8 +6,8 @@
 use prost::Message;
 
 use super::record::{RECORD_VERSION, RecordError, TagV1};
-use crate::aggregate::Aggregate;
-use crate::point::Tags;
+use crate::aggregate::{Aggregate, AggregateParts};
+use crate::point::{MetricKind, Tags};
 
 /// `pulse.v1.WindowState`.
 #[derive(Clone, PartialEq, Message)]
@@ -35,6 +35,18 @@ pub struct WindowStateV1 {
     /// into when it closes (see `pulse_processor::window::layout`).
     #[prost(string, repeated, tag = "10")]
     pub feeds: Vec<String>,
+    /// `pulse.v1.MetricKind` of the point that gave `last`.
+    #[prost(int32, tag = "11")]
+    pub kind: i32,
+    /// The earliest value point and a counter's growth since (see
+    /// `pulse_core::counter`). States written before kinds existed have none:
+    /// `first_ts` 0 with `count` > 0 reads as "unknown", a gauge's.
+    #[prost(double, tag = "12")]
+    pub first: f64,
+    #[prost(int64, tag = "13")]
+    pub first_ts: i64,
+    #[prost(double, tag = "14")]
+    pub increase: f64,
 }
 
 /// A decoded window state.
@@ -66,6 +78,10 @@ pub fn encode_state(metric: &str, tags: &Tags, agg: &Aggregate, feeds: &[&str]) 
         last_ts: agg.last_ts,
         sketch: agg.sketch_bytes(),
         feeds: feeds.iter().map(|f| f.to_string()).collect(),
+        kind: agg.kind.code(),
+        first: agg.first,
+        first_ts: agg.first_ts,
+        increase: agg.increase,
     };
     let mut out = Vec::with_capacity(1 + message.encoded_len());
     out.push(RECORD_VERSION);
@@ -80,8 +96,21 @@ pub fn decode_state(bytes: &[u8]) -> Result<WindowState, RecordError> {
         return Err(RecordError::UnknownVersion(version));
     }
     let m = WindowStateV1::decode(body).map_err(|e| RecordError::Decode(e.to_string()))?;
-    let agg = Aggregate::from_parts(m.count, m.sum, m.min, m.max, m.last, m.last_ts, &m.sketch)
-        .map_err(|e| RecordError::Decode(e.to_string()))?;
+    let kind = MetricKind::from_code(i64::from(m.kind)).ok_or(RecordError::UnknownKind(m.kind))?;
+    let agg = Aggregate::from_parts(AggregateParts {
+        count: m.count,
+        sum: m.sum,
+        min: m.min,
+        max: m.max,
+        last: m.last,
+        last_ts: m.last_ts,
+        kind,
+        first: m.first,
+        first_ts: m.first_ts,
+        increase: m.increase,
+        sketch: &m.sketch,
+    })
+    .map_err(|e| RecordError::Decode(e.to_string()))?;
     Ok(WindowState {
         metric: m.metric_name,
         tags: m.tags.into_iter().map(|t| (t.key, t.value)).collect(),
@@ -99,14 +128,19 @@ mod tests {
     fn window_state_round_trips() {
         let mut agg = Aggregate::new();
         for i in 0..100 {
-            agg.add(f64::from(i) * 1.5, i64::from(i));
+            agg.add_value(f64::from(i % 40) * 1.5, i64::from(i), MetricKind::Counter);
         }
         let tags: Tags = [("host".to_string(), "a".to_string())].into();
         let back = decode_state(&encode_state("m", &tags, &agg, &["5m", "10m/1m"])).unwrap();
         assert_eq!((back.metric.as_str(), &back.tags), ("m", &tags));
         assert_eq!(back.feeds, ["5m", "10m/1m"]);
-        for kind in AggKind::defaults() {
-            assert_eq!(back.agg.value(kind), agg.value(kind), "{kind}");
+        for kind in AggKind::defaults().into_iter().chain([AggKind::Increase, AggKind::Rate]) {
+            assert_eq!(
+                back.agg.value_over(kind, 0, 100),
+                agg.value_over(kind, 0, 100),
+                "{kind}"
+            );
         }
+        assert_eq!((back.agg.kind, back.agg.increase), (MetricKind::Counter, agg.increase));
     }
 }

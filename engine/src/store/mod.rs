@@ -19,6 +19,7 @@ use async_trait::async_trait;
 use pulse_core::{Point, SeriesId, Tags, TimestampMs, WindowResult};
 
 pub mod anomaly;
+mod columns;
 mod marks;
 pub mod postgres;
 pub mod sqlite;
@@ -219,6 +220,11 @@ pub struct MetricInfo {
     /// End of the newest stored window of any series, if any (Unix milliseconds).
     #[schema(value_type = Option<i64>, example = 1764393660000_i64)]
     pub last_window_end_ms: Option<TimestampMs>,
+    /// What the metric is (`gauge`, `counter`, `delta_counter`,
+    /// `histogram`): the kind of its newest stored window; `null` before
+    /// its first window closes.
+    #[schema(example = "counter")]
+    pub kind: Option<pulse_core::MetricKind>,
 }
 
 /// How much a retention pass deleted.

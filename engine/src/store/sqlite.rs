@@ -10,12 +10,14 @@ use sqlx::sqlite::{SqlitePool, SqliteRow};
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::{
+    columns,
     AnomalyQuery, Checkpoint, Claim, Commit, DeadLetter, Delivery, DeliveryOutcome, DetectorState,
     LateCount, MetricInfo, OpenWindowKey, OpenWindowState, PartitionCheckpoint, ResultQuery,
     RetentionReport, Store, StoreError, anomaly, combine_results, merge_results,
 };
 
-/// Rows per multi-row statement; 12 parameters each stays far below SQLite's limit.
+/// Rows per multi-row statement; 20 parameters each stays below SQLite's
+/// limit of 32 766.
 const CHUNK: usize = 1_000;
 
 /// SQLite-backed [`Store`].
@@ -51,24 +53,20 @@ fn push_series_filter(sql: &mut QueryBuilder<'_, Sqlite>, metric: &str, tags: &T
     }
 }
 
-const RESULT_COLUMNS: &str = "SELECT r.series_id, r.metric, s.tags, r.window_label, r.window_start, r.window_end, \
-     r.count, r.sum, r.min, r.max, r.last, r.last_ts, r.sketch \
-     FROM window_results r JOIN series s ON s.series_id = r.series_id WHERE ";
+/// `SELECT <the columns [`result_from_row`] reads> FROM ... WHERE `.
+fn select_results() -> String {
+    format!(
+        "SELECT r.series_id, r.metric, s.tags, r.window_label, r.window_start, r.window_end, {} \
+         FROM window_results r JOIN series s ON s.series_id = r.series_id WHERE ",
+        columns::agg_columns("r")
+    )
+}
 
 fn result_from_row(row: &SqliteRow) -> Result<WindowResult, StoreError> {
     let tags: String = row.get(2);
     let tags: Tags = serde_json::from_str(&tags)
         .map_err(|e| StoreError::Corrupt(format!("series tags: {e}")))?;
-    let agg = Aggregate::from_parts(
-        row.get::<i64, _>(6) as u64,
-        row.get(7),
-        row.get(8),
-        row.get(9),
-        row.get(10),
-        row.get(11),
-        &row.get::<Vec<u8>, _>(12),
-    )
-    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let agg = columns::aggregate_at(row, 6)?;
     Ok(WindowResult {
         series_id: SeriesId::from_i64(row.get(0)),
         metric: row.get(1),
@@ -122,11 +120,11 @@ async fn write_results(
         if stored_before.is_empty() {
             continue;
         }
-        let mut sql = QueryBuilder::<Sqlite>::new(
-            "SELECT metric, window_label, window_start, series_id, \
-             count, sum, min, max, last, last_ts, sketch FROM window_results \
+        let mut sql = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT metric, window_label, window_start, series_id, {} FROM window_results \
              WHERE (metric, window_label, window_start, series_id) IN (VALUES ",
-        );
+            columns::AGG_COLUMNS
+        ));
         let mut keys = sql.separated(", ");
         for r in &stored_before {
             keys.push("(")
@@ -147,16 +145,7 @@ async fn write_results(
             .map_err(unavailable)?;
         let mut stored: BTreeMap<(String, String, i64, i64), Aggregate> = BTreeMap::new();
         for row in &rows {
-            let agg = Aggregate::from_parts(
-                row.get::<i64, _>(4) as u64,
-                row.get(5),
-                row.get(6),
-                row.get(7),
-                row.get(8),
-                row.get(9),
-                &row.get::<Vec<u8>, _>(10),
-            )
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let agg = columns::aggregate_at(row, 4)?;
             stored.insert((row.get(0), row.get(1), row.get(2), row.get(3)), agg);
         }
         let updates: Vec<Cow<'_, WindowResult>> = stored_before
@@ -175,12 +164,15 @@ async fn write_results(
             })
             .collect();
         let mut sql = insert_results(&updates);
-        sql.push(
+        sql.push(format!(
             " ON CONFLICT (metric, window_label, window_start, series_id) DO UPDATE SET \
-             window_end = excluded.window_end, count = excluded.count, sum = excluded.sum, \
-             min = excluded.min, max = excluded.max, last = excluded.last, last_ts = excluded.last_ts, \
-             sketch = excluded.sketch",
-        );
+             window_end = excluded.window_end, {}",
+            columns::WRITE_COLUMNS
+                .split(", ")
+                .map(|c| format!("{c} = excluded.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
         sql.build().execute(&mut **tx).await.map_err(unavailable)?;
         merged.extend(updates.into_iter().map(Cow::into_owned));
     }
@@ -189,11 +181,12 @@ async fn write_results(
 
 /// `INSERT INTO window_results (...) VALUES (...), ...` of `rows`.
 fn insert_results<'a>(rows: &'a [Cow<'a, WindowResult>]) -> QueryBuilder<'a, Sqlite> {
-    let mut sql = QueryBuilder::<Sqlite>::new(
-        "INSERT INTO window_results (metric, window_label, window_start, series_id, window_end, \
-         count, sum, min, max, last, last_ts, sketch) ",
-    );
+    let mut sql = QueryBuilder::<Sqlite>::new(format!(
+        "INSERT INTO window_results (metric, window_label, window_start, series_id, window_end, {}) ",
+        columns::WRITE_COLUMNS
+    ));
     sql.push_values(rows, |mut b, r| {
+        let [p50, p90, p95, p99] = columns::percentiles(&r.agg);
         b.push_bind(r.metric.as_str())
             .push_bind(r.window.as_str())
             .push_bind(r.start_ms)
@@ -205,7 +198,15 @@ fn insert_results<'a>(rows: &'a [Cow<'a, WindowResult>]) -> QueryBuilder<'a, Sql
             .push_bind(r.agg.max)
             .push_bind(r.agg.last)
             .push_bind(r.agg.last_ts)
-            .push_bind(r.agg.sketch_bytes());
+            .push_bind(r.agg.sketch_bytes())
+            .push_bind(r.agg.kind.code())
+            .push_bind(r.agg.first)
+            .push_bind(r.agg.first_ts)
+            .push_bind(r.agg.increase)
+            .push_bind(p50)
+            .push_bind(p90)
+            .push_bind(p95)
+            .push_bind(p99);
     });
     sql
 }
@@ -436,7 +437,7 @@ impl Store for SqliteStore {
     }
 
     async fn latest(&self, query: &ResultQuery) -> Result<Vec<WindowResult>, StoreError> {
-        let mut sql = QueryBuilder::<Sqlite>::new(RESULT_COLUMNS);
+        let mut sql = QueryBuilder::<Sqlite>::new(select_results());
         push_series_filter(&mut sql, &query.metric, &query.tags);
         sql.push(" AND r.window_label = ")
             .push_bind(query.window.clone());
@@ -455,7 +456,7 @@ impl Store for SqliteStore {
     }
 
     async fn range(&self, query: &ResultQuery) -> Result<Vec<WindowResult>, StoreError> {
-        let mut sql = QueryBuilder::<Sqlite>::new(RESULT_COLUMNS);
+        let mut sql = QueryBuilder::<Sqlite>::new(select_results());
         push_series_filter(&mut sql, &query.metric, &query.tags);
         sql.push(" AND r.metric = ").push_bind(query.metric.clone());
         sql.push(" AND r.window_label = ")
@@ -507,6 +508,8 @@ impl Store for SqliteStore {
                         .map_err(|e| StoreError::Corrupt(format!("series tags: {e}")))?,
                     timestamp_ms: row.get(2),
                     value: row.get(3),
+                    kind: pulse_core::MetricKind::Gauge,
+                    sketch: None,
                 })
             })
             .collect()
@@ -514,20 +517,26 @@ impl Store for SqliteStore {
 
     async fn metrics(&self) -> Result<Vec<MetricInfo>, StoreError> {
         let rows = sqlx::query(
-            "SELECT s.metric, COUNT(*), (SELECT MAX(r.window_end) FROM window_results r WHERE r.metric = s.metric) \
+            "SELECT s.metric, COUNT(*), (SELECT MAX(r.window_end) FROM window_results r WHERE r.metric = s.metric), \
+             (SELECT r.kind FROM window_results r WHERE r.metric = s.metric ORDER BY r.window_end DESC LIMIT 1) \
              FROM series s GROUP BY s.metric ORDER BY s.metric",
         )
         .fetch_all(&self.pool)
         .await
         .map_err(unavailable)?;
-        Ok(rows
-            .iter()
-            .map(|row| MetricInfo {
-                name: row.get(0),
-                series: row.get::<i64, _>(1) as u64,
-                last_window_end_ms: row.get(2),
+        rows.iter()
+            .map(|row| {
+                Ok(MetricInfo {
+                    name: row.get(0),
+                    series: row.get::<i64, _>(1) as u64,
+                    last_window_end_ms: row.get(2),
+                    kind: row
+                        .get::<Option<i32>, _>(3)
+                        .map(columns::kind)
+                        .transpose()?,
+                })
             })
-            .collect())
+            .collect()
     }
 
     async fn late_counts(&self, metric: &str) -> Result<Vec<LateCount>, StoreError> {

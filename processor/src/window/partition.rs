@@ -457,7 +457,7 @@ impl PartitionWindows {
                     agg: Aggregate::new(),
                 });
             if partial.name.is(&point.metric, &point.tags) {
-                partial.agg.add(point.value, point.timestamp_ms);
+                partial.agg.add_point(point);
             } else {
                 late.collision = true;
             }
@@ -514,7 +514,7 @@ impl PartitionWindows {
                     }
                     Entry::Occupied(slot) => {
                         let open = slot.into_mut();
-                        open.agg.add(point.value, ts);
+                        open.agg.add_point(point);
                         open.dirty = true;
                         reached |= open.feeds;
                     }
@@ -526,7 +526,7 @@ impl PartitionWindows {
                             }
                         });
                         let mut agg = Aggregate::new();
-                        agg.add(point.value, ts);
+                        agg.add_point(point);
                         slot.insert(Open {
                             name,
                             agg,
@@ -807,6 +807,8 @@ mod tests {
             tags: tags("a"),
             value: 1.0,
             timestamp_ms: ts_secs * 1000,
+            kind: pulse_core::MetricKind::Gauge,
+            sketch: None,
         };
         let id = point(0).series_id();
         // Another series under the same id owns the window [0, 60).

@@ -16,6 +16,11 @@ fn point(host: &str, value: f64, ts_secs: i64) -> Point {
         tags,
         value,
         timestamp_ms: ts_secs * 1000,
+    },
+    kind: pulse_core::MetricKind::Gauge,
+    sketch: None,
+  kind: pulse_core::MetricKind::Gauge,
+        sketch: None,
     }
 }
 

@@ -379,6 +379,8 @@ mod tests {
                 tags: Tags::from([("id".to_string(), i.to_string())]),
                 value: i as f64,
                 timestamp_ms: 1_721_199_945_000,
+                kind: pulse_core::MetricKind::Gauge,
+                sketch: None,
             })
             .collect()
     }

@@ -47,6 +47,17 @@ impl CopyData {
         self.0.extend_from_slice(&8i32.to_be_bytes());
         self.0.extend_from_slice(&value.to_be_bytes());
     }
+
+    /// An `integer` field.
+    pub(super) fn int4(&mut self, value: i32) {
+        self.0.extend_from_slice(&4i32.to_be_bytes());
+        self.0.extend_from_slice(&value.to_be_bytes());
+    }
+
+    /// A `NULL` field.
+    pub(super) fn null(&mut self) {
+        self.0.extend_from_slice(&(-1i32).to_be_bytes());
+    }
 }
 
 /// Runs `statement` (a `COPY ... FROM STDIN (FORMAT binary)`) on `conn`,

@@ -60,7 +60,14 @@ const MIGRATIONS: &[Migration] = &[
         native: BATCH_MARKS,
         timescaledb: BATCH_MARKS,
     },
+    Migration {
+        version: 7,
+        name: "metric_kinds",
+        native: METRIC_KINDS,
+        timescaledb: METRIC_KINDS,
+    },
 ];
+const METRIC_KINDS: &str = include_str!("../../../migrations/postgres/0007_metric_kinds.sql");
 const BATCH_MARKS: &str = include_str!("../../../migrations/postgres/0006_batch_marks.sql");
 const ANOMALIES: &str = include_str!("../../../migrations/postgres/0005_anomalies.sql");
 const DEAD_LETTERS: &str = include_str!("../../../migrations/postgres/0003_dead_letters.sql");

@@ -298,3 +298,5 @@ pub(crate) mod testing;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod views_tests;

@@ -3,32 +3,26 @@
 //! their rows. The statements are built as values so tests can `EXPLAIN`
 //! exactly what runs.
 
-use pulse_core::{Aggregate, Point, SeriesId, Tags, TimestampMs, WindowResult};
+use pulse_core::{Point, SeriesId, Tags, TimestampMs, WindowResult};
 use sqlx::postgres::{PgArguments, PgPool, PgRow};
 
 use super::sql::{arg, col, db_error, parse_tags, tags_json};
 #[cfg(doc)]
 use crate::store::Store;
-use crate::store::{DeadLetter, LateCount, MetricInfo, ResultQuery, StoreError};
+use crate::store::{DeadLetter, LateCount, MetricInfo, ResultQuery, StoreError, columns};
 
 /// The columns [`result_from_row`] reads, of `window_results r JOIN series s`.
-const RESULT_COLUMNS: &str = "r.series_id, r.metric, s.tags::text, r.window_label, r.window_start, \
-     r.window_end, r.count, r.sum, r.min, r.max, r.last, r.last_ts, r.sketch";
+fn result_columns() -> String {
+    format!(
+        "r.series_id, r.metric, s.tags::text, r.window_label, r.window_start, r.window_end, {}",
+        columns::agg_columns("r")
+    )
+}
 
-/// A window result from a row of [`RESULT_COLUMNS`].
+/// A window result from a row of [`result_columns`].
 fn result_from_row(row: &PgRow) -> Result<WindowResult, StoreError> {
     let tags = parse_tags(&col::<String>(row, 2)?)?;
-    let count: i64 = col(row, 6)?;
-    let agg = Aggregate::from_parts(
-        u64::try_from(count).map_err(|_| StoreError::Corrupt(format!("window count {count}")))?,
-        col(row, 7)?,
-        col(row, 8)?,
-        col(row, 9)?,
-        col(row, 10)?,
-        col(row, 11)?,
-        &col::<Vec<u8>>(row, 12)?,
-    )
-    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let agg = columns::aggregate_at(row, 6)?;
     Ok(WindowResult {
         series_id: SeriesId::from_i64(col(row, 0)?),
         metric: col(row, 1)?,
@@ -46,11 +40,12 @@ pub(super) fn latest_statement(query: &ResultQuery) -> Result<(String, PgArgumen
     let mut args = PgArguments::default();
     arg(&mut args, query.metric.clone())?;
     arg(&mut args, query.window.clone())?;
+    let columns = result_columns();
     let sql = if query.tags.is_empty() {
         // max() over the primary key (metric, window_label, window_start, ...)
         // is one backward index probe per partition.
         format!(
-            "SELECT {RESULT_COLUMNS} FROM window_results r JOIN series s ON s.series_id = r.series_id \
+            "SELECT {columns} FROM window_results r JOIN series s ON s.series_id = r.series_id \
              WHERE r.metric = $1 AND r.window_label = $2 AND s.metric = $1 \
              AND r.window_start = (SELECT max(w.window_start) FROM window_results w \
                                    WHERE w.metric = $1 AND w.window_label = $2) \
@@ -64,7 +59,7 @@ pub(super) fn latest_statement(query: &ResultQuery) -> Result<(String, PgArgumen
         format!(
             "WITH sel AS MATERIALIZED (SELECT series_id, tags FROM series \
                                        WHERE metric = $1 AND tags @> $3::jsonb) \
-             SELECT {RESULT_COLUMNS} FROM window_results r JOIN sel s ON s.series_id = r.series_id \
+             SELECT {columns} FROM window_results r JOIN sel s ON s.series_id = r.series_id \
              WHERE r.metric = $1 AND r.window_label = $2 \
              AND r.window_start = (SELECT max(l.window_start) FROM sel CROSS JOIN LATERAL \
                  (SELECT w.window_start FROM window_results w \
@@ -90,8 +85,9 @@ pub(super) fn range_statement(query: &ResultQuery) -> Result<(String, PgArgument
         arg(&mut args, tags_json(&query.tags))?;
         filter.push_str(" AND s.tags @> $6::jsonb");
     }
+    let columns = result_columns();
     let sql = format!(
-        "SELECT {RESULT_COLUMNS} FROM window_results r JOIN series s ON s.series_id = r.series_id \
+        "SELECT {columns} FROM window_results r JOIN series s ON s.series_id = r.series_id \
          WHERE r.metric = $1 AND r.window_label = $2 AND r.window_start >= $3 AND r.window_start < $4 \
          AND s.metric = $1{filter} \
          ORDER BY r.window_start DESC, r.series_id DESC LIMIT $5"
@@ -160,6 +156,8 @@ pub(super) async fn raw_points(
                 tags: parse_tags(&col::<String>(row, 1)?)?,
                 timestamp_ms: col(row, 2)?,
                 value: col(row, 3)?,
+                kind: pulse_core::MetricKind::Gauge,
+                sketch: None,
             })
         })
         .collect()
@@ -169,7 +167,9 @@ pub(super) async fn raw_points(
 pub(super) async fn metrics(pool: &PgPool) -> Result<Vec<MetricInfo>, StoreError> {
     let rows = sqlx::query(
         "SELECT s.metric, count(*), \
-         (SELECT max(r.window_end) FROM window_results r WHERE r.metric = s.metric) \
+         (SELECT max(r.window_end) FROM window_results r WHERE r.metric = s.metric), \
+         (SELECT r.kind FROM window_results r WHERE r.metric = s.metric \
+          ORDER BY r.window_end DESC LIMIT 1) \
          FROM series s GROUP BY s.metric ORDER BY s.metric",
     )
     .fetch_all(pool)
@@ -181,6 +181,9 @@ pub(super) async fn metrics(pool: &PgPool) -> Result<Vec<MetricInfo>, StoreError
                 name: col(row, 0)?,
                 series: col::<i64>(row, 1)? as u64,
                 last_window_end_ms: col(row, 2)?,
+                kind: col::<Option<i32>>(row, 3)?
+                    .map(columns::kind)
+                    .transpose()?,
             })
         })
         .collect()

@@ -12,11 +12,15 @@ use sqlx::{Executor, PgConnection, Postgres};
 
 use super::super::copy::{CopyData, copy_in};
 use super::super::sql::{col, db_error, is_unique_violation};
-use crate::store::{StoreError, combine_results, merge_results};
+use crate::store::{StoreError, columns, combine_results, merge_results};
 
 /// The column list of `window_results` in the order [`put_result`] writes it.
-const RESULT_COPY_COLUMNS: &str = "metric, window_label, window_start, series_id, window_end, \
-     count, sum, min, max, last, last_ts, sketch";
+fn result_copy_columns() -> String {
+    format!(
+        "metric, window_label, window_start, series_id, window_end, {}",
+        columns::WRITE_COLUMNS
+    )
+}
 
 /// Writes `results` (parts of one window combined first, in key order) and
 /// returns the windows that were merged with another part, as stored.
@@ -37,8 +41,10 @@ pub(super) async fn write(
     tx.execute("SAVEPOINT pulse_results")
         .await
         .map_err(db_error)?;
-    let statement =
-        format!("COPY window_results ({RESULT_COPY_COLUMNS}) FROM STDIN (FORMAT binary)");
+    let statement = format!(
+        "COPY window_results ({}) FROM STDIN (FORMAT binary)",
+        result_copy_columns()
+    );
     let refs: Vec<&WindowResult> = rs.iter().map(AsRef::as_ref).collect();
     match copy_in(tx, &statement, &refs, put_result).await {
         Ok(_) => Ok(rs
@@ -56,9 +62,9 @@ pub(super) async fn write(
     }
 }
 
-/// One `window_results` row, columns as in [`RESULT_COPY_COLUMNS`].
+/// One `window_results` row, columns as in [`result_copy_columns`].
 fn put_result(data: &mut CopyData, r: &&WindowResult) -> Result<(), sqlx::Error> {
-    data.row(12);
+    data.row(5 + columns::WRITE_COLUMN_COUNT as i16);
     data.field(r.metric.as_bytes())?;
     data.field(r.window.as_bytes())?;
     data.int8(r.start_ms);
@@ -70,7 +76,18 @@ fn put_result(data: &mut CopyData, r: &&WindowResult) -> Result<(), sqlx::Error>
     data.float8(r.agg.max);
     data.float8(r.agg.last);
     data.int8(r.agg.last_ts);
-    data.field(&r.agg.sketch_bytes())
+    data.field(&r.agg.sketch_bytes())?;
+    data.int4(r.agg.kind.code());
+    data.float8(r.agg.first);
+    data.int8(r.agg.first_ts);
+    data.float8(r.agg.increase);
+    for p in columns::percentiles(&r.agg) {
+        match p {
+            Some(p) => data.float8(p),
+            None => data.null(),
+        }
+    }
+    Ok(())
 }
 
 /// Writes `rs` (one per key, in key order) merging each into the stored
@@ -118,15 +135,15 @@ async fn merge_results_into(
     if stored_before.is_empty() {
         return Ok(merged);
     }
-    let rows = sqlx::query(
-        "SELECT r.metric, r.window_label, r.window_start, r.series_id, \
-         r.count, r.sum, r.min, r.max, r.last, r.last_ts, r.sketch \
+    let rows = sqlx::query(&format!(
+        "SELECT r.metric, r.window_label, r.window_start, r.series_id, {} \
          FROM window_results r JOIN UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[]) \
          AS k(metric, window_label, window_start, series_id) \
          ON r.metric = k.metric AND r.window_label = k.window_label \
          AND r.window_start = k.window_start AND r.series_id = k.series_id \
          ORDER BY r.metric, r.window_label, r.window_start, r.series_id FOR UPDATE OF r",
-    )
+        columns::agg_columns("r")
+    ))
     .bind(
         stored_before
             .iter()
@@ -151,18 +168,7 @@ async fn merge_results_into(
     .map_err(db_error)?;
     let mut stored: HashMap<(String, String, i64, i64), Aggregate> = HashMap::new();
     for row in &rows {
-        let count: i64 = col(row, 4)?;
-        let agg = Aggregate::from_parts(
-            u64::try_from(count)
-                .map_err(|_| StoreError::Corrupt(format!("window count {count}")))?,
-            col(row, 5)?,
-            col(row, 6)?,
-            col(row, 7)?,
-            col(row, 8)?,
-            col(row, 9)?,
-            &col::<Vec<u8>>(row, 10)?,
-        )
-        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let agg = columns::aggregate_at(row, 4)?;
         stored.insert(
             (col(row, 0)?, col(row, 1)?, col(row, 2)?, col(row, 3)?),
             agg,
@@ -177,11 +183,14 @@ async fn merge_results_into(
         .collect();
     let refs: Vec<&WindowResult> = updates.iter().collect();
     bind_results(
-        sqlx::query(&insert_results(
-            "DO UPDATE SET window_end = EXCLUDED.window_end, count = EXCLUDED.count, \
-             sum = EXCLUDED.sum, min = EXCLUDED.min, max = EXCLUDED.max, last = EXCLUDED.last, \
-             last_ts = EXCLUDED.last_ts, sketch = EXCLUDED.sketch",
-        )),
+        sqlx::query(&insert_results(&format!(
+            "DO UPDATE SET window_end = EXCLUDED.window_end, {}",
+            columns::WRITE_COLUMNS
+                .split(", ")
+                .map(|c| format!("{c} = EXCLUDED.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
         &refs,
     )
     .execute(&mut *conn)
@@ -195,10 +204,13 @@ async fn merge_results_into(
 /// arrays [`bind_results`] binds.
 fn insert_results(on_conflict: &str) -> String {
     format!(
-        "INSERT INTO window_results ({RESULT_COPY_COLUMNS}) \
+        "INSERT INTO window_results ({}) \
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], \
-         $6::bigint[], $7::float8[], $8::float8[], $9::float8[], $10::float8[], $11::bigint[], $12::bytea[]) \
-         ON CONFLICT (metric, window_label, window_start, series_id) {on_conflict}"
+         $6::bigint[], $7::float8[], $8::float8[], $9::float8[], $10::float8[], $11::bigint[], $12::bytea[], \
+         $13::int4[], $14::float8[], $15::bigint[], $16::float8[], \
+         $17::float8[], $18::float8[], $19::float8[], $20::float8[]) \
+         ON CONFLICT (metric, window_label, window_start, series_id) {on_conflict}",
+        result_copy_columns()
     )
 }
 
@@ -220,4 +232,17 @@ fn bind_results<'q>(
         .bind(rs.iter().map(|r| r.agg.last).collect::<Vec<_>>())
         .bind(rs.iter().map(|r| r.agg.last_ts).collect::<Vec<_>>())
         .bind(rs.iter().map(|r| r.agg.sketch_bytes()).collect::<Vec<_>>())
+        .bind(rs.iter().map(|r| r.agg.kind.code()).collect::<Vec<_>>())
+        .bind(rs.iter().map(|r| r.agg.first).collect::<Vec<_>>())
+        .bind(rs.iter().map(|r| r.agg.first_ts).collect::<Vec<_>>())
+        .bind(rs.iter().map(|r| r.agg.increase).collect::<Vec<_>>())
+        .bind(percentile_column(rs, 0))
+        .bind(percentile_column(rs, 1))
+        .bind(percentile_column(rs, 2))
+        .bind(percentile_column(rs, 3))
+}
+
+/// The `i`th of [`columns::percentiles`] of every result.
+fn percentile_column(rs: &[&WindowResult], i: usize) -> Vec<Option<f64>> {
+    rs.iter().map(|r| columns::percentiles(&r.agg)[i]).collect()
 }
