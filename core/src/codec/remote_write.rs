@@ -14,11 +14,15 @@
 //! not a measurement, and are skipped; any other non-finite value is refused
 //! like a JSON point's.
 
+use std::collections::HashSet;
+
 use prost::Message;
 
 use super::body::{BodyError, IndexedPoint, ParsedBatch};
 use crate::TimestampMs;
-use crate::point::Tags;
+use crate::histogram::{self, Baselines, Cumulative};
+use crate::point::{MetricKind, Tags};
+use crate::series::SeriesId;
 use crate::validate::{Limits, PointError, RejectReason, UncheckedPoint, validate};
 
 /// `prometheus.WriteRequest`.

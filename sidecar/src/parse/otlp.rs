@@ -123,7 +123,7 @@ pub fn to_points(
                     for dp in histogram.data_points {
                         if dp.flags & NO_RECORDED_VALUE == 0 {
                             let state = otlp_buckets::explicit(&dp);
-                            let at = (&dp.attributes, dp.time_unix_nano, dp.min, dp.max);
+                            let at = (dp.attributes.as_slice(), dp.time_unix_nano, dp.min, dp.max);
                             mapper.histogram(&name, at, state, histogram.aggregation_temporality);
                         }
                     }
@@ -132,7 +132,7 @@ pub fn to_points(
                     for dp in histogram.data_points {
                         if dp.flags & NO_RECORDED_VALUE == 0 {
                             let state = otlp_buckets::exponential(&dp);
-                            let at = (&dp.attributes, dp.time_unix_nano, dp.min, dp.max);
+                            let at = (dp.attributes.as_slice(), dp.time_unix_nano, dp.min, dp.max);
                             mapper.histogram(&name, at, state, histogram.aggregation_temporality);
                         }
                     }
@@ -313,7 +313,7 @@ fn text(value: &AnyValue) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use opentelemetry_proto::tonic::metrics::v1::{
-        Gauge, Histogram, Metric, ResourceMetrics, ScopeMetrics, Sum,
+        Gauge, Histogram, HistogramDataPoint, Metric, ResourceMetrics, ScopeMetrics, Sum,
     };
     use opentelemetry_proto::tonic::resource::v1::Resource;
     use proptest::prelude::*;
