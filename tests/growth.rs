@@ -72,6 +72,8 @@ data_dir = "{}"
                 .expect("tags"),
             value: p.value,
             timestamp_ms: p.ts_ms,
+            kind: pulse_core::MetricKind::Gauge,
+            sketch: None,
         };
         let id = point.series_id();
         // Old writers only, then old and new ones in turn, then new ones only.

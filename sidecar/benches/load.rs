@@ -341,6 +341,8 @@ fn buffered_bytes_per_point() -> f64 {
                 // spread over the batch's second, as real traffic has.
                 value: (noise(i) % 10_000_000) as f64 / 10_000.0,
                 timestamp_ms: 1_721_199_945_000 + (noise(i ^ 0xabcd) % 1000) as i64,
+                kind: pulse_core::MetricKind::Gauge,
+                sketch: None,
             }
         })
         .collect();

@@ -586,6 +586,8 @@ pub fn crash_stream(n: usize, start_ms: i64, seed: u64) -> (Vec<pulse_core::Poin
             tags: [("host".to_string(), host.clone())].into(),
             value,
             timestamp_ms: ts,
+            kind: pulse_core::MetricKind::Gauge,
+            sketch: None,
         });
         late.push(is_late);
     }

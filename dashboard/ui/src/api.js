@@ -83,9 +83,13 @@ export async function getJson(path, params, { signal } = {}) {
   );
 }
 
-/** Tags as the API writes a filter: `host:web-01,env:prod`. */
+/**
+ * Tags as the API writes a filter: `host:web-01,env:prod`. A value holding a
+ * comma, a quote, a backslash or edge spaces goes in double quotes:
+ * `path:"/a,b"`.
+ */
 export function tagFilter(tags) {
   return Object.entries(tags)
-    .map(([k, v]) => `${k}:${v}`)
+    .map(([k, v]) => (/[,"\\]|^\s|\s$/.test(v) ? `${k}:"${v.replace(/["\\]/g, "\\$&")}"` : `${k}:${v}`))
     .join(",");
 }

@@ -3,7 +3,7 @@
 // tag filters; kept in the URL so a view can be shared), and the live stream
 // that moves the charts as windows close.
 
-import { ApiError, getJson, setToken, token } from "./api.js";
+import { ApiError, getJson, setToken, tagFilter, token } from "./api.js";
 import { LiveStream } from "./live.js";
 import { createPanel } from "./panels.js";
 import { durationMs, formatDuration, formatTime, fromLocalInput, toLocalInput } from "./format.js";
@@ -403,7 +403,7 @@ async function loadTagOptions() {
           window: p.window,
           from: (fromMs / 1000).toFixed(3),
           to: (toMs / 1000).toFixed(3),
-          tags: Object.entries(p.tags).map(([k, v]) => `${k}:${v}`).join(","),
+          tags: tagFilter(p.tags),
         });
         for (const [key, values] of Object.entries(answer.keys)) {
           if (!keys.has(key)) keys.set(key, new Set());
