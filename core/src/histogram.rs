@@ -185,7 +185,9 @@ pub fn take_classic(points: &mut Vec<(usize, UncheckedPoint)>) -> Vec<(usize, Cl
     let mut buckets: BTreeMap<Key, (usize, Vec<(f64, f64)>)> = BTreeMap::new();
     for (index, point) in points.iter() {
         if let Some((base, tags, le)) = bucket_of(point) {
-            let entry = buckets.entry((base, tags, at(point))).or_insert((*index, Vec::new()));
+            let entry = buckets
+                .entry((base, tags, at(point)))
+                .or_insert((*index, Vec::new()));
             if le == f64::INFINITY {
                 entry.0 = *index;
             }
@@ -203,9 +205,16 @@ pub fn take_classic(points: &mut Vec<(usize, UncheckedPoint)>) -> Vec<(usize, Cl
             return false;
         }
         for suffix in ["_sum", "_count"] {
-            if let Some(base) = point.metric.strip_suffix(suffix).filter(|b| bases.contains(*b)) {
+            if let Some(base) = point
+                .metric
+                .strip_suffix(suffix)
+                .filter(|b| bases.contains(*b))
+            {
                 if suffix == "_sum" {
-                    sums.insert((base.to_string(), point.tags.clone(), at(point)), point.value);
+                    sums.insert(
+                        (base.to_string(), point.tags.clone(), at(point)),
+                        point.value,
+                    );
                 }
                 return false;
             }
@@ -296,7 +305,10 @@ impl Baselines {
 pub fn increments<'a>(
     histograms: &'a [(usize, Classic)],
     baselines: &Baselines,
-) -> (Vec<(usize, &'a Classic, Increase)>, Vec<(SeriesId, Cumulative)>) {
+) -> (
+    Vec<(usize, &'a Classic, Increase)>,
+    Vec<(SeriesId, Cumulative)>,
+) {
     let mut pending: HashMap<SeriesId, &Cumulative> = HashMap::new();
     let mut out = Vec::new();
     for (index, classic) in histograms {
@@ -403,7 +415,9 @@ mod tests {
     fn unchecked(metric: &str, tags: &[(&str, &str)], value: f64) -> UncheckedPoint {
         UncheckedPoint::gauge(
             metric,
-            tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            tags.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             value,
             Some(100.0),
         )
@@ -478,7 +492,11 @@ mod tests {
         let zero = state(&[0.0; 4], 0.0);
         // 900 fast requests, 80 at (0.5, 1], 20 slower: p95 is in (0.5, 1].
         let later = state(&[900.0, 900.0, 980.0, 1000.0], 500.0);
-        let sketch = later.increase_since(Some(&zero)).unwrap().distribution().unwrap();
+        let sketch = later
+            .increase_since(Some(&zero))
+            .unwrap()
+            .distribution()
+            .unwrap();
         let p95 = sketch.quantile(0.95).unwrap();
         assert!((0.5 * 0.99..=1.0 * 1.01).contains(&p95), "{p95}");
     }

@@ -29,8 +29,8 @@ use pulse_server::edge::content_encoding;
 use pulse_server::error::ApiError;
 use tokio::sync::SemaphorePermit;
 
-use crate::{Gateway, HISTOGRAM_BASELINES};
 use crate::answer::{Receipt, Refusal};
+use crate::{Gateway, HISTOGRAM_BASELINES};
 
 /// How long a request waits for a processing slot before it is turned away.
 /// Long enough to ride out a burst, short enough that the client's own retry
@@ -219,7 +219,10 @@ impl Gateway {
                     Format::RemoteWrite => {
                         let max_len = gateway.edge.max_decompressed_bytes;
                         let request = remote_write::decode(text, max_len, charge)?;
-                        let baselines = gateway.histograms.lock().unwrap_or_else(PoisonError::into_inner);
+                        let baselines = gateway
+                            .histograms
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner);
                         remote_write::to_points(request, limits, max_points, now_ms, &baselines)?
                     }
                 };
@@ -248,7 +251,10 @@ impl Gateway {
             self.metrics.active_series(active.len());
         }
         if !prepared.baselines.is_empty() {
-            let mut histograms = self.histograms.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut histograms = self
+                .histograms
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             let forgotten = histograms.forgotten();
             for (id, state) in prepared.baselines {
                 histograms.set(id, state);

@@ -76,7 +76,10 @@ fn main() {
             worst = worst.max((got - truth).abs() / truth);
         }
     }
-    println!("worst relative error of p50/p95/p99 across metrics: {:.3} %", worst * 100.0);
+    println!(
+        "worst relative error of p50/p95/p99 across metrics: {:.3} %",
+        worst * 100.0
+    );
 }
 
 /// `(offset from the start, line)` for every sample, `RATE` per second.
@@ -173,7 +176,12 @@ fn every_sample(lines: &[(Duration, String)], start_ms: i64) -> Run {
             );
         }
     }
-    send(batch, start_ms + next.as_millis() as i64, &mut compressor, &mut run);
+    send(
+        batch,
+        start_ms + next.as_millis() as i64,
+        &mut compressor,
+        &mut run,
+    );
     run.cpu = thread_cpu() - cpu;
     run
 }
@@ -210,7 +218,8 @@ fn thread_cpu() -> Duration {
         .split_whitespace()
         .collect();
     // utime and stime are fields 14 and 15 of stat(5): 11 and 12 after comm.
-    let ticks: u64 = fields[11].parse::<u64>().unwrap_or(0) + fields[12].parse::<u64>().unwrap_or(0);
+    let ticks: u64 =
+        fields[11].parse::<u64>().unwrap_or(0) + fields[12].parse::<u64>().unwrap_or(0);
     // USER_HZ is 100 on every Linux the sidecar runs on.
     Duration::from_millis(ticks * 10)
 }

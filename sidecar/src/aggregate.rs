@@ -136,7 +136,8 @@ impl Aggregator {
                 let (metric, tags) = key;
                 let count = values.len();
                 let observations = Distribution::of(&values);
-                self.samples.push(histogram_point(metric, tags, observations, timestamp_secs));
+                self.samples
+                    .push(histogram_point(metric, tags, observations, timestamp_secs));
                 Ok(count)
             }
             (_, Values::Numbers(values)) => {
@@ -197,9 +198,8 @@ impl Aggregator {
         let point = |(metric, tags): SeriesKey, value: f64| {
             UncheckedPoint::gauge(metric, tags, value, timestamp_secs)
         };
-        let mut points = Vec::with_capacity(
-            self.counters.len() + self.sets.len() + self.distributions.len(),
-        );
+        let mut points =
+            Vec::with_capacity(self.counters.len() + self.sets.len() + self.distributions.len());
         points.extend(self.counters.drain().map(|(key, sum)| UncheckedPoint {
             kind: MetricKind::DeltaCounter,
             ..point(key, sum)
@@ -367,7 +367,10 @@ mod tests {
             point.sketch.clone().unwrap()
         };
         let lat = sketch("lat");
-        assert_eq!((lat.count(), lat.sum(), lat.min(), lat.max()), (2, 30.0, 10.0, 20.0));
+        assert_eq!(
+            (lat.count(), lat.sum(), lat.min(), lat.max()),
+            (2, 30.0, 10.0, 20.0)
+        );
         assert_eq!(sketch("size").count(), 4);
         assert!(agg.flush(NOW).is_empty());
     }

@@ -148,9 +148,7 @@ pub fn to_points(
         .filter(|m| m.r#type == METADATA_COUNTER)
         .map(|m| m.metric_family_name.as_str())
         .collect();
-    let is_counter = |metric: &str| {
-        metric.ends_with("_total") || counters.contains(metric)
-    };
+    let is_counter = |metric: &str| metric.ends_with("_total") || counters.contains(metric);
     let mut batch = ParsedBatch::default();
     let mut points = Vec::with_capacity(count);
     let mut index = 0;
@@ -257,12 +255,17 @@ mod tests {
         };
         let decoded = decode(&compress(&request), 1 << 20, &mut |_| Ok(())).unwrap();
         assert_eq!(decoded.encode_to_vec(), request.encode_to_vec());
-        let (batch, _) = to_points(decoded, &Limits::default(), 10, NOW, &Baselines::new(8)).unwrap();
+        let (batch, _) =
+            to_points(decoded, &Limits::default(), 10, NOW, &Baselines::new(8)).unwrap();
         assert!(batch.errors.is_empty(), "{:?}", batch.errors);
         let points: Vec<_> = batch.points.iter().map(|p| &p.point).collect();
         assert_eq!(points.len(), 2, "the staleness marker is no point");
         assert_eq!(points[0].metric, "reqs_total");
-        assert_eq!(points[0].kind, MetricKind::Counter, "a `_total` series counts");
+        assert_eq!(
+            points[0].kind,
+            MetricKind::Counter,
+            "a `_total` series counts"
+        );
         assert_eq!(points[0].tags.len(), 2, "an empty label is no label");
         assert_eq!(points[0].tags["job"], "app");
         assert_eq!((points[1].value, points[1].timestamp_ms), (5.0, NOW));
@@ -277,7 +280,8 @@ mod tests {
             ],
             metadata: vec![],
         };
-        let (batch, _) = to_points(request, &Limits::default(), 10, NOW, &Baselines::new(8)).unwrap();
+        let (batch, _) =
+            to_points(request, &Limits::default(), 10, NOW, &Baselines::new(8)).unwrap();
         let errors: Vec<_> = batch.errors.iter().map(|e| (e.index, e.reason)).collect();
         assert_eq!(
             errors,
@@ -293,7 +297,10 @@ mod tests {
     fn a_classic_histogram_is_one_histogram_point_of_each_scrapes_observations() {
         let scrape = |ts: i64, counts: [f64; 3], sum: f64| {
             let bucket = |le: &str, v: f64| {
-                series(&[("__name__", "lat_bucket"), ("le", le), ("pod", "a")], &[(v, ts)])
+                series(
+                    &[("__name__", "lat_bucket"), ("le", le), ("pod", "a")],
+                    &[(v, ts)],
+                )
             };
             WriteRequest {
                 timeseries: vec![
@@ -301,7 +308,10 @@ mod tests {
                     bucket("1", counts[1]),
                     bucket("+Inf", counts[2]),
                     series(&[("__name__", "lat_sum"), ("pod", "a")], &[(sum, ts)]),
-                    series(&[("__name__", "lat_count"), ("pod", "a")], &[(counts[2], ts)]),
+                    series(
+                        &[("__name__", "lat_count"), ("pod", "a")],
+                        &[(counts[2], ts)],
+                    ),
                     series(&[("__name__", "jobs")], &[(7.0, ts)]),
                 ],
                 metadata: vec![MetricMetadata {
@@ -314,15 +324,32 @@ mod tests {
         };
         let mut baselines = Baselines::new(8);
         let limits = Limits::default();
-        let (first, keep) =
-            to_points(scrape(NOW - 1000, [1.0, 1.0, 2.0], 3.0), &limits, 100, NOW, &baselines).unwrap();
-        assert_eq!(first.points.len(), 1, "a baseline and the counter: {:?}", first.points);
+        let (first, keep) = to_points(
+            scrape(NOW - 1000, [1.0, 1.0, 2.0], 3.0),
+            &limits,
+            100,
+            NOW,
+            &baselines,
+        )
+        .unwrap();
+        assert_eq!(
+            first.points.len(),
+            1,
+            "a baseline and the counter: {:?}",
+            first.points
+        );
         assert_eq!(first.points[0].point.kind, MetricKind::Counter);
         for (id, state) in keep {
             baselines.set(id, state);
         }
-        let (second, _) =
-            to_points(scrape(NOW, [3.0, 4.0, 5.0], 4.5), &limits, 100, NOW, &baselines).unwrap();
+        let (second, _) = to_points(
+            scrape(NOW, [3.0, 4.0, 5.0], 4.5),
+            &limits,
+            100,
+            NOW,
+            &baselines,
+        )
+        .unwrap();
         let histogram = second
             .points
             .iter()

@@ -148,7 +148,12 @@ pub fn to_points(
                         for q in dp.quantile_values {
                             let mut tags = tags.clone();
                             tags.insert("quantile".into(), bound_text(q.quantile));
-                            mapper.push(UncheckedPoint::gauge(name.clone(), tags, q.value, Some(ts)));
+                            mapper.push(UncheckedPoint::gauge(
+                                name.clone(),
+                                tags,
+                                q.value,
+                                Some(ts),
+                            ));
                         }
                     }
                 }
@@ -385,7 +390,11 @@ mod tests {
         let names: Vec<&str> = mapped.points.iter().map(|p| p.metric.as_str()).collect();
         assert_eq!(names, ["my.counter", "my.gauge", "my.histogram"]);
         let counter = &mapped.points[0];
-        assert_eq!(counter.kind, MetricKind::DeltaCounter, "a monotonic delta sum");
+        assert_eq!(
+            counter.kind,
+            MetricKind::DeltaCounter,
+            "a monotonic delta sum"
+        );
         assert_eq!(counter.value, 5.0);
         assert_eq!(counter.timestamp_secs, Some(1_544_712_660.3));
         assert_eq!(counter.tags["service.name"], "my.service");
@@ -394,7 +403,10 @@ mod tests {
         let histogram = &mapped.points[2];
         assert_eq!(histogram.kind, MetricKind::Histogram);
         let sketch = histogram.sketch.as_ref().unwrap();
-        assert_eq!((sketch.count(), sketch.sum(), sketch.min(), sketch.max()), (2, 2.0, 0.0, 2.0));
+        assert_eq!(
+            (sketch.count(), sketch.sum(), sketch.min(), sketch.max()),
+            (2, 2.0, 0.0, 2.0)
+        );
     }
 
     #[test]
@@ -423,15 +435,31 @@ mod tests {
             ..Default::default()
         };
         let mut baselines = Baselines::new(8);
-        let first = to_points(request(vec![export(vec![1, 0, 0], 0.05), total]), &keep(), 100, NOW, &baselines)
-            .unwrap();
-        assert_eq!(first.points.len(), 1, "the histogram's first export is a baseline");
+        let first = to_points(
+            request(vec![export(vec![1, 0, 0], 0.05), total]),
+            &keep(),
+            100,
+            NOW,
+            &baselines,
+        )
+        .unwrap();
+        assert_eq!(
+            first.points.len(),
+            1,
+            "the histogram's first export is a baseline"
+        );
         assert_eq!(first.points[0].kind, MetricKind::Counter);
         for (id, state) in first.baselines {
             baselines.set(id, state);
         }
-        let second = to_points(request(vec![export(vec![1, 4, 1], 3.05)]), &keep(), 100, NOW, &baselines)
-            .unwrap();
+        let second = to_points(
+            request(vec![export(vec![1, 4, 1], 3.05)]),
+            &keep(),
+            100,
+            NOW,
+            &baselines,
+        )
+        .unwrap();
         let sketch = second.points[0].sketch.as_ref().unwrap();
         assert_eq!((sketch.count(), sketch.sum()), (5, 3.0));
     }
@@ -449,7 +477,14 @@ mod tests {
             })),
             ..Default::default()
         };
-        let mapped = to_points(request(vec![metric]), &keep(), 1000, NOW, &Baselines::new(8)).unwrap();
+        let mapped = to_points(
+            request(vec![metric]),
+            &keep(),
+            1000,
+            NOW,
+            &Baselines::new(8),
+        )
+        .unwrap();
         let point = &mapped.points[0];
         assert_eq!(point.tags.len(), 2, "{:?}", point.tags);
         assert!(!point.tags.contains_key("process.pid"));
@@ -483,7 +518,14 @@ mod tests {
             })),
             ..Default::default()
         };
-        let mapped = to_points(request(vec![sum, histogram]), &keep(), 1000, NOW, &Baselines::new(8)).unwrap();
+        let mapped = to_points(
+            request(vec![sum, histogram]),
+            &keep(),
+            1000,
+            NOW,
+            &Baselines::new(8),
+        )
+        .unwrap();
         assert!(mapped.points.is_empty());
         assert_eq!(mapped.rejected.len(), 2);
     }

@@ -43,7 +43,14 @@ pub fn exponential(dp: &ExponentialHistogramDataPoint) -> Result<Cumulative, Str
     }
     // The zero bucket is [-threshold, threshold] (a point when it is 0).
     let zero = dp.zero_threshold.max(0.0);
-    buckets.push((if zero > 0.0 { -zero } else { -f64::MIN_POSITIVE }, 0));
+    buckets.push((
+        if zero > 0.0 {
+            -zero
+        } else {
+            -f64::MIN_POSITIVE
+        },
+        0,
+    ));
     buckets.push((zero, dp.zero_count));
     if let Some(positive) = &dp.positive {
         let offset = i64::from(positive.offset);
@@ -59,7 +66,10 @@ pub fn exponential(dp: &ExponentialHistogramDataPoint) -> Result<Cumulative, Str
 }
 
 /// Per-bucket counts made cumulative, within [`MAX_BUCKETS`] and checked.
-fn checked(buckets: impl Iterator<Item = (f64, u64)>, sum: Option<f64>) -> Result<Cumulative, String> {
+fn checked(
+    buckets: impl Iterator<Item = (f64, u64)>,
+    sum: Option<f64>,
+) -> Result<Cumulative, String> {
     let mut state = Cumulative {
         bounds: Vec::new(),
         counts: Vec::new(),
@@ -95,7 +105,10 @@ mod tests {
         let state = explicit(&dp).unwrap();
         assert_eq!(state.bounds, [1.0, 5.0, f64::INFINITY]);
         assert_eq!(state.counts, [2.0, 2.0, 5.0]);
-        let bad = HistogramDataPoint { bucket_counts: vec![1], ..dp };
+        let bad = HistogramDataPoint {
+            bucket_counts: vec![1],
+            ..dp
+        };
         assert!(explicit(&bad).is_err());
     }
 
@@ -109,8 +122,14 @@ mod tests {
         let dp = ExponentialHistogramDataPoint {
             scale: 3,
             zero_count: 5,
-            positive: Some(Buckets { offset: 8, bucket_counts: counts }),
-            negative: Some(Buckets { offset: 0, bucket_counts: vec![5] }),
+            positive: Some(Buckets {
+                offset: 8,
+                bucket_counts: counts,
+            }),
+            negative: Some(Buckets {
+                offset: 0,
+                bucket_counts: vec![5],
+            }),
             ..Default::default()
         };
         let state = exponential(&dp).unwrap();
@@ -118,7 +137,11 @@ mod tests {
             counts: vec![0.0; state.counts.len()],
             ..state.clone()
         };
-        let observations = state.increase_since(Some(&zero)).unwrap().distribution().unwrap();
+        let observations = state
+            .increase_since(Some(&zero))
+            .unwrap()
+            .distribution()
+            .unwrap();
         assert_eq!(observations.count(), 110);
         let base = 2f64.powf(1.0 / 8.0);
         let p50 = observations.quantile(0.5).unwrap();

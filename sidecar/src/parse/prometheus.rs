@@ -372,19 +372,30 @@ rpc_duration_seconds_count 2693
 
         let exposition = parse(include_str!("fixtures/prometheus_client.txt"));
         assert!(exposition.rejected.is_empty());
-        let mut points: Vec<(usize, UncheckedPoint)> =
-            to_points(exposition, 1_000).into_iter().enumerate().collect();
+        let mut points: Vec<(usize, UncheckedPoint)> = to_points(exposition, 1_000)
+            .into_iter()
+            .enumerate()
+            .collect();
         // The histogram's previous scrape: nothing observed yet.
         let mut baselines = Baselines::new(8);
         let bounds = vec![0.1, 0.25, 1.0, 2.5, f64::INFINITY];
-        let empty = Cumulative { counts: vec![0.0; 5], bounds, sum: Some(0.0) };
+        let empty = Cumulative {
+            counts: vec![0.0; 5],
+            bounds,
+            sum: Some(0.0),
+        };
         baselines.set(pulse_core::SeriesId::of("req_seconds", &Tags::new()), empty);
         classic_to_histograms(&mut points, &baselines);
-        let names: Vec<(&str, MetricKind)> =
-            points.iter().map(|(_, p)| (p.metric.as_str(), p.kind)).collect();
+        let names: Vec<(&str, MetricKind)> = points
+            .iter()
+            .map(|(_, p)| (p.metric.as_str(), p.kind))
+            .collect();
         assert_eq!(
             names,
-            [("jobs_total", MetricKind::Counter), ("req_seconds", MetricKind::Histogram)],
+            [
+                ("jobs_total", MetricKind::Counter),
+                ("req_seconds", MetricKind::Histogram)
+            ],
             "no _created series, one histogram under the base name"
         );
         let observations = points[1].1.sketch.as_ref().unwrap();

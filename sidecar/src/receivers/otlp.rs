@@ -18,9 +18,9 @@ use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsPartialSuccess, ExportMetricsServiceResponse,
 };
 use prost::Message;
+use pulse_core::SeriesId;
 use pulse_core::codec::body::BodyError;
 use pulse_core::histogram::{Baselines, Cumulative};
-use pulse_core::SeriesId;
 use pulse_server::edge::{BodyEdge, DecodeError, ReadError, Received, content_encoding};
 
 use super::Intake;
@@ -156,7 +156,10 @@ pub(crate) async fn receive(
             return response;
         }
     };
-    let answer = match receiver.export(received, content_encoding(&headers), encoding).await {
+    let answer = match receiver
+        .export(received, content_encoding(&headers), encoding)
+        .await
+    {
         Ok(answer) => answer,
         Err(failure) => return failure.answer(encoding),
     };
@@ -269,7 +272,10 @@ impl Receiver {
                 format!("the sidecar cannot buffer points ({error}); retry later"),
             ));
         }
-        let mut histograms = self.histograms.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut histograms = self
+            .histograms
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         for (id, state) in baselines {
             histograms.set(id, state);
         }
@@ -296,15 +302,14 @@ impl Receiver {
     }
 
     /// Decodes, maps and validates one decompressed request body.
-    fn map(
-        &self,
-        decoded: &[u8],
-        encoding: Encoding,
-    ) -> Result<Mapped, Refusal> {
+    fn map(&self, decoded: &[u8], encoding: Encoding) -> Result<Mapped, Refusal> {
         let request = decode(decoded, encoding)
             .map_err(|rejection| (StatusCode::BAD_REQUEST, INVALID_ARGUMENT, rejection.message))?;
         let now = pulse_core::now_ms();
-        let baselines = self.histograms.lock().unwrap_or_else(PoisonError::into_inner);
+        let baselines = self
+            .histograms
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let mapped = to_points(
             request,
             &self.config.resource_attributes,
@@ -336,7 +341,11 @@ impl Receiver {
 
 /// A request's valid points, the messages of its rejected ones, and its
 /// cumulative histograms' states, kept once the points are buffered.
-type Mapped = (Vec<pulse_core::Point>, Vec<String>, Vec<(SeriesId, Cumulative)>);
+type Mapped = (
+    Vec<pulse_core::Point>,
+    Vec<String>,
+    Vec<(SeriesId, Cumulative)>,
+);
 
 fn status(encoding: Encoding, http: StatusCode, code: i32, message: String) -> Response {
     let status = Status { code, message };
@@ -388,7 +397,11 @@ mod tests {
     #[tokio::test]
     async fn json_and_protobuf_requests_are_answered_in_kind() {
         let fixture = testing::intake();
-        let router = router(Receiver::new(Arc::clone(&fixture.intake), OtlpConfig::default(), 1000));
+        let router = router(Receiver::new(
+            Arc::clone(&fixture.intake),
+            OtlpConfig::default(),
+            1000,
+        ));
         let (status, body) = call(&router, "application/json", JSON.as_bytes().to_vec()).await;
         assert_eq!(status, StatusCode::OK);
         let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
@@ -408,7 +421,11 @@ mod tests {
     #[tokio::test]
     async fn garbage_is_a_400_status_and_other_content_types_a_415() {
         let fixture = testing::intake();
-        let router = router(Receiver::new(Arc::clone(&fixture.intake), OtlpConfig::default(), 1000));
+        let router = router(Receiver::new(
+            Arc::clone(&fixture.intake),
+            OtlpConfig::default(),
+            1000,
+        ));
         let (status, body) = call(&router, "application/x-protobuf", vec![0xff; 16]).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert_eq!(Status::decode(body).unwrap().code, INVALID_ARGUMENT);

@@ -38,14 +38,12 @@ const UNIMPLEMENTED: i32 = 12;
 
 /// The gRPC route over the OTLP receiver's state.
 pub(crate) fn router(receiver: Arc<Receiver>) -> Router {
-    Router::new().route(EXPORT, post(export)).with_state(receiver)
+    Router::new()
+        .route(EXPORT, post(export))
+        .with_state(receiver)
 }
 
-async fn export(
-    State(receiver): State<Arc<Receiver>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
+async fn export(State(receiver): State<Arc<Receiver>>, headers: HeaderMap, body: Body) -> Response {
     let received = match receiver.edge().read(body).await {
         Ok(received) => received,
         Err(error) => return trailers_only(grpc_code(error.status()), &error.to_string()),
@@ -72,7 +70,10 @@ async fn export(
         bytes: message,
         reservation: received.reservation,
     };
-    match receiver.export(received, encoding, Encoding::Protobuf).await {
+    match receiver
+        .export(received, encoding, Encoding::Protobuf)
+        .await
+    {
         Ok(answer) => answered(&answer),
         Err(Failure { http, message, .. }) => trailers_only(grpc_code(http), &message),
     }
@@ -96,9 +97,9 @@ fn unframe(body: Bytes) -> Result<(bool, Bytes), String> {
 /// The gRPC code for the HTTP status OTLP/HTTP would have answered.
 fn grpc_code(http: StatusCode) -> i32 {
     match http {
-        StatusCode::PAYLOAD_TOO_LARGE => 8,  // RESOURCE_EXHAUSTED
-        StatusCode::SERVICE_UNAVAILABLE => 14, // UNAVAILABLE: the exporter retries
-        StatusCode::REQUEST_TIMEOUT => 4,     // DEADLINE_EXCEEDED
+        StatusCode::PAYLOAD_TOO_LARGE => 8,      // RESOURCE_EXHAUSTED
+        StatusCode::SERVICE_UNAVAILABLE => 14,   // UNAVAILABLE: the exporter retries
+        StatusCode::REQUEST_TIMEOUT => 4,        // DEADLINE_EXCEEDED
         StatusCode::INTERNAL_SERVER_ERROR => 13, // INTERNAL
         StatusCode::UNSUPPORTED_MEDIA_TYPE => UNIMPLEMENTED,
         _ => INVALID_ARGUMENT,
@@ -129,7 +130,13 @@ fn trailers_only(code: i32, message: &str) -> Response {
     // grpc-message is percent-encoded; keep it to printable ASCII.
     let text: String = message
         .chars()
-        .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
         .collect::<String>()
         .replace('%', "%25");
     if let Ok(value) = HeaderValue::from_str(&text) {

@@ -57,8 +57,10 @@ pub async fn run(
         if let Some(first) = exposition.rejected.first() {
             tracing::debug!(message = "Lines of the app's exposition were rejected.", lines = exposition.rejected.len(), first = %first.message);
         }
-        let mut points: Vec<(usize, UncheckedPoint)> =
-            to_points(exposition, scraped_at).into_iter().enumerate().collect();
+        let mut points: Vec<(usize, UncheckedPoint)> = to_points(exposition, scraped_at)
+            .into_iter()
+            .enumerate()
+            .collect();
         // One scrape holds every bucket of a histogram, so its baseline is
         // kept at once (a scrape lost to a full buffer loses its interval).
         for (id, state) in classic_to_histograms(&mut points, &baselines) {
