@@ -199,9 +199,8 @@ fn sketches(lines: &[(Duration, String)], start_ms: i64) -> Run {
             send(aggregator.flush(now), now, &mut compressor, &mut run);
             next += FLUSH_EVERY;
         }
-        let now = start_ms + at.as_millis() as i64;
         aggregator
-            .add(parse_line(line).expect("a valid line"), now)
+            .add(parse_line(line).expect("a valid line"))
             .expect("within the series limit");
     }
     let now = start_ms + next.as_millis() as i64;

@@ -60,9 +60,10 @@ impl Aggregator {
         }
     }
 
-    /// Adds one line; `now_ms` stamps samples that carry no timestamp. Returns
+    /// Adds one line (its points are stamped at flush time, or with their
+    /// own `|T` timestamp). Returns
     /// how many samples the line held (the points it stands for).
-    pub fn add(&mut self, line: Line<'_>, now_ms: TimestampMs) -> Result<usize, Rejection> {
+    pub fn add(&mut self, line: Line<'_>) -> Result<usize, Rejection> {
         let Line {
             name,
             kind,
@@ -260,7 +261,7 @@ mod tests {
 
     fn feed(agg: &mut Aggregator, lines: &[&str]) {
         for line in lines {
-            agg.add(parse_line(line).unwrap(), NOW).unwrap();
+            agg.add(parse_line(line).unwrap()).unwrap();
         }
     }
 
@@ -386,7 +387,7 @@ mod tests {
     fn series_beyond_the_limit_are_refused_until_the_next_flush() {
         let mut agg = Aggregator::new(2);
         feed(&mut agg, &["a:1|c", "b:1|c", "a:1|c"]);
-        let refused = agg.add(parse_line("c:1|c").unwrap(), NOW).unwrap_err();
+        let refused = agg.add(parse_line("c:1|c").unwrap()).unwrap_err();
         assert_eq!(refused.reason, "too_many_series");
         agg.flush(NOW);
         feed(&mut agg, &["c:1|c"]);

@@ -85,9 +85,8 @@ pub async fn run(
 }
 
 fn take_packet(aggregator: &mut Aggregator, packet: &[u8], intake: &Intake) {
-    let now = pulse_core::now_ms();
     for line in parse_packet(packet) {
-        let outcome = line.and_then(|line| aggregator.add(line, now));
+        let outcome = line.and_then(|line| aggregator.add(line));
         if let Err(rejection) = outcome {
             intake.metrics.rejected(RECEIVER, rejection.reason, 1);
             tracing::debug!(message = "StatsD line rejected.", reason = rejection.reason, detail = %rejection.message);
