@@ -101,7 +101,11 @@ impl Cumulative {
                 self.bounds.len()
             ));
         }
-        if self.bounds.windows(2).any(|w| !(w[0] < w[1])) || self.bounds.iter().any(|b| b.is_nan())
+        if self
+            .bounds
+            .windows(2)
+            .any(|w| w[0].partial_cmp(&w[1]) != Some(std::cmp::Ordering::Less))
+            || self.bounds.iter().any(|b| b.is_nan())
         {
             return Err("bucket bounds must ascend".into());
         }
@@ -296,6 +300,9 @@ impl Baselines {
     }
 }
 
+/// A histogram's number, the histogram and its increments.
+pub type Taken<'a> = (usize, &'a Classic, Increase);
+
 /// The increments of a run of histograms (ordered by series, then time, as
 /// [`take_classic`] gives them) against `baselines`, without changing them:
 /// the states to keep come back beside, to be [`Baselines::set`] once the
@@ -305,10 +312,7 @@ impl Baselines {
 pub fn increments<'a>(
     histograms: &'a [(usize, Classic)],
     baselines: &Baselines,
-) -> (
-    Vec<(usize, &'a Classic, Increase)>,
-    Vec<(SeriesId, Cumulative)>,
-) {
+) -> (Vec<Taken<'a>>, Vec<(SeriesId, Cumulative)>) {
     let mut pending: HashMap<SeriesId, &Cumulative> = HashMap::new();
     let mut out = Vec::new();
     for (index, classic) in histograms {

@@ -76,7 +76,9 @@ impl MetricKind {
 
     /// The kind of a [`MetricKind::code`], `None` for an unknown code.
     pub fn from_code(code: i64) -> Option<MetricKind> {
-        MetricKind::ALL.into_iter().find(|k| i64::from(k.code()) == code)
+        MetricKind::ALL
+            .into_iter()
+            .find(|k| i64::from(k.code()) == code)
     }
 
     /// Whether points of this kind count something (cumulative or delta).
@@ -170,7 +172,13 @@ impl Point {
         increment: f64,
         timestamp_ms: TimestampMs,
     ) -> Point {
-        Point::valued(MetricKind::DeltaCounter, metric, tags, increment, timestamp_ms)
+        Point::valued(
+            MetricKind::DeltaCounter,
+            metric,
+            tags,
+            increment,
+            timestamp_ms,
+        )
     }
 
     /// A histogram point: the observations of one interval as a sketch.

@@ -128,10 +128,16 @@ fn filter_value(raw: &str) -> Result<String, String> {
     let mut chars = inner.chars();
     while let Some(c) = chars.next() {
         match c {
-            '\\' => out.push(chars.next().ok_or_else(|| {
-                format!("tag value `{raw}` ends with a lone backslash")
-            })?),
-            '"' => return Err(format!("tag value `{raw}`: write a quote inside quotes as \\\"")),
+            '\\' => out.push(
+                chars
+                    .next()
+                    .ok_or_else(|| format!("tag value `{raw}` ends with a lone backslash"))?,
+            ),
+            '"' => {
+                return Err(format!(
+                    "tag value `{raw}`: write a quote inside quotes as \\\""
+                ));
+            }
             c => out.push(c),
         }
     }
@@ -191,7 +197,11 @@ mod tests {
         assert_eq!(filter["path"], "/a,b");
         assert_eq!(filter["env"], "prod");
         assert_eq!(filter["q"], "x\"y:z");
-        assert!(parse_tag_filter(r#"path:"/a,b"#).unwrap_err().contains("double quote"));
+        assert!(
+            parse_tag_filter(r#"path:"/a,b"#)
+                .unwrap_err()
+                .contains("double quote")
+        );
         assert!(parse_tag_filter(r#"path:"/a"b""#).is_err());
     }
 

@@ -259,7 +259,10 @@ mod tests {
         let mut b = Distribution::new();
         b.observe_n(0.25, 5);
         assert_eq!(a, b);
-        assert_eq!((b.count(), b.sum(), b.min(), b.max()), (5, 1.25, 0.25, 0.25));
+        assert_eq!(
+            (b.count(), b.sum(), b.min(), b.max()),
+            (5, 1.25, 0.25, 0.25)
+        );
     }
 
     #[test]

@@ -354,7 +354,10 @@ mod tests {
         let mut counter = point("requests_total", 7.0, None, &[]);
         counter.kind = MetricKind::Counter;
         let p = validate(0, counter, &Limits::default(), NOW).unwrap();
-        assert_eq!((p.kind, p.value, p.sketch), (MetricKind::Counter, 7.0, None));
+        assert_eq!(
+            (p.kind, p.value, p.sketch),
+            (MetricKind::Counter, 7.0, None)
+        );
 
         let mut histogram = point("req_seconds", f64::NAN, None, &[]);
         histogram.sketch = Some(Box::new(Distribution::of(&[1.0, 3.0])));

@@ -414,11 +414,19 @@ impl<'de> Deserialize<'de> for UniqueTags {
 }
 
 /// A point's `sketch` as a distribution, or the error naming the field.
-fn read_sketch(index: usize, sketch: Option<SketchJson>) -> Result<Option<Box<Distribution>>, PointError> {
+fn read_sketch(
+    index: usize,
+    sketch: Option<SketchJson>,
+) -> Result<Option<Box<Distribution>>, PointError> {
     sketch
         .map(|s| {
             s.distribution().map(Box::new).map_err(|e| {
-                PointError::new(index, Some("sketch"), RejectReason::InvalidValue, e.to_string())
+                PointError::new(
+                    index,
+                    Some("sketch"),
+                    RejectReason::InvalidValue,
+                    e.to_string(),
+                )
             })
         })
         .transpose()

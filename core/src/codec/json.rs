@@ -135,9 +135,15 @@ mod tests {
         for (body, field) in [
             (r#"{"metric_name":"m","value":1,"kind":"summary"}"#, "kind"),
             (r#"{"metric_name":"m","value":1,"kind":3}"#, "kind"),
-            (r#"{"metric_name":"m","sketch":{"ddsketch":"%%"}}"#, "sketch"),
+            (
+                r#"{"metric_name":"m","sketch":{"ddsketch":"%%"}}"#,
+                "sketch",
+            ),
             (r#"{"metric_name":"m","sketch":{"bins":[]}}"#, "sketch"),
-            (r#"{"metric_name":"m","kind":"histogram","value":2}"#, "sketch"),
+            (
+                r#"{"metric_name":"m","kind":"histogram","value":2}"#,
+                "sketch",
+            ),
             (r#"{"metric_name":"m","kind":"counter"}"#, "value"),
         ] {
             let batch = parse_points(body.as_bytes(), &Limits::default(), 10, NOW).unwrap();

@@ -13,8 +13,8 @@ use prost::Message;
 use crate::TimestampMs;
 use crate::idempotency::{BatchKey, BatchRef};
 use crate::point::{MetricKind, Point, Tags};
-use crate::sketch::Distribution;
 use crate::series::SeriesId;
+use crate::sketch::Distribution;
 
 /// The record format version this build writes.
 pub const RECORD_VERSION: u8 = 1;

@@ -134,13 +134,19 @@ mod tests {
         let back = decode_state(&encode_state("m", &tags, &agg, &["5m", "10m/1m"])).unwrap();
         assert_eq!((back.metric.as_str(), &back.tags), ("m", &tags));
         assert_eq!(back.feeds, ["5m", "10m/1m"]);
-        for kind in AggKind::defaults().into_iter().chain([AggKind::Increase, AggKind::Rate]) {
+        for kind in AggKind::defaults()
+            .into_iter()
+            .chain([AggKind::Increase, AggKind::Rate])
+        {
             assert_eq!(
                 back.agg.value_over(kind, 0, 100),
                 agg.value_over(kind, 0, 100),
                 "{kind}"
             );
         }
-        assert_eq!((back.agg.kind, back.agg.increase), (MetricKind::Counter, agg.increase));
+        assert_eq!(
+            (back.agg.kind, back.agg.increase),
+            (MetricKind::Counter, agg.increase)
+        );
     }
 }
