@@ -843,9 +843,9 @@ async fn remote_write_takes_samples_with_the_same_auth_limits_and_answers() {
     let snappy = (header::CONTENT_ENCODING, "snappy");
     let body = remote_write_body(&[("temp", "a", 21.5), ("temp", "b", 19.0)]);
 
-    let answer = post(&h.router, path, &[snappy.clone()], body.clone()).await;
+    let answer = post(&h.router, path, std::slice::from_ref(&snappy), body.clone()).await;
     assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
-    let answer = post(&h.router, path, &[auth.clone()], body.clone()).await;
+    let answer = post(&h.router, path, std::slice::from_ref(&auth), body.clone()).await;
     assert_eq!(answer.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
     assert_eq!(answer.body["error"]["code"], "unsupported_encoding");
     let answer = post(
