@@ -125,6 +125,7 @@ async fn the_sidecar_answers_as_its_documents_say() {
     };
     sidecar.http.listen = format!("127.0.0.1:{http}").parse().unwrap();
     sidecar.otlp.listen = format!("127.0.0.1:{otlp}").parse().unwrap();
+    sidecar.otlp.grpc_listen = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     sidecar.admin.listen = format!("127.0.0.1:{admin}").parse().unwrap();
     sidecar.statsd.enabled = false;
     sidecar.buffer.dir = buffer.path().to_path_buf();

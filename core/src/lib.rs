@@ -15,6 +15,7 @@ pub mod config;
 pub mod counter;
 pub mod duration;
 pub mod edge;
+pub mod histogram;
 pub mod idempotency;
 pub mod names;
 pub mod point;

@@ -25,6 +25,7 @@ use axum::middleware::from_fn_with_state;
 use axum::routing::post;
 use prometheus_client::registry::Registry;
 use pulse_core::config::{Config, GatewayConfig};
+use pulse_core::histogram::Baselines;
 use pulse_core::validate::Limits;
 use pulse_engine::bus::BusProducer;
 use pulse_server::auth::{Tokens, require_bearer};
@@ -38,6 +39,10 @@ use crate::metrics::GatewayMetrics;
 use crate::rate::RateLimits;
 use crate::readiness::BusReadiness;
 use crate::series::ActiveSeries;
+
+/// How many classic histogram series (remote write) a gateway follows; at
+/// about 200 bytes each, 100 000 take some 20 MiB.
+pub(crate) const HISTOGRAM_BASELINES: usize = 100_000;
 
 /// What every ingest request of one gateway shares: the bus, the limits, the
 /// admission permits, the writers' rate buckets, the active series and the
@@ -54,6 +59,9 @@ pub struct Gateway {
     rates: RateLimits,
     /// `None` without `gateway.max_active_series`.
     series: Option<ActiveSeries>,
+    /// The last state of each classic histogram remote write sent, to take
+    /// the next scrape's observations from (`pulse_core::histogram`).
+    histograms: Mutex<Baselines>,
     metrics: GatewayMetrics,
 }
 
@@ -101,6 +109,7 @@ impl Gateway {
             permits: Semaphore::new(config.gateway.max_in_flight),
             rates: RateLimits::new(&config.gateway),
             series: ActiveSeries::new(&config.gateway),
+            histograms: Mutex::new(Baselines::new(HISTOGRAM_BASELINES)),
             metrics,
         });
         // With no tokens configured `require_bearer` lets every request through,
@@ -111,6 +120,7 @@ impl Gateway {
         let ingest = Router::new()
             .route("/metrics", post(receive::receive))
             .route("/v1/metrics", post(receive::receive))
+            .route("/api/v1/write", post(receive::remote_write))
             .route_layer(from_fn_with_state(tokens, require_bearer))
             .with_state(gateway);
         ingest

@@ -5,7 +5,7 @@ use utoipa::openapi::OpenApi;
 
 #[derive(utoipa::OpenApi)]
 #[openapi(
-    paths(crate::receive::receive),
+    paths(crate::receive::receive, crate::receive::remote_write),
     components(schemas(
         pulse_server::ingest::InvalidPoints,
         pulse_core::validate::PointError

@@ -1,4 +1,5 @@
-//! The ingest handler behind `POST /metrics` and `POST /v1/metrics`.
+//! The ingest handlers behind `POST /metrics`, `POST /v1/metrics` and
+//! `POST /api/v1/write` (Prometheus remote write).
 //!
 //! One request goes through: reading the body (the shared ingest edge,
 //! `pulse_server::edge`: `gateway.max_body_bytes`, `http.body_timeout` and the
@@ -9,7 +10,7 @@
 //! compressed), so the original single-point clients and the sidecar share one
 //! parser.
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -18,6 +19,8 @@ use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use pulse_core::codec::body::{ParsedBatch, parse_points_within};
 use pulse_core::codec::record::encode_record;
+use pulse_core::codec::remote_write;
+use pulse_core::histogram::Cumulative;
 use pulse_core::idempotency::{KEY_HEADER, OFFSET_HEADER, RequestBatch};
 use pulse_core::series::SeriesId;
 use pulse_core::validate::{PointError, RejectReason};
@@ -26,8 +29,8 @@ use pulse_server::edge::content_encoding;
 use pulse_server::error::ApiError;
 use tokio::sync::SemaphorePermit;
 
-use crate::Gateway;
 use crate::answer::{Receipt, Refusal};
+use crate::{Gateway, HISTOGRAM_BASELINES};
 
 /// How long a request waits for a processing slot before it is turned away.
 /// Long enough to ride out a burst, short enough that the client's own retry
@@ -40,6 +43,8 @@ struct Prepared {
     records: Vec<OutgoingRecord>,
     errors: Vec<PointError>,
     series: Vec<SeriesId>,
+    /// Remote write's histogram states, kept as baselines once accepted.
+    baselines: Vec<(SeriesId, Cumulative)>,
 }
 
 /// Takes points: 202 once every point is durable in the bus.
@@ -81,7 +86,65 @@ pub(crate) async fn receive(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let result = Arc::clone(&gateway).ingest(&headers, body).await;
+    answer(gateway, route, headers, body, Format::Points).await
+}
+
+/// Takes Prometheus remote write 1.0: 202 once every sample is durable in the bus.
+///
+/// The same limits, authentication and answers as `POST /v1/metrics`, one
+/// point per sample (see the README's "Metric types" for what counters and
+/// classic histograms become).
+#[utoipa::path(
+    post,
+    path = "/api/v1/write",
+    tag = "ingest",
+    params(
+        ("Content-Encoding" = String, Header, example = "snappy",
+         description = "`snappy` (the block format), as the remote write 1.0 specification requires"),
+    ),
+    request_body(
+        description = "A `prometheus.WriteRequest` protobuf, snappy-compressed",
+        content((Vec<u8> = "application/x-protobuf"))
+    ),
+    responses(
+        (status = 202, description = "Every sample is durable in the bus", body = pulse_server::ingest::Receipt),
+        (status = 400, description = "`invalid_points`: some samples were invalid (the valid ones were accepted); `corrupt_body`, `empty_body`: the body is not a snappy-compressed `WriteRequest`", body = pulse_server::openapi::ErrorBody),
+        (status = 408, description = "`body_timeout`: the body did not arrive within `http.body_timeout`", body = pulse_server::openapi::ErrorBody),
+        (status = 413, description = "`body_too_large` or `too_many_points`, as for `/v1/metrics`", body = pulse_server::openapi::ErrorBody),
+        (status = 415, description = "`unsupported_encoding`: a `Content-Encoding` other than `snappy`", body = pulse_server::openapi::ErrorBody),
+        (status = 429, description = "`rate_limited`: the writer is over `gateway.rate_limit`; nothing was accepted", body = pulse_server::openapi::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before resending"))),
+        (status = 503, description = "`unavailable` or `overloaded`; nothing was accepted, retry after `Retry-After`", body = pulse_server::openapi::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    ),
+    security((), ("bearer" = []))
+)]
+pub(crate) async fn remote_write(
+    State(gateway): State<Arc<Gateway>>,
+    route: MatchedPath,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    answer(gateway, route, headers, body, Format::RemoteWrite).await
+}
+
+/// What a route's bodies are.
+#[derive(Debug, Clone, Copy)]
+enum Format {
+    /// The ingest contract: a JSON point, an array or NDJSON, optionally
+    /// gzip or zstd.
+    Points,
+    /// A snappy-compressed `prometheus.WriteRequest`.
+    RemoteWrite,
+}
+
+/// Ingests a request of `format` and answers it, counting the outcome.
+async fn answer(
+    gateway: Arc<Gateway>,
+    route: MatchedPath,
+    headers: HeaderMap,
+    body: Body,
+    format: Format,
+) -> Response {
+    let result = Arc::clone(&gateway).ingest(&headers, body, format).await;
     let metrics = &gateway.metrics;
     match result {
         Ok(receipt) => {
@@ -101,8 +164,34 @@ pub(crate) async fn receive(
 impl Gateway {
     /// Takes one request from its body to the bus; the points of a `Receipt`
     /// are durable, those of a `Refusal` were not acknowledged.
-    async fn ingest(self: Arc<Self>, headers: &HeaderMap, body: Body) -> Result<Receipt, Refusal> {
+    async fn ingest(
+        self: Arc<Self>,
+        headers: &HeaderMap,
+        body: Body,
+        format: Format,
+    ) -> Result<Receipt, Refusal> {
         let batch = self.request_batch(headers).map_err(Refusal::Body)?;
+        let encoding = content_encoding(headers);
+        // Remote write's snappy is undone by its own decoder (the block
+        // format announces its length); the edge sees an identity body.
+        let encoding = match format {
+            Format::Points => encoding,
+            Format::RemoteWrite => {
+                let snappy = encoding.as_deref().map(str::trim);
+                if !snappy.is_some_and(|e| e.eq_ignore_ascii_case("snappy")) {
+                    return Err(Refusal::Body(ApiError::new(
+                        axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        "unsupported_encoding",
+                        format!(
+                            "remote write bodies are snappy-compressed (`Content-Encoding: snappy`), \
+                             not `{}`; send what Prometheus sends",
+                            encoding.unwrap_or_else(|| "identity".into())
+                        ),
+                    )));
+                }
+                None
+            }
+        };
         // The body is read before a slot is taken, so a client trickling its
         // body holds only its connection and the bytes it sent (charged to the
         // decode budget), never a slot others need.
@@ -119,15 +208,27 @@ impl Gateway {
         let now_ms = pulse_core::now_ms();
         let (prepared, _reservation) = self
             .edge
-            .decode(received, content_encoding(headers), move |text, charge| {
-                let parsed = parse_points_within(
-                    text,
-                    &gateway.limits,
-                    gateway.settings.max_points_per_request,
-                    now_ms,
-                    charge,
-                )?;
-                Ok(gateway.prepare(parsed, batch.as_ref(), now_ms))
+            .decode(received, encoding, move |text, charge| {
+                let limits = &gateway.limits;
+                let max_points = gateway.settings.max_points_per_request;
+                let (parsed, baselines) = match format {
+                    Format::Points => (
+                        parse_points_within(text, limits, max_points, now_ms, charge)?,
+                        Vec::new(),
+                    ),
+                    Format::RemoteWrite => {
+                        let max_len = gateway.edge.max_decompressed_bytes;
+                        let request = remote_write::decode(text, max_len, charge)?;
+                        let baselines = gateway
+                            .histograms
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner);
+                        remote_write::to_points(request, limits, max_points, now_ms, &baselines)?
+                    }
+                };
+                let mut prepared = gateway.prepare(parsed, batch.as_ref(), now_ms);
+                prepared.baselines = baselines;
+                Ok(prepared)
             })
             .await
             .map_err(|e| Refusal::Body(e.answer()))?;
@@ -148,6 +249,23 @@ impl Gateway {
         if let Some(active) = &self.series {
             active.commit(prepared.series, now_ms);
             self.metrics.active_series(active.len());
+        }
+        if !prepared.baselines.is_empty() {
+            let mut histograms = self
+                .histograms
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let forgotten = histograms.forgotten();
+            for (id, state) in prepared.baselines {
+                histograms.set(id, state);
+            }
+            if histograms.forgotten() > forgotten {
+                tracing::warn!(
+                    message = "Histogram baselines were forgotten for room; their next scrape is a baseline again.",
+                    forgotten = histograms.forgotten() - forgotten,
+                    limit = HISTOGRAM_BASELINES,
+                );
+            }
         }
         Ok(Receipt {
             accepted,
@@ -217,6 +335,7 @@ impl Gateway {
             records,
             errors,
             series: admitted,
+            baselines: Vec::new(),
         }
     }
 

@@ -799,3 +799,81 @@ async fn points_written_for_a_client_that_hung_up_are_counted() {
     }
     panic!("the 3 points written to the bus are not counted: {metrics}");
 }
+
+/// A snappy-compressed remote write request, as Prometheus sends it.
+fn remote_write_body(series: &[(&str, &str, f64)]) -> Vec<u8> {
+    use prost::Message;
+    use pulse_core::codec::remote_write::{Label, Sample, TimeSeries, WriteRequest};
+    let now = pulse_core::now_ms();
+    let request = WriteRequest {
+        timeseries: series
+            .iter()
+            .map(|&(name, pod, value)| TimeSeries {
+                labels: vec![
+                    Label {
+                        name: "__name__".into(),
+                        value: name.into(),
+                    },
+                    Label {
+                        name: "pod".into(),
+                        value: pod.into(),
+                    },
+                ],
+                samples: vec![Sample {
+                    value,
+                    timestamp: now,
+                }],
+            })
+            .collect(),
+        metadata: vec![],
+    };
+    snap::raw::Encoder::new()
+        .compress_vec(&request.encode_to_vec())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn remote_write_takes_samples_with_the_same_auth_limits_and_answers() {
+    let mut config = Config::default();
+    config.gateway.tokens = vec!["secret".into()];
+    config.gateway.max_points_per_request = 3;
+    let h = harness(config).await;
+    let path = "/api/v1/write";
+    let auth = (header::AUTHORIZATION, "Bearer secret");
+    let snappy = (header::CONTENT_ENCODING, "snappy");
+    let body = remote_write_body(&[("temp", "a", 21.5), ("temp", "b", 19.0)]);
+
+    let answer = post(&h.router, path, std::slice::from_ref(&snappy), body.clone()).await;
+    assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+    let answer = post(&h.router, path, std::slice::from_ref(&auth), body.clone()).await;
+    assert_eq!(answer.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(answer.body["error"]["code"], "unsupported_encoding");
+    let answer = post(
+        &h.router,
+        path,
+        &[auth.clone(), snappy.clone()],
+        &b"not snappy"[..],
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert_eq!(answer.body["error"]["code"], "corrupt_body");
+    let many = remote_write_body(&[
+        ("a", "1", 1.0),
+        ("a", "2", 1.0),
+        ("a", "3", 1.0),
+        ("a", "4", 1.0),
+    ]);
+    let answer = post(&h.router, path, &[auth.clone(), snappy.clone()], many).await;
+    assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(answer.body["error"]["code"], "too_many_points");
+    // A name outside Pulse's alphabet is refused per sample; the rest is taken.
+    let mixed = remote_write_body(&[("temp", "c", 20.0), ("9bad", "c", 1.0)]);
+    let answer = post(&h.router, path, &[auth.clone(), snappy.clone()], mixed).await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert_eq!(answer.body["error"]["details"]["errors"][0]["index"], 1);
+
+    let answer = post(&h.router, path, &[auth, snappy], body).await;
+    assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.body);
+    assert_eq!(answer.body["accepted"], 2);
+    assert_eq!(stored_values(&h.bus).await, [19.0, 20.0, 21.5]);
+}

@@ -1,20 +1,27 @@
 //! StatsD aggregation, as StatsD users expect it: per flush interval, counters
-//! are summed (each sample scaled by its sample rate), gauges keep their last
-//! value, sets count distinct members. Each series that changed in the interval
-//! becomes one point at flush time.
+//! are summed (each sample scaled by its sample rate) into a delta counter
+//! point, gauges keep their last value, sets count distinct members. Each
+//! series that changed in the interval becomes one point at flush time.
 //!
-//! Timers, histograms and distributions are *not* aggregated here: every sample
-//! is forwarded as a point. Pulse's processor already computes count, sum, min,
-//! max and quantiles per window from mergeable sketches across every pod; a
-//! percentile computed here per pod could not be merged into a fleet-wide one
-//! (the p95 of p95s is not a p95). The cost is volume, which the batches'
-//! compression absorbs. Their sample rate is not used to invent samples, so
-//! quantiles stay exact while a window's count is the count of samples sent.
+//! Timers, histograms and distributions become one histogram point per
+//! series per flush: the interval's samples in the pipeline's mergeable
+//! sketch (`pulse_core::Distribution`, DDSketch at 1 % relative accuracy,
+//! exact count, sum, min and max). The processor merges sketches exactly, so
+//! a window's quantiles across every pod are what they would be from every
+//! sample, while the sidecar sends a few hundred bytes per series instead of
+//! every sample (BENCHMARKS.md, "StatsD timers as sketches"). A percentile
+//! computed here would not merge (the p95 of p95s is not a p95); a sketch
+//! does. Their sample rate is not used to invent samples, so a window's
+//! count is the count of samples sent.
+//!
+//! A DogStatsD line stamped with `|T` is the client's own value for that
+//! instant: it is forwarded as its own point (a one-sample sketch for the
+//! timer types), so it lands in the window of its timestamp.
 
 use std::collections::{HashMap, HashSet};
 
 use pulse_core::validate::UncheckedPoint;
-use pulse_core::{Tags, TimestampMs};
+use pulse_core::{Distribution, MetricKind, Tags, TimestampMs};
 
 use crate::parse::Rejection;
 use crate::parse::statsd::{Kind, Line, Values};
@@ -35,7 +42,9 @@ pub struct Aggregator {
     counters: HashMap<SeriesKey, f64>,
     gauges: HashMap<SeriesKey, GaugeState>,
     sets: HashMap<SeriesKey, HashSet<String>>,
-    /// Samples of timers, histograms and distributions, waiting to be taken.
+    /// The samples of timers, histograms and distributions of the interval.
+    distributions: HashMap<SeriesKey, Distribution>,
+    /// Stamped (`|T`) points, forwarded as they come.
     samples: Vec<UncheckedPoint>,
 }
 
@@ -46,13 +55,15 @@ impl Aggregator {
             counters: HashMap::new(),
             gauges: HashMap::new(),
             sets: HashMap::new(),
+            distributions: HashMap::new(),
             samples: Vec::new(),
         }
     }
 
-    /// Adds one line; `now_ms` stamps samples that carry no timestamp. Returns
+    /// Adds one line (its points are stamped at flush time, or with their
+    /// own `|T` timestamp). Returns
     /// how many samples the line held (the points it stands for).
-    pub fn add(&mut self, line: Line<'_>, now_ms: TimestampMs) -> Result<usize, Rejection> {
+    pub fn add(&mut self, line: Line<'_>) -> Result<usize, Rejection> {
         let Line {
             name,
             kind,
@@ -64,6 +75,33 @@ impl Aggregator {
         let key = (name, tags);
         let full = |len: usize, known: bool| len >= self.max_series && !known;
         match (kind, values) {
+            // DogStatsD: a stamped counter or gauge is the client's own
+            // aggregate for that instant, forwarded as it is (as the Datadog
+            // Agent does), so it lands in the window of its timestamp rather
+            // than the one of the next flush.
+            (Kind::Counter | Kind::Gauge, Values::Numbers(values)) if timestamp_secs.is_some() => {
+                let (metric, tags) = key;
+                let count = values.len();
+                let point = match kind {
+                    Kind::Counter => UncheckedPoint {
+                        kind: MetricKind::DeltaCounter,
+                        ..UncheckedPoint::gauge(
+                            metric,
+                            tags,
+                            values.iter().map(|v| v / sample_rate).sum(),
+                            timestamp_secs,
+                        )
+                    },
+                    _ => UncheckedPoint::gauge(
+                        metric,
+                        tags,
+                        *values.last().unwrap_or(&0.0),
+                        timestamp_secs,
+                    ),
+                };
+                self.samples.push(point);
+                Ok(count)
+            }
             (Kind::Counter, Values::Numbers(values)) => {
                 if full(self.counters.len(), self.counters.contains_key(&key)) {
                     return Err(too_many_series(kind));
@@ -92,20 +130,27 @@ impl Aggregator {
                 }
                 Ok(members.len())
             }
-            (_, Values::Numbers(values)) => {
-                let timestamp_secs = Some(timestamp_secs.unwrap_or(now_ms as f64 / 1000.0));
+            (_, Values::Numbers(values)) if values.iter().any(|v| !v.is_finite()) => Err(
+                Rejection::new("invalid_value", "a sample is not a finite number"),
+            ),
+            (_, Values::Numbers(values)) if timestamp_secs.is_some() => {
                 let (metric, tags) = key;
                 let count = values.len();
+                let observations = Distribution::of(&values);
                 self.samples
-                    .extend(values.into_iter().map(|value| UncheckedPoint {
-                        metric: metric.clone(),
-                        tags: tags.clone(),
-                        value,
-                        timestamp_secs,
-                        kind: pulse_core::MetricKind::Gauge,
-                        sketch: None,
-                    }));
+                    .push(histogram_point(metric, tags, observations, timestamp_secs));
                 Ok(count)
+            }
+            (_, Values::Numbers(values)) => {
+                let known = self.distributions.contains_key(&key);
+                if full(self.distributions.len(), known) {
+                    return Err(too_many_series(kind));
+                }
+                let observations = self.distributions.entry(key).or_default();
+                for value in &values {
+                    observations.observe(*value);
+                }
+                Ok(values.len())
             }
             (kind, _) => Err(Rejection::malformed(format!(
                 "values do not fit the type `{}`",
@@ -135,31 +180,36 @@ impl Aggregator {
         }
     }
 
-    /// Samples (timers, histograms, distributions) waiting to be forwarded.
+    /// Stamped points waiting to be forwarded.
     pub fn pending_samples(&self) -> usize {
         self.samples.len()
     }
 
-    /// Takes the samples waiting to be forwarded.
+    /// Takes the stamped points waiting to be forwarded.
     pub fn take_samples(&mut self) -> Vec<UncheckedPoint> {
         std::mem::take(&mut self.samples)
     }
 
-    /// Ends an interval: one point per counter, set and changed gauge, stamped
-    /// `now_ms`. Gauges keep their value for later adjustments; when their
-    /// table is full, those unchanged for a whole interval are forgotten.
+    /// Ends an interval: one point per counter (a delta counter), set,
+    /// changed gauge and timer series (a histogram), stamped `now_ms`.
+    /// Gauges keep their value for later adjustments; when their table is
+    /// full, those unchanged for a whole interval are forgotten.
     pub fn flush(&mut self, now_ms: TimestampMs) -> Vec<UncheckedPoint> {
         let timestamp_secs = Some(now_ms as f64 / 1000.0);
-        let point = |(metric, tags): SeriesKey, value: f64| UncheckedPoint {
-            metric,
-            tags,
-            value,
-            timestamp_secs,
-            kind: pulse_core::MetricKind::Gauge,
-            sketch: None,
+        let point = |(metric, tags): SeriesKey, value: f64| {
+            UncheckedPoint::gauge(metric, tags, value, timestamp_secs)
         };
-        let mut points = Vec::with_capacity(self.counters.len() + self.sets.len());
-        points.extend(self.counters.drain().map(|(key, sum)| point(key, sum)));
+        let mut points =
+            Vec::with_capacity(self.counters.len() + self.sets.len() + self.distributions.len());
+        points.extend(self.counters.drain().map(|(key, sum)| UncheckedPoint {
+            kind: MetricKind::DeltaCounter,
+            ..point(key, sum)
+        }));
+        points.extend(
+            self.distributions
+                .drain()
+                .map(|((metric, tags), d)| histogram_point(metric, tags, d, timestamp_secs)),
+        );
         points.extend(
             self.sets
                 .drain()
@@ -175,6 +225,20 @@ impl Aggregator {
             }
         }
         points
+    }
+}
+
+/// A point carrying the observations of a timer series.
+fn histogram_point(
+    metric: String,
+    tags: Tags,
+    observations: Distribution,
+    timestamp_secs: Option<f64>,
+) -> UncheckedPoint {
+    UncheckedPoint {
+        kind: MetricKind::Histogram,
+        sketch: Some(Box::new(observations)),
+        ..UncheckedPoint::gauge(metric, tags, 0.0, timestamp_secs)
     }
 }
 
@@ -197,7 +261,7 @@ mod tests {
 
     fn feed(agg: &mut Aggregator, lines: &[&str]) {
         for line in lines {
-            agg.add(parse_line(line).unwrap(), NOW).unwrap();
+            agg.add(parse_line(line).unwrap()).unwrap();
         }
     }
 
@@ -242,6 +306,37 @@ mod tests {
     }
 
     #[test]
+    fn stamped_counters_and_gauges_keep_their_timestamp() {
+        let mut agg = Aggregator::new(100);
+        feed(
+            &mut agg,
+            &[
+                "hits:2|c|@0.5|T1721199900",
+                "temp:7:9|g|T1721199910",
+                "hits:1|c",
+            ],
+        );
+        let stamped = agg.take_samples();
+        assert_eq!(values(&stamped, "hits"), vec![4.0]);
+        assert_eq!(stamped[0].kind, MetricKind::DeltaCounter);
+        assert_eq!(values(&stamped, "temp"), vec![9.0]);
+        let at = |metric: &str| {
+            stamped
+                .iter()
+                .find(|p| p.metric == metric)
+                .unwrap()
+                .timestamp_secs
+        };
+        assert_eq!(at("hits"), Some(1_721_199_900.0));
+        assert_eq!(at("temp"), Some(1_721_199_910.0));
+        assert_eq!(
+            values(&agg.flush(NOW), "hits"),
+            vec![1.0],
+            "unstamped ones still aggregate"
+        );
+    }
+
+    #[test]
     fn sets_count_distinct_members() {
         let mut agg = Aggregator::new(100);
         feed(&mut agg, &["users:alice|s", "users:bob|s", "users:alice|s"]);
@@ -249,7 +344,7 @@ mod tests {
     }
 
     #[test]
-    fn every_timer_histogram_and_distribution_sample_is_kept() {
+    fn timers_histograms_and_distributions_flush_one_sketch_per_series() {
         let mut agg = Aggregator::new(100);
         feed(
             &mut agg,
@@ -257,24 +352,42 @@ mod tests {
                 "lat:10|ms|@0.5",
                 "lat:20|ms",
                 "size:1:2:3|d",
+                "size:4|h",
                 "q:7|h|T1721199900",
             ],
         );
-        assert_eq!(agg.pending_samples(), 6);
-        let samples = agg.take_samples();
-        assert_eq!(values(&samples, "lat"), vec![10.0, 20.0]);
-        assert_eq!(values(&samples, "size"), vec![1.0, 2.0, 3.0]);
-        let q = samples.iter().find(|p| p.metric == "q").unwrap();
-        assert_eq!(q.timestamp_secs, Some(1_721_199_900.0));
+        assert_eq!(agg.pending_samples(), 1, "only the stamped sample waits");
+        let stamped = agg.take_samples();
+        assert_eq!(stamped[0].timestamp_secs, Some(1_721_199_900.0));
+        assert_eq!(stamped[0].kind, MetricKind::Histogram);
+        let points = agg.flush(NOW);
+        assert_eq!(points.len(), 2);
+        let sketch = |metric: &str| {
+            let point = points.iter().find(|p| p.metric == metric).unwrap();
+            assert_eq!(point.kind, MetricKind::Histogram);
+            point.sketch.clone().unwrap()
+        };
+        let lat = sketch("lat");
+        assert_eq!(
+            (lat.count(), lat.sum(), lat.min(), lat.max()),
+            (2, 30.0, 10.0, 20.0)
+        );
+        assert_eq!(sketch("size").count(), 4);
         assert!(agg.flush(NOW).is_empty());
-        assert_eq!(agg.pending_samples(), 0);
+    }
+
+    #[test]
+    fn counters_flush_as_delta_counters() {
+        let mut agg = Aggregator::new(100);
+        feed(&mut agg, &["hits:1|c"]);
+        assert_eq!(agg.flush(NOW)[0].kind, MetricKind::DeltaCounter);
     }
 
     #[test]
     fn series_beyond_the_limit_are_refused_until_the_next_flush() {
         let mut agg = Aggregator::new(2);
         feed(&mut agg, &["a:1|c", "b:1|c", "a:1|c"]);
-        let refused = agg.add(parse_line("c:1|c").unwrap(), NOW).unwrap_err();
+        let refused = agg.add(parse_line("c:1|c").unwrap()).unwrap_err();
         assert_eq!(refused.reason, "too_many_series");
         agg.flush(NOW);
         feed(&mut agg, &["c:1|c"]);

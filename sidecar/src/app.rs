@@ -139,7 +139,15 @@ pub async fn run(
         false => None,
     };
     let otlp_listener = match config.otlp.enabled {
-        true => Some(listen("OTLP receiver", config.otlp.listen, "otlp.listen").await?),
+        true => Some((
+            listen("OTLP receiver", config.otlp.listen, "otlp.listen").await?,
+            listen(
+                "OTLP/gRPC receiver",
+                config.otlp.grpc_listen,
+                "otlp.grpc_listen",
+            )
+            .await?,
+        )),
         false => None,
     };
     let statsd_socket = match config.statsd.enabled {
@@ -199,20 +207,27 @@ pub async fn run(
             }
         });
     }
-    if let Some(listener) = otlp_listener {
-        let router = receivers::otlp::router(
+    if let Some((listener, grpc_listener)) = otlp_listener {
+        let receiver = receivers::otlp::Receiver::new(
             Arc::clone(&intake),
             config.otlp.clone(),
             config.http.max_points_per_request,
         );
         serving.push(format!("otlp {}", config.otlp.listen));
-        let stop = receivers_stop.clone();
-        let edge = config.edge.clone();
-        receivers.spawn(async move {
-            if let Err(error) = pulse_server::serve(listener, router, stop, edge, None).await {
-                tracing::error!(message = "The OTLP receiver failed.", %error);
-            }
-        });
+        serving.push(format!("otlp-grpc {}", config.otlp.grpc_listen));
+        let routes = [
+            (listener, receivers::otlp::router(Arc::clone(&receiver))),
+            (grpc_listener, receivers::otlp_grpc::router(receiver)),
+        ];
+        for (listener, router) in routes {
+            let stop = receivers_stop.clone();
+            let edge = config.edge.clone();
+            receivers.spawn(async move {
+                if let Err(error) = pulse_server::serve(listener, router, stop, edge, None).await {
+                    tracing::error!(message = "An OTLP receiver failed.", %error);
+                }
+            });
+        }
     }
     if let Some(socket) = statsd_socket {
         serving.push(format!("statsd {}", config.statsd.listen));

@@ -131,12 +131,14 @@ impl Default for StatsdConfig {
     }
 }
 
-/// The OTLP/HTTP metrics receiver.
+/// The OTLP metrics receivers: OTLP/HTTP on `listen`, OTLP/gRPC on
+/// `grpc_listen`, both on when `enabled`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OtlpConfig {
     pub enabled: bool,
     pub listen: SocketAddr,
+    pub grpc_listen: SocketAddr,
     /// Resource attributes kept as tags. The others (SDK version, process id,
     /// host details) would multiply series without helping a query.
     pub resource_attributes: Vec<String>,
@@ -149,6 +151,7 @@ impl Default for OtlpConfig {
         OtlpConfig {
             enabled: true,
             listen: addr("127.0.0.1:4318"),
+            grpc_listen: addr("127.0.0.1:4317"),
             resource_attributes: [
                 "service.name",
                 "service.namespace",

@@ -80,7 +80,7 @@ async fn normal_app(http: SocketAddr, batches: usize) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_apps_get_4xx_bounded_memory_and_lock_no_one_out() {
     let dir = tempfile::tempdir().unwrap();
-    let (http, otlp, admin) = (free_port(), free_port(), free_port());
+    let (http, otlp, admin, grpc) = (free_port(), free_port(), free_port(), free_port());
     let config = dir.path().join("sidecar.toml");
     std::fs::write(
         &config,
@@ -90,6 +90,7 @@ async fn hostile_apps_get_4xx_bounded_memory_and_lock_no_one_out() {
 listen = "127.0.0.1:{http}"
 [otlp]
 listen = "127.0.0.1:{otlp}"
+grpc_listen = "127.0.0.1:{grpc}"
 [statsd]
 enabled = false
 [admin]

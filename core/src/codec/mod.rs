@@ -4,4 +4,5 @@
 pub mod body;
 pub mod json;
 pub mod record;
+pub mod remote_write;
 pub mod state;

@@ -8,7 +8,7 @@ use pulse_sidecar::parse::statsd::parse_packet;
 fuzz_target!(|data: &[u8]| {
     let mut aggregator = Aggregator::new(1000);
     for line in parse_packet(data).flatten() {
-        let _ = aggregator.add(line, 1_721_199_945_000);
+        let _ = aggregator.add(line);
     }
     let _ = aggregator.take_samples();
     let _ = aggregator.flush(1_721_199_945_000);

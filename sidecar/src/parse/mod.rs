@@ -6,6 +6,7 @@
 //! buffers a point the gateway would refuse.
 
 pub mod otlp;
+pub mod otlp_buckets;
 pub mod prometheus;
 pub mod statsd;
 
@@ -48,6 +49,30 @@ pub fn sanitize_tag_key(key: &str) -> String {
     })
 }
 
+/// The one spelling of a bucket bound (`le`) or quantile, whichever source
+/// wrote it: OpenMetrics' (and Prometheus 3's) canonical float text, `5.0`,
+/// `0.25`, `+Inf`, so `le="5"` from one exporter and `le="5.0"` from another
+/// are the same series. Text that is not a number is kept as it is.
+pub fn canonical_bound(text: &str) -> String {
+    match text.parse::<f64>() {
+        Ok(value) => bound_text(value),
+        Err(_) => text.to_string(),
+    }
+}
+
+/// [`canonical_bound`] of a number.
+pub fn bound_text(value: f64) -> String {
+    if value.is_nan() {
+        "NaN".into()
+    } else if value.is_infinite() {
+        if value > 0.0 { "+Inf" } else { "-Inf" }.into()
+    } else {
+        // `{:?}` is the shortest text that reads back to the same float and
+        // always has a `.` or an exponent (`5.0`, `0.005`, `1e21`).
+        format!("{value:?}")
+    }
+}
+
 fn sanitize(text: &str, allowed: impl Fn(char) -> bool) -> String {
     let mut out = String::with_capacity(text.len() + 1);
     if text.starts_with(|c: char| !(c.is_ascii_alphabetic() || c == '_')) {
@@ -72,5 +97,16 @@ mod tests {
         assert_eq!(sanitize_name("-x"), "_-x");
         assert_eq!(sanitize_tag_key("k8s.pod:name"), "k8s.pod_name");
         assert_eq!(sanitize_name(""), "");
+    }
+
+    #[test]
+    fn bucket_bounds_have_one_spelling() {
+        assert_eq!(canonical_bound("5"), "5.0");
+        assert_eq!(canonical_bound("5.0"), "5.0");
+        assert_eq!(canonical_bound("0.005"), "0.005");
+        assert_eq!(canonical_bound("+Inf"), "+Inf");
+        assert_eq!(canonical_bound("1e3"), "1000.0");
+        assert_eq!(bound_text(0.25), "0.25");
+        assert_eq!(canonical_bound("x"), "x");
     }
 }

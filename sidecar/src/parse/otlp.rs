@@ -5,12 +5,15 @@
 //! find, so data from either source queries alike:
 //!
 //! - gauge and sum data points: one point each (`asDouble` or `asInt`); a
-//!   cumulative sum arrives as its running total, a delta sum as its increment;
-//! - histogram data points: `<name>_count`, `<name>_sum`, `<name>_min`,
-//!   `<name>_max` (when present) and cumulative `<name>_bucket{le="..."}`
-//!   points, the last one `le="+Inf"`;
-//! - exponential histograms: count, sum, min and max (their buckets have no
-//!   fixed bounds to name);
+//!   monotonic cumulative sum is a cumulative counter (its running total), a
+//!   monotonic delta sum a delta counter (its increment), any other sum a
+//!   gauge;
+//! - histogram and exponential histogram data points: one histogram point
+//!   under the metric's name, the observations of the interval as the
+//!   pipeline's sketch (`crate::parse::otlp_buckets`); cumulative ones are
+//!   differenced from the series' previous export (`baselines`; the first
+//!   export of a series is its baseline, and counts going down mean the app
+//!   restarted), delta ones taken as they are, with their min and max;
 //! - summaries: `<name>_count`, `<name>_sum` and `<name>{quantile="..."}`.
 //!
 //! Tags are the data point's attributes plus the resource attributes named in
@@ -20,14 +23,13 @@
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
-use opentelemetry_proto::tonic::metrics::v1::{
-    HistogramDataPoint, NumberDataPoint, metric::Data, number_data_point,
-};
+use opentelemetry_proto::tonic::metrics::v1::{NumberDataPoint, metric::Data, number_data_point};
 use prost::Message;
+use pulse_core::histogram::{Baselines, Cumulative};
 use pulse_core::validate::UncheckedPoint;
-use pulse_core::{Tags, TimestampMs};
+use pulse_core::{MetricKind, SeriesId, Tags, TimestampMs};
 
-use super::{Rejection, sanitize_name, sanitize_tag_key};
+use super::{Rejection, bound_text, otlp_buckets, sanitize_name, sanitize_tag_key};
 
 /// `DataPointFlags.FLAG_NO_RECORDED_VALUE`.
 const NO_RECORDED_VALUE: u32 = 1;
@@ -49,12 +51,20 @@ pub fn decode(body: &[u8], encoding: Encoding) -> Result<ExportMetricsServiceReq
     }
 }
 
-/// The points of one request, and a rejection per unusable data point.
+/// The points of one request, a rejection per unusable data point, and the
+/// cumulative histograms' states to keep as baselines once the points are
+/// buffered.
 #[derive(Debug, Default)]
 pub struct Mapped {
     pub points: Vec<UncheckedPoint>,
     pub rejected: Vec<Rejection>,
+    pub baselines: Vec<(SeriesId, Cumulative)>,
 }
+
+/// `AggregationTemporality.AGGREGATION_TEMPORALITY_DELTA`.
+const DELTA: i32 = 1;
+/// `AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE`.
+const CUMULATIVE: i32 = 2;
 
 /// More points in one request than the receiver takes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,14 +73,15 @@ pub struct TooManyPoints {
 }
 
 /// Maps a request to points. `keep_resource` names the resource attributes that
-/// become tags; `now_ms` stamps data points without a time. Refuses the request
-/// when it would make more than `max_points` points, so a small body of packed
-/// bucket counts cannot exhaust memory.
+/// become tags; `now_ms` stamps data points without a time; `baselines` holds
+/// each cumulative histogram series' previous export. Refuses the request
+/// when it would make more than `max_points` points.
 pub fn to_points(
     request: ExportMetricsServiceRequest,
     keep_resource: &[String],
     max_points: usize,
     now_ms: TimestampMs,
+    baselines: &Baselines,
 ) -> Result<Mapped, TooManyPoints> {
     let mut out = Mapped::default();
     for resource_metrics in request.resource_metrics {
@@ -94,23 +105,36 @@ pub fn to_points(
                 now_ms,
                 max_points,
                 overflow: false,
+                baselines,
             };
             match metric.data {
-                Some(Data::Gauge(gauge)) => mapper.numbers(&name, gauge.data_points),
-                Some(Data::Sum(sum)) => mapper.numbers(&name, sum.data_points),
+                Some(Data::Gauge(gauge)) => {
+                    mapper.numbers(&name, gauge.data_points, MetricKind::Gauge)
+                }
+                Some(Data::Sum(sum)) => {
+                    let kind = match (sum.is_monotonic, sum.aggregation_temporality) {
+                        (true, CUMULATIVE) => MetricKind::Counter,
+                        (true, DELTA) => MetricKind::DeltaCounter,
+                        _ => MetricKind::Gauge,
+                    };
+                    mapper.numbers(&name, sum.data_points, kind)
+                }
                 Some(Data::Histogram(histogram)) => {
                     for dp in histogram.data_points {
-                        mapper.histogram(&name, dp);
+                        if dp.flags & NO_RECORDED_VALUE == 0 {
+                            let state = otlp_buckets::explicit(&dp);
+                            let at = (dp.attributes.as_slice(), dp.time_unix_nano, dp.min, dp.max);
+                            mapper.histogram(&name, at, state, histogram.aggregation_temporality);
+                        }
                     }
                 }
                 Some(Data::ExponentialHistogram(histogram)) => {
                     for dp in histogram.data_points {
-                        if dp.flags & NO_RECORDED_VALUE != 0 {
-                            continue;
+                        if dp.flags & NO_RECORDED_VALUE == 0 {
+                            let state = otlp_buckets::exponential(&dp);
+                            let at = (dp.attributes.as_slice(), dp.time_unix_nano, dp.min, dp.max);
+                            mapper.histogram(&name, at, state, histogram.aggregation_temporality);
                         }
-                        let tags = mapper.tags(&dp.attributes);
-                        let ts = mapper.timestamp(dp.time_unix_nano);
-                        mapper.stats(&name, &tags, ts, dp.count, dp.sum, dp.min, dp.max);
                     }
                 }
                 Some(Data::Summary(summary)) => {
@@ -120,11 +144,16 @@ pub fn to_points(
                         }
                         let tags = mapper.tags(&dp.attributes);
                         let ts = mapper.timestamp(dp.time_unix_nano);
-                        mapper.stats(&name, &tags, ts, dp.count, Some(dp.sum), None, None);
+                        mapper.summary_totals(&name, &tags, ts, dp.count, dp.sum);
                         for q in dp.quantile_values {
                             let mut tags = tags.clone();
-                            tags.insert("quantile".into(), q.quantile.to_string());
-                            mapper.push(&name, tags, q.value, ts);
+                            tags.insert("quantile".into(), bound_text(q.quantile));
+                            mapper.push(UncheckedPoint::gauge(
+                                name.clone(),
+                                tags,
+                                q.value,
+                                Some(ts),
+                            ));
                         }
                     }
                 }
@@ -148,10 +177,14 @@ struct Mapper<'a> {
     max_points: usize,
     /// A point beyond `max_points` was refused: the request is refused.
     overflow: bool,
+    baselines: &'a Baselines,
 }
 
+/// A histogram data point's attributes, time, min and max.
+type PointAt<'a> = (&'a [KeyValue], u64, Option<f64>, Option<f64>);
+
 impl Mapper<'_> {
-    fn numbers(&mut self, name: &str, data_points: Vec<NumberDataPoint>) {
+    fn numbers(&mut self, name: &str, data_points: Vec<NumberDataPoint>, kind: MetricKind) {
         for dp in data_points {
             if dp.flags & NO_RECORDED_VALUE != 0 {
                 continue;
@@ -168,72 +201,79 @@ impl Mapper<'_> {
             };
             let tags = self.tags(&dp.attributes);
             let ts = self.timestamp(dp.time_unix_nano);
-            self.push(name, tags, value, ts);
+            self.push(UncheckedPoint {
+                kind,
+                ..UncheckedPoint::gauge(name, tags, value, Some(ts))
+            });
         }
     }
 
-    fn histogram(&mut self, name: &str, dp: HistogramDataPoint) {
-        if dp.flags & NO_RECORDED_VALUE != 0 {
-            return;
-        }
-        let tags = self.tags(&dp.attributes);
-        let ts = self.timestamp(dp.time_unix_nano);
-        self.stats(name, &tags, ts, dp.count, dp.sum, dp.min, dp.max);
-        if dp.bucket_counts.is_empty() {
-            return;
-        }
-        if dp.bucket_counts.len() != dp.explicit_bounds.len() + 1 {
-            self.out.rejected.push(Rejection::malformed(format!(
-                "a histogram point of `{name}` has {} bucket counts for {} bounds; its buckets were skipped",
-                dp.bucket_counts.len(),
-                dp.explicit_bounds.len()
-            )));
-            return;
-        }
-        let bucket = format!("{name}_bucket");
-        let mut cumulative = 0u64;
-        let bounds = dp.explicit_bounds.iter().map(f64::to_string);
-        let les = bounds.chain(std::iter::once("+Inf".to_string()));
-        for (count, le) in dp.bucket_counts.iter().zip(les) {
-            cumulative = cumulative.saturating_add(*count);
-            let mut tags = tags.clone();
-            tags.insert("le".into(), le);
-            self.push(&bucket, tags, cumulative as f64, ts);
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn stats(
+    /// One histogram point of the observations since the series' previous
+    /// export (cumulative) or of this export (delta).
+    fn histogram(
         &mut self,
         name: &str,
-        tags: &Tags,
-        ts: f64,
-        count: u64,
-        sum: Option<f64>,
-        min: Option<f64>,
-        max: Option<f64>,
+        (attributes, time, min, max): PointAt<'_>,
+        state: Result<Cumulative, String>,
+        temporality: i32,
     ) {
-        self.push(&format!("{name}_count"), tags.clone(), count as f64, ts);
-        for (suffix, value) in [("_sum", sum), ("_min", min), ("_max", max)] {
-            if let Some(value) = value {
-                self.push(&format!("{name}{suffix}"), tags.clone(), value, ts);
+        let state = match state {
+            Ok(state) => state,
+            Err(problem) => {
+                self.out.rejected.push(Rejection::malformed(format!(
+                    "a histogram point of `{name}` is unusable: {problem}"
+                )));
+                return;
             }
+        };
+        let tags = self.tags(attributes);
+        let ts = self.timestamp(time);
+        let increase = if temporality == DELTA {
+            let zero = Cumulative {
+                counts: vec![0.0; state.counts.len()],
+                sum: state.sum.map(|_| 0.0),
+                ..state.clone()
+            };
+            state.increase_since(Some(&zero))
+        } else {
+            let id = SeriesId::of(name, &tags);
+            let earlier = self.out.baselines.iter().rev().find(|(k, _)| *k == id);
+            let previous = earlier.map(|(_, s)| s).or_else(|| self.baselines.get(id));
+            let increase = state.increase_since(previous);
+            self.out.baselines.push((id, state));
+            increase
+        };
+        let Some(mut observations) = increase.and_then(|i| i.distribution()) else {
+            return;
+        };
+        if temporality == DELTA {
+            if let (Some(min), Some(max)) = (min, max) {
+                observations.set_min_max(min, max);
+            }
+        }
+        self.push(UncheckedPoint {
+            kind: MetricKind::Histogram,
+            sketch: Some(Box::new(observations)),
+            ..UncheckedPoint::gauge(name, tags, 0.0, Some(ts))
+        });
+    }
+
+    /// A summary's `_count` and `_sum`: running totals, so counters.
+    fn summary_totals(&mut self, name: &str, tags: &Tags, ts: f64, count: u64, sum: f64) {
+        for (suffix, value) in [("_count", count as f64), ("_sum", sum)] {
+            self.push(UncheckedPoint {
+                kind: MetricKind::Counter,
+                ..UncheckedPoint::gauge(format!("{name}{suffix}"), tags.clone(), value, Some(ts))
+            });
         }
     }
 
-    fn push(&mut self, name: &str, tags: Tags, value: f64, timestamp_secs: f64) {
+    fn push(&mut self, point: UncheckedPoint) {
         if self.out.points.len() >= self.max_points {
             self.overflow = true;
             return;
         }
-        self.out.points.push(UncheckedPoint {
-            metric: name.to_string(),
-            tags,
-            value,
-            timestamp_secs: Some(timestamp_secs),
-            kind: pulse_core::MetricKind::Gauge,
-            sketch: None,
-        });
+        self.out.points.push(point);
     }
 
     /// Resource tags overlaid with the data point's own attributes.
@@ -278,7 +318,7 @@ fn text(value: &AnyValue) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use opentelemetry_proto::tonic::metrics::v1::{
-        Gauge, Histogram, Metric, ResourceMetrics, ScopeMetrics, Sum,
+        Gauge, Histogram, HistogramDataPoint, Metric, ResourceMetrics, ScopeMetrics, Sum,
     };
     use opentelemetry_proto::tonic::resource::v1::Resource;
     use proptest::prelude::*;
@@ -345,33 +385,83 @@ mod tests {
     #[test]
     fn the_specification_json_example_maps_to_points() {
         let request = decode(SPEC_JSON.as_bytes(), Encoding::Json).unwrap();
-        let mapped = to_points(request, &keep(), 1000, NOW).unwrap();
+        let mapped = to_points(request, &keep(), 1000, NOW, &Baselines::new(8)).unwrap();
         assert!(mapped.rejected.is_empty(), "{:?}", mapped.rejected);
         let names: Vec<&str> = mapped.points.iter().map(|p| p.metric.as_str()).collect();
-        assert_eq!(
-            names,
-            [
-                "my.counter",
-                "my.gauge",
-                "my.histogram_count",
-                "my.histogram_sum",
-                "my.histogram_min",
-                "my.histogram_max",
-                "my.histogram_bucket",
-                "my.histogram_bucket"
-            ]
-        );
+        assert_eq!(names, ["my.counter", "my.gauge", "my.histogram"]);
         let counter = &mapped.points[0];
+        assert_eq!(
+            counter.kind,
+            MetricKind::DeltaCounter,
+            "a monotonic delta sum"
+        );
         assert_eq!(counter.value, 5.0);
         assert_eq!(counter.timestamp_secs, Some(1_544_712_660.3));
         assert_eq!(counter.tags["service.name"], "my.service");
         assert_eq!(counter.tags["my.counter.attr"], "some value");
         assert_eq!(mapped.points[1].value, 10.0);
-        let buckets: Vec<(&str, f64)> = mapped.points[6..]
-            .iter()
-            .map(|p| (p.tags["le"].as_str(), p.value))
-            .collect();
-        assert_eq!(buckets, [("1", 1.0), ("+Inf", 2.0)]);
+        let histogram = &mapped.points[2];
+        assert_eq!(histogram.kind, MetricKind::Histogram);
+        let sketch = histogram.sketch.as_ref().unwrap();
+        assert_eq!(
+            (sketch.count(), sketch.sum(), sketch.min(), sketch.max()),
+            (2, 2.0, 0.0, 2.0)
+        );
+    }
+
+    #[test]
+    fn cumulative_sums_count_and_cumulative_histograms_are_differenced() {
+        let export = |counts: Vec<u64>, sum: f64| Metric {
+            name: "lat".into(),
+            data: Some(Data::Histogram(Histogram {
+                aggregation_temporality: CUMULATIVE,
+                data_points: vec![HistogramDataPoint {
+                    count: counts.iter().sum(),
+                    sum: Some(sum),
+                    bucket_counts: counts,
+                    explicit_bounds: vec![0.1, 1.0],
+                    ..Default::default()
+                }],
+            })),
+            ..Default::default()
+        };
+        let total = Metric {
+            name: "jobs".into(),
+            data: Some(Data::Sum(Sum {
+                aggregation_temporality: CUMULATIVE,
+                is_monotonic: true,
+                data_points: vec![number(number_data_point::Value::AsInt(9), 0, vec![])],
+            })),
+            ..Default::default()
+        };
+        let mut baselines = Baselines::new(8);
+        let first = to_points(
+            request(vec![export(vec![1, 0, 0], 0.05), total]),
+            &keep(),
+            100,
+            NOW,
+            &baselines,
+        )
+        .unwrap();
+        assert_eq!(
+            first.points.len(),
+            1,
+            "the histogram's first export is a baseline"
+        );
+        assert_eq!(first.points[0].kind, MetricKind::Counter);
+        for (id, state) in first.baselines {
+            baselines.set(id, state);
+        }
+        let second = to_points(
+            request(vec![export(vec![1, 4, 1], 3.05)]),
+            &keep(),
+            100,
+            NOW,
+            &baselines,
+        )
+        .unwrap();
+        let sketch = second.points[0].sketch.as_ref().unwrap();
+        assert_eq!((sketch.count(), sketch.sum()), (5, 3.0));
     }
 
     #[test]
@@ -387,7 +477,14 @@ mod tests {
             })),
             ..Default::default()
         };
-        let mapped = to_points(request(vec![metric]), &keep(), 1000, NOW).unwrap();
+        let mapped = to_points(
+            request(vec![metric]),
+            &keep(),
+            1000,
+            NOW,
+            &Baselines::new(8),
+        )
+        .unwrap();
         let point = &mapped.points[0];
         assert_eq!(point.tags.len(), 2, "{:?}", point.tags);
         assert!(!point.tags.contains_key("process.pid"));
@@ -421,28 +518,29 @@ mod tests {
             })),
             ..Default::default()
         };
-        let mapped = to_points(request(vec![sum, histogram]), &keep(), 1000, NOW).unwrap();
-        assert_eq!(mapped.points.len(), 1, "only h_count");
+        let mapped = to_points(
+            request(vec![sum, histogram]),
+            &keep(),
+            1000,
+            NOW,
+            &Baselines::new(8),
+        )
+        .unwrap();
+        assert!(mapped.points.is_empty());
         assert_eq!(mapped.rejected.len(), 2);
     }
 
     #[test]
     fn a_request_over_the_point_limit_is_refused() {
-        let histogram = Metric {
-            name: "h".into(),
-            data: Some(Data::Histogram(Histogram {
-                data_points: vec![HistogramDataPoint {
-                    count: 3,
-                    bucket_counts: vec![1; 2001],
-                    explicit_bounds: (0..2000).map(f64::from).collect(),
-                    ..Default::default()
-                }],
-                ..Default::default()
+        let gauge = Metric {
+            name: "g".into(),
+            data: Some(Data::Gauge(Gauge {
+                data_points: vec![number(number_data_point::Value::AsInt(1), 0, vec![]); 1001],
             })),
             ..Default::default()
         };
         assert_eq!(
-            to_points(request(vec![histogram]), &keep(), 1000, NOW).unwrap_err(),
+            to_points(request(vec![gauge]), &keep(), 1000, NOW, &Baselines::new(8)).unwrap_err(),
             TooManyPoints { limit: 1000 }
         );
     }
@@ -480,7 +578,7 @@ mod tests {
         fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..1024)) {
             for encoding in [Encoding::Protobuf, Encoding::Json] {
                 if let Ok(request) = decode(&bytes, encoding) {
-                    let _ = to_points(request, &keep(), 10_000, NOW);
+                    let _ = to_points(request, &keep(), 10_000, NOW, &Baselines::new(8));
                 }
             }
         }
@@ -488,7 +586,7 @@ mod tests {
         #[test]
         fn arbitrary_json_shapes_never_panic(text in "[\\[\\]{}:,\"a-zA-Z0-9 .-]{0,200}") {
             if let Ok(request) = decode(text.as_bytes(), Encoding::Json) {
-                let _ = to_points(request, &keep(), 10_000, NOW);
+                let _ = to_points(request, &keep(), 10_000, NOW, &Baselines::new(8));
             }
         }
 
@@ -505,7 +603,7 @@ mod tests {
             let json = serde_json::to_vec(&request).unwrap();
             let from_json = decode(&json, Encoding::Json).unwrap();
             prop_assert_eq!(&from_json, &request);
-            let mapped = to_points(from_proto, &keep(), 10_000, NOW).unwrap();
+            let mapped = to_points(from_proto, &keep(), 10_000, NOW, &Baselines::new(8)).unwrap();
             prop_assert_eq!(mapped.points.len(), expected);
             prop_assert!(mapped.rejected.is_empty());
         }

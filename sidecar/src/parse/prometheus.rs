@@ -14,12 +14,12 @@
 //! none is actively maintained. The grammar is small, and this parser is
 //! property-tested and fuzzed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use pulse_core::validate::UncheckedPoint;
-use pulse_core::{Tags, TimestampMs};
+use pulse_core::{MetricKind, Tags, TimestampMs};
 
-use super::{Rejection, sanitize_name, sanitize_tag_key};
+use super::{Rejection, canonical_bound, sanitize_name, sanitize_tag_key};
 
 /// One sample line.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,11 +31,14 @@ pub struct Sample {
     pub timestamp_ms: Option<TimestampMs>,
 }
 
-/// What one scrape held: its samples, and a rejection per unreadable line.
+/// What one scrape held: its samples, a rejection per unreadable line, and
+/// the families `# TYPE` calls counters (or summaries, whose `_sum` and
+/// `_count` count too).
 #[derive(Debug, Default)]
 pub struct Exposition {
     pub samples: Vec<Sample>,
     pub rejected: Vec<Rejection>,
+    pub counters: HashSet<String>,
 }
 
 /// Parses a whole exposition. Unreadable lines are rejected one by one; the
@@ -64,14 +67,37 @@ pub fn parse(text: &str) -> Exposition {
             Err(rejection) => out.rejected.push(rejection),
         }
     }
+    for (family, kind) in types {
+        match kind {
+            "counter" => {
+                // 0.0.4 writes `# TYPE x_total counter`, OpenMetrics `# TYPE x counter`.
+                out.counters.insert(family.to_string());
+                out.counters.insert(format!("{family}_total"));
+            }
+            "summary" => {
+                out.counters.insert(format!("{family}_sum"));
+                out.counters.insert(format!("{family}_count"));
+            }
+            _ => {}
+        }
+    }
     out
 }
 
-/// `<family>_created` of a counter, histogram or summary.
+/// `<family>_created` of a counter, histogram or summary. `prometheus_client`
+/// (Python) declares it as a family of its own (`# TYPE x_created gauge`)
+/// next to `# TYPE x_total counter`, so the family is looked for with and
+/// without `_total`.
 fn is_created(name: &str, types: &HashMap<&str, &str>) -> bool {
-    name.strip_suffix("_created")
-        .and_then(|family| types.get(family))
-        .is_some_and(|kind| matches!(*kind, "counter" | "histogram" | "summary"))
+    let Some(family) = name.strip_suffix("_created") else {
+        return false;
+    };
+    let timed = |family: &str| {
+        types
+            .get(family)
+            .is_some_and(|kind| matches!(*kind, "counter" | "histogram" | "summary"))
+    };
+    timed(family) || timed(&format!("{family}_total"))
 }
 
 /// Parses one sample line: `name{label="value",...} value [timestamp]`.
@@ -190,17 +216,31 @@ fn unescape_until_quote(text: &str) -> Option<(String, &str)> {
 }
 
 /// The points of an exposition: one per sample, stamped with its own
-/// timestamp or `scraped_at_ms`.
-pub fn to_points(samples: Vec<Sample>, scraped_at_ms: TimestampMs) -> Vec<UncheckedPoint> {
-    samples
+/// timestamp or `scraped_at_ms`; the samples of counter families are
+/// cumulative counters. (Classic histograms are then put together by
+/// `pulse_core::histogram`.)
+pub fn to_points(exposition: Exposition, scraped_at_ms: TimestampMs) -> Vec<UncheckedPoint> {
+    let counters = exposition.counters;
+    exposition
+        .samples
         .into_iter()
-        .map(|sample| UncheckedPoint {
-            metric: sanitize_name(&sample.name),
-            tags: sample.labels,
-            value: sample.value,
-            timestamp_secs: Some(sample.timestamp_ms.unwrap_or(scraped_at_ms) as f64 / 1000.0),
-            kind: pulse_core::MetricKind::Gauge,
-            sketch: None,
+        .map(|mut sample| {
+            for key in ["le", "quantile"] {
+                if let Some(bound) = sample.labels.get_mut(key) {
+                    *bound = canonical_bound(bound);
+                }
+            }
+            let timestamp_secs = sample.timestamp_ms.unwrap_or(scraped_at_ms) as f64 / 1000.0;
+            let mut point = UncheckedPoint::gauge(
+                sanitize_name(&sample.name),
+                sample.labels,
+                sample.value,
+                Some(timestamp_secs),
+            );
+            if counters.contains(&sample.name) {
+                point.kind = MetricKind::Counter;
+            }
+            point
         })
         .collect()
 }
@@ -305,11 +345,73 @@ rpc_duration_seconds_count 2693
 
     #[test]
     fn points_carry_labels_as_tags_and_the_scrape_time_by_default() {
-        let exposition = parse("up 1\nreq_total{a=\"x\",b=\"\"} 2 1000\n");
-        let points = to_points(exposition.samples, 5_000);
+        let exposition = parse("up 1\n# TYPE req counter\nreq_total{a=\"x\",b=\"\"} 2 1000\n");
+        let points = to_points(exposition, 5_000);
+        assert_eq!(points[0].kind, MetricKind::Gauge);
+        assert_eq!(points[1].kind, MetricKind::Counter);
         assert_eq!(points[0].timestamp_secs, Some(5.0));
         assert_eq!(points[1].timestamp_secs, Some(1.0));
         assert_eq!(points[1].tags.len(), 1, "an empty label is no label");
+    }
+
+    #[test]
+    fn created_families_of_prometheus_client_are_skipped() {
+        // As Python's prometheus_client 0.21 writes a counter and a histogram.
+        let text = "# HELP jobs_total Jobs.\n# TYPE jobs_total counter\njobs_total 3.0\n\
+            # HELP jobs_created Jobs.\n# TYPE jobs_created gauge\njobs_created 1.7e9\n\
+            # TYPE lat_seconds histogram\nlat_seconds_bucket{le=\"5\"} 1.0\n\
+            # TYPE lat_seconds_created gauge\nlat_seconds_created 1.7e9\n\
+            # TYPE boot_created gauge\nboot_created 1.0\n";
+        let names: Vec<String> = parse(text).samples.into_iter().map(|s| s.name).collect();
+        assert_eq!(names, ["jobs_total", "lat_seconds_bucket", "boot_created"]);
+    }
+
+    #[test]
+    fn prometheus_client_output_gives_a_counter_and_one_histogram() {
+        use pulse_core::histogram::{Baselines, Cumulative, classic_to_histograms};
+
+        let exposition = parse(include_str!("fixtures/prometheus_client.txt"));
+        assert!(exposition.rejected.is_empty());
+        let mut points: Vec<(usize, UncheckedPoint)> = to_points(exposition, 1_000)
+            .into_iter()
+            .enumerate()
+            .collect();
+        // The histogram's previous scrape: nothing observed yet.
+        let mut baselines = Baselines::new(8);
+        let bounds = vec![0.1, 0.25, 1.0, 2.5, f64::INFINITY];
+        let empty = Cumulative {
+            counts: vec![0.0; 5],
+            bounds,
+            sum: Some(0.0),
+        };
+        baselines.set(pulse_core::SeriesId::of("req_seconds", &Tags::new()), empty);
+        classic_to_histograms(&mut points, &baselines);
+        let names: Vec<(&str, MetricKind)> = points
+            .iter()
+            .map(|(_, p)| (p.metric.as_str(), p.kind))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("jobs_total", MetricKind::Counter),
+                ("req_seconds", MetricKind::Histogram)
+            ],
+            "no _created series, one histogram under the base name"
+        );
+        let observations = points[1].1.sketch.as_ref().unwrap();
+        assert_eq!(observations.count(), 100);
+        assert!((observations.sum() - 16.7).abs() < 1e-9);
+        // 6 of 100 took 2 s: the p95 is in the (1, 2.5] bucket.
+        let p95 = observations.quantile(0.95).unwrap();
+        assert!((1.0..=2.5 * 1.01).contains(&p95), "{p95}");
+    }
+
+    #[test]
+    fn bucket_bounds_are_spelled_one_way() {
+        let exposition = parse("a_bucket{le=\"5\"} 1\nb{quantile=\"0.50\"} 2\n");
+        let points = to_points(exposition, 0);
+        assert_eq!(points[0].tags["le"], "5.0");
+        assert_eq!(points[1].tags["quantile"], "0.5");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 pub mod http;
 pub mod otlp;
+pub mod otlp_grpc;
 pub mod prometheus;
 pub mod statsd;
 

@@ -6,7 +6,7 @@
 //! read, `503` + `Retry-After` when the buffer cannot take the points; each
 //! body in the request's own encoding.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::Router;
 use axum::body::Body;
@@ -18,8 +18,10 @@ use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsPartialSuccess, ExportMetricsServiceResponse,
 };
 use prost::Message;
+use pulse_core::SeriesId;
 use pulse_core::codec::body::BodyError;
-use pulse_server::edge::{BodyEdge, DecodeError, ReadError, content_encoding};
+use pulse_core::histogram::{Baselines, Cumulative};
+use pulse_server::edge::{BodyEdge, DecodeError, ReadError, Received, content_encoding};
 
 use super::Intake;
 use crate::config::OtlpConfig;
@@ -51,21 +53,35 @@ const UNAVAILABLE: i32 = 14;
 /// bytes.
 const DECODED_EXPANSION: usize = 4;
 
-pub(crate) struct Receiver {
+pub struct Receiver {
     intake: Arc<Intake>,
     config: OtlpConfig,
     max_points: usize,
+    /// The previous export of each cumulative histogram series.
+    histograms: Mutex<Baselines>,
 }
 
-/// The OTLP route. `max_points` bounds the points of one request.
-pub fn router(intake: Arc<Intake>, config: OtlpConfig, max_points: usize) -> Router {
-    Router::new()
-        .route("/v1/metrics", post(receive))
-        .with_state(Arc::new(Receiver {
+/// Cumulative histogram series followed per app.
+const MAX_HISTOGRAMS: usize = 10_000;
+
+impl Receiver {
+    /// The state OTLP/HTTP and OTLP/gRPC share. `max_points` bounds the
+    /// points of one request.
+    pub fn new(intake: Arc<Intake>, config: OtlpConfig, max_points: usize) -> Arc<Receiver> {
+        Arc::new(Receiver {
             intake,
             config,
             max_points,
-        }))
+            histograms: Mutex::new(Baselines::new(MAX_HISTOGRAMS)),
+        })
+    }
+}
+
+/// The OTLP/HTTP route.
+pub fn router(receiver: Arc<Receiver>) -> Router {
+    Router::new()
+        .route("/v1/metrics", post(receive))
+        .with_state(receiver)
         .merge(pulse_server::openapi::router(&crate::openapi::otlp()))
 }
 
@@ -140,62 +156,13 @@ pub(crate) async fn receive(
             return response;
         }
     };
-    let work = Arc::clone(&receiver);
-    let mapped = edge
-        .decode(received, content_encoding(&headers), move |text, charge| {
-            // A decoded message holds more than its bytes; charge it before.
-            charge(text.len().saturating_mul(DECODED_EXPANSION))?;
-            Ok(work.map(text, encoding))
-        })
-        .await;
-    let (points, rejected) = match mapped {
-        Ok((Ok(mapped), _reservation)) => mapped,
-        Ok((Err((http, code, message)), _)) => {
-            receiver.intake.metrics.rejected(RECEIVER, "malformed", 1);
-            return status(encoding, http, code, message);
-        }
-        Err(DecodeError::Body(error)) => {
-            receiver.intake.metrics.rejected(RECEIVER, "malformed", 1);
-            let (http, code) = match error {
-                BodyError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, RESOURCE_EXHAUSTED),
-                BodyError::UnsupportedEncoding(_) => {
-                    (StatusCode::UNSUPPORTED_MEDIA_TYPE, INVALID_ARGUMENT)
-                }
-                BodyError::Busy => (StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE),
-                _ => (StatusCode::BAD_REQUEST, INVALID_ARGUMENT),
-            };
-            return status(encoding, http, code, error.to_string());
-        }
-        Err(DecodeError::Internal(error)) => {
-            return status(
-                encoding,
-                StatusCode::INTERNAL_SERVER_ERROR,
-                UNAVAILABLE,
-                error,
-            );
-        }
+    let answer = match receiver
+        .export(received, content_encoding(&headers), encoding)
+        .await
+    {
+        Ok(answer) => answer,
+        Err(failure) => return failure.answer(encoding),
     };
-    if let Err(error) = receiver.intake.write(RECEIVER, points).await {
-        let mut response = status(
-            encoding,
-            StatusCode::SERVICE_UNAVAILABLE,
-            UNAVAILABLE,
-            format!("the sidecar cannot buffer points ({error}); retry later"),
-        );
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return response;
-    }
-    let partial_success = (!rejected.is_empty()).then(|| ExportMetricsPartialSuccess {
-        rejected_data_points: rejected.len() as i64,
-        error_message: format!(
-            "{} data points were rejected; the first: {}",
-            rejected.len(),
-            rejected[0]
-        ),
-    });
-    let answer = ExportMetricsServiceResponse { partial_success };
     match encoding {
         Encoding::Protobuf => (
             StatusCode::OK,
@@ -217,9 +184,115 @@ pub(crate) async fn receive(
 
 type Refusal = (StatusCode, i32, String);
 
+/// Why an export was not taken: the HTTP status, the gRPC code and the
+/// message, and whether the client should retry after a second.
+pub(crate) struct Failure {
+    pub http: StatusCode,
+    pub code: i32,
+    pub message: String,
+    pub retry: bool,
+}
+
+impl Failure {
+    fn new(http: StatusCode, code: i32, message: String) -> Failure {
+        Failure {
+            http,
+            code,
+            message,
+            retry: http == StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The OTLP/HTTP answer: a `google.rpc.Status` in the request's encoding.
+    fn answer(self, encoding: Encoding) -> Response {
+        let mut response = status(encoding, self.http, self.code, self.message);
+        if self.retry {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
 impl Receiver {
+    /// Takes one received export (OTLP/HTTP's body, or OTLP/gRPC's message
+    /// without its frame) into the buffer: decompressed with
+    /// `content_encoding`, decoded, mapped, validated and written. The
+    /// answer carries `partial_success` when data points were rejected.
+    pub(crate) async fn export(
+        self: &Arc<Self>,
+        received: Received,
+        content_encoding: Option<String>,
+        encoding: Encoding,
+    ) -> Result<ExportMetricsServiceResponse, Failure> {
+        let work = Arc::clone(self);
+        let mapped = self
+            .edge()
+            .decode(received, content_encoding, move |text, charge| {
+                // A decoded message holds more than its bytes; charge it before.
+                charge(text.len().saturating_mul(DECODED_EXPANSION))?;
+                Ok(work.map(text, encoding))
+            })
+            .await;
+        let (points, rejected, baselines) = match mapped {
+            Ok((Ok(mapped), _reservation)) => mapped,
+            Ok((Err((http, code, message)), _)) => {
+                self.intake.metrics.rejected(RECEIVER, "malformed", 1);
+                return Err(Failure::new(http, code, message));
+            }
+            Err(DecodeError::Body(error)) => {
+                self.intake.metrics.rejected(RECEIVER, "malformed", 1);
+                let (http, code) = match error {
+                    BodyError::TooLarge { .. } => {
+                        (StatusCode::PAYLOAD_TOO_LARGE, RESOURCE_EXHAUSTED)
+                    }
+                    BodyError::UnsupportedEncoding(_) => {
+                        (StatusCode::UNSUPPORTED_MEDIA_TYPE, INVALID_ARGUMENT)
+                    }
+                    BodyError::Busy => (StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE),
+                    _ => (StatusCode::BAD_REQUEST, INVALID_ARGUMENT),
+                };
+                return Err(Failure::new(http, code, error.to_string()));
+            }
+            Err(DecodeError::Internal(error)) => {
+                return Err(Failure {
+                    http: StatusCode::INTERNAL_SERVER_ERROR,
+                    code: UNAVAILABLE,
+                    message: error,
+                    retry: false,
+                });
+            }
+        };
+        if let Err(error) = self.intake.write(RECEIVER, points).await {
+            // The baselines stay, so the client's retry counts the same interval.
+            return Err(Failure::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                UNAVAILABLE,
+                format!("the sidecar cannot buffer points ({error}); retry later"),
+            ));
+        }
+        let mut histograms = self
+            .histograms
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (id, state) in baselines {
+            histograms.set(id, state);
+        }
+        drop(histograms);
+        let partial_success = (!rejected.is_empty()).then(|| ExportMetricsPartialSuccess {
+            rejected_data_points: rejected.len() as i64,
+            error_message: format!(
+                "{} data points were rejected; the first: {}",
+                rejected.len(),
+                rejected[0]
+            ),
+        });
+        Ok(ExportMetricsServiceResponse { partial_success })
+    }
+
     /// The shared ingest edge with this receiver's body limits.
-    fn edge(&self) -> BodyEdge {
+    pub(crate) fn edge(&self) -> BodyEdge {
         BodyEdge {
             budget: self.intake.budget.clone(),
             timeout: self.intake.body_timeout,
@@ -229,19 +302,20 @@ impl Receiver {
     }
 
     /// Decodes, maps and validates one decompressed request body.
-    fn map(
-        &self,
-        decoded: &[u8],
-        encoding: Encoding,
-    ) -> Result<(Vec<pulse_core::Point>, Vec<String>), Refusal> {
+    fn map(&self, decoded: &[u8], encoding: Encoding) -> Result<Mapped, Refusal> {
         let request = decode(decoded, encoding)
             .map_err(|rejection| (StatusCode::BAD_REQUEST, INVALID_ARGUMENT, rejection.message))?;
         let now = pulse_core::now_ms();
+        let baselines = self
+            .histograms
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let mapped = to_points(
             request,
             &self.config.resource_attributes,
             self.max_points,
             now,
+            &baselines,
         )
         .map_err(|too_many| {
             (
@@ -260,9 +334,18 @@ impl Receiver {
             let field = e.field.unwrap_or_default();
             format!("{field} {}", e.message)
         }));
-        Ok((points, rejected))
+        drop(baselines);
+        Ok((points, rejected, mapped.baselines))
     }
 }
+
+/// A request's valid points, the messages of its rejected ones, and its
+/// cumulative histograms' states, kept once the points are buffered.
+type Mapped = (
+    Vec<pulse_core::Point>,
+    Vec<String>,
+    Vec<(SeriesId, Cumulative)>,
+);
 
 fn status(encoding: Encoding, http: StatusCode, code: i32, message: String) -> Response {
     let status = Status { code, message };
@@ -314,7 +397,11 @@ mod tests {
     #[tokio::test]
     async fn json_and_protobuf_requests_are_answered_in_kind() {
         let fixture = testing::intake();
-        let router = router(Arc::clone(&fixture.intake), OtlpConfig::default(), 1000);
+        let router = router(Receiver::new(
+            Arc::clone(&fixture.intake),
+            OtlpConfig::default(),
+            1000,
+        ));
         let (status, body) = call(&router, "application/json", JSON.as_bytes().to_vec()).await;
         assert_eq!(status, StatusCode::OK);
         let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
@@ -334,7 +421,11 @@ mod tests {
     #[tokio::test]
     async fn garbage_is_a_400_status_and_other_content_types_a_415() {
         let fixture = testing::intake();
-        let router = router(Arc::clone(&fixture.intake), OtlpConfig::default(), 1000);
+        let router = router(Receiver::new(
+            Arc::clone(&fixture.intake),
+            OtlpConfig::default(),
+            1000,
+        ));
         let (status, body) = call(&router, "application/x-protobuf", vec![0xff; 16]).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert_eq!(Status::decode(body).unwrap().code, INVALID_ARGUMENT);
@@ -349,7 +440,7 @@ mod tests {
             max_body_bytes: 100,
             ..OtlpConfig::default()
         };
-        let router = router(Arc::clone(&fixture.intake), config, 1000);
+        let router = router(Receiver::new(Arc::clone(&fixture.intake), config, 1000));
         let (status, body) = call(&router, "application/x-protobuf", vec![0; 101]).await;
         assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
         assert_eq!(Status::decode(body).unwrap().code, RESOURCE_EXHAUSTED);

@@ -1,8 +1,8 @@
 //! StatsD / DogStatsD over UDP. Datagrams are parsed as they arrive
-//! (`crate::parse::statsd`) and fed to the [`Aggregator`]; counters, gauges and
-//! sets become points every `statsd.flush_interval`, timer, histogram and
-//! distribution samples are written in small batches as they come (see
-//! `crate::aggregate` for why they are not aggregated).
+//! (`crate::parse::statsd`) and fed to the [`Aggregator`]; counters, gauges,
+//! sets and one sketch per timer series become points every
+//! `statsd.flush_interval`; stamped (`|T`) lines are written in small
+//! batches as they come (see `crate::aggregate`).
 //!
 //! UDP has no answer, so a bad line can only be counted
 //! (`pulse_sidecar_points_rejected_total{receiver="statsd",reason}`) and logged
@@ -85,9 +85,8 @@ pub async fn run(
 }
 
 fn take_packet(aggregator: &mut Aggregator, packet: &[u8], intake: &Intake) {
-    let now = pulse_core::now_ms();
     for line in parse_packet(packet) {
-        let outcome = line.and_then(|line| aggregator.add(line, now));
+        let outcome = line.and_then(|line| aggregator.add(line));
         if let Err(rejection) = outcome {
             intake.metrics.rejected(RECEIVER, rejection.reason, 1);
             tracing::debug!(message = "StatsD line rejected.", reason = rejection.reason, detail = %rejection.message);
@@ -147,7 +146,7 @@ mod tests {
             )
             .await
             .unwrap();
-        // Wait for the datagram to be taken (the samples are written at once).
+        // Wait for the datagram to be taken.
         for _ in 0..100 {
             if fixture.intake.metrics.statsd_packets.get() > 0 {
                 break;
@@ -156,8 +155,8 @@ mod tests {
         }
         stop.cancel();
         task.await.unwrap();
-        // lat x2 + hits{} + hits{env} + temp.
-        assert_eq!(fixture.buffer.depth().1, 5);
+        // One sketch of lat + hits{} + hits{env} + temp.
+        assert_eq!(fixture.buffer.depth().1, 4);
         let rejected = fixture
             .intake
             .metrics
