@@ -44,6 +44,20 @@ pub const WEBHOOK_PATH: &str = "/mutate-pods";
 /// Container port (named `webhook`) the operator serves the webhook on, over TLS.
 pub const WEBHOOK_PORT: u16 = 8443;
 
+/// Name of the ConfigMap of a pipeline's boards (every `Dashboard` over it),
+/// which its dashboard server mounts.
+pub fn boards_config_map_name(pipeline: &str) -> String {
+    format!("{pipeline}-dashboard-boards")
+}
+
+/// In-cluster URL of board `board` on `pipeline`'s dashboard server.
+pub fn board_url(namespace: &str, pipeline: &str, board: &str) -> String {
+    format!(
+        "http://{}.{namespace}.svc:{DASHBOARD_PORT}/d/{board}",
+        object_name(pipeline, Component::Dashboard)
+    )
+}
+
 /// The key of `pulse.toml` in the ConfigMaps, and where pods mount it.
 pub const CONFIG_KEY: &str = "pulse.toml";
 pub const CONFIG_DIR: &str = "/etc/pulse";
