@@ -104,7 +104,7 @@ pub fn pipeline_objects(
                 config_map: &config_map_name,
                 config_hash: &hash,
                 env,
-                service_account: Some(&account),
+                service_account: Some(account.as_str()),
                 autoscaled,
                 extra_config_maps,
             },

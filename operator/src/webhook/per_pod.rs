@@ -309,7 +309,7 @@ mod tests {
             (TAGS, "Team=x"),
             (TAGS, "team"),
             (TAGS, "node=x"),
-            (TAG_LABELS, " , "),
+            (TAG_LABELS, ","),
             (POD_TAG, "no"),
         ] {
             let error = per_pod(&pod(&[(key, value)])).unwrap_err();
