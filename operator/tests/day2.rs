@@ -204,7 +204,7 @@ fn gateway_autoscaling_is_a_cpu_hpa_that_owns_the_replica_count() {
         json!({"gateway": {"autoscaling": {"maxReplicas": 4}}}),
         Cluster::default(),
     );
-    let spec = objects.gateway_hpa.unwrap().spec.unwrap();
+    let spec = objects.gateway_hpa.unwrap().spec;
     assert_eq!((spec.min_replicas, spec.max_replicas), (Some(1), 4));
     assert_eq!(
         spec.metrics.unwrap()[0]

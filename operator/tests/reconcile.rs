@@ -14,7 +14,7 @@ use pulse_operator::fixtures::{
 };
 use pulse_operator::metrics::Metrics;
 use pulse_operator::names;
-use serde_json::Value;
+
 
 /// The schema of pipeline `shop/checkout`.
 fn schema() -> String {

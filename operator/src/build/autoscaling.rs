@@ -42,7 +42,7 @@ pub(super) fn gateway_hpa(owner: &Owner<'_>, scaling: CpuScaling) -> HorizontalP
     let name = names::object_name(owner.instance, Component::Gateway);
     HorizontalPodAutoscaler {
         metadata: owner.meta(&name, Some(Component::Gateway)),
-        spec: Some(HorizontalPodAutoscalerSpec {
+        spec: HorizontalPodAutoscalerSpec {
             scale_target_ref: CrossVersionObjectReference {
                 api_version: Some("apps/v1".into()),
                 kind: "Deployment".into(),
@@ -63,7 +63,7 @@ pub(super) fn gateway_hpa(owner: &Owner<'_>, scaling: CpuScaling) -> HorizontalP
                 ..MetricSpec::default()
             }]),
             ..HorizontalPodAutoscalerSpec::default()
-        }),
+        },
         ..HorizontalPodAutoscaler::default()
     }
 }

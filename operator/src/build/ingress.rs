@@ -45,7 +45,7 @@ pub(super) fn ingress(owner: &Owner<'_>, component: Component, ingress: &Ingress
                         },
                     }],
                 }),
-            }],
+            }]),
             ..Spec::default()
         }),
         ..Ingress::default()

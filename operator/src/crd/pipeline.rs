@@ -44,7 +44,7 @@ const BROKERS_PATTERN: &str = r"^[^\s,]+(,[^\s,]+)*$";
     ),
 )]
 #[x_kube(validation = Rule::new(
-    "!has(self.processor.autoscaling) || self.processor.autoscaling.minReplicas <= self.kafka.partitions"
+    "!has(self.processor.autoscaling) || !has(self.processor.autoscaling.minReplicas) || self.processor.autoscaling.minReplicas <= self.kafka.partitions"
 ).message(
     "processor.autoscaling.minReplicas must not exceed kafka.partitions: each processor consumes at least one partition"
 ))]

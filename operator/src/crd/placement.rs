@@ -54,7 +54,7 @@ pub struct PlacementSpec {
 /// A HorizontalPodAutoscaler (autoscaling/v2) on the role's CPU use. While it
 /// is set, it owns the Deployment's replica count and `replicas` is ignored.
 #[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
-#[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas").message(
+#[x_kube(validation = Rule::new("!has(self.minReplicas) || self.minReplicas <= self.maxReplicas").message(
     "autoscaling.minReplicas must not exceed autoscaling.maxReplicas"
 ))]
 #[serde(rename_all = "camelCase")]
@@ -76,7 +76,7 @@ pub struct CpuAutoscalingSpec {
 /// group's lag on the points topic, never more than the topic's partitions
 /// (a processor beyond them would idle). Needs KEDA's CRDs in the cluster.
 #[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
-#[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas").message(
+#[x_kube(validation = Rule::new("!has(self.minReplicas) || self.minReplicas <= self.maxReplicas").message(
     "autoscaling.minReplicas must not exceed autoscaling.maxReplicas"
 ))]
 #[serde(rename_all = "camelCase")]
