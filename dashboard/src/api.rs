@@ -264,7 +264,11 @@ pub(crate) async fn tags(
     security((), ("bearer" = []))
 )]
 pub(crate) async fn dashboards(State(state): State<AppState>) -> Response {
-    Json(boards::list(&state.boards.current(), state.windows.labels())).into_response()
+    Json(boards::list(
+        &state.boards.current(),
+        state.windows.labels(),
+    ))
+    .into_response()
 }
 
 /// `GET /api/v1/dashboards/{name}`: one board's panels with their defaults

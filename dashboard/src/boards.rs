@@ -6,11 +6,11 @@ use std::sync::Arc;
 
 use pulse_core::board::{Board, Boards, DEFAULT_BOARD, Panel, PanelKind, Threshold};
 use pulse_core::config::Config;
-use pulse_server::reload::{FileError, KeyedFile, Reloading};
-use tokio_util::sync::CancellationToken;
 use pulse_core::{Tags, TimestampMs};
 use pulse_engine::store::MetricInfo;
+use pulse_server::reload::{FileError, KeyedFile, Reloading};
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
 
 /// The boards the server serves: the config's `[[dashboards]]`, and those of
@@ -30,7 +30,9 @@ enum Source {
 impl LiveBoards {
     /// The config's boards only (the boards file, if any, is not read).
     pub fn fixed(config: &Config) -> LiveBoards {
-        LiveBoards(Source::Fixed(Arc::new(config.dashboards.as_slice().to_vec())))
+        LiveBoards(Source::Fixed(Arc::new(
+            config.dashboards.as_slice().to_vec(),
+        )))
     }
 
     /// The config's boards and, when `dashboard.boards_file` is set, that

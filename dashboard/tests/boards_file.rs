@@ -55,7 +55,11 @@ async fn boards_come_and_go_with_the_file_without_a_restart() {
     std::fs::write(&file, board("checkout", "Checkout")).unwrap();
     let mut config = Config::from_toml(CONFIG_BOARD).unwrap();
     config.dashboard.boards_file = Some(file.clone());
-    let store = Arc::new(SqliteStore::open(&dir.path().join("pulse.db")).await.unwrap());
+    let store = Arc::new(
+        SqliteStore::open(&dir.path().join("pulse.db"))
+            .await
+            .unwrap(),
+    );
     store.migrate().await.unwrap();
     let boards = LiveBoards::load(&config).unwrap();
     let router = Dashboard::router_with_tokens(
@@ -75,19 +79,34 @@ async fn boards_come_and_go_with_the_file_without_a_restart() {
     )
     .unwrap();
     assert_eq!(boards.reload(), Ok(true));
-    assert_eq!(names(&router).await, ["default", "fleet", "checkout", "payments"]);
+    assert_eq!(
+        names(&router).await,
+        ["default", "fleet", "checkout", "payments"]
+    );
     let (status, checkout) = get(&router, "/api/v1/dashboards/checkout").await;
-    assert_eq!((status, checkout["title"].as_str()), (StatusCode::OK, Some("Checkout v2")));
+    assert_eq!(
+        (status, checkout["title"].as_str()),
+        (StatusCode::OK, Some("Checkout v2"))
+    );
     assert_eq!(boards.reload(), Ok(false), "unchanged: nothing new");
 
     // A file that does not load keeps the boards in force.
     std::fs::write(&file, "[[dashboards]]\nname = \"Bad Name\"\n").unwrap();
     let error = boards.reload().unwrap_err();
     assert_eq!(error.key, "dashboard.boards_file");
-    assert_eq!(names(&router).await, ["default", "fleet", "checkout", "payments"]);
+    assert_eq!(
+        names(&router).await,
+        ["default", "fleet", "checkout", "payments"]
+    );
     // So does one that takes a name of the config's boards.
     std::fs::write(&file, board("fleet", "Twice")).unwrap();
-    assert!(boards.reload().unwrap_err().why.contains("`fleet` is defined twice"));
+    assert!(
+        boards
+            .reload()
+            .unwrap_err()
+            .why
+            .contains("`fleet` is defined twice")
+    );
 
     // Removed.
     std::fs::write(&file, board("payments", "Payments")).unwrap();
@@ -104,5 +123,8 @@ fn a_missing_boards_file_at_start_is_an_error_naming_it() {
     config.dashboard.boards_file = Some("/nonexistent/boards.toml".into());
     let error = LiveBoards::load(&config).unwrap_err();
     assert_eq!(error.key, "dashboard.boards_file");
-    assert!(error.to_string().contains("/nonexistent/boards.toml"), "{error}");
+    assert!(
+        error.to_string().contains("/nonexistent/boards.toml"),
+        "{error}"
+    );
 }

@@ -8,8 +8,8 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use pulse_core::config::Config;
 use pulse_core::board::Boards;
+use pulse_core::config::Config;
 use pulse_operator::build::{Cluster, PipelineObjects, boards, config_hash, pipeline_objects};
 use pulse_operator::crd::{Dashboard, MetricPipeline};
 use pulse_operator::validate::{
@@ -163,18 +163,53 @@ fn pipeline_objects_carry_the_design_names_labels_and_namespace() {
         ("dashboard", "checkout-dashboard"),
     ] {
         let role = Some(role);
-        let of_role = |m: &&ObjectMeta| labels(m).get("app.kubernetes.io/component").map(String::as_str) == role;
-        let accounts: Vec<_> = objects.service_accounts.iter().map(|a| &a.metadata).filter(of_role).collect();
-        let pdbs: Vec<_> = objects.pdbs.iter().map(|p| &p.metadata).filter(of_role).collect();
+        let of_role = |m: &&ObjectMeta| {
+            labels(m)
+                .get("app.kubernetes.io/component")
+                .map(String::as_str)
+                == role
+        };
+        let accounts: Vec<_> = objects
+            .service_accounts
+            .iter()
+            .map(|a| &a.metadata)
+            .filter(of_role)
+            .collect();
+        let pdbs: Vec<_> = objects
+            .pdbs
+            .iter()
+            .map(|p| &p.metadata)
+            .filter(of_role)
+            .collect();
         assert_eq!((accounts.len(), pdbs.len()), (1, 1), "{name}");
         metas.extend([(accounts[0], name, role), (pdbs[0], name, role)]);
     }
     metas.extend([
-        (&objects.services[0].metadata, "checkout-gateway", Some("gateway")),
-        (&objects.services[1].metadata, "checkout-dashboard", Some("dashboard")),
-        (&objects.gateway.metadata, "checkout-gateway", Some("gateway")),
-        (&objects.processor.metadata, "checkout-processor", Some("processor")),
-        (&objects.dashboard.metadata, "checkout-dashboard", Some("dashboard")),
+        (
+            &objects.services[0].metadata,
+            "checkout-gateway",
+            Some("gateway"),
+        ),
+        (
+            &objects.services[1].metadata,
+            "checkout-dashboard",
+            Some("dashboard"),
+        ),
+        (
+            &objects.gateway.metadata,
+            "checkout-gateway",
+            Some("gateway"),
+        ),
+        (
+            &objects.processor.metadata,
+            "checkout-processor",
+            Some("processor"),
+        ),
+        (
+            &objects.dashboard.metadata,
+            "checkout-dashboard",
+            Some("dashboard"),
+        ),
     ]);
     assert_eq!(metas.len(), 13);
     for (meta, name, component) in metas {
@@ -465,10 +500,11 @@ fn gateway_service_and_pdbs_select_their_role() {
         dashboard.selector,
         objects.dashboard.spec.selector.match_labels
     );
-    for (pdb, deployment) in objects
-        .pdbs
-        .iter()
-        .zip([&objects.gateway, &objects.processor, &objects.dashboard])
+    for (pdb, deployment) in
+        objects
+            .pdbs
+            .iter()
+            .zip([&objects.gateway, &objects.processor, &objects.dashboard])
     {
         let spec = pdb.spec.clone().unwrap();
         assert_eq!(spec.max_unavailable, Some(IntOrString::Int(1)));
@@ -506,18 +542,36 @@ fn the_dashboard_server_serves_every_board_from_its_config_map() {
     );
     // The boards: a whole ConfigMap volume (no subPath, which the kubelet
     // would never update), at the path pulse.toml names.
-    let mount = c.volume_mounts.as_ref().unwrap().iter().find(|m| m.name == "boards").unwrap();
-    assert_eq!((mount.mount_path.as_str(), mount.read_only, mount.sub_path.as_deref()), ("/etc/pulse/boards", Some(true), None));
+    let mount = c
+        .volume_mounts
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|m| m.name == "boards")
+        .unwrap();
+    assert_eq!(
+        (
+            mount.mount_path.as_str(),
+            mount.read_only,
+            mount.sub_path.as_deref()
+        ),
+        ("/etc/pulse/boards", Some(true), None)
+    );
     let volumes = pod(&objects.dashboard).volumes.clone().unwrap();
     let volume = volumes.iter().find(|v| v.name == "boards").unwrap();
-    assert_eq!(volume.config_map.as_ref().unwrap().name, "checkout-dashboard-boards");
-    let config = Config::from_toml(&objects.config_map.data.as_ref().unwrap()["pulse.toml"]).unwrap();
+    assert_eq!(
+        volume.config_map.as_ref().unwrap().name,
+        "checkout-dashboard-boards"
+    );
+    let config =
+        Config::from_toml(&objects.config_map.data.as_ref().unwrap()["pulse.toml"]).unwrap();
     assert_eq!(
         config.dashboard.boards_file.as_deref(),
         Some(std::path::Path::new("/etc/pulse/boards/boards.toml"))
     );
     // Both boards, sorted by name, windows named as the processor labels them.
-    let file = Boards::from_file(&objects.boards_config_map.data.as_ref().unwrap()["boards.toml"]).unwrap();
+    let file = Boards::from_file(&objects.boards_config_map.data.as_ref().unwrap()["boards.toml"])
+        .unwrap();
     let names: Vec<_> = file.as_slice().iter().map(|b| b.name.as_str()).collect();
     assert_eq!(names, ["capacity", "ops"]);
     let board = file.get("ops").unwrap();

@@ -248,12 +248,18 @@ fn cel_refuses_autoscaling_that_cannot_work() {
         v["spec"]["gateway"]["autoscaling"] = json!({"minReplicas": 5, "maxReplicas": 2})
     });
     let err = validate_cel(&bad).unwrap_err().to_string();
-    assert!(err.contains("minReplicas must not exceed autoscaling.maxReplicas"), "{err}");
+    assert!(
+        err.contains("minReplicas must not exceed autoscaling.maxReplicas"),
+        "{err}"
+    );
     let bad = pipeline_with(|v| {
         v["spec"]["processor"]["autoscaling"] = json!({"minReplicas": 7, "maxReplicas": 12})
     });
     let err = validate_cel(&bad).unwrap_err().to_string();
-    assert!(err.contains("processor.autoscaling.minReplicas must not exceed kafka.partitions"), "{err}");
+    assert!(
+        err.contains("processor.autoscaling.minReplicas must not exceed kafka.partitions"),
+        "{err}"
+    );
     let good = pipeline_with(|v| {
         v["spec"]["processor"]["autoscaling"] = json!({"minReplicas": 2, "maxReplicas": 60})
     });

@@ -119,7 +119,10 @@ fn placement_of_each_role_reaches_its_pods_and_account_only() {
             "arm64".into()
         )]))
     );
-    assert_eq!(gateway.priority_class_name.as_deref(), Some("pulse-critical"));
+    assert_eq!(
+        gateway.priority_class_name.as_deref(),
+        Some("pulse-critical")
+    );
     let meta = objects.gateway.spec.template.metadata.clone().unwrap();
     let labels = meta.labels.unwrap();
     let annotations = meta.annotations.unwrap();
@@ -222,9 +225,15 @@ fn gateway_autoscaling_is_a_cpu_hpa_that_owns_the_replica_count() {
 fn processor_autoscaling_is_a_keda_kafka_scaler_capped_at_the_partitions() {
     let day2 = json!({"processor": {"autoscaling": {"minReplicas": 2, "maxReplicas": 50, "lagThreshold": 20000}}});
     let objects = build(day2.clone(), Cluster { keda: true });
-    let scaled = objects.processor_scaled_object.clone().expect("a ScaledObject");
+    let scaled = objects
+        .processor_scaled_object
+        .clone()
+        .expect("a ScaledObject");
     assert_eq!(
-        scaled.types.as_ref().map(|t| (t.api_version.as_str(), t.kind.as_str())),
+        scaled
+            .types
+            .as_ref()
+            .map(|t| (t.api_version.as_str(), t.kind.as_str())),
         Some(("keda.sh/v1alpha1", "ScaledObject"))
     );
     assert_eq!(scaled.metadata.name.as_deref(), Some("checkout-processor"));
@@ -259,8 +268,9 @@ fn processor_autoscaling_is_a_keda_kafka_scaler_capped_at_the_partitions() {
 
 #[test]
 fn autoscaling_that_cannot_work_is_refused_naming_the_field() {
-    let err = validated(json!({"processor": {"autoscaling": {"minReplicas": 9, "maxReplicas": 10}}}))
-        .unwrap_err();
+    let err =
+        validated(json!({"processor": {"autoscaling": {"minReplicas": 9, "maxReplicas": 10}}}))
+            .unwrap_err();
     assert_eq!(
         err,
         InvalidSpec::ReplicasOverPartitions {
@@ -275,8 +285,10 @@ fn autoscaling_that_cannot_work_is_refused_naming_the_field() {
             .contains("spec.gateway.autoscaling.maxReplicas"),
         "{err}"
     );
-    let err = validated(json!({"gateway": {"autoscaling": {"maxReplicas": 2, "targetCpuUtilization": 0}}}))
-        .unwrap_err();
+    let err = validated(
+        json!({"gateway": {"autoscaling": {"maxReplicas": 2, "targetCpuUtilization": 0}}}),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("targetCpuUtilization"), "{err}");
 }
 
@@ -315,5 +327,8 @@ fn ingresses_route_their_host_to_the_role_over_tls() {
         "checkout-dashboard"
     );
     let objects = build(json!({}), Cluster::default());
-    assert_eq!((objects.gateway_ingress, objects.dashboard_ingress), (None, None));
+    assert_eq!(
+        (objects.gateway_ingress, objects.dashboard_ingress),
+        (None, None)
+    );
 }

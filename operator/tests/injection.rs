@@ -19,8 +19,7 @@ fn opted_in(annotations: &[(&str, &str)]) -> Value {
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/admission/opted-in.json"
     );
-    let mut review: Value =
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut review: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let pod = &mut review["request"]["object"]["metadata"];
     pod["labels"]["app.kubernetes.io/version"] = json!("1.4.2");
     for (key, value) in annotations {
@@ -108,7 +107,9 @@ fn a_plain_opted_in_pod_is_tagged_with_its_workload_container_node_and_name() {
         ("CONTAINER", "web"),
     ] {
         assert_eq!(
-            literal.get(&format!("PULSE_SIDECAR_TAGS__{tag}")).map(String::as_str),
+            literal
+                .get(&format!("PULSE_SIDECAR_TAGS__{tag}"))
+                .map(String::as_str),
             Some(value),
             "{tag}"
         );
@@ -147,12 +148,22 @@ fn annotations_set_scraping_resources_tags_and_drop_the_pod_tag() {
     ] {
         assert_eq!(literal.get(name).map(String::as_str), Some(value), "{name}");
     }
-    assert!(!fields.contains_key("PULSE_SIDECAR_TAGS__POD"), "{fields:?}");
+    assert!(
+        !fields.contains_key("PULSE_SIDECAR_TAGS__POD"),
+        "{fields:?}"
+    );
     let resources = sidecar.resources.unwrap();
-    assert_eq!(resources.limits.unwrap()["memory"], Quantity("256Mi".into()));
+    assert_eq!(
+        resources.limits.unwrap()["memory"],
+        Quantity("256Mi".into())
+    );
     let requests = resources.requests.unwrap();
     assert_eq!(requests["cpu"], Quantity("25m".into()));
-    assert_eq!(requests["memory"], Quantity("32Mi".into()), "the rest stays");
+    assert_eq!(
+        requests["memory"],
+        Quantity("32Mi".into()),
+        "the rest stays"
+    );
 }
 
 #[test]

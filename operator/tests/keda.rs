@@ -126,5 +126,8 @@ fn the_validation_catches_what_keda_would_drop_or_refuse() {
     let mut number = scaled_object();
     number["spec"]["triggers"][0]["metadata"]["lagThreshold"] = json!(10000);
     let verdict = validate(&number).unwrap_or_default();
-    assert!(verdict.starts_with("spec/triggers/0/metadata/lagThreshold"), "{verdict}");
+    assert!(
+        verdict.starts_with("spec/triggers/0/metadata/lagThreshold"),
+        "{verdict}"
+    );
 }

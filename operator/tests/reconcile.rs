@@ -15,7 +15,6 @@ use pulse_operator::fixtures::{
 use pulse_operator::metrics::Metrics;
 use pulse_operator::names;
 
-
 /// The schema of pipeline `shop/checkout`.
 fn schema() -> String {
     pulse_core::names::schema("shop", "checkout")
@@ -443,7 +442,9 @@ async fn receivers_reach_the_processor_from_their_secret_and_never_the_config_ma
         serde_json::json!({"name": "alerts", "key": "slack", "optional": false})
     );
     assert!(
-        !env(&recorded[GATEWAY_APPLY]).to_string().contains("PULSE_RECEIVER"),
+        !env(&recorded[GATEWAY_APPLY])
+            .to_string()
+            .contains("PULSE_RECEIVER"),
         "the gateway gets no receiver Secret"
     );
     let status = status_patch(&recorded);
@@ -724,12 +725,13 @@ async fn a_dashboard_over_its_pipeline_applies_nothing_and_reports_its_url_and_s
 
     // Once the pipeline's server is available, the board is ready; through
     // the pipeline's Ingress with TLS, its URL is the public one.
-    let server: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "checkout-dashboard", "namespace": "shop"},
-        "spec": {"replicas": 2, "selector": {}, "template": {}},
-        "status": {"availableReplicas": 2}
-    }))
-    .expect("deployment");
+    let server: k8s_openapi::api::apps::v1::Deployment =
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "checkout-dashboard", "namespace": "shop"},
+            "spec": {"replicas": 2, "selector": {}, "template": {}},
+            "status": {"availableReplicas": 2}
+        }))
+        .expect("deployment");
     h.api.insert(&server);
     let mut pipeline = MetricPipeline::test().finalized();
     pipeline.spec.dashboards.ingress = serde_json::from_value(serde_json::json!(
@@ -772,7 +774,9 @@ async fn the_pipeline_serves_the_valid_dashboards_over_it() {
         .iter()
         .find(|r| r.path.ends_with("/configmaps/checkout-dashboard-boards"))
         .expect("boards applied");
-    let text = boards.body["data"]["boards.toml"].as_str().unwrap_or_default();
+    let text = boards.body["data"]["boards.toml"]
+        .as_str()
+        .unwrap_or_default();
     let served = pulse_core::board::Boards::from_file(text).expect("the server reads it");
     let names: Vec<_> = served.as_slice().iter().map(|b| b.name.as_str()).collect();
     assert_eq!(names, ["storefront"]);
@@ -792,7 +796,10 @@ async fn lag_autoscaling_needs_keda_and_says_so_without_it() {
     .ok();
     h.reconcile(mp.clone()).await.expect("reconcile");
     let lines = h.api.lines();
-    assert!(lines.contains(&"GET /apis/keda.sh/v1alpha1".to_string()), "{lines:?}");
+    assert!(
+        lines.contains(&"GET /apis/keda.sh/v1alpha1".to_string()),
+        "{lines:?}"
+    );
     let status = status_patch(&h.api.recorded());
     assert_eq!(
         condition(&status, "ProcessorAutoscaling"),
@@ -823,13 +830,23 @@ async fn lag_autoscaling_needs_keda_and_says_so_without_it() {
         .find(|r| r.method == "PATCH" && r.path.ends_with("/scaledobjects/checkout-processor"))
         .expect("ScaledObject applied");
     assert!(forced_apply(&scaled.query), "{}", scaled.query);
-    assert_eq!(scaled.body["spec"]["maxReplicaCount"], 6, "capped at the partitions");
-    assert_eq!(scaled.body["spec"]["triggers"][0]["metadata"]["consumerGroup"], "pulse-shop-checkout");
+    assert_eq!(
+        scaled.body["spec"]["maxReplicaCount"], 6,
+        "capped at the partitions"
+    );
+    assert_eq!(
+        scaled.body["spec"]["triggers"][0]["metadata"]["consumerGroup"],
+        "pulse-shop-checkout"
+    );
     let processor = recorded
         .iter()
         .find(|r| r.method == "PATCH" && r.path.ends_with("/deployments/checkout-processor"))
         .expect("processor applied");
-    assert_eq!(processor.body["spec"].get("replicas"), None, "KEDA owns the count");
+    assert_eq!(
+        processor.body["spec"].get("replicas"),
+        None,
+        "KEDA owns the count"
+    );
     let status = status_patch(&recorded);
     assert_eq!(
         condition(&status, "ProcessorAutoscaling"),

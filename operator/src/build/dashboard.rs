@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ConfigMap;
-use pulse_core::board::{Boards, BoardError};
+use pulse_core::board::{BoardError, Boards};
 
 use super::Owner;
 use crate::names::{self, Component};

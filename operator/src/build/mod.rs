@@ -140,7 +140,11 @@ pub fn pipeline_objects(
         service_accounts: workloads
             .iter()
             .map(|(c, w)| {
-                service_account::service_account(&owner, *c, &w.placement.service_account_annotations)
+                service_account::service_account(
+                    &owner,
+                    *c,
+                    &w.placement.service_account_annotations,
+                )
             })
             .collect(),
         config_map: config_map::config_map(&owner, &config_map_name, &pipeline.config_toml),
@@ -160,8 +164,16 @@ pub fn pipeline_objects(
             processor_env,
             lag_scaling.is_some(),
         ),
-        dashboard: deployment(Component::Dashboard, &roles.dashboards, dashboard_env, false),
-        pdbs: workloads.iter().map(|(c, _)| pdb::pdb(&owner, *c)).collect(),
+        dashboard: deployment(
+            Component::Dashboard,
+            &roles.dashboards,
+            dashboard_env,
+            false,
+        ),
+        pdbs: workloads
+            .iter()
+            .map(|(c, _)| pdb::pdb(&owner, *c))
+            .collect(),
         gateway_hpa: roles
             .gateway_scaling
             .map(|scaling| autoscaling::gateway_hpa(&owner, scaling)),

@@ -29,7 +29,8 @@ pub(super) fn place(
     pod.tolerations = (!placement.tolerations.is_empty()).then(|| placement.tolerations.clone());
     pod.node_selector =
         (!placement.node_selector.is_empty()).then(|| placement.node_selector.clone());
-    pod.priority_class_name.clone_from(&placement.priority_class_name);
+    pod.priority_class_name
+        .clone_from(&placement.priority_class_name);
     let spread = placement
         .topology_spread_constraints
         .clone()

@@ -95,8 +95,9 @@ async fn reconcile_in(
     let check = match deployments
         .get_opt(&server)
         .await
-        .map_err(Error::kube(format!("reading Deployment {namespace}/{server}")))?
-    {
+        .map_err(Error::kube(format!(
+            "reading Deployment {namespace}/{server}"
+        )))? {
         Some(deployment) => status::deployment_check(status::DASHBOARD_READY, &deployment),
         None => Check::failed(
             status::DASHBOARD_READY,

@@ -33,11 +33,15 @@ pub async fn boards(ctx: &Context, pipeline: &ValidatedPipeline) -> Result<Board
     let listed = api
         .list(&ListParams::default())
         .await
-        .map_err(Error::kube(format!("listing the Dashboards of {namespace}")))?;
+        .map_err(Error::kube(format!(
+            "listing the Dashboards of {namespace}"
+        )))?;
     let valid: Vec<_> = listed
         .items
         .iter()
-        .filter(|d| d.spec.pipeline == pipeline.name.as_str() && d.meta().deletion_timestamp.is_none())
+        .filter(|d| {
+            d.spec.pipeline == pipeline.name.as_str() && d.meta().deletion_timestamp.is_none()
+        })
         .filter_map(|d| validate_dashboard(d, pipeline).ok())
         .collect();
     Ok(build::boards(&valid).unwrap_or_else(|error| {
@@ -51,7 +55,10 @@ pub async fn boards(ctx: &Context, pipeline: &ValidatedPipeline) -> Result<Board
 pub async fn keda_installed(ctx: &Context) -> Result<bool, Error> {
     let group_version = format!("{}/{}", build::KEDA_GROUP, build::KEDA_VERSION);
     match ctx.client.list_api_group_resources(&group_version).await {
-        Ok(list) => Ok(list.resources.iter().any(|r| r.name == build::SCALED_OBJECTS)),
+        Ok(list) => Ok(list
+            .resources
+            .iter()
+            .any(|r| r.name == build::SCALED_OBJECTS)),
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
         Err(error) => Err(Error::kube(format!("discovering {group_version}"))(error)),
     }
@@ -122,14 +129,26 @@ pub async fn apply_all(
     let gateway = names::object_name(pipeline, Component::Gateway);
     let processor = names::object_name(pipeline, Component::Processor);
     let dashboard = names::object_name(pipeline, Component::Dashboard);
-    apply_or_delete::<HorizontalPodAutoscaler>(ctx, ns, &gateway, objects.gateway_hpa.as_ref()).await?;
-    apply_or_delete_scaled_object(ctx, ns, &processor, objects.processor_scaled_object.as_ref()).await?;
+    apply_or_delete::<HorizontalPodAutoscaler>(ctx, ns, &gateway, objects.gateway_hpa.as_ref())
+        .await?;
+    apply_or_delete_scaled_object(
+        ctx,
+        ns,
+        &processor,
+        objects.processor_scaled_object.as_ref(),
+    )
+    .await?;
     apply_or_delete::<Ingress>(ctx, ns, &gateway, objects.gateway_ingress.as_ref()).await?;
     apply_or_delete::<Ingress>(ctx, ns, &dashboard, objects.dashboard_ingress.as_ref()).await?;
     Ok(applied)
 }
 
-async fn apply_or_delete<K>(ctx: &Context, ns: &str, name: &str, object: Option<&K>) -> Result<(), Error>
+async fn apply_or_delete<K>(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    object: Option<&K>,
+) -> Result<(), Error>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
         + serde::Serialize
@@ -141,7 +160,14 @@ where
         Some(object) => apply(&ctx.client, ns, object).await.map(drop),
         None => {
             let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
-            gone(api.delete(name, &DeleteParams::background()).await.map(drop), K::kind(&()).as_ref(), ns, name)
+            gone(
+                api.delete(name, &DeleteParams::background())
+                    .await
+                    .map(drop),
+                K::kind(&()).as_ref(),
+                ns,
+                name,
+            )
         }
     }
 }
@@ -158,12 +184,18 @@ async fn apply_or_delete_scaled_object(
         Api::namespaced_with(ctx.client.clone(), ns, &build::scaled_object_resource());
     match object {
         Some(object) => api
-            .patch(name, &PatchParams::apply(names::FIELD_MANAGER).force(), &Patch::Apply(object))
+            .patch(
+                name,
+                &PatchParams::apply(names::FIELD_MANAGER).force(),
+                &Patch::Apply(object),
+            )
             .await
             .map(drop)
             .map_err(Error::kube(format!("applying ScaledObject {ns}/{name}"))),
         None => gone(
-            api.delete(name, &DeleteParams::background()).await.map(drop),
+            api.delete(name, &DeleteParams::background())
+                .await
+                .map(drop),
             build::SCALED_OBJECT_KIND,
             ns,
             name,
@@ -176,7 +208,9 @@ fn gone(result: Result<(), kube::Error>, kind: &str, ns: &str, name: &str) -> Re
     match result {
         Ok(()) => Ok(()),
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-        Err(error) => Err(Error::kube(format!("deleting {kind} {ns}/{name}, which the spec no longer asks for"))(error)),
+        Err(error) => Err(Error::kube(format!(
+            "deleting {kind} {ns}/{name}, which the spec no longer asks for"
+        ))(error)),
     }
 }
 

@@ -134,7 +134,8 @@ async fn apply_pipeline(pipeline: &MetricPipeline, ctx: &Context) -> Result<Acti
     let applied = async {
         let boards = objects::boards(ctx, &validated).await?;
         let cluster = Cluster {
-            keda: validated.roles.processor_scaling.is_some() && objects::keda_installed(ctx).await?,
+            keda: validated.roles.processor_scaling.is_some()
+                && objects::keda_installed(ctx).await?,
         };
         let built = pipeline_objects(&validated, &ctx.image, &boards, cluster);
         let applied = objects::apply_all(ctx, ns, validated.name.as_str(), &built).await?;

@@ -81,7 +81,11 @@ pub fn per_pod(pod: &Pod) -> Result<PerPod, BadAnnotation> {
     }
     if let Some((key, value)) = get(PROMETHEUS_PATH) {
         if !value.starts_with('/') || value.contains(char::is_whitespace) {
-            return Err(bad(key, value, "must be a path starting with `/`, e.g. /metrics"));
+            return Err(bad(
+                key,
+                value,
+                "must be a path starting with `/`, e.g. /metrics",
+            ));
         }
         per_pod.prometheus_path = Some(value.to_string());
     }
@@ -93,9 +97,15 @@ pub fn per_pod(pod: &Pod) -> Result<PerPod, BadAnnotation> {
     ] {
         if let Some((key, value)) = get(key) {
             if !is_quantity(value) {
-                return Err(bad(key, value, "is not a Kubernetes quantity, e.g. 50m, 0.5, 64Mi, 1Gi"));
+                return Err(bad(
+                    key,
+                    value,
+                    "is not a Kubernetes quantity, e.g. 50m, 0.5, 64Mi, 1Gi",
+                ));
             }
-            per_pod.resources.push((section, resource, Quantity(value.to_string())));
+            per_pod
+                .resources
+                .push((section, resource, Quantity(value.to_string())));
         }
     }
     if let Some((key, value)) = get(POD_TAG) {
@@ -130,7 +140,11 @@ pub fn per_pod(pod: &Pod) -> Result<PerPod, BadAnnotation> {
                     )
                 })?;
             if RESERVED_TAGS.contains(&tag) {
-                return Err(bad(key, value, "sets a tag the sidecar sets itself (pod, namespace, node)"));
+                return Err(bad(
+                    key,
+                    value,
+                    "sets a tag the sidecar sets itself (pod, namespace, node)",
+                ));
             }
             per_pod.tags.insert(tag.to_string(), tag_value.to_string());
         }
@@ -171,7 +185,11 @@ fn workload_tags(pod: &Pod) -> Vec<(String, String)> {
         .and_then(|l| l.get(TEMPLATE_HASH_LABEL));
     let (kind, name) = match (owner, hash) {
         (Some(o), Some(hash)) if o.kind == "ReplicaSet" => {
-            match o.name.strip_suffix(hash.as_str()).and_then(|n| n.strip_suffix('-')) {
+            match o
+                .name
+                .strip_suffix(hash.as_str())
+                .and_then(|n| n.strip_suffix('-'))
+            {
                 Some(deployment) => ("Deployment".to_string(), deployment.to_string()),
                 None => (o.kind.clone(), o.name.clone()),
             }
@@ -204,7 +222,11 @@ pub fn tag_key(label: &str) -> String {
         .chars()
         .map(|c| {
             let c = c.to_ascii_lowercase();
-            if c.is_ascii_lowercase() || c.is_ascii_digit() { c } else { '_' }
+            if c.is_ascii_lowercase() || c.is_ascii_digit() {
+                c
+            } else {
+                '_'
+            }
         })
         .collect()
 }
@@ -295,7 +317,10 @@ mod tests {
         let requests = resources.requests.unwrap();
         assert_eq!(requests["cpu"], Quantity("50m".into()));
         assert_eq!(requests["memory"], Quantity("32Mi".into()));
-        assert_eq!(resources.limits.unwrap()["memory"], Quantity("256Mi".into()));
+        assert_eq!(
+            resources.limits.unwrap()["memory"],
+            Quantity("256Mi".into())
+        );
     }
 
     #[test]
@@ -326,7 +351,10 @@ mod tests {
         let mut bare = pod(&[]);
         bare.metadata.owner_references = None;
         let tags = per_pod(&bare).unwrap().tags;
-        assert_eq!((tags["workload_kind"].as_str(), tags["workload"].as_str()), ("Pod", "web-7d9f8b6c4d-x2k9q"));
+        assert_eq!(
+            (tags["workload_kind"].as_str(), tags["workload"].as_str()),
+            ("Pod", "web-7d9f8b6c4d-x2k9q")
+        );
         assert_eq!(tag_key("app.kubernetes.io/name"), "app_kubernetes_io_name");
     }
 }

@@ -209,10 +209,16 @@ pub fn container(
         env.push(env_field("PULSE_SIDECAR_TAGS__POD", "metadata.name"));
     }
     env.extend(per_pod.tags.iter().map(|(key, value)| {
-        env_value(&format!("PULSE_SIDECAR_TAGS__{}", key.to_uppercase()), value)
+        env_value(
+            &format!("PULSE_SIDECAR_TAGS__{}", key.to_uppercase()),
+            value,
+        )
     }));
     if let Some(port) = per_pod.prometheus_port {
-        env.push(env_value("PULSE_SIDECAR_PROMETHEUS__PORT", &port.to_string()));
+        env.push(env_value(
+            "PULSE_SIDECAR_PROMETHEUS__PORT",
+            &port.to_string(),
+        ));
     }
     if let Some(path) = &per_pod.prometheus_path {
         env.push(env_value("PULSE_SIDECAR_PROMETHEUS__PATH", path));
