@@ -32,8 +32,7 @@ pub const MANAGED_BY: &str = "pulse-operator";
 pub use pulse_core::names::{
     Component, DASHBOARD_PORT, GATEWAY_PORT, PROCESSOR_PORT, SIDECAR_ADMIN_PORT, SIDECAR_HTTP_PORT,
     SIDECAR_OTLP_PORT, SIDECAR_STATSD_PORT, anomalies_topic, config_map_name,
-    dashboard_config_map_name, dashboard_url, gateway_url, object_name, points_topic, schema,
-    service_account_name,
+    gateway_url, object_name, points_topic, schema,
 };
 /// Name of the injected sidecar container (also how an injected pod is recognised).
 pub const SIDECAR_CONTAINER: &str = "pulse-sidecar";
