@@ -520,7 +520,7 @@ fn list(objects: &HashMap<String, Value>, path: &str) -> Value {
                 .is_some_and(|name| !name.contains('/'))
         })
         .collect();
-    items.sort_by(|a, b| a.0.cmp(b.0));
+    items.sort_by_key(|(path, _)| *path);
     let items: Vec<Value> = items.into_iter().map(|(_, v)| v.clone()).collect();
     json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": items})
 }

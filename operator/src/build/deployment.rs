@@ -126,7 +126,7 @@ pub(super) fn deployment(owner: &Owner<'_>, role: Role<'_>) -> Deployment {
         ),
         ..Container::default()
     };
-    let pod = PodSpec {
+    let mut pod = PodSpec {
         containers: vec![container],
         service_account_name: role.service_account.map(str::to_string),
         automount_service_account_token: Some(false),
@@ -162,7 +162,6 @@ pub(super) fn deployment(owner: &Owner<'_>, role: Role<'_>) -> Deployment {
         )])),
         ..ObjectMeta::default()
     };
-    let mut pod = pod;
     placement::place(
         &mut pod,
         &mut template_meta,
