@@ -31,8 +31,8 @@ pub const MANAGED_BY: &str = "pulse-operator";
 
 pub use pulse_core::names::{
     Component, DASHBOARD_PORT, GATEWAY_PORT, PROCESSOR_PORT, SIDECAR_ADMIN_PORT, SIDECAR_HTTP_PORT,
-    SIDECAR_OTLP_PORT, SIDECAR_STATSD_PORT, anomalies_topic, config_map_name,
-    gateway_url, object_name, points_topic, schema,
+    SIDECAR_OTLP_PORT, SIDECAR_STATSD_PORT, anomalies_topic, config_map_name, gateway_url,
+    object_name, points_topic, schema,
 };
 /// Name of the injected sidecar container (also how an injected pod is recognised).
 pub const SIDECAR_CONTAINER: &str = "pulse-sidecar";
