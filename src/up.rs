@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use prometheus_client::registry::Registry;
 use pulse_core::config::Config;
-use pulse_dashboard::Dashboard;
+use pulse_dashboard::{Dashboard, LiveBoards};
 use pulse_engine::store::Store;
 use pulse_gateway::Gateway;
 use pulse_processor::Processor;
@@ -33,6 +33,8 @@ pub enum UpError {
     Processor(#[from] pulse_processor::ProcessorError),
     #[error("cannot serve HTTPS: {0}")]
     Tls(#[from] pulse_server::reload::FileError),
+    #[error("dashboard: {0}")]
+    Boards(pulse_server::reload::FileError),
 }
 
 impl UpError {
@@ -307,8 +309,10 @@ async fn launch(
             Role::Dashboard => {
                 let (store, cache) = store_and_cache(&engines.dashboard_store);
                 let tokens = security.tokens(role);
+                let boards = LiveBoards::load(config).map_err(UpError::Boards)?;
+                boards.watch(shutdown.clone());
                 let router =
-                    Dashboard::router_with_tokens(config, store, cache, registry(), tokens);
+                    Dashboard::router_with_tokens(config, store, cache, registry(), tokens, boards);
                 (router, servers_stop.clone())
             }
             Role::Processor => {

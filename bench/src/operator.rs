@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::StreamExt;
-use pulse_operator::build::pipeline_objects;
+use pulse_core::board::Boards;
+use pulse_operator::build::{Cluster, pipeline_objects};
 use pulse_operator::controller::{Context, pipeline};
 use pulse_operator::crd::MetricPipeline;
 use pulse_operator::fixtures::{FakeApi, FakeSchemaAdmin, FakeTopicAdmin, database_secret};
@@ -70,7 +71,12 @@ pub async fn stage(pipelines: usize, report: &mut Report) -> Result<(), String> 
     for i in 0..pipelines {
         let resource = MetricPipeline::named(&format!("p{i:05}")).finalized();
         let validated = validate_pipeline(&resource).map_err(|e| e.to_string())?;
-        let built = pipeline_objects(&validated, "ghcr.io/pulse/pulse:bench");
+        let built = pipeline_objects(
+            &validated,
+            "ghcr.io/pulse/pulse:bench",
+            &Boards::default(),
+            Cluster::default(),
+        );
         objects += usize::from(built.gateway.metadata.name.is_some());
     }
     let reference_seconds = reference_start.elapsed().as_secs_f64();

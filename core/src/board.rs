@@ -87,6 +87,38 @@ impl From<Boards> for Vec<Board> {
     }
 }
 
+/// A boards file: `[[dashboards]]` tables, as in the config file. The operator
+/// writes one per pipeline (every `Dashboard` over it) and the dashboard
+/// server re-reads it when it changes.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BoardsFile {
+    #[serde(default)]
+    dashboards: Boards,
+}
+
+impl Boards {
+    /// The boards as a boards file's text.
+    pub fn to_file(&self) -> Result<String, BoardError> {
+        toml::to_string_pretty(&BoardsFile {
+            dashboards: self.clone(),
+        })
+        .map_err(|e| BoardError(format!("cannot render the boards file: {e}")))
+    }
+
+    /// Reads a boards file's text; every board is checked as the config loader checks them.
+    pub fn from_file(text: &str) -> Result<Boards, BoardError> {
+        toml::from_str::<BoardsFile>(text)
+            .map(|file| file.dashboards)
+            .map_err(|e| BoardError(format!("the boards file does not parse: {}", e.message())))
+    }
+
+    /// These boards followed by `more`, refused when a name is in both.
+    pub fn with(&self, more: &Boards) -> Result<Boards, BoardError> {
+        Boards::new(self.0.iter().chain(more.0.iter()).cloned().collect())
+    }
+}
+
 /// Why a board was refused; the message names the board and the panel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BoardError(pub String);
@@ -336,6 +368,22 @@ pub fn check_windows(boards: &[Board], windows: &[String]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_boards_file_reads_back_as_written_and_names_clash_with_the_config() {
+        let boards = Boards::new(vec![Board {
+            name: "web".into(),
+            title: Some("Web".into()),
+            panels: vec![],
+        }])
+        .unwrap();
+        let text = boards.to_file().unwrap();
+        assert_eq!(Boards::from_file(&text).unwrap(), boards);
+        assert_eq!(Boards::from_file("").unwrap(), Boards::default());
+        assert!(Boards::from_file("[[dashboards]]\nname = \"Bad Name\"\n").is_err());
+        let error = boards.with(&boards).unwrap_err();
+        assert_eq!(error.0, "dashboard `web` is defined twice");
+    }
 
     /// What the config file holds, through the same serde path as `Config`.
     #[derive(Debug, Deserialize, Serialize)]

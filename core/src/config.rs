@@ -208,6 +208,12 @@ pub struct DashboardConfig {
     pub read_tokens_file: Option<PathBuf>,
     /// Most windows one `query_range` answer may hold.
     pub max_points_per_query: usize,
+    /// A file of more boards (`[[dashboards]]` tables, as in this file),
+    /// re-read when it changes, so boards come and go without a restart (the
+    /// operator mounts every `Dashboard` of a pipeline there). Served with the
+    /// `[[dashboards]]` above; a name in both is refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub boards_file: Option<PathBuf>,
     /// PostgreSQL URL the dashboard reads from, e.g. a streaming replica
     /// (same form and TLS parameters as `storage.database_url`). Unset or
     /// empty: `storage.database_url`. The dashboard never writes through it.
@@ -231,6 +237,7 @@ impl Default for DashboardConfig {
             read_tokens: Vec::new(),
             read_tokens_file: None,
             max_points_per_query: 20_000,
+            boards_file: None,
             database_url: None,
             tls_cert_file: None,
             tls_key_file: None,

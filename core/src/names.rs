@@ -178,8 +178,8 @@ impl Component {
 
 // Kubernetes object names live in the owner's namespace and are made from
 // the owner's name alone. Each kind of object gets a suffix no other name of
-// that kind ends with (`-gateway`, `-processor`, `-dashboard`, `-pulse`,
-// `-pulse-config`, `-dashboard-config`), so distinct owners never share one.
+// that kind ends with (`-gateway`, `-processor`, `-dashboard`,
+// `-pulse-config`, `-dashboard-boards`), so distinct owners never share one.
 // Owners are at most 50 characters (CEL rules of both CRDs), so every name
 // fits a Service's 63-character DNS label.
 
@@ -192,26 +192,6 @@ pub fn object_name(owner: &str, component: Component) -> String {
 /// Name of a pipeline's ConfigMap holding the rendered `pulse.toml`.
 pub fn config_map_name(pipeline: &str) -> String {
     format!("{pipeline}-pulse-config")
-}
-
-/// Name of a dashboard's ConfigMap holding its `pulse.toml` (the pipeline's
-/// config plus the dashboard's panels); not `config_map_name`, so a dashboard
-/// and a pipeline of the same name do not collide.
-pub fn dashboard_config_map_name(dashboard: &str) -> String {
-    format!("{dashboard}-dashboard-config")
-}
-
-/// Name of the ServiceAccount a pipeline's pods run as.
-pub fn service_account_name(pipeline: &str) -> String {
-    format!("{pipeline}-pulse")
-}
-
-/// In-cluster URL of a dashboard's page.
-pub fn dashboard_url(namespace: &str, dashboard: &str) -> String {
-    format!(
-        "http://{}.{namespace}.svc:{DASHBOARD_PORT}/d/{dashboard}",
-        object_name(dashboard, Component::Dashboard)
-    )
 }
 
 /// In-cluster URL of a pipeline's gateway, as the sidecar and docs use it.

@@ -21,7 +21,7 @@ use tracing::{error, warn};
 use pulse_core::board::{Board, DEFAULT_BOARD};
 
 use crate::answer::{self, LatestAnswer, MetricsAnswer, RangeAnswer, Source, TagsAnswer};
-use crate::boards::{self, BoardList, BoardView};
+use crate::boards::{self, BoardList, BoardView, LiveBoards};
 use crate::metrics::{DashboardMetrics, Endpoint};
 use crate::params::{KnownWindows, LatestParams, LatestRequest, RangeParams, RangeRequest};
 use crate::partial;
@@ -37,8 +37,8 @@ pub(crate) struct AppState {
     pub max_points_per_query: usize,
     /// Named in the `no_data` answer, because "no window yet" usually means "wait".
     pub allowed_lateness: Duration,
-    /// The configured dashboards (`[[dashboards]]`), already validated.
-    pub boards: Arc<Vec<Board>>,
+    /// The configured dashboards (`[[dashboards]]` and the boards file), already validated.
+    pub boards: LiveBoards,
 }
 
 /// `axum::extract::Query`, but a malformed query string is a 400 in the shared
@@ -316,7 +316,11 @@ pub(crate) async fn tags(
     security((), ("bearer" = []))
 )]
 pub(crate) async fn dashboards(State(state): State<AppState>) -> Response {
-    Json(boards::list(&state.boards, state.windows.labels())).into_response()
+    Json(boards::list(
+        &state.boards.current(),
+        state.windows.labels(),
+    ))
+    .into_response()
 }
 
 /// `GET /api/v1/dashboards/{name}`: one board's panels with their defaults
@@ -344,9 +348,10 @@ pub(crate) async fn dashboard_board(
         state.metrics.query(Endpoint::Metrics, Source::Store);
         return Ok(Json(boards::default_view(&metrics, windows)).into_response());
     }
-    match state.boards.iter().find(|b| b.name == name) {
+    let boards = state.boards.current();
+    match boards.iter().find(|b| b.name == name) {
         Some(board) => Ok(Json(boards::view(board, windows)).into_response()),
-        None => Err(no_such_board(&state.boards, &name)),
+        None => Err(no_such_board(&boards, &name)),
     }
 }
 

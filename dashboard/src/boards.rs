@@ -2,11 +2,93 @@
 //! configured boards with every default filled in, and the `default` board made
 //! from the stored metrics. Pure, so what a page will show is tested without HTTP.
 
-use pulse_core::board::{Board, DEFAULT_BOARD, Panel, PanelKind, Threshold};
+use std::sync::Arc;
+
+use pulse_core::board::{Board, Boards, DEFAULT_BOARD, Panel, PanelKind, Threshold};
+use pulse_core::config::Config;
 use pulse_core::{Tags, TimestampMs};
 use pulse_engine::store::MetricInfo;
+use pulse_server::reload::{FileError, KeyedFile, Reloading};
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
+
+/// The boards the server serves: the config's `[[dashboards]]`, and those of
+/// `dashboard.boards_file`, which is re-read when it changes (the operator's
+/// ConfigMap of every `Dashboard` of a pipeline), so boards are added, changed
+/// and removed without a restart. A changed file that does not load is logged
+/// and skipped; the boards in force stay until it loads again.
+#[derive(Debug, Clone)]
+pub struct LiveBoards(Source);
+
+#[derive(Debug, Clone)]
+enum Source {
+    Fixed(Arc<Vec<Board>>),
+    File(Arc<Reloading<Vec<Board>>>),
+}
+
+impl LiveBoards {
+    /// The config's boards only (the boards file, if any, is not read).
+    pub fn fixed(config: &Config) -> LiveBoards {
+        LiveBoards(Source::Fixed(Arc::new(
+            config.dashboards.as_slice().to_vec(),
+        )))
+    }
+
+    /// The config's boards and, when `dashboard.boards_file` is set, that
+    /// file's; an unreadable or invalid file at start-up is an error naming it.
+    pub fn load(config: &Config) -> Result<LiveBoards, FileError> {
+        let Some(path) = &config.dashboard.boards_file else {
+            return Ok(LiveBoards::fixed(config));
+        };
+        let file = KeyedFile::new("dashboard.boards_file", path);
+        let fixed = config.dashboards.clone();
+        let windows: Vec<String> = config
+            .window_specs()
+            .map(|specs| specs.into_iter().map(|w| w.label).collect())
+            .unwrap_or_default();
+        let key = file.clone();
+        let parse = move |contents: &[Vec<u8>]| {
+            let text = contents
+                .first()
+                .and_then(|bytes| std::str::from_utf8(bytes).ok())
+                .ok_or_else(|| key.error("is not UTF-8 text"))?;
+            let boards = Boards::from_file(text)
+                .and_then(|more| fixed.with(&more))
+                .map_err(|e| key.error(e.to_string()))?;
+            for problem in pulse_core::board::check_windows(boards.as_slice(), &windows) {
+                tracing::warn!(message = "A dashboard panel asks for a window that is not computed; it will show the error.", %problem);
+            }
+            Ok(boards.as_slice().to_vec())
+        };
+        let reloading = Reloading::load("the dashboards' boards file", vec![file], parse)?;
+        Ok(LiveBoards(Source::File(reloading)))
+    }
+
+    /// Re-reads the boards file every second until `shutdown` (nothing to do
+    /// without one).
+    pub fn watch(&self, shutdown: CancellationToken) {
+        if let Source::File(file) = &self.0 {
+            file.watch(shutdown);
+        }
+    }
+
+    /// The boards in force.
+    pub fn current(&self) -> Arc<Vec<Board>> {
+        match &self.0 {
+            Source::Fixed(boards) => Arc::clone(boards),
+            Source::File(file) => file.current(),
+        }
+    }
+
+    /// Re-reads the boards file now; `Ok(true)` when new boards went into force.
+    pub fn reload(&self) -> Result<bool, FileError> {
+        match &self.0 {
+            Source::Fixed(_) => Ok(false),
+            Source::File(file) => file.reload(),
+        }
+    }
+}
 
 /// Where a board comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]

@@ -41,6 +41,7 @@ mod partial;
 mod resolution;
 mod ui;
 
+pub use boards::LiveBoards;
 pub use openapi::openapi;
 
 use api::AppState;
@@ -66,16 +67,19 @@ impl Dashboard {
         registry: Arc<Mutex<Registry>>,
     ) -> Router {
         let tokens = Tokens::Fixed(Arc::new(config.dashboard.read_tokens.clone()));
-        Self::router_with_tokens(config, store, cache, registry, tokens)
+        let boards = LiveBoards::fixed(config);
+        Self::router_with_tokens(config, store, cache, registry, tokens, boards)
     }
 
-    /// [`Dashboard::router`] with the readers' `tokens`.
+    /// [`Dashboard::router`] with the readers' `tokens` and the `boards`
+    /// ([`LiveBoards::load`] reads `dashboard.boards_file` too).
     pub fn router_with_tokens(
         config: &Config,
         store: Arc<dyn Store>,
         cache: Arc<dyn Cache>,
         registry: Arc<Mutex<Registry>>,
         tokens: Tokens,
+        boards: LiveBoards,
     ) -> Router {
         let (metrics, http_metrics) = {
             let mut registry = pulse_core::sync::lock(&registry);
@@ -91,9 +95,11 @@ impl Dashboard {
             metrics,
             max_points_per_query: config.dashboard.max_points_per_query,
             allowed_lateness: config.processor.allowed_lateness,
-            boards: Arc::new(config.dashboards.as_slice().to_vec()),
+            boards,
         };
-        for problem in pulse_core::board::check_windows(&state.boards, state.windows.labels()) {
+        for problem in
+            pulse_core::board::check_windows(&state.boards.current(), state.windows.labels())
+        {
             tracing::warn!(message = "A dashboard panel asks for a window that is not computed; it will show the error.", %problem);
         }
         let api = Router::new()

@@ -127,12 +127,13 @@ pub(crate) async fn board(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if boards::exists(&state.boards, &name) {
+    let boards = state.boards.current();
+    if boards::exists(&boards, &name) {
         page(StatusCode::OK, &headers)
     } else if wants_html(&headers) {
         page(StatusCode::NOT_FOUND, &headers)
     } else {
-        api::no_such_board(&state.boards, &name).into_response()
+        api::no_such_board(&boards, &name).into_response()
     }
 }
 

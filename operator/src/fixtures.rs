@@ -397,6 +397,12 @@ impl FakeApi {
         lock(&self.state).objects.insert(path, value);
     }
 
+    /// Stores `value` at `path` as is (a discovery document such as
+    /// `/apis/keda.sh/v1alpha1`, which says an API is served).
+    pub fn insert_path(&self, path: &str, value: Value) {
+        lock(&self.state).objects.insert(path.into(), value);
+    }
+
     pub fn deployments_available(&self, available: bool) {
         lock(&self.state).deployments_available = available;
     }
@@ -465,6 +471,7 @@ impl FakeApi {
             );
         }
         let answer = match method.as_str() {
+            "GET" if is_collection(&path) => Some(list(&state.objects, &path)),
             "GET" => state.objects.get(&path).cloned(),
             "POST" => {
                 // A create: kept, so the next GET finds it.
@@ -489,6 +496,31 @@ impl FakeApi {
             ),
         }
     }
+}
+
+/// Whether `path` names a namespaced collection (`.../namespaces/<ns>/<plural>`).
+fn is_collection(path: &str) -> bool {
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    segments
+        .iter()
+        .position(|s| *s == "namespaces")
+        .is_some_and(|i| segments.len() == i + 3)
+}
+
+/// A LIST answer: the stored objects directly under the collection `path`.
+fn list(objects: &HashMap<String, Value>, path: &str) -> Value {
+    let prefix = format!("{path}/");
+    let mut items: Vec<(&String, &Value)> = objects
+        .iter()
+        .filter(|(stored, _)| {
+            stored
+                .strip_prefix(&prefix)
+                .is_some_and(|name| !name.contains('/'))
+        })
+        .collect();
+    items.sort_by_key(|(path, _)| *path);
+    let items: Vec<Value> = items.into_iter().map(|(_, v)| v.clone()).collect();
+    json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": items})
 }
 
 /// Answers a PATCH: a status apply merges into the stored object, a JSON

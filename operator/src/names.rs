@@ -31,9 +31,8 @@ pub const MANAGED_BY: &str = "pulse-operator";
 
 pub use pulse_core::names::{
     Component, DASHBOARD_PORT, GATEWAY_PORT, PROCESSOR_PORT, SIDECAR_ADMIN_PORT, SIDECAR_HTTP_PORT,
-    SIDECAR_OTLP_PORT, SIDECAR_STATSD_PORT, anomalies_topic, config_map_name,
-    dashboard_config_map_name, dashboard_url, gateway_url, object_name, points_topic, schema,
-    service_account_name,
+    SIDECAR_OTLP_PORT, SIDECAR_STATSD_PORT, anomalies_topic, config_map_name, gateway_url,
+    object_name, points_topic, schema,
 };
 /// Name of the injected sidecar container (also how an injected pod is recognised).
 pub const SIDECAR_CONTAINER: &str = "pulse-sidecar";
@@ -43,6 +42,20 @@ pub const INJECTED_ANNOTATION: &str = "pulse.dev/injected";
 pub const WEBHOOK_PATH: &str = "/mutate-pods";
 /// Container port (named `webhook`) the operator serves the webhook on, over TLS.
 pub const WEBHOOK_PORT: u16 = 8443;
+
+/// Name of the ConfigMap of a pipeline's boards (every `Dashboard` over it),
+/// which its dashboard server mounts.
+pub fn boards_config_map_name(pipeline: &str) -> String {
+    format!("{pipeline}-dashboard-boards")
+}
+
+/// In-cluster URL of board `board` on `pipeline`'s dashboard server.
+pub fn board_url(namespace: &str, pipeline: &str, board: &str) -> String {
+    format!(
+        "http://{}.{namespace}.svc:{DASHBOARD_PORT}/d/{board}",
+        object_name(pipeline, Component::Dashboard)
+    )
+}
 
 /// The key of `pulse.toml` in the ConfigMaps, and where pods mount it.
 pub const CONFIG_KEY: &str = "pulse.toml";

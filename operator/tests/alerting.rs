@@ -155,7 +155,7 @@ fn rules_and_receivers_render_into_the_config_with_secrets_as_variables() {
         "no credential in the ConfigMap"
     );
 
-    let objects = pipeline_objects(&validated, IMAGE);
+    let objects = pipeline_objects(&validated, IMAGE, &Default::default(), Default::default());
     let processor = &objects.processor.spec.template;
     let container = &processor.spec.as_ref().unwrap().containers[0];
     assert_eq!(

@@ -8,8 +8,9 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use pulse_core::board::Boards;
 use pulse_core::config::Config;
-use pulse_operator::build::{config_hash, dashboard_objects, pipeline_objects};
+use pulse_operator::build::{Cluster, PipelineObjects, boards, config_hash, pipeline_objects};
 use pulse_operator::crd::{Dashboard, MetricPipeline};
 use pulse_operator::validate::{
     InvalidSpec, ValidatedPipeline, validate_dashboard, validate_pipeline,
@@ -51,6 +52,11 @@ fn minimal_spec() -> Value {
             "database": {"urlSecretRef": {"name": "db", "key": "url"}}
         }
     })
+}
+
+/// The objects of `pipeline` serving no boards, in a cluster without KEDA.
+fn build(pipeline: &ValidatedPipeline) -> PipelineObjects {
+    pipeline_objects(pipeline, IMAGE, &Boards::default(), Cluster::default())
 }
 
 fn pipeline(value: Value) -> ValidatedPipeline {
@@ -142,14 +148,52 @@ fn pair(name: &str, key: &str) -> (String, String) {
 
 #[test]
 fn pipeline_objects_carry_the_design_names_labels_and_namespace() {
-    let objects = pipeline_objects(&pipeline(full_spec()), IMAGE);
-    let metas: [(&ObjectMeta, &str, Option<&str>); 7] = [
-        (&objects.service_account.metadata, "checkout-pulse", None),
+    let objects = build(&pipeline(full_spec()));
+    let mut metas: Vec<(&ObjectMeta, &str, Option<&str>)> = vec![
         (&objects.config_map.metadata, "checkout-pulse-config", None),
         (
-            &objects.gateway_service.metadata,
+            &objects.boards_config_map.metadata,
+            "checkout-dashboard-boards",
+            Some("dashboard"),
+        ),
+    ];
+    for (role, name) in [
+        ("gateway", "checkout-gateway"),
+        ("processor", "checkout-processor"),
+        ("dashboard", "checkout-dashboard"),
+    ] {
+        let role = Some(role);
+        let of_role = |m: &&ObjectMeta| {
+            labels(m)
+                .get("app.kubernetes.io/component")
+                .map(String::as_str)
+                == role
+        };
+        let accounts: Vec<_> = objects
+            .service_accounts
+            .iter()
+            .map(|a| &a.metadata)
+            .filter(of_role)
+            .collect();
+        let pdbs: Vec<_> = objects
+            .pdbs
+            .iter()
+            .map(|p| &p.metadata)
+            .filter(of_role)
+            .collect();
+        assert_eq!((accounts.len(), pdbs.len()), (1, 1), "{name}");
+        metas.extend([(accounts[0], name, role), (pdbs[0], name, role)]);
+    }
+    metas.extend([
+        (
+            &objects.services[0].metadata,
             "checkout-gateway",
             Some("gateway"),
+        ),
+        (
+            &objects.services[1].metadata,
+            "checkout-dashboard",
+            Some("dashboard"),
         ),
         (
             &objects.gateway.metadata,
@@ -162,16 +206,12 @@ fn pipeline_objects_carry_the_design_names_labels_and_namespace() {
             Some("processor"),
         ),
         (
-            &objects.gateway_pdb.metadata,
-            "checkout-gateway",
-            Some("gateway"),
+            &objects.dashboard.metadata,
+            "checkout-dashboard",
+            Some("dashboard"),
         ),
-        (
-            &objects.processor_pdb.metadata,
-            "checkout-processor",
-            Some("processor"),
-        ),
-    ];
+    ]);
+    assert_eq!(metas.len(), 13);
     for (meta, name, component) in metas {
         assert_eq!(meta.name.as_deref(), Some(name));
         assert_eq!(meta.namespace.as_deref(), Some("shop"));
@@ -193,10 +233,11 @@ fn pipeline_objects_carry_the_design_names_labels_and_namespace() {
 
 #[test]
 fn deployments_run_the_role_on_the_mounted_config() {
-    let objects = pipeline_objects(&pipeline(full_spec()), IMAGE);
+    let objects = build(&pipeline(full_spec()));
     for (deployment, role, port, replicas) in [
         (&objects.gateway, "gateway", 9000, 3),
         (&objects.processor, "processor", 9100, 2),
+        (&objects.dashboard, "dashboard", 8080, 2),
     ] {
         let spec = &deployment.spec;
         assert_eq!(spec.replicas, Some(replicas));
@@ -235,15 +276,15 @@ fn deployments_run_the_role_on_the_mounted_config() {
             "checkout-pulse-config"
         );
         assert_eq!(
-            pod(deployment).service_account_name.as_deref(),
-            Some("checkout-pulse")
+            pod(deployment).service_account_name,
+            Some(format!("checkout-{role}"))
         );
         assert_eq!(pod(deployment).automount_service_account_token, Some(false));
     }
     // The spec's image wins over the operator's.
     let mut spec = full_spec();
     spec["spec"]["image"] = json!("registry.local/pulse:dev");
-    let objects = pipeline_objects(&pipeline(spec), IMAGE);
+    let objects = build(&pipeline(spec));
     assert_eq!(
         container(&objects.processor).image.as_deref(),
         Some("registry.local/pulse:dev")
@@ -252,8 +293,8 @@ fn deployments_run_the_role_on_the_mounted_config() {
 
 #[test]
 fn probes_ask_healthz_for_liveness_and_readyz_for_readiness() {
-    let objects = pipeline_objects(&pipeline(full_spec()), IMAGE);
-    for deployment in [&objects.gateway, &objects.processor] {
+    let objects = build(&pipeline(full_spec()));
+    for deployment in [&objects.gateway, &objects.processor, &objects.dashboard] {
         let c = container(deployment);
         let path = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
             let get = p.as_ref().unwrap().http_get.as_ref().unwrap();
@@ -268,7 +309,7 @@ fn probes_ask_healthz_for_liveness_and_readyz_for_readiness() {
 
 #[test]
 fn resources_come_from_the_spec_or_modest_defaults() {
-    let objects = pipeline_objects(&pipeline(full_spec()), IMAGE);
+    let objects = build(&pipeline(full_spec()));
     let gateway = container(&objects.gateway).resources.clone().unwrap();
     assert_eq!(gateway.requests.unwrap()["cpu"].0, "500m");
     assert_eq!(gateway.limits.unwrap()["memory"].0, "1Gi");
@@ -288,8 +329,8 @@ fn resources_come_from_the_spec_or_modest_defaults() {
 
 #[test]
 fn pods_run_restricted_with_a_read_only_root() {
-    let objects = pipeline_objects(&pipeline(full_spec()), IMAGE);
-    for deployment in [&objects.gateway, &objects.processor] {
+    let objects = build(&pipeline(full_spec()));
+    for deployment in [&objects.gateway, &objects.processor, &objects.dashboard] {
         let pod_ctx = pod(deployment).security_context.clone().unwrap();
         assert_eq!(pod_ctx.run_as_non_root, Some(true));
         assert_eq!(pod_ctx.seccomp_profile.unwrap().type_, "RuntimeDefault");
@@ -308,7 +349,7 @@ fn pods_run_restricted_with_a_read_only_root() {
 
 #[test]
 fn secrets_reach_only_the_roles_that_use_them_as_env() {
-    let objects = pipeline_objects(&pipeline(full_spec()), IMAGE);
+    let objects = build(&pipeline(full_spec()));
     assert_eq!(
         secret_env(container(&objects.gateway)),
         BTreeMap::from([("PULSE_GATEWAY__TOKENS".into(), pair("tokens", "ingest"))])
@@ -321,7 +362,7 @@ fn secrets_reach_only_the_roles_that_use_them_as_env() {
         ])
     );
     // Without Redis and auth: the database URL only.
-    let objects = pipeline_objects(&pipeline(minimal_spec()), IMAGE);
+    let objects = build(&pipeline(minimal_spec()));
     assert!(container(&objects.gateway).env.is_none());
     assert_eq!(
         secret_env(container(&objects.processor)),
@@ -332,7 +373,7 @@ fn secrets_reach_only_the_roles_that_use_them_as_env() {
 #[test]
 fn the_config_map_holds_the_rendered_config_the_pods_read() {
     let validated = pipeline(full_spec());
-    let objects = pipeline_objects(&validated, IMAGE);
+    let objects = build(&validated);
     let text = &objects.config_map.data.as_ref().unwrap()["pulse.toml"];
     assert_eq!(text, &validated.config_toml);
     let config = Config::from_toml(text).unwrap();
@@ -381,15 +422,17 @@ fn minimal_spec_renders_core_defaults_except_partitions() {
     expected.bus.kafka_brokers = Some("kafka:9092".into());
     expected.bus.partitions = 6;
     expected.storage.data_dir = "/var/lib/pulse".into();
+    expected.dashboard.boards_file = Some("/etc/pulse/boards/boards.toml".into());
     assert_eq!(validated.config, expected);
-    assert_eq!(validated.gateway.replicas, 2);
-    assert_eq!(validated.processor.replicas, 2);
+    assert_eq!(validated.roles.gateway.replicas, 2);
+    assert_eq!(validated.roles.processor.replicas, 2);
+    assert_eq!(validated.roles.dashboards.replicas, 2);
 }
 
 #[test]
 fn config_hash_changes_with_the_config_and_only_then() {
     let hash_of = |spec: Value| {
-        let objects = pipeline_objects(&pipeline(spec), IMAGE);
+        let objects = build(&pipeline(spec));
         let annotation = |d: &Deployment| {
             d.spec
                 .template
@@ -403,6 +446,7 @@ fn config_hash_changes_with_the_config_and_only_then() {
         };
         let hash = annotation(&objects.gateway);
         assert_eq!(hash, annotation(&objects.processor));
+        assert_eq!(hash, annotation(&objects.dashboard));
         assert_eq!(
             hash,
             config_hash(&objects.config_map.data.unwrap()["pulse.toml"])
@@ -438,8 +482,8 @@ fn config_hash_changes_with_the_config_and_only_then() {
 
 #[test]
 fn gateway_service_and_pdbs_select_their_role() {
-    let objects = pipeline_objects(&pipeline(full_spec()), IMAGE);
-    let service = objects.gateway_service.spec.unwrap();
+    let objects = build(&pipeline(full_spec()));
+    let service = objects.services[0].spec.clone().unwrap();
     assert_eq!(service.type_.as_deref(), Some("ClusterIP"));
     let port = &service.ports.unwrap()[0];
     assert_eq!(
@@ -450,11 +494,19 @@ fn gateway_service_and_pdbs_select_their_role() {
         service.selector.unwrap(),
         objects.gateway.spec.selector.match_labels.clone().unwrap()
     );
-    for (pdb, deployment) in [
-        (objects.gateway_pdb, &objects.gateway),
-        (objects.processor_pdb, &objects.processor),
-    ] {
-        let spec = pdb.spec.unwrap();
+    let dashboard = objects.services[1].spec.clone().unwrap();
+    assert_eq!(dashboard.ports.unwrap()[0].port, 8080);
+    assert_eq!(
+        dashboard.selector,
+        objects.dashboard.spec.selector.match_labels
+    );
+    for (pdb, deployment) in
+        objects
+            .pdbs
+            .iter()
+            .zip([&objects.gateway, &objects.processor, &objects.dashboard])
+    {
+        let spec = pdb.spec.clone().unwrap();
         assert_eq!(spec.max_unavailable, Some(IntOrString::Int(1)));
         assert_eq!(
             spec.selector.unwrap().match_labels,
@@ -464,36 +516,19 @@ fn gateway_service_and_pdbs_select_their_role() {
 }
 
 #[test]
-fn dashboard_objects_serve_the_board_over_the_pipeline() {
+fn the_dashboard_server_serves_every_board_from_its_config_map() {
     let pipeline = pipeline(full_spec());
-    let validated = validate_dashboard(&dashboard(dashboard_spec()), &pipeline).unwrap();
-    let objects = dashboard_objects(&validated, IMAGE);
-    assert_eq!(
-        objects.deployment.metadata.name.as_deref(),
-        Some("ops-dashboard")
-    );
-    assert_eq!(
-        objects.service.metadata.name.as_deref(),
-        Some("ops-dashboard")
-    );
-    assert_eq!(
-        objects.config_map.metadata.name.as_deref(),
-        Some("ops-dashboard-config")
-    );
-    for meta in [&objects.deployment.metadata, &objects.service.metadata] {
-        assert_eq!(labels(meta), expected_labels("ops", Some("dashboard")));
-        let owner = &meta.owner_references.as_ref().unwrap()[0];
-        assert_eq!(
-            (owner.kind.as_str(), owner.controller),
-            ("Dashboard", Some(true))
-        );
-    }
-    let c = container(&objects.deployment);
+    let ops = validate_dashboard(&dashboard(dashboard_spec()), &pipeline).unwrap();
+    let mut other = dashboard_spec();
+    other["metadata"]["name"] = json!("capacity");
+    let capacity = validate_dashboard(&dashboard(other), &pipeline).unwrap();
+    let boards = boards(&[ops, capacity]).unwrap();
+    let objects = pipeline_objects(&pipeline, IMAGE, &boards, Cluster::default());
+    let c = container(&objects.dashboard);
     assert_eq!(
         c.command.clone().unwrap(),
         ["pulse", "dashboard", "--config", "/etc/pulse/pulse.toml"]
     );
-    assert_eq!(objects.service.spec.unwrap().ports.unwrap()[0].port, 8080);
     assert_eq!(
         secret_env(c),
         BTreeMap::from([
@@ -505,15 +540,49 @@ fn dashboard_objects_serve_the_board_over_the_pipeline() {
             ),
         ])
     );
-    // The config is the pipeline's plus the board, its windows named as the
-    // processor labels them.
-    let config = Config::from_toml(&objects.config_map.data.unwrap()["pulse.toml"]).unwrap();
-    let board = config.dashboards.get("ops").unwrap();
+    // The boards: a whole ConfigMap volume (no subPath, which the kubelet
+    // would never update), at the path pulse.toml names.
+    let mount = c
+        .volume_mounts
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|m| m.name == "boards")
+        .unwrap();
+    assert_eq!(
+        (
+            mount.mount_path.as_str(),
+            mount.read_only,
+            mount.sub_path.as_deref()
+        ),
+        ("/etc/pulse/boards", Some(true), None)
+    );
+    let volumes = pod(&objects.dashboard).volumes.clone().unwrap();
+    let volume = volumes.iter().find(|v| v.name == "boards").unwrap();
+    assert_eq!(
+        volume.config_map.as_ref().unwrap().name,
+        "checkout-dashboard-boards"
+    );
+    let config =
+        Config::from_toml(&objects.config_map.data.as_ref().unwrap()["pulse.toml"]).unwrap();
+    assert_eq!(
+        config.dashboard.boards_file.as_deref(),
+        Some(std::path::Path::new("/etc/pulse/boards/boards.toml"))
+    );
+    // Both boards, sorted by name, windows named as the processor labels them.
+    let file = Boards::from_file(&objects.boards_config_map.data.as_ref().unwrap()["boards.toml"])
+        .unwrap();
+    let names: Vec<_> = file.as_slice().iter().map(|b| b.name.as_str()).collect();
+    assert_eq!(names, ["capacity", "ops"]);
+    let board = file.get("ops").unwrap();
     assert_eq!(board.title.as_deref(), Some("Operations"));
     assert_eq!(board.panels[0].window.as_deref(), Some("1m"));
     assert_eq!(board.panels[1].window.as_deref(), Some("10m/1m"));
-    assert_eq!(config.processor.windows, pipeline.config.processor.windows);
-    assert_eq!(pod(&objects.deployment).service_account_name, None);
+    // A board change changes the boards file only: the pods do not roll.
+    assert_eq!(
+        objects.dashboard.spec.template.metadata,
+        build(&pipeline).dashboard.spec.template.metadata
+    );
 }
 
 #[test]

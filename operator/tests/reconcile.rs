@@ -14,7 +14,6 @@ use pulse_operator::fixtures::{
 };
 use pulse_operator::metrics::Metrics;
 use pulse_operator::names;
-use serde_json::Value;
 
 /// The schema of pipeline `shop/checkout`.
 fn schema() -> String {
@@ -69,18 +68,55 @@ fn applies(kinds: &[(&str, &str)]) -> Vec<String> {
         .collect()
 }
 
+/// The Dashboards of the namespace, listed for the pipeline's boards.
+const DASHBOARDS: &str = "GET /apis/pulse.dev/v1alpha1/namespaces/shop/dashboards";
+
+/// The deletes of the optional objects a spec without autoscaling or Ingress
+/// does not ask for (a 404 is fine: they were never made).
+fn optional_deletes() -> Vec<String> {
+    [
+        "/apis/autoscaling/v2/namespaces/shop/horizontalpodautoscalers/checkout-gateway",
+        "/apis/keda.sh/v1alpha1/namespaces/shop/scaledobjects/checkout-processor",
+        "/apis/networking.k8s.io/v1/namespaces/shop/ingresses/checkout-gateway",
+        "/apis/networking.k8s.io/v1/namespaces/shop/ingresses/checkout-dashboard",
+    ]
+    .map(|path| format!("DELETE {path}"))
+    .to_vec()
+}
+
 /// The server-side applies of a pipeline's objects, in the builders' order.
-fn pipeline_applies() -> Vec<String> {
+fn object_applies() -> Vec<String> {
     applies(&[
-        ("/api/v1", "serviceaccounts/checkout-pulse"),
+        ("/api/v1", "serviceaccounts/checkout-gateway"),
+        ("/api/v1", "serviceaccounts/checkout-processor"),
+        ("/api/v1", "serviceaccounts/checkout-dashboard"),
         ("/api/v1", "configmaps/checkout-pulse-config"),
+        ("/api/v1", "configmaps/checkout-dashboard-boards"),
         ("/api/v1", "services/checkout-gateway"),
+        ("/api/v1", "services/checkout-dashboard"),
         ("/apis/apps/v1", "deployments/checkout-gateway"),
         ("/apis/apps/v1", "deployments/checkout-processor"),
+        ("/apis/apps/v1", "deployments/checkout-dashboard"),
         ("/apis/policy/v1", "poddisruptionbudgets/checkout-gateway"),
         ("/apis/policy/v1", "poddisruptionbudgets/checkout-processor"),
+        ("/apis/policy/v1", "poddisruptionbudgets/checkout-dashboard"),
     ])
 }
+
+/// Every request of a pipeline's objects after the Secret: the Dashboards
+/// listed, the objects applied, the optional ones deleted.
+fn pipeline_applies() -> Vec<String> {
+    let mut lines = vec![DASHBOARDS.to_string()];
+    lines.extend(object_applies());
+    lines.extend(optional_deletes());
+    lines
+}
+
+/// Where the applies are in the record (after the Secret and the list).
+const APPLIES: std::ops::Range<usize> = 2..15;
+const CONFIG_APPLY: usize = 5;
+const GATEWAY_APPLY: usize = 9;
+const PROCESSOR_APPLY: usize = 10;
 
 /// The condition `type_` of a status patch body: (status, reason).
 fn condition(patch: &Recorded, type_: &str) -> (String, String) {
@@ -166,7 +202,7 @@ async fn a_finalized_pipeline_gets_topics_schema_objects_and_a_ready_status() {
     assert_eq!(h.api.lines(), expected);
 
     let recorded = h.api.recorded();
-    for apply in &recorded[1..8] {
+    for apply in &recorded[APPLIES] {
         assert!(forced_apply(&apply.query), "{}", apply.line());
         assert_eq!(
             apply.body["metadata"]["ownerReferences"][0]["uid"],
@@ -177,7 +213,7 @@ async fn a_finalized_pipeline_gets_topics_schema_objects_and_a_ready_status() {
             names::MANAGED_BY
         );
     }
-    let gateway = &recorded[4];
+    let gateway = &recorded[GATEWAY_APPLY];
     assert_eq!(
         gateway.body["spec"]["template"]["spec"]["containers"][0]["image"],
         "ghcr.io/pulse/pulse:test"
@@ -189,6 +225,7 @@ async fn a_finalized_pipeline_gets_topics_schema_objects_and_a_ready_status() {
         "SchemaReady",
         "GatewayReady",
         "ProcessorReady",
+        "DashboardReady",
         "Ready",
     ] {
         assert_eq!(
@@ -382,7 +419,7 @@ async fn receivers_reach_the_processor_from_their_secret_and_never_the_config_ma
     expected.extend([format!("PATCH {PIPELINE}/status"), EVENT.to_string()]);
     assert_eq!(h.api.lines(), expected);
     let recorded = h.api.recorded();
-    let config = recorded[2].body["data"][names::CONFIG_KEY]
+    let config = recorded[CONFIG_APPLY].body["data"][names::CONFIG_KEY]
         .as_str()
         .unwrap_or_default()
         .to_string();
@@ -395,7 +432,7 @@ async fn receivers_reach_the_processor_from_their_secret_and_never_the_config_ma
     assert_eq!(config.alerting.receivers[0].url, None);
     let env =
         |apply: &Recorded| apply.body["spec"]["template"]["spec"]["containers"][0]["env"].clone();
-    let processor = env(&recorded[5]);
+    let processor = env(&recorded[PROCESSOR_APPLY]);
     let receiver = processor
         .as_array()
         .and_then(|e| e.iter().find(|v| v["name"] == "PULSE_RECEIVER_0_URL"))
@@ -405,7 +442,9 @@ async fn receivers_reach_the_processor_from_their_secret_and_never_the_config_ma
         serde_json::json!({"name": "alerts", "key": "slack", "optional": false})
     );
     assert!(
-        !env(&recorded[4]).to_string().contains("PULSE_RECEIVER"),
+        !env(&recorded[GATEWAY_APPLY])
+            .to_string()
+            .contains("PULSE_RECEIVER"),
         "the gateway gets no receiver Secret"
     );
     let status = status_patch(&recorded);
@@ -588,7 +627,6 @@ async fn a_dashboard_without_its_pipeline_says_so() {
         h.api.lines(),
         vec![
             format!("GET {PIPELINE}"),
-            format!("DELETE {BOARD_DEPLOYMENT}"),
             format!("PATCH {board_path}/status"),
             EVENT.to_string()
         ]
@@ -600,12 +638,13 @@ async fn a_dashboard_without_its_pipeline_says_so() {
     );
 }
 
-const BOARD_DEPLOYMENT: &str = "/apis/apps/v1/namespaces/shop/deployments/storefront-dashboard";
+/// The pipeline's dashboard server, which serves every board over it.
+const SERVER: &str = "/apis/apps/v1/namespaces/shop/deployments/checkout-dashboard";
 
-/// A pipeline on its way out (its schema may be dropped): its dashboard stops
-/// serving and says why, rather than answering from a schema that is gone.
+/// A pipeline on its way out (its schema may be dropped, its dashboard server
+/// goes with it): the dashboard says why, and has no URL.
 #[tokio::test]
-async fn a_dashboard_of_a_pipeline_being_deleted_stops_serving_and_says_so() {
+async fn a_dashboard_of_a_pipeline_being_deleted_says_so() {
     let h = harness();
     h.api.insert(&MetricPipeline::test().finalized().deleting());
     let board = Dashboard::test();
@@ -614,18 +653,13 @@ async fn a_dashboard_of_a_pipeline_being_deleted_stops_serving_and_says_so() {
         .await
         .expect("a deleted pipeline is not an error");
     let lines = h.api.lines();
-    assert_eq!(
-        lines[..2],
-        [
-            format!("GET {PIPELINE}"),
-            format!("DELETE {BOARD_DEPLOYMENT}")
-        ]
-    );
+    assert_eq!(lines[0], format!("GET {PIPELINE}"));
     assert!(
         !lines.iter().any(|l| l.starts_with("PATCH /apis/apps/v1")),
         "nothing is applied: {lines:?}"
     );
     let status = status_patch(&h.api.recorded());
+    assert_eq!(status.body["status"].get("url"), None);
     assert_eq!(
         condition(&status, "Ready"),
         cond("False", "PipelineNotFound")
@@ -660,32 +694,163 @@ fn a_pipeline_change_reaches_the_dashboards_over_it() {
 }
 
 #[tokio::test]
-async fn a_dashboard_over_its_pipeline_applies_its_objects_and_reports_its_url() {
+async fn a_dashboard_over_its_pipeline_applies_nothing_and_reports_its_url_and_server() {
     let h = harness();
     h.api.insert(&MetricPipeline::test().finalized());
     let board = Dashboard::test();
     h.api.insert(&board);
-    dashboard::reconcile(Arc::new(board), h.ctx.clone())
+    dashboard::reconcile(Arc::new(board.clone()), h.ctx.clone())
         .await
         .expect("reconcile");
     let board_path = "/apis/pulse.dev/v1alpha1/namespaces/shop/dashboards/storefront";
-    let lines = h.api.lines();
-    assert_eq!(lines[0], format!("GET {PIPELINE}"));
     assert_eq!(
-        &lines[1..4],
-        applies(&[
-            ("/api/v1", "configmaps/storefront-dashboard-config"),
-            ("/api/v1", "services/storefront-dashboard"),
-            ("/apis/apps/v1", "deployments/storefront-dashboard"),
-        ])
-        .as_slice()
+        h.api.lines(),
+        [
+            format!("GET {PIPELINE}"),
+            format!("GET {SERVER}"),
+            format!("PATCH {board_path}/status"),
+            EVENT.to_string()
+        ]
     );
-    assert_eq!(lines[4], format!("PATCH {board_path}/status"));
+    let status = status_patch(&h.api.recorded());
+    assert_eq!(
+        condition(&status, "Ready"),
+        cond("False", "Progressing"),
+        "no server yet"
+    );
+    assert_eq!(
+        status.body["status"]["url"],
+        "http://checkout-dashboard.shop.svc:8080/d/storefront"
+    );
+
+    // Once the pipeline's server is available, the board is ready; through
+    // the pipeline's Ingress with TLS, its URL is the public one.
+    let server: k8s_openapi::api::apps::v1::Deployment =
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "checkout-dashboard", "namespace": "shop"},
+            "spec": {"replicas": 2, "selector": {}, "template": {}},
+            "status": {"availableReplicas": 2}
+        }))
+        .expect("deployment");
+    h.api.insert(&server);
+    let mut pipeline = MetricPipeline::test().finalized();
+    pipeline.spec.dashboards.ingress = serde_json::from_value(serde_json::json!(
+        {"host": "metrics.example.com", "tlsSecretName": "metrics-tls"}
+    ))
+    .ok();
+    h.api.insert(&pipeline);
+    h.api.clear();
+    dashboard::reconcile(Arc::new(board), h.ctx.clone())
+        .await
+        .expect("reconcile");
     let status = status_patch(&h.api.recorded());
     assert_eq!(condition(&status, "Ready"), cond("True", "Reconciled"));
     assert_eq!(
         status.body["status"]["url"],
-        Value::String(names::dashboard_url("shop", "storefront"))
+        "https://metrics.example.com/d/storefront"
+    );
+}
+
+/// Every valid Dashboard over the pipeline is in its boards ConfigMap: one
+/// of another pipeline, and one whose panel asks for a window the pipeline
+/// does not compute, are not.
+#[tokio::test]
+async fn the_pipeline_serves_the_valid_dashboards_over_it() {
+    let h = harness();
+    let mut other = Dashboard::test();
+    other.metadata.name = Some("payments-board".into());
+    other.spec.pipeline = "payments".into();
+    let mut broken = Dashboard::test();
+    broken.metadata.name = Some("broken".into());
+    broken.spec.panels[0].window = Some("2h".into());
+    for board in [Dashboard::test(), other, broken] {
+        h.api.insert(&board);
+    }
+    h.reconcile(MetricPipeline::test().finalized())
+        .await
+        .expect("reconcile");
+    let recorded = h.api.recorded();
+    let boards = recorded
+        .iter()
+        .find(|r| r.path.ends_with("/configmaps/checkout-dashboard-boards"))
+        .expect("boards applied");
+    let text = boards.body["data"]["boards.toml"]
+        .as_str()
+        .unwrap_or_default();
+    let served = pulse_core::board::Boards::from_file(text).expect("the server reads it");
+    let names: Vec<_> = served.as_slice().iter().map(|b| b.name.as_str()).collect();
+    assert_eq!(names, ["storefront"]);
+}
+
+/// A pipeline with lag autoscaling in a cluster without KEDA: a condition
+/// saying what is missing, Ready unaffected, the fixed replicas kept. With
+/// KEDA's API served, the ScaledObject is applied and the processors'
+/// replica count left to it.
+#[tokio::test]
+async fn lag_autoscaling_needs_keda_and_says_so_without_it() {
+    let h = harness();
+    let mut mp = MetricPipeline::test().finalized();
+    mp.spec.processor.autoscaling = serde_json::from_value(serde_json::json!(
+        {"minReplicas": 2, "maxReplicas": 20, "lagThreshold": 5000}
+    ))
+    .ok();
+    h.reconcile(mp.clone()).await.expect("reconcile");
+    let lines = h.api.lines();
+    assert!(
+        lines.contains(&"GET /apis/keda.sh/v1alpha1".to_string()),
+        "{lines:?}"
+    );
+    let status = status_patch(&h.api.recorded());
+    assert_eq!(
+        condition(&status, "ProcessorAutoscaling"),
+        cond("False", "KedaNotInstalled")
+    );
+    assert_eq!(condition(&status, "Ready").0, "True");
+    let processor = h
+        .api
+        .recorded()
+        .into_iter()
+        .find(|r| r.method == "PATCH" && r.path.ends_with("/deployments/checkout-processor"))
+        .expect("processor applied");
+    assert_eq!(processor.body["spec"]["replicas"], 2);
+
+    h.api.insert_path(
+        "/apis/keda.sh/v1alpha1",
+        serde_json::json!({
+            "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "keda.sh/v1alpha1",
+            "resources": [{"name": "scaledobjects", "singularName": "scaledobject", "namespaced": true,
+                           "kind": "ScaledObject", "verbs": ["get", "list", "watch", "create", "patch", "update", "delete"]}]
+        }),
+    );
+    h.api.clear();
+    h.reconcile(mp).await.expect("reconcile");
+    let recorded = h.api.recorded();
+    let scaled = recorded
+        .iter()
+        .find(|r| r.method == "PATCH" && r.path.ends_with("/scaledobjects/checkout-processor"))
+        .expect("ScaledObject applied");
+    assert!(forced_apply(&scaled.query), "{}", scaled.query);
+    assert_eq!(
+        scaled.body["spec"]["maxReplicaCount"], 6,
+        "capped at the partitions"
+    );
+    assert_eq!(
+        scaled.body["spec"]["triggers"][0]["metadata"]["consumerGroup"],
+        "pulse-shop-checkout"
+    );
+    let processor = recorded
+        .iter()
+        .find(|r| r.method == "PATCH" && r.path.ends_with("/deployments/checkout-processor"))
+        .expect("processor applied");
+    assert_eq!(
+        processor.body["spec"].get("replicas"),
+        None,
+        "KEDA owns the count"
+    );
+    let status = status_patch(&recorded);
+    assert_eq!(
+        condition(&status, "ProcessorAutoscaling"),
+        cond("True", "ScaledObjectApplied")
     );
 }
 

@@ -1,55 +1,32 @@
-//! The objects of one `Dashboard`: its config, Deployment and Service.
+//! The boards ConfigMap of a pipeline's dashboard server: every `Dashboard`
+//! over the pipeline in one boards file, which the server re-reads when the
+//! kubelet updates the mounted volume (no restart, no config-hash change).
 
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use std::collections::BTreeMap;
 
-use super::{Owner, config_hash, config_map, deployment, service};
+use k8s_openapi::api::core::v1::ConfigMap;
+use pulse_core::board::{BoardError, Boards};
+
+use super::Owner;
 use crate::names::{self, Component};
-use crate::validate::ValidatedDashboard;
+use crate::validate::{BOARDS_KEY, ValidatedDashboard};
 
-/// Every object of one dashboard, in the order they are applied.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DashboardObjects {
-    pub config_map: ConfigMap,
-    pub service: Service,
-    pub deployment: Deployment,
+/// The boards of `dashboards` (sorted by name, so the file, and with it the
+/// ConfigMap, only changes when a board does).
+pub fn boards(dashboards: &[ValidatedDashboard]) -> Result<Boards, BoardError> {
+    let mut boards: Vec<_> = dashboards.iter().map(|d| d.board.clone()).collect();
+    boards.sort_by(|a, b| a.name.cmp(&b.name));
+    Boards::new(boards)
 }
 
-/// The objects of `dashboard`; its pods run `image` unless the dashboard or its
-/// pipeline names one.
-pub fn dashboard_objects(dashboard: &ValidatedDashboard, image: &str) -> DashboardObjects {
-    let owner = Owner {
-        namespace: &dashboard.namespace,
-        instance: dashboard.name.as_str(),
-        reference: &dashboard.owner,
-    };
-    let config_map_name = names::dashboard_config_map_name(dashboard.name.as_str());
-    let hash = config_hash(&dashboard.config_toml);
-    let env = deployment::secret_env([
-        (
-            names::ENV_DATABASE_URL,
-            Some(&dashboard.database_url_secret),
+/// `<pipeline>-dashboard-boards`, holding the boards file under [`BOARDS_KEY`].
+pub(super) fn boards_config_map(owner: &Owner<'_>, text: String) -> ConfigMap {
+    ConfigMap {
+        metadata: owner.meta(
+            &names::boards_config_map_name(owner.instance),
+            Some(Component::Dashboard),
         ),
-        (names::ENV_REDIS_URL, dashboard.redis_url_secret.as_ref()),
-        (
-            names::ENV_READ_TOKENS,
-            dashboard.read_tokens_secret.as_ref(),
-        ),
-    ]);
-    DashboardObjects {
-        config_map: config_map::config_map(&owner, &config_map_name, &dashboard.config_toml),
-        service: service::service(&owner, Component::Dashboard),
-        deployment: deployment::deployment(
-            &owner,
-            deployment::Role {
-                component: Component::Dashboard,
-                workload: &dashboard.workload,
-                image: dashboard.image.as_deref().unwrap_or(image),
-                config_map: &config_map_name,
-                config_hash: &hash,
-                env,
-                service_account: None,
-            },
-        ),
+        data: Some(BTreeMap::from([(BOARDS_KEY.to_string(), text)])),
+        ..ConfigMap::default()
     }
 }

@@ -13,7 +13,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::Owner;
+use super::{Owner, placement};
 use crate::crd::SecretKeyRef;
 use crate::names::{self, Component};
 use crate::validate::{DATA_DIR, Workload};
@@ -34,6 +34,12 @@ pub(super) struct Role<'a> {
     pub env: Vec<EnvVar>,
     /// `None`: the namespace's default account (with no token mounted).
     pub service_account: Option<&'a str>,
+    /// Whether an autoscaler owns the replica count: the Deployment then
+    /// leaves `replicas` out, so the operator and the autoscaler do not fight.
+    pub autoscaled: bool,
+    /// More ConfigMaps to mount read-only, by volume name and path (the
+    /// dashboard server's boards).
+    pub extra_config_maps: Vec<(&'a str, &'a str, &'a str)>,
 }
 
 /// The role's port, where it serves its API and its health endpoints.
@@ -104,14 +110,23 @@ pub(super) fn deployment(owner: &Owner<'_>, role: Role<'_>) -> Deployment {
         liveness_probe: Some(probe("/healthz", 10, 3)),
         readiness_probe: Some(probe("/readyz", 5, 2)),
         security_context: Some(restricted_container()),
-        volume_mounts: Some(vec![
-            mount("config", names::CONFIG_DIR, true),
-            mount("data", DATA_DIR, false),
-            mount("tmp", "/tmp", false),
-        ]),
+        volume_mounts: Some(
+            [
+                mount("config", names::CONFIG_DIR, true),
+                mount("data", DATA_DIR, false),
+                mount("tmp", "/tmp", false),
+            ]
+            .into_iter()
+            .chain(
+                role.extra_config_maps
+                    .iter()
+                    .map(|(volume, _, path)| mount(volume, path, true)),
+            )
+            .collect(),
+        ),
         ..Container::default()
     };
-    let pod = PodSpec {
+    let mut pod = PodSpec {
         containers: vec![container],
         service_account_name: role.service_account.map(str::to_string),
         automount_service_account_token: Some(false),
@@ -123,40 +138,49 @@ pub(super) fn deployment(owner: &Owner<'_>, role: Role<'_>) -> Deployment {
             seccomp_profile: Some(runtime_default()),
             ..PodSecurityContext::default()
         }),
-        volumes: Some(vec![
-            Volume {
-                name: "config".into(),
-                config_map: Some(ConfigMapVolumeSource {
-                    name: role.config_map.into(),
-                    ..ConfigMapVolumeSource::default()
-                }),
-                ..Volume::default()
-            },
-            empty_dir("data"),
-            empty_dir("tmp"),
-        ]),
+        volumes: Some(
+            [
+                config_map_volume("config", role.config_map),
+                empty_dir("data"),
+                empty_dir("tmp"),
+            ]
+            .into_iter()
+            .chain(
+                role.extra_config_maps
+                    .iter()
+                    .map(|(volume, config_map, _)| config_map_volume(volume, config_map)),
+            )
+            .collect(),
+        ),
         ..PodSpec::default()
     };
+    let mut template_meta = ObjectMeta {
+        labels: Some(labels),
+        annotations: Some(BTreeMap::from([(
+            names::CONFIG_HASH_ANNOTATION.to_string(),
+            role.config_hash.to_string(),
+        )])),
+        ..ObjectMeta::default()
+    };
+    placement::place(
+        &mut pod,
+        &mut template_meta,
+        &role.workload.placement,
+        &owner.selector(Some(component)),
+    );
     Deployment {
         metadata: owner.meta(
             &names::object_name(owner.instance, component),
             Some(component),
         ),
         spec: DeploymentSpec {
-            replicas: Some(role.workload.replicas),
+            replicas: (!role.autoscaled).then_some(role.workload.replicas),
             selector: LabelSelector {
                 match_labels: Some(owner.selector(Some(component))),
                 ..LabelSelector::default()
             },
             template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels),
-                    annotations: Some(BTreeMap::from([(
-                        names::CONFIG_HASH_ANNOTATION.to_string(),
-                        role.config_hash.to_string(),
-                    )])),
-                    ..ObjectMeta::default()
-                }),
+                metadata: Some(template_meta),
                 spec: Some(pod),
             },
             ..DeploymentSpec::default()
@@ -223,6 +247,17 @@ fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
         mount_path: path.into(),
         read_only: Some(read_only),
         ..VolumeMount::default()
+    }
+}
+
+fn config_map_volume(name: &str, config_map: &str) -> Volume {
+    Volume {
+        name: name.into(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: config_map.into(),
+            ..ConfigMapVolumeSource::default()
+        }),
+        ..Volume::default()
     }
 }
 

@@ -6,41 +6,73 @@
 //! One module per object kind; this one holds what they share: labels, object
 //! metadata with the controller owner reference, and the config hash.
 
+mod autoscaling;
 mod config_map;
 mod dashboard;
 mod deployment;
+mod ingress;
 mod pdb;
+mod placement;
 mod service;
 mod service_account;
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, EnvVar, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::api::DynamicObject;
+use pulse_core::board::Boards;
 use sha2::{Digest, Sha256};
 
 use crate::names::{self, Component};
-use crate::validate::ValidatedPipeline;
+use crate::validate::{BOARDS_DIR, ValidatedPipeline, Workload};
 
-pub use dashboard::{DashboardObjects, dashboard_objects};
+pub use autoscaling::{
+    KEDA_GROUP, KEDA_VERSION, SCALED_OBJECT_KIND, SCALED_OBJECTS, scaled_object_resource,
+};
+pub use dashboard::boards;
+pub use ingress::ingress_url;
+pub use placement::{NODE_KEY, ZONE_KEY, default_spread};
 
-/// Every object of one pipeline, in the order they are applied (what a pod
-/// mounts or runs as exists before the pod's Deployment).
-#[derive(Debug, Clone, PartialEq)]
-pub struct PipelineObjects {
-    pub service_account: ServiceAccount,
-    pub config_map: ConfigMap,
-    pub gateway_service: Service,
-    pub gateway: Deployment,
-    pub processor: Deployment,
-    pub gateway_pdb: PodDisruptionBudget,
-    pub processor_pdb: PodDisruptionBudget,
+/// What the operator found in the cluster that changes what it builds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Cluster {
+    /// KEDA's `ScaledObject` CRD is installed.
+    pub keda: bool,
 }
 
-/// The objects of `pipeline`; its pods run `image` unless the spec names one.
-pub fn pipeline_objects(pipeline: &ValidatedPipeline, image: &str) -> PipelineObjects {
+/// Every object of one pipeline, in the order they are applied (what a pod
+/// mounts or runs as exists before the pod's Deployment). The optional ones
+/// are deleted when `None` (the spec no longer asks for them).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PipelineObjects {
+    pub service_accounts: Vec<ServiceAccount>,
+    pub config_map: ConfigMap,
+    pub boards_config_map: ConfigMap,
+    pub services: Vec<Service>,
+    pub gateway: Deployment,
+    pub processor: Deployment,
+    pub dashboard: Deployment,
+    pub pdbs: Vec<PodDisruptionBudget>,
+    pub gateway_hpa: Option<HorizontalPodAutoscaler>,
+    /// `None` also when the spec asks for lag scaling but KEDA is missing.
+    pub processor_scaled_object: Option<DynamicObject>,
+    pub gateway_ingress: Option<Ingress>,
+    pub dashboard_ingress: Option<Ingress>,
+}
+
+/// The objects of `pipeline` serving `boards`; its pods run `image` unless the
+/// spec names one.
+pub fn pipeline_objects(
+    pipeline: &ValidatedPipeline,
+    image: &str,
+    boards: &Boards,
+    cluster: Cluster,
+) -> PipelineObjects {
     let owner = Owner {
         namespace: &pipeline.namespace,
         instance: pipeline.name.as_str(),
@@ -48,16 +80,35 @@ pub fn pipeline_objects(pipeline: &ValidatedPipeline, image: &str) -> PipelineOb
     };
     let image = pipeline.image.as_deref().unwrap_or(image);
     let config_map_name = names::config_map_name(pipeline.name.as_str());
-    let service_account = names::service_account_name(pipeline.name.as_str());
+    let boards_name = names::boards_config_map_name(pipeline.name.as_str());
     let hash = config_hash(&pipeline.config_toml);
-    let role = |component, workload, env| deployment::Role {
-        component,
-        workload,
-        image,
-        config_map: &config_map_name,
-        config_hash: &hash,
-        env,
-        service_account: Some(&service_account),
+    let roles = &pipeline.roles;
+    let lag_scaling = roles.processor_scaling.as_ref().filter(|_| cluster.keda);
+    let workloads = [
+        (Component::Gateway, &roles.gateway),
+        (Component::Processor, &roles.processor),
+        (Component::Dashboard, &roles.dashboards),
+    ];
+    let deployment = |component, workload: &Workload, env: Vec<EnvVar>, autoscaled| {
+        let extra_config_maps = match component {
+            Component::Dashboard => vec![("boards", boards_name.as_str(), BOARDS_DIR)],
+            _ => Vec::new(),
+        };
+        let account = names::object_name(owner.instance, component);
+        deployment::deployment(
+            &owner,
+            deployment::Role {
+                component,
+                workload,
+                image,
+                config_map: &config_map_name,
+                config_hash: &hash,
+                env,
+                service_account: Some(account.as_str()),
+                autoscaled,
+                extra_config_maps,
+            },
+        )
     };
     let gateway_env = deployment::secret_env([(
         names::ENV_INGEST_TOKENS,
@@ -77,20 +128,65 @@ pub fn pipeline_objects(pipeline: &ValidatedPipeline, image: &str) -> PipelineOb
                 .map(|(env, secret)| (env.as_str(), Some(secret))),
         ),
     );
+    let dashboard_env = deployment::secret_env([
+        (names::ENV_DATABASE_URL, Some(&pipeline.database_url_secret)),
+        (names::ENV_REDIS_URL, pipeline.redis_url_secret.as_ref()),
+        (names::ENV_READ_TOKENS, pipeline.read_tokens_secret.as_ref()),
+    ]);
+    // A board set the validation let through always renders; should it not,
+    // the server keeps its last good boards (it refuses a file it cannot read).
+    let boards_text = boards.to_file().unwrap_or_default();
     PipelineObjects {
-        service_account: service_account::service_account(&owner, &service_account),
+        service_accounts: workloads
+            .iter()
+            .map(|(c, w)| {
+                service_account::service_account(
+                    &owner,
+                    *c,
+                    &w.placement.service_account_annotations,
+                )
+            })
+            .collect(),
         config_map: config_map::config_map(&owner, &config_map_name, &pipeline.config_toml),
-        gateway_service: service::service(&owner, Component::Gateway),
-        gateway: deployment::deployment(
-            &owner,
-            role(Component::Gateway, &pipeline.gateway, gateway_env),
+        boards_config_map: dashboard::boards_config_map(&owner, boards_text),
+        services: [Component::Gateway, Component::Dashboard]
+            .map(|c| service::service(&owner, c))
+            .to_vec(),
+        gateway: deployment(
+            Component::Gateway,
+            &roles.gateway,
+            gateway_env,
+            roles.gateway_scaling.is_some(),
         ),
-        processor: deployment::deployment(
-            &owner,
-            role(Component::Processor, &pipeline.processor, processor_env),
+        processor: deployment(
+            Component::Processor,
+            &roles.processor,
+            processor_env,
+            lag_scaling.is_some(),
         ),
-        gateway_pdb: pdb::pdb(&owner, Component::Gateway),
-        processor_pdb: pdb::pdb(&owner, Component::Processor),
+        dashboard: deployment(
+            Component::Dashboard,
+            &roles.dashboards,
+            dashboard_env,
+            false,
+        ),
+        pdbs: workloads
+            .iter()
+            .map(|(c, _)| pdb::pdb(&owner, *c))
+            .collect(),
+        gateway_hpa: roles
+            .gateway_scaling
+            .map(|scaling| autoscaling::gateway_hpa(&owner, scaling)),
+        processor_scaled_object: lag_scaling
+            .map(|scaling| autoscaling::processor_scaled_object(&owner, scaling)),
+        gateway_ingress: roles
+            .gateway_ingress
+            .as_ref()
+            .map(|i| ingress::ingress(&owner, Component::Gateway, i)),
+        dashboard_ingress: roles
+            .dashboards_ingress
+            .as_ref()
+            .map(|i| ingress::ingress(&owner, Component::Dashboard, i)),
     }
 }
 

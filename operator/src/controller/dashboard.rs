@@ -1,28 +1,28 @@
 //! Reconciling a `Dashboard`: find and validate its pipeline, validate the
-//! panels against it, build and apply the dashboard's objects, report status.
-//! A dashboard holds no external state, so it needs no finalizer: its
-//! objects go with it through their owner references.
+//! panels against it, and report status: the URL of the board and whether
+//! the pipeline's dashboard server is available. The board itself is served
+//! by that server: the pipeline's reconcile puts every valid `Dashboard` in
+//! its boards ConfigMap (the pipeline controller watches `Dashboard`s,
+//! [`pipeline_of`]), so a dashboard owns no objects and needs no finalizer.
 //!
 //! A dashboard follows its pipeline: the controller watches `MetricPipeline`
-//! ([`dashboards_of`]), so a changed window, Secret reference or token
-//! reaches the dashboard's config at once, and when the pipeline is deleted
-//! the dashboard's Deployment goes (its schema may be dropped with the
-//! pipeline) while its status says why, until the pipeline is back.
+//! ([`dashboards_of`]), so a changed window or a pipeline that goes shows in
+//! the dashboard's status at once.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 
 use super::status::{self, Check};
-use super::{Context, Error, apply, error_policy as requeue_policy, key};
-use crate::build::dashboard_objects;
+use super::{Context, Error, error_policy as requeue_policy, key};
+use crate::build::ingress_url;
 use crate::crd::{Dashboard, DashboardStatus, MetricPipeline};
 use crate::names::{self, Component};
 use crate::validate::{validate_dashboard, validate_pipeline};
@@ -75,7 +75,6 @@ async fn reconcile_in(
         Some(_) => None,
     };
     let (Some(pipeline), None) = (pipeline, gone.as_ref()) else {
-        stop_serving(dashboard, namespace, ctx).await?;
         let message = gone.unwrap_or_default();
         not_ready(dashboard, ctx, "PipelineNotFound", message).await?;
         return Ok(Action::requeue(PIPELINE_MISSING));
@@ -91,31 +90,45 @@ async fn reconcile_in(
             return Ok(Action::requeue(status::RESYNC));
         }
     };
-    let objects = dashboard_objects(&validated, &ctx.image);
-    apply(&ctx.client, namespace, &objects.config_map).await?;
-    apply(&ctx.client, namespace, &objects.service).await?;
-    let deployment = apply(&ctx.client, namespace, &objects.deployment).await?;
-    let mut checks = vec![status::deployment_check(
-        status::DASHBOARD_READY,
-        &deployment,
-    )];
+    let server = names::object_name(wanted, Component::Dashboard);
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
+    let check = match deployments
+        .get_opt(&server)
+        .await
+        .map_err(Error::kube(format!(
+            "reading Deployment {namespace}/{server}"
+        )))? {
+        Some(deployment) => status::deployment_check(status::DASHBOARD_READY, &deployment),
+        None => Check::failed(
+            status::DASHBOARD_READY,
+            "Progressing",
+            format!(
+                "the dashboard server Deployment {server} of pipeline {wanted} is not made yet; \
+                 `kubectl describe mp {wanted}` says why when this lasts"
+            ),
+        ),
+    };
+    let mut checks = vec![check];
     let again = status::conclude(&mut checks);
-    write_status(dashboard, ctx, &checks).await?;
+    let url = board_url(&pipeline, namespace, validated.name.as_str());
+    write_status(dashboard, ctx, &checks, Some(url)).await?;
     Ok(Action::requeue(again))
 }
 
-/// Deletes the dashboard's Deployment, so nothing answers from a pipeline that
-/// is gone; its ConfigMap and Service stay for when the pipeline is back.
-async fn stop_serving(dashboard: &Dashboard, namespace: &str, ctx: &Context) -> Result<(), Error> {
-    let name = names::object_name(&dashboard.name_any(), Component::Dashboard);
-    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
-    match api.delete(&name, &DeleteParams::background()).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-        Err(error) => Err(Error::kube(format!(
-            "deleting Deployment {namespace}/{name} of a dashboard whose pipeline is gone"
-        ))(error)),
+/// Where the board is reached: through the pipeline's dashboard Ingress when
+/// it has one, else the in-cluster Service.
+fn board_url(pipeline: &MetricPipeline, namespace: &str, board: &str) -> String {
+    match &pipeline.spec.dashboards.ingress {
+        Some(ingress) => format!("{}/d/{board}", ingress_url(ingress)),
+        None => names::board_url(namespace, &pipeline.name_any(), board),
     }
+}
+
+/// The pipeline a dashboard is served by, which the pipeline controller
+/// reconciles when the dashboard changes.
+pub fn pipeline_of(dashboard: &Dashboard) -> Option<ObjectRef<MetricPipeline>> {
+    let namespace = dashboard.namespace()?;
+    Some(ObjectRef::new(&dashboard.spec.pipeline).within(&namespace))
 }
 
 /// The dashboards that read `pipeline`: those of its namespace whose
@@ -144,12 +157,18 @@ async fn not_ready(
         Check::unknown(status::DASHBOARD_READY),
         Check::failed(status::READY, reason, message),
     ];
-    write_status(dashboard, ctx, &checks).await
+    write_status(dashboard, ctx, &checks, None).await
 }
 
-/// Writes the conditions and the URL (server-side apply on /status) and
+/// Writes the conditions and the URL (none while not served; server-side
+/// apply on /status) and
 /// publishes an Event when the conditions changed.
-async fn write_status(dashboard: &Dashboard, ctx: &Context, checks: &[Check]) -> Result<(), Error> {
+async fn write_status(
+    dashboard: &Dashboard,
+    ctx: &Context,
+    checks: &[Check],
+    url: Option<String>,
+) -> Result<(), Error> {
     let namespace = dashboard.namespace().unwrap_or_default();
     let name = dashboard.name_any();
     let previous = dashboard
@@ -166,7 +185,7 @@ async fn write_status(dashboard: &Dashboard, ctx: &Context, checks: &[Check]) ->
         "status": DashboardStatus {
             conditions,
             observed_generation: generation,
-            url: Some(names::dashboard_url(&namespace, &name)),
+            url,
         },
     });
     let api: Api<Dashboard> = Api::namespaced(ctx.client.clone(), &namespace);

@@ -10,6 +10,7 @@
 
 pub mod dashboard;
 pub mod error;
+pub mod objects;
 pub mod pipeline;
 pub mod status;
 
@@ -220,6 +221,12 @@ pub async fn run(ctx: Arc<Context>) {
     .owns(Api::<Deployment>::all(client.clone()), owned.clone())
     .owns(Api::<Service>::all(client.clone()), owned.clone())
     .owns(Api::<ConfigMap>::all(client.clone()), owned.clone())
+    // A Dashboard added, changed or removed changes its pipeline's boards.
+    .watches(
+        Api::<Dashboard>::all(client.clone()),
+        watcher::Config::default(),
+        |dashboard| dashboard::pipeline_of(&dashboard),
+    )
     .run(pipeline::reconcile, pipeline::error_policy, ctx.clone())
     .for_each(|result| async move {
         if let Err(error) = result {
@@ -232,9 +239,6 @@ pub async fn run(ctx: Arc<Context>) {
     );
     let known = dashboards.store();
     let dashboards = dashboards
-        .owns(Api::<Deployment>::all(client.clone()), owned.clone())
-        .owns(Api::<Service>::all(client.clone()), owned.clone())
-        .owns(Api::<ConfigMap>::all(client.clone()), owned)
         .watches(
             Api::<MetricPipeline>::all(client),
             watcher::Config::default(),

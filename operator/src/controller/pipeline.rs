@@ -12,9 +12,9 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Api, Resource, ResourceExt};
 
 use super::status::{self, Check};
-use super::{Context, Error, apply, error_policy as requeue_policy, key};
+use super::{Context, Error, error_policy as requeue_policy, key, objects};
 use crate::admin::topics::{TopicSpec, TopicsOutcome, ensure_topics};
-use crate::build::pipeline_objects;
+use crate::build::{Cluster, pipeline_objects};
 use crate::crd::{DeletionPolicy, MetricPipeline, MetricPipelineStatus, SecretKeyRef};
 use crate::names;
 use crate::validate::{ValidatedPipeline, validate_pipeline};
@@ -73,6 +73,7 @@ async fn apply_pipeline(pipeline: &MetricPipeline, ctx: &Context) -> Result<Acti
                 Check::unknown(status::SCHEMA_READY),
                 Check::unknown(status::GATEWAY_READY),
                 Check::unknown(status::PROCESSOR_READY),
+                Check::unknown(status::DASHBOARD_READY),
                 failed,
             ];
             write_status(pipeline, ctx, &checks).await?;
@@ -129,30 +130,27 @@ async fn apply_pipeline(pipeline: &MetricPipeline, ctx: &Context) -> Result<Acti
         )),
         Err(error) => return fail(pipeline, ctx, checks, Some(status::SCHEMA_READY), error).await,
     }
-    let objects = pipeline_objects(&validated, &ctx.image);
     let ns = validated.namespace.as_str();
     let applied = async {
-        apply(&ctx.client, ns, &objects.service_account).await?;
-        apply(&ctx.client, ns, &objects.config_map).await?;
-        apply(&ctx.client, ns, &objects.gateway_service).await?;
-        let gateway = apply(&ctx.client, ns, &objects.gateway).await?;
-        let processor = apply(&ctx.client, ns, &objects.processor).await?;
-        apply(&ctx.client, ns, &objects.gateway_pdb).await?;
-        apply(&ctx.client, ns, &objects.processor_pdb).await?;
-        Ok::<_, Error>((gateway, processor))
+        let boards = objects::boards(ctx, &validated).await?;
+        let cluster = Cluster {
+            keda: validated.roles.processor_scaling.is_some()
+                && objects::keda_installed(ctx).await?,
+        };
+        let built = pipeline_objects(&validated, &ctx.image, &boards, cluster);
+        let applied = objects::apply_all(ctx, ns, validated.name.as_str(), &built).await?;
+        Ok::<_, Error>((applied, cluster))
     }
     .await;
-    let (gateway, processor) = match applied {
-        Ok(deployments) => deployments,
+    let (applied, cluster) = match applied {
+        Ok(applied) => applied,
         // No condition of its own: Ready carries the API's refusal.
         Err(error) => return fail(pipeline, ctx, checks, None, error).await,
     };
-    checks.push(status::deployment_check(status::GATEWAY_READY, &gateway));
-    checks.push(status::deployment_check(
-        status::PROCESSOR_READY,
-        &processor,
-    ));
+    checks.extend(objects::deployment_checks(&applied));
     let again = status::conclude(&mut checks);
+    // Not part of Ready: without KEDA the pipeline runs, at its fixed replicas.
+    checks.extend(objects::autoscaling_check(&validated, cluster));
     write_status(pipeline, ctx, &checks).await?;
     Ok(Action::requeue(again))
 }
@@ -177,6 +175,7 @@ async fn fail(
         status::SCHEMA_READY,
         status::GATEWAY_READY,
         status::PROCESSOR_READY,
+        status::DASHBOARD_READY,
     ] {
         if !checks.iter().any(|c| c.type_ == later) {
             checks.push(Check::unknown(later));

@@ -1,9 +1,8 @@
-//! `Dashboard`: panels over one pipeline's windows, served by a dashboard
-//! Deployment at `/d/<name>`.
+//! `Dashboard`: panels over one pipeline's windows, served at `/d/<name>` by
+//! the pipeline's one dashboard server (`spec.dashboards` of the pipeline).
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -19,7 +18,8 @@ const AGG_PATTERN: &str = r"^(count|sum|min|max|avg|last|p[0-9]{1,3}(\.[0-9])?)$
 const COLOR_PATTERN: &str = "^(green|blue|yellow|orange|red|purple|grey|#[0-9a-fA-F]{6})$";
 
 /// A dashboard of panels over one `MetricPipeline`'s windows, served live at
-/// `/d/<name>` by its own Deployment and Service.
+/// `/d/<name>` by the pipeline's dashboard server, which picks up added,
+/// changed and removed boards without a restart.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[kube(
     group = "pulse.dev",
@@ -28,7 +28,7 @@ const COLOR_PATTERN: &str = "^(green|blue|yellow|orange|red|purple|grey|#[0-9a-f
     plural = "dashboards",
     shortname = "pdash",
     namespaced,
-    doc = "A Pulse dashboard: panels over one MetricPipeline, served live at /d/<name> by its own Deployment and Service.",
+    doc = "A Pulse dashboard: panels over one MetricPipeline, served live at /d/<name> by the pipeline's dashboard server.",
     status = "DashboardStatus",
     printcolumn = r#"{"name":"Pipeline","type":"string","jsonPath":".spec.pipeline"}"#,
     printcolumn = r#"{"name":"URL","type":"string","jsonPath":".status.url"}"#,
@@ -49,18 +49,6 @@ pub struct DashboardSpec {
     /// The panels, top to bottom.
     #[schemars(length(min = 1, max = 100))]
     pub panels: Vec<PanelSpec>,
-    /// Pods serving the dashboard and its query API.
-    #[serde(default = "default_replicas")]
-    #[schemars(range(min = 1, max = 100))]
-    pub replicas: i32,
-    /// CPU and memory of the container; modest defaults when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resources: Option<ResourceRequirements>,
-    /// Container image of the pulse binary; the pipeline's image, else the
-    /// operator's `--image`, when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1))]
-    pub image: Option<String>,
 }
 
 /// One panel of a dashboard.
@@ -140,13 +128,10 @@ pub struct DashboardStatus {
     /// The `metadata.generation` the conditions describe.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// In-cluster URL of the dashboard page.
+    /// URL of the dashboard page: through the pipeline's dashboard Ingress when
+    /// it has one, else in-cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
-}
-
-fn default_replicas() -> i32 {
-    1
 }
 
 fn default_aggs() -> Vec<String> {

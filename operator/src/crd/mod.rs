@@ -11,6 +11,7 @@
 mod alerting;
 mod dashboard;
 mod pipeline;
+mod placement;
 
 use kube::CustomResourceExt;
 use schemars::JsonSchema;
@@ -26,6 +27,10 @@ pub use dashboard::{
 pub use pipeline::{
     AuthSpec, DatabaseSpec, KafkaSpec, LimitsSpec, MetricPipeline, MetricPipelineSpec,
     MetricPipelineStatus, RedisSpec, RoleSpec,
+};
+pub use placement::{
+    CpuAutoscalingSpec, DashboardsSpec, GatewaySpec, IngressSpec, LagAutoscalingSpec,
+    PlacementSpec, ProcessorSpec,
 };
 
 /// What happens to a pipeline's data (its Kafka topics and database schema)

@@ -10,7 +10,10 @@ use pulse_core::validate::Limits;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{AlertingSpec, AnomalySpec, DURATION_PATTERN, DeletionPolicy, SecretKeyRef};
+use super::{
+    AlertingSpec, AnomalySpec, DURATION_PATTERN, DashboardsSpec, DeletionPolicy, GatewaySpec,
+    PlacementSpec, ProcessorSpec, SecretKeyRef,
+};
 
 /// A window as the processor and the dashboard name it: `5m` for a tumbling
 /// window, `10m/1m` for a sliding one (size/slide). Units s, m and h only, so the
@@ -40,6 +43,11 @@ const BROKERS_PATTERN: &str = r"^[^\s,]+(,[^\s,]+)*$";
         "metadata.name must be at most 50 characters: it prefixes the Services, Deployments and topics of the pipeline"
     ),
 )]
+#[x_kube(validation = Rule::new(
+    "!has(self.processor.autoscaling) || !has(self.processor.autoscaling.minReplicas) || self.processor.autoscaling.minReplicas <= self.kafka.partitions"
+).message(
+    "processor.autoscaling.minReplicas must not exceed kafka.partitions: each processor consumes at least one partition"
+))]
 #[x_kube(validation = Rule::new("self.processor.replicas <= self.kafka.partitions").message(
     "processor.replicas must not exceed kafka.partitions: each processor consumes at least one partition, the rest would idle"
 ))]
@@ -93,11 +101,15 @@ pub struct MetricPipelineSpec {
     pub auth: Option<AuthSpec>,
     /// The ingestion gateway Deployment.
     #[serde(default)]
-    pub gateway: RoleSpec,
+    pub gateway: GatewaySpec,
     /// The stream processor Deployment; at most one replica per Kafka partition
     /// does work.
     #[serde(default)]
-    pub processor: RoleSpec,
+    pub processor: ProcessorSpec,
+    /// The dashboard server Deployment, which serves every `Dashboard` of this
+    /// pipeline (the web UI and the query API).
+    #[serde(default)]
+    pub dashboards: DashboardsSpec,
     /// Rules judged when a window closes (like `[[anomaly.rules]]` in pulse.toml).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub anomaly: Option<AnomalySpec>,
@@ -287,7 +299,8 @@ impl Default for LimitsSpec {
     }
 }
 
-/// Replicas and resources of one Deployment (gateway or processor).
+/// Replicas, resources and placement of one Deployment (gateway, processor,
+/// dashboards).
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RoleSpec {
@@ -300,6 +313,10 @@ pub struct RoleSpec {
     /// (requests 100m CPU and 128Mi, limit 512Mi) when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Affinity, spread, tolerations, node selector, priority, pod metadata
+    /// and ServiceAccount annotations.
+    #[serde(flatten)]
+    pub placement: PlacementSpec,
 }
 
 impl Default for RoleSpec {
@@ -307,6 +324,7 @@ impl Default for RoleSpec {
         RoleSpec {
             replicas: default_replicas(),
             resources: None,
+            placement: PlacementSpec::default(),
         }
     }
 }

@@ -10,7 +10,6 @@
 use std::fmt;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{Resource, ResourceExt};
 use pulse_core::board::{Board, Boards, Panel, PanelKind, Threshold};
@@ -18,14 +17,25 @@ use pulse_core::config::{Config, PipelineConfig, WindowConfig};
 use pulse_core::window::WindowSpec;
 
 mod alerting;
+mod roles;
+
+pub use roles::{CpuScaling, LagScaling, Roles, Workload};
 
 use crate::crd::{
-    Dashboard, DeletionPolicy, MetricPipeline, PanelKindSpec, PanelSpec, RoleSpec, SecretKeyRef,
+    Dashboard, DeletionPolicy, MetricPipeline, PanelKindSpec, PanelSpec, SecretKeyRef,
 };
 
 /// The longest pipeline or dashboard name: it prefixes Service names, which
 /// are DNS labels of at most 63 characters (the CRDs' CEL rules say the same).
 const MAX_NAME_LEN: usize = 50;
+
+/// Where the dashboard server's pods find the boards of every `Dashboard` of
+/// their pipeline (a ConfigMap volume, so a changed board reaches them without
+/// a restart: the server re-reads the file when it changes).
+pub const BOARDS_DIR: &str = "/etc/pulse/boards";
+/// The key of the boards file in its ConfigMap.
+pub const BOARDS_KEY: &str = "boards.toml";
+const BOARDS_FILE: &str = "/etc/pulse/boards/boards.toml";
 
 /// Where the pods keep what the embedded engines would write (an emptyDir: the
 /// production engines write nothing there, but the root filesystem is read-only).
@@ -126,14 +136,6 @@ impl fmt::Display for DashboardName {
     }
 }
 
-/// Replicas and resources of one Deployment.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Workload {
-    pub replicas: i32,
-    /// `None`: the builders' defaults.
-    pub resources: Option<ResourceRequirements>,
-}
-
 /// The pipeline's Kafka topics as the topic admin creates them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Topics {
@@ -165,30 +167,23 @@ pub struct ValidatedPipeline {
     /// The receivers' Secret keys, by the variable the processor reads each
     /// from (`alerting.receivers[].url_env` / `routing_key_env` in `config`).
     pub receiver_secrets: Vec<(String, SecretKeyRef)>,
-    pub gateway: Workload,
-    pub processor: Workload,
+    /// The gateway, processor and dashboard server Deployments, their
+    /// autoscalers and Ingresses.
+    pub roles: Roles,
     /// The spec's image; the operator's `--image` when `None`.
     pub image: Option<String>,
     pub deletion_policy: DeletionPolicy,
 }
 
-/// Everything the builders need of a `Dashboard`, with its pipeline's
-/// connections (a dashboard reads the pipeline's database and cache).
+/// A `Dashboard` checked against its pipeline: the board the pipeline's
+/// dashboard server serves at `/d/<name>`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ValidatedDashboard {
     pub namespace: String,
     pub name: DashboardName,
     pub pipeline: PipelineName,
-    pub owner: OwnerReference,
-    /// The pipeline's config with this dashboard's board as its one `[[dashboards]]`.
-    pub config: Config,
-    pub config_toml: String,
-    pub database_url_secret: SecretKeyRef,
-    pub redis_url_secret: Option<SecretKeyRef>,
-    pub read_tokens_secret: Option<SecretKeyRef>,
-    pub workload: Workload,
-    /// The dashboard's image, else the pipeline's; the operator's `--image` when `None`.
-    pub image: Option<String>,
+    /// The board as core's model has it (checked by `Boards::new`).
+    pub board: Board,
 }
 
 /// Checks a `MetricPipeline` and renders its config.
@@ -211,15 +206,6 @@ pub fn validate_pipeline(pipeline: &MetricPipeline) -> Result<ValidatedPipeline,
         32,
         "1 to 32",
     )?;
-    let gateway = workload("gateway", &spec.gateway)?;
-    let processor = workload("processor", &spec.processor)?;
-    if processor.replicas > partitions {
-        return Err(InvalidSpec::ReplicasOverPartitions {
-            replicas: processor.replicas,
-            partitions,
-        });
-    }
-
     let mut config = Config {
         pipeline: PipelineConfig {
             namespace: namespace.clone(),
@@ -260,6 +246,7 @@ pub fn validate_pipeline(pipeline: &MetricPipeline) -> Result<ValidatedPipeline,
     config.limits.max_tag_value_len = to_usize(limits.max_tag_value_length);
     config.limits.max_past = duration("limits.maxPast", &limits.max_past)?;
     config.limits.max_future = duration("limits.maxFuture", &limits.max_future)?;
+    config.dashboard.boards_file = Some(BOARDS_FILE.into());
     let receiver_secrets = alerting::render(spec, &mut config)?;
 
     let config_toml = render(&config)?;
@@ -273,6 +260,12 @@ pub fn validate_pipeline(pipeline: &MetricPipeline) -> Result<ValidatedPipeline,
         retention: duration("kafka.retention", &spec.kafka.retention)?,
     };
     let auth = spec.auth.clone().unwrap_or_default();
+    let roles = roles::roles(
+        spec,
+        partitions,
+        config.consumer_group(),
+        topics.points.clone(),
+    )?;
     Ok(ValidatedPipeline {
         namespace,
         name,
@@ -286,20 +279,18 @@ pub fn validate_pipeline(pipeline: &MetricPipeline) -> Result<ValidatedPipeline,
         ingest_tokens_secret: auth.ingest_tokens_secret_ref,
         read_tokens_secret: auth.read_tokens_secret_ref,
         receiver_secrets,
-        gateway,
-        processor,
+        roles,
         image: spec.image.clone(),
         deletion_policy: spec.deletion_policy,
     })
 }
 
-/// Checks a `Dashboard` against the (validated) pipeline it names, and renders
-/// the config its pods read: the pipeline's, with this board.
+/// Checks a `Dashboard` against the (validated) pipeline it names.
 pub fn validate_dashboard(
     dashboard: &Dashboard,
     pipeline: &ValidatedPipeline,
 ) -> Result<ValidatedDashboard, InvalidSpec> {
-    let (namespace, owner) = stored_metadata(dashboard)?;
+    let (namespace, _owner) = stored_metadata(dashboard)?;
     let name = DashboardName(check_name(&dashboard.name_any())?);
     let spec = &dashboard.spec;
     if spec.pipeline != pipeline.name.as_str() || namespace != pipeline.namespace {
@@ -308,13 +299,6 @@ pub fn validate_dashboard(
             given: format!("{}/{}", pipeline.namespace, pipeline.name),
         });
     }
-    let workload = workload(
-        "replicas",
-        &RoleSpec {
-            replicas: spec.replicas,
-            resources: spec.resources.clone(),
-        },
-    )?;
     let panels = spec
         .panels
         .iter()
@@ -326,21 +310,14 @@ pub fn validate_dashboard(
         title: spec.title.clone(),
         panels,
     };
-    let mut config = pipeline.config.clone();
-    config.dashboards = Boards::new(vec![board]).map_err(|e| InvalidSpec::Panel(e.to_string()))?;
-    let config_toml = render(&config)?;
+    // Checked alone here (name, aggregations, colours), with the others when
+    // the pipeline's boards file is built.
+    Boards::new(vec![board.clone()]).map_err(|e| InvalidSpec::Panel(e.to_string()))?;
     Ok(ValidatedDashboard {
         namespace,
         name,
         pipeline: pipeline.name.clone(),
-        owner,
-        config,
-        config_toml,
-        database_url_secret: pipeline.database_url_secret.clone(),
-        redis_url_secret: pipeline.redis_url_secret.clone(),
-        read_tokens_secret: pipeline.read_tokens_secret.clone(),
-        workload,
-        image: spec.image.clone().or_else(|| pipeline.image.clone()),
+        board,
     })
 }
 
@@ -455,20 +432,6 @@ fn in_range(
             range,
         })
     }
-}
-
-fn workload(field: &str, role: &RoleSpec) -> Result<Workload, InvalidSpec> {
-    let replicas = in_range(
-        &format!("{field}.replicas"),
-        role.replicas,
-        1,
-        1024,
-        "1 to 1024",
-    )?;
-    Ok(Workload {
-        replicas,
-        resources: role.resources.clone(),
-    })
 }
 
 fn duration(field: &str, text: &str) -> Result<Duration, InvalidSpec> {

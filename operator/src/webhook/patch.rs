@@ -12,6 +12,7 @@ use json_patch::{AddOperation, Patch, PatchOperation};
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
 use serde_json::Value;
 
+use super::per_pod::{BadAnnotation, per_pod};
 use super::sidecar::{self, InjectTarget};
 use crate::names;
 
@@ -55,6 +56,8 @@ pub enum CannotInject {
         "container `{container}` declares port {port}, which the sidecar listens on; move it to let the sidecar be injected"
     )]
     PortTaken { container: String, port: u16 },
+    #[error("{0}; fix or remove it")]
+    Annotation(#[from] BadAnnotation),
     #[error("cannot encode the patch: {0}")]
     Encode(String),
 }
@@ -104,8 +107,9 @@ pub fn inject(
     }
     let spec = pod.spec.as_ref().ok_or(CannotInject::NoContainers)?;
     check_fits(spec)?;
+    let per_pod = per_pod(pod)?;
 
-    let container = sidecar::container(target, namespace, native_sidecars);
+    let container = sidecar::container(target, namespace, native_sidecars, &per_pod);
     let mut ops = Vec::new();
 
     let mut annotations = BTreeMap::from([(

@@ -16,6 +16,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use super::per_pod::PerPod;
 use crate::names;
 
 /// Volume holding the sidecar's disk buffer (an emptyDir: it lives as long as the pod).
@@ -176,7 +177,12 @@ pub struct GatewayLimits {
 
 /// The sidecar container: a native sidecar (`restartPolicy: Always`, for the
 /// pod's `initContainers`) when `native`, a regular container otherwise.
-pub fn container(target: &InjectTarget, namespace: &str, native: bool) -> Container {
+pub fn container(
+    target: &InjectTarget,
+    namespace: &str,
+    native: bool,
+    per_pod: &PerPod,
+) -> Container {
     let mut env = vec![
         env_value("PULSE_SIDECAR_GATEWAY", &target.gateway_url),
         env_value("PULSE_SIDECAR_BUFFER__DIR", BUFFER_DIR),
@@ -184,20 +190,9 @@ pub fn container(target: &InjectTarget, namespace: &str, native: bool) -> Contai
             "PULSE_SIDECAR_BUFFER__MAX_BYTES",
             &target.sidecar.buffer_max_bytes().to_string(),
         ),
-        // The pod's identity as tags on every point; the name through the
-        // downward API, since a pod made from a template has none yet here.
-        EnvVar {
-            name: "PULSE_SIDECAR_TAGS__POD".into(),
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: "metadata.name".into(),
-                    ..ObjectFieldSelector::default()
-                }),
-                ..EnvVarSource::default()
-            }),
-            ..EnvVar::default()
-        },
         env_value("PULSE_SIDECAR_TAGS__NAMESPACE", namespace),
+        // The node through the downward API: the pod is not scheduled yet here.
+        env_field("PULSE_SIDECAR_TAGS__NODE", "spec.nodeName"),
         env_value(
             "PULSE_SIDECAR_FORWARD__MAX_POINTS_PER_REQUEST",
             &target.limits.max_points_per_request.to_string(),
@@ -207,6 +202,27 @@ pub fn container(target: &InjectTarget, namespace: &str, native: bool) -> Contai
             &target.limits.max_decompressed_bytes.to_string(),
         ),
     ];
+    // The pod's name, through the downward API since a pod made from a
+    // template has none yet here; optional, as it makes new series at every
+    // rollout.
+    if per_pod.pod_tag {
+        env.push(env_field("PULSE_SIDECAR_TAGS__POD", "metadata.name"));
+    }
+    env.extend(per_pod.tags.iter().map(|(key, value)| {
+        env_value(
+            &format!("PULSE_SIDECAR_TAGS__{}", key.to_uppercase()),
+            value,
+        )
+    }));
+    if let Some(port) = per_pod.prometheus_port {
+        env.push(env_value(
+            "PULSE_SIDECAR_PROMETHEUS__PORT",
+            &port.to_string(),
+        ));
+    }
+    if let Some(path) = &per_pod.prometheus_path {
+        env.push(env_value("PULSE_SIDECAR_PROMETHEUS__PATH", path));
+    }
     let mut volume_mounts = vec![VolumeMount {
         name: BUFFER_VOLUME.into(),
         mount_path: BUFFER_DIR.into(),
@@ -232,7 +248,7 @@ pub fn container(target: &InjectTarget, namespace: &str, native: bool) -> Contai
             protocol: Some("TCP".into()),
             ..ContainerPort::default()
         }]),
-        resources: Some(target.sidecar.resources.clone()),
+        resources: Some(per_pod.resources(&target.sidecar.resources)),
         security_context: Some(restricted_security_context()),
         volume_mounts: Some(volume_mounts),
         // A native sidecar's startup probe holds the app back until the
@@ -303,6 +319,20 @@ fn probe(path: &str, period_seconds: i32, failure_threshold: i32) -> Probe {
         period_seconds: Some(period_seconds),
         failure_threshold: Some(failure_threshold),
         ..Probe::default()
+    }
+}
+
+fn env_field(name: &str, field_path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: field_path.into(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
     }
 }
 
