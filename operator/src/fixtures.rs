@@ -399,6 +399,12 @@ impl FakeApi {
         lock(&self.state).objects.insert(path, value);
     }
 
+    /// Stores `value` at `path` (an API discovery document, a cluster-scoped
+    /// object) where GETs find it.
+    pub fn insert_at(&self, path: &str, value: Value) {
+        lock(&self.state).objects.insert(path.into(), value);
+    }
+
     pub fn deployments_available(&self, available: bool) {
         lock(&self.state).deployments_available = available;
     }
@@ -467,7 +473,11 @@ impl FakeApi {
             );
         }
         let answer = match method.as_str() {
-            "GET" => state.objects.get(&path).cloned(),
+            "GET" => state
+                .objects
+                .get(&path)
+                .cloned()
+                .or_else(|| list(&state, &path, &query)),
             "POST" => {
                 // A create: kept, so the next GET finds it.
                 if let Some(name) = body["metadata"]["name"].as_str() {
@@ -491,6 +501,43 @@ impl FakeApi {
             ),
         }
     }
+}
+
+/// Answers a GET of a namespaced collection (`/api/v1/namespaces/shop/pods`)
+/// with the stored objects under it that match the `labelSelector` of the
+/// query (`k=v` terms, comma-separated); `None` for any other path.
+fn list(state: &ApiState, path: &str, query: &str) -> Option<Value> {
+    let (_, scoped) = path.split_once("/namespaces/")?;
+    if scoped.split('/').count() != 2 {
+        return None;
+    }
+    let selector = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("labelSelector="))
+        .map(|s| s.replace("%3D", "=").replace("%2C", ",").replace("%2F", "/"))
+        .unwrap_or_default();
+    let terms: Vec<(&str, &str)> = selector
+        .split(',')
+        .filter_map(|term| term.split_once('='))
+        .collect();
+    let prefix = format!("{path}/");
+    let mut items: Vec<(&String, &Value)> = state
+        .objects
+        .iter()
+        .filter(|(stored, _)| stored.starts_with(&prefix) && !stored[prefix.len()..].contains('/'))
+        .filter(|(_, object)| {
+            terms
+                .iter()
+                .all(|(key, value)| object["metadata"]["labels"][*key] == *value)
+        })
+        .collect();
+    items.sort_by_key(|(stored, _)| *stored);
+    Some(json!({
+        "apiVersion": "v1",
+        "kind": "List",
+        "metadata": {"resourceVersion": "1"},
+        "items": items.into_iter().map(|(_, object)| object.clone()).collect::<Vec<_>>(),
+    }))
 }
 
 /// Answers a PATCH: a status apply merges into the stored object, a JSON

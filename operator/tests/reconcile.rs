@@ -69,9 +69,11 @@ fn applies(kinds: &[(&str, &str)]) -> Vec<String> {
         .collect()
 }
 
-/// The server-side applies of a pipeline's objects, in the builders' order.
+/// The discovery of the Prometheus Operator's API (404 here: not installed),
+/// then the server-side applies of a pipeline's objects, in the builders' order.
 fn pipeline_applies() -> Vec<String> {
-    applies(&[
+    let discovery = [DISCOVERY.to_string()];
+    discovery.into_iter().chain(applies(&[
         ("/api/v1", "serviceaccounts/checkout-pulse"),
         ("/api/v1", "configmaps/checkout-pulse-config"),
         ("/api/v1", "services/checkout-gateway"),
@@ -79,7 +81,19 @@ fn pipeline_applies() -> Vec<String> {
         ("/apis/apps/v1", "deployments/checkout-processor"),
         ("/apis/policy/v1", "poddisruptionbudgets/checkout-gateway"),
         ("/apis/policy/v1", "poddisruptionbudgets/checkout-processor"),
-    ])
+    ]))
+    .collect()
+}
+
+/// The operator asks whether PodMonitors are served before building.
+const DISCOVERY: &str = "GET /apis/monitoring.coreos.com/v1";
+
+/// The request whose line ends with `path_end` (an object's kind and name).
+fn request<'a>(recorded: &'a [Recorded], path_end: &str) -> &'a Recorded {
+    recorded
+        .iter()
+        .find(|r| r.path.ends_with(path_end))
+        .unwrap_or_else(|| panic!("no request to {path_end}"))
 }
 
 /// The condition `type_` of a status patch body: (status, reason).
@@ -166,7 +180,7 @@ async fn a_finalized_pipeline_gets_topics_schema_objects_and_a_ready_status() {
     assert_eq!(h.api.lines(), expected);
 
     let recorded = h.api.recorded();
-    for apply in &recorded[1..8] {
+    for apply in &recorded[2..9] {
         assert!(forced_apply(&apply.query), "{}", apply.line());
         assert_eq!(
             apply.body["metadata"]["ownerReferences"][0]["uid"],
@@ -177,7 +191,7 @@ async fn a_finalized_pipeline_gets_topics_schema_objects_and_a_ready_status() {
             names::MANAGED_BY
         );
     }
-    let gateway = &recorded[4];
+    let gateway = request(&recorded, "deployments/checkout-gateway");
     assert_eq!(
         gateway.body["spec"]["template"]["spec"]["containers"][0]["image"],
         "ghcr.io/pulse/pulse:test"
@@ -382,7 +396,7 @@ async fn receivers_reach_the_processor_from_their_secret_and_never_the_config_ma
     expected.extend([format!("PATCH {PIPELINE}/status"), EVENT.to_string()]);
     assert_eq!(h.api.lines(), expected);
     let recorded = h.api.recorded();
-    let config = recorded[2].body["data"][names::CONFIG_KEY]
+    let config = request(&recorded, "configmaps/checkout-pulse-config").body["data"][names::CONFIG_KEY]
         .as_str()
         .unwrap_or_default()
         .to_string();
@@ -395,7 +409,7 @@ async fn receivers_reach_the_processor_from_their_secret_and_never_the_config_ma
     assert_eq!(config.alerting.receivers[0].url, None);
     let env =
         |apply: &Recorded| apply.body["spec"]["template"]["spec"]["containers"][0]["env"].clone();
-    let processor = env(&recorded[5]);
+    let processor = env(request(&recorded, "deployments/checkout-processor"));
     let receiver = processor
         .as_array()
         .and_then(|e| e.iter().find(|v| v["name"] == "PULSE_RECEIVER_0_URL"))
@@ -405,7 +419,7 @@ async fn receivers_reach_the_processor_from_their_secret_and_never_the_config_ma
         serde_json::json!({"name": "alerts", "key": "slack", "optional": false})
     );
     assert!(
-        !env(&recorded[4]).to_string().contains("PULSE_RECEIVER"),
+        !env(request(&recorded, "deployments/checkout-gateway")).to_string().contains("PULSE_RECEIVER"),
         "the gateway gets no receiver Secret"
     );
     let status = status_patch(&recorded);

@@ -9,6 +9,7 @@
 mod config_map;
 mod dashboard;
 mod deployment;
+pub mod monitoring;
 mod pdb;
 mod service;
 mod service_account;
@@ -25,6 +26,7 @@ use crate::names::{self, Component};
 use crate::validate::ValidatedPipeline;
 
 pub use dashboard::{DashboardObjects, dashboard_objects};
+pub use deployment::HTTP_PORT_NAME;
 
 /// Every object of one pipeline, in the order they are applied (what a pod
 /// mounts or runs as exists before the pod's Deployment).

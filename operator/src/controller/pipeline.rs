@@ -11,6 +11,7 @@ use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Api, Resource, ResourceExt};
 
+use super::monitoring;
 use super::status::{self, Check};
 use super::{Context, Error, apply, error_policy as requeue_policy, key};
 use crate::admin::topics::{TopicSpec, TopicsOutcome, ensure_topics};
@@ -129,9 +130,10 @@ async fn apply_pipeline(pipeline: &MetricPipeline, ctx: &Context) -> Result<Acti
         )),
         Err(error) => return fail(pipeline, ctx, checks, Some(status::SCHEMA_READY), error).await,
     }
-    let objects = pipeline_objects(&validated, &ctx.image);
+    let mut objects = pipeline_objects(&validated, &ctx.image);
     let ns = validated.namespace.as_str();
     let applied = async {
+        let pod_monitors = monitoring::prepare(&ctx.client, &validated, &mut objects).await?;
         apply(&ctx.client, ns, &objects.service_account).await?;
         apply(&ctx.client, ns, &objects.config_map).await?;
         apply(&ctx.client, ns, &objects.gateway_service).await?;
@@ -139,6 +141,7 @@ async fn apply_pipeline(pipeline: &MetricPipeline, ctx: &Context) -> Result<Acti
         let processor = apply(&ctx.client, ns, &objects.processor).await?;
         apply(&ctx.client, ns, &objects.gateway_pdb).await?;
         apply(&ctx.client, ns, &objects.processor_pdb).await?;
+        monitoring::apply_pod_monitors(&ctx.client, ns, &pod_monitors).await?;
         Ok::<_, Error>((gateway, processor))
     }
     .await;
@@ -223,6 +226,8 @@ async fn write_status(
             conditions,
             observed_generation: pipeline.meta().generation,
             gateway_endpoint: Some(names::gateway_url(&namespace, &name)),
+            // Kept by the health watch under its own field manager.
+            health: None,
         },
     });
     let api: Api<MetricPipeline> = Api::namespaced(ctx.client.clone(), &namespace);
