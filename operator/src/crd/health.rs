@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 /// The pipeline's throughput, backlog and freshness, as its processors last
 /// reported them on `/metrics` (every processor pod, summed).
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default, JsonSchema)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PipelineHealth {
     /// Points aggregated per second between the operator's last two reads
