@@ -139,7 +139,10 @@ fn exported() -> BTreeSet<String> {
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
     announced(&text, &mut names);
-    announced(&pulse_operator::metrics::Metrics::new().render(), &mut names);
+    announced(
+        &pulse_operator::metrics::Metrics::new().render(),
+        &mut names,
+    );
     names
 }
 
@@ -250,8 +253,14 @@ fn queries(objects: &[Value]) -> Vec<(String, String)> {
     for rule_set in of_kind(objects, "PrometheusRule") {
         for group in rule_set["spec"]["groups"].as_array().expect("groups") {
             for rule in group["rules"].as_array().expect("rules") {
-                let name = rule["alert"].as_str().or(rule["record"].as_str()).unwrap_or("?");
-                out.push((format!("rule {name}"), rule["expr"].as_str().expect("expr").into()));
+                let name = rule["alert"]
+                    .as_str()
+                    .or(rule["record"].as_str())
+                    .unwrap_or("?");
+                out.push((
+                    format!("rule {name}"),
+                    rule["expr"].as_str().expect("expr").into(),
+                ));
             }
         }
     }
@@ -265,7 +274,10 @@ fn queries(objects: &[Value]) -> Vec<(String, String)> {
         for variable in board["templating"]["list"].as_array().expect("templating") {
             if variable["type"] == "query" {
                 let query = variable["query"]["query"].as_str().expect("a query");
-                out.push((format!("{file} variable {}", variable["name"]), variable_expr(query)));
+                out.push((
+                    format!("{file} variable {}", variable["name"]),
+                    variable_expr(query),
+                ));
             }
         }
     }
@@ -294,7 +306,9 @@ fn metric_names_are_found_and_labels_functions_and_variables_are_not() {
         ["pulse_a_bucket", "pulse_b", "pulse_c", "nonsense_metric"]
     );
     assert_eq!(
-        variable_expr(r#"label_values(pulse_x{namespace="$namespace"}, app_kubernetes_io_instance)"#),
+        variable_expr(
+            r#"label_values(pulse_x{namespace="$namespace"}, app_kubernetes_io_instance)"#
+        ),
         r#"pulse_x{namespace="$namespace"}"#
     );
 }
@@ -328,10 +342,17 @@ fn the_rules_and_dashboards_query_only_metrics_pulse_exports() {
             used.insert(name);
         }
     }
-    assert!(unknown.is_empty(), "not exported by Pulse:\n{}", unknown.join("\n"));
+    assert!(
+        unknown.is_empty(),
+        "not exported by Pulse:\n{}",
+        unknown.join("\n")
+    );
     // The ones `kubectl get mp` is made of, too.
     for name in pulse_operator::health::read::HEALTH_METRICS {
-        assert!(exported.contains(name), "status.health reads {name}, not exported");
+        assert!(
+            exported.contains(name),
+            "status.health reads {name}, not exported"
+        );
     }
     assert!(used.len() > 30, "only {used:?}");
 }
@@ -367,9 +388,16 @@ fn promtool_accepts_the_rules() {
         assert!(out.status.success(), "{values:?}:\n{report}");
         assert!(report.contains("SUCCESS: 8 rules found"), "{report}");
         // A broken expression is told apart.
-        let broken = groups.to_string().replace("pulse_processor_bus_lag_records)", "pulse_processor_bus_lag_records");
+        let broken = groups.to_string().replace(
+            "pulse_processor_bus_lag_records)",
+            "pulse_processor_bus_lag_records",
+        );
         std::fs::write(&file, broken).expect("written");
-        let out = Command::new("promtool").args(["check", "rules"]).arg(&file).output().expect("runs");
+        let out = Command::new("promtool")
+            .args(["check", "rules"])
+            .arg(&file)
+            .output()
+            .expect("runs");
         assert!(!out.status.success(), "promtool accepts anything");
     }
 }
@@ -425,7 +453,8 @@ fn monitoring_objects_validate_against_the_published_schemas() {
         return;
     };
     assert_eq!(errors, "", "ServiceMonitor: {}", monitor[0]);
-    let errors = validated("monitoring.coreos.com/prometheusrule_v1.json", rule[0]).unwrap_or_default();
+    let errors =
+        validated("monitoring.coreos.com/prometheusrule_v1.json", rule[0]).unwrap_or_default();
     assert_eq!(errors, "", "PrometheusRule");
     // The operator's PodMonitors, as it applies them.
     let pipeline: pulse_operator::crd::MetricPipeline = serde_json::from_value(serde_json::json!({
@@ -437,12 +466,14 @@ fn monitoring_objects_validate_against_the_published_schemas() {
     let validated_pipeline = pulse_operator::validate::validate_pipeline(&pipeline).expect("valid");
     for monitor in pulse_operator::build::monitoring::pod_monitors(&validated_pipeline) {
         let object = serde_json::to_value(&monitor).expect("JSON");
-        let errors = validated("monitoring.coreos.com/podmonitor_v1.json", &object).unwrap_or_default();
+        let errors =
+            validated("monitoring.coreos.com/podmonitor_v1.json", &object).unwrap_or_default();
         assert_eq!(errors, "", "PodMonitor {object}");
         // A misspelt field is refused: the schema is strict.
         let mut wrong = object.clone();
         wrong["spec"]["podMetricsEndpoints"][0]["prot"] = "http".into();
-        let errors = validated("monitoring.coreos.com/podmonitor_v1.json", &wrong).unwrap_or_default();
+        let errors =
+            validated("monitoring.coreos.com/podmonitor_v1.json", &wrong).unwrap_or_default();
         assert!(errors.contains("prot"), "{errors}");
     }
 }
@@ -461,22 +492,38 @@ fn dashboards_are_config_maps_grafana_s_sidecar_loads() {
     }
     for (file, board) in dashboard_json(&objects) {
         assert!(file.ends_with(".json"), "{file}");
-        assert!(uids.insert(board["uid"].as_str().expect("a uid").to_string()), "{file}: uid reused");
+        assert!(
+            uids.insert(board["uid"].as_str().expect("a uid").to_string()),
+            "{file}: uid reused"
+        );
         let panels = board["panels"].as_array().expect("panels");
         assert!(!panels.is_empty(), "{file}");
-        let ids: BTreeSet<_> = panels.iter().map(|p| p["id"].as_i64().expect("an id")).collect();
+        let ids: BTreeSet<_> = panels
+            .iter()
+            .map(|p| p["id"].as_i64().expect("an id"))
+            .collect();
         assert_eq!(ids.len(), panels.len(), "{file}: panel ids reused");
         for panel in panels {
-            assert_eq!(panel["datasource"]["uid"], "${datasource}", "{file} {}", panel["title"]);
+            assert_eq!(
+                panel["datasource"]["uid"], "${datasource}",
+                "{file} {}",
+                panel["title"]
+            );
             assert!(!panel["targets"].as_array().expect("targets").is_empty());
         }
     }
     // Off by default.
     let Some(defaults) = render(&[]) else { return };
     for kind in ["ServiceMonitor", "PrometheusRule"] {
-        assert!(of_kind(&defaults, kind).is_empty(), "{kind} rendered by default");
+        assert!(
+            of_kind(&defaults, kind).is_empty(),
+            "{kind} rendered by default"
+        );
     }
-    assert!(dashboards(&defaults).is_empty(), "dashboards rendered by default");
+    assert!(
+        dashboards(&defaults).is_empty(),
+        "dashboards rendered by default"
+    );
 }
 
 #[test]
@@ -485,15 +532,30 @@ fn the_service_monitor_scrapes_the_operator_s_metrics_service() {
     let monitor = of_kind(&objects, "ServiceMonitor")[0];
     let service = of_kind(&objects, "Service")
         .into_iter()
-        .find(|s| s["metadata"]["name"].as_str().is_some_and(|n| n.ends_with("-metrics")))
+        .find(|s| {
+            s["metadata"]["name"]
+                .as_str()
+                .is_some_and(|n| n.ends_with("-metrics"))
+        })
         .expect("the metrics Service");
-    let selector = monitor["spec"]["selector"]["matchLabels"].as_object().expect("labels");
+    let selector = monitor["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .expect("labels");
     for (key, value) in selector {
         assert_eq!(&service["metadata"]["labels"][key], value, "{key}");
     }
-    assert_eq!(monitor["spec"]["endpoints"][0]["port"], service["spec"]["ports"][0]["name"]);
+    assert_eq!(
+        monitor["spec"]["endpoints"][0]["port"],
+        service["spec"]["ports"][0]["name"]
+    );
     assert_eq!(monitor["spec"]["endpoints"][0]["path"], "/metrics");
     assert_eq!(monitor["spec"]["endpoints"][0]["interval"], "15s");
-    assert_eq!(monitor["metadata"]["labels"]["release"], "kube-prometheus-stack");
-    assert_eq!(monitor["spec"]["namespaceSelector"]["matchNames"][0], NAMESPACE);
+    assert_eq!(
+        monitor["metadata"]["labels"]["release"],
+        "kube-prometheus-stack"
+    );
+    assert_eq!(
+        monitor["spec"]["namespaceSelector"]["matchNames"][0],
+        NAMESPACE
+    );
 }

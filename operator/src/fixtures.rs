@@ -514,7 +514,11 @@ fn list(state: &ApiState, path: &str, query: &str) -> Option<Value> {
     let selector = query
         .split('&')
         .find_map(|pair| pair.strip_prefix("labelSelector="))
-        .map(|s| s.replace("%3D", "=").replace("%2C", ",").replace("%2F", "/"))
+        .map(|s| {
+            s.replace("%3D", "=")
+                .replace("%2C", ",")
+                .replace("%2F", "/")
+        })
         .unwrap_or_default();
     let terms: Vec<(&str, &str)> = selector
         .split(',')

@@ -99,7 +99,8 @@ fn crds_name_the_kinds_short_names_status_and_columns() {
         ]
     );
     // Health is read from status.health, which the health watch keeps.
-    let health = &version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]["health"];
+    let health =
+        &version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]["health"];
     for (column, path) in [
         ("Points/s", ".status.health.pointsPerSecond"),
         ("Lag", ".status.health.consumerLag"),
@@ -113,7 +114,10 @@ fn crds_name_the_kinds_short_names_status_and_columns() {
             .unwrap();
         assert_eq!(found["jsonPath"], path);
         let field = path.rsplit('.').next().unwrap();
-        assert!(health["properties"][field].is_object(), "{field} in {health}");
+        assert!(
+            health["properties"][field].is_object(),
+            "{field} in {health}"
+        );
     }
 
     let crd = serde_json::to_value(Dashboard::crd()).unwrap();

@@ -12,7 +12,9 @@ use pulse_operator::build::monitoring::{annotate_for_scraping, pod_monitors};
 use pulse_operator::build::pipeline_objects;
 use pulse_operator::controller::{Context, pipeline};
 use pulse_operator::crd::MetricPipeline;
-use pulse_operator::fixtures::{FakeApi, FakeSchemaAdmin, FakeTopicAdmin, Recorded, database_secret};
+use pulse_operator::fixtures::{
+    FakeApi, FakeSchemaAdmin, FakeTopicAdmin, Recorded, database_secret,
+};
 use pulse_operator::health::HealthWatch;
 use pulse_operator::metrics::Metrics;
 use pulse_operator::validate::validate_pipeline;
@@ -70,7 +72,10 @@ fn pod_monitors_select_the_roles_and_the_sidecars_of_the_pipeline() {
     assert_eq!(roles["kind"], "PodMonitor");
     assert_eq!(roles["metadata"]["name"], "checkout-pulse");
     assert_eq!(roles["metadata"]["namespace"], "shop");
-    assert_eq!(roles["metadata"]["ownerReferences"][0]["uid"], "uid-checkout");
+    assert_eq!(
+        roles["metadata"]["ownerReferences"][0]["uid"],
+        "uid-checkout"
+    );
     assert_eq!(
         roles["spec"],
         json!({
@@ -104,7 +109,10 @@ fn scrape_annotations_name_each_role_s_own_port() {
             .and_then(|m| m.annotations.clone())
             .unwrap_or_default()
     };
-    for (deployment, port) in [(&mut objects.gateway, "9000"), (&mut objects.processor, "9100")] {
+    for (deployment, port) in [
+        (&mut objects.gateway, "9000"),
+        (&mut objects.processor, "9100"),
+    ] {
         let annotations = annotated(deployment);
         assert_eq!(annotations["prometheus.io/scrape"], "true");
         assert_eq!(annotations["prometheus.io/port"], port);
@@ -120,7 +128,9 @@ async fn with_the_prometheus_operator_a_pipeline_gets_pod_monitors_and_no_annota
     api.insert_at(DISCOVERY, monitoring_api());
     let mp = MetricPipeline::test().finalized();
     api.insert(&mp);
-    pipeline::reconcile(Arc::new(mp), ctx).await.expect("reconcile");
+    pipeline::reconcile(Arc::new(mp), ctx)
+        .await
+        .expect("reconcile");
     let recorded = api.recorded();
     let lines = api.lines();
     let discovery = lines.iter().position(|l| l == &format!("GET {DISCOVERY}"));
@@ -132,7 +142,11 @@ async fn with_the_prometheus_operator_a_pipeline_gets_pod_monitors_and_no_annota
     for name in ["checkout-pulse", "checkout-pulse-sidecars"] {
         let monitor = applied(&recorded, &format!("podmonitors/{name}"));
         assert_eq!(monitor.path, format!("{PODMONITORS}/{name}"));
-        assert!(monitor.query.contains("fieldManager=pulse-operator"), "{}", monitor.query);
+        assert!(
+            monitor.query.contains("fieldManager=pulse-operator"),
+            "{}",
+            monitor.query
+        );
         assert_eq!(monitor.body["kind"], "PodMonitor");
     }
     for role in ["gateway", "processor"] {
@@ -150,7 +164,9 @@ async fn without_the_prometheus_operator_the_roles_pods_get_scrape_annotations()
     let (api, ctx) = harness();
     let mp = MetricPipeline::test().finalized();
     api.insert(&mp);
-    pipeline::reconcile(Arc::new(mp), ctx).await.expect("reconcile");
+    pipeline::reconcile(Arc::new(mp), ctx)
+        .await
+        .expect("reconcile");
     let recorded = api.recorded();
     assert!(
         !api.lines().iter().any(|l| l.contains("podmonitors")),
@@ -158,7 +174,8 @@ async fn without_the_prometheus_operator_the_roles_pods_get_scrape_annotations()
         api.lines()
     );
     for (role, port) in [("gateway", "9000"), ("processor", "9100")] {
-        let annotations = pod_annotations(applied(&recorded, &format!("deployments/checkout-{role}")));
+        let annotations =
+            pod_annotations(applied(&recorded, &format!("deployments/checkout-{role}")));
         assert_eq!(annotations["prometheus.io/scrape"], "true", "{role}");
         assert_eq!(annotations["prometheus.io/port"], port, "{role}");
         assert_eq!(annotations["prometheus.io/path"], "/metrics", "{role}");
@@ -216,11 +233,35 @@ async fn the_health_watch_reads_every_running_processor_and_writes_status_health
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let closed_port = closed.local_addr().unwrap().port();
     drop(closed);
-    api.insert(&pod("checkout-processor-a", "processor", "Running", "127.0.0.1", port));
-    api.insert(&pod("checkout-processor-b", "processor", "Running", "127.0.0.1", closed_port));
+    api.insert(&pod(
+        "checkout-processor-a",
+        "processor",
+        "Running",
+        "127.0.0.1",
+        port,
+    ));
+    api.insert(&pod(
+        "checkout-processor-b",
+        "processor",
+        "Running",
+        "127.0.0.1",
+        closed_port,
+    ));
     // Neither a pending processor nor the gateway is read.
-    api.insert(&pod("checkout-processor-c", "processor", "Pending", "127.0.0.1", port));
-    api.insert(&pod("checkout-gateway-a", "gateway", "Running", "127.0.0.1", closed_port));
+    api.insert(&pod(
+        "checkout-processor-c",
+        "processor",
+        "Pending",
+        "127.0.0.1",
+        port,
+    ));
+    api.insert(&pod(
+        "checkout-gateway-a",
+        "gateway",
+        "Running",
+        "127.0.0.1",
+        closed_port,
+    ));
 
     let watch = HealthWatch::new();
     let first = watch.refresh(&client, &mp).await.expect("refresh");
@@ -249,7 +290,11 @@ async fn the_health_watch_reads_every_running_processor_and_writes_status_health
         .into_iter()
         .find(|r| r.line() == format!("PATCH {PIPELINE}/status"))
         .unwrap_or_else(|| panic!("status.health is written: {lines:?}"));
-    assert!(patch.query.contains("fieldManager=pulse-operator-health"), "{}", patch.query);
+    assert!(
+        patch.query.contains("fieldManager=pulse-operator-health"),
+        "{}",
+        patch.query
+    );
     assert!(patch.query.contains("force=true"), "{}", patch.query);
     let health = &patch.body["status"]["health"];
     assert_eq!(health["consumerLag"], 42);

@@ -73,16 +73,18 @@ fn applies(kinds: &[(&str, &str)]) -> Vec<String> {
 /// then the server-side applies of a pipeline's objects, in the builders' order.
 fn pipeline_applies() -> Vec<String> {
     let discovery = [DISCOVERY.to_string()];
-    discovery.into_iter().chain(applies(&[
-        ("/api/v1", "serviceaccounts/checkout-pulse"),
-        ("/api/v1", "configmaps/checkout-pulse-config"),
-        ("/api/v1", "services/checkout-gateway"),
-        ("/apis/apps/v1", "deployments/checkout-gateway"),
-        ("/apis/apps/v1", "deployments/checkout-processor"),
-        ("/apis/policy/v1", "poddisruptionbudgets/checkout-gateway"),
-        ("/apis/policy/v1", "poddisruptionbudgets/checkout-processor"),
-    ]))
-    .collect()
+    discovery
+        .into_iter()
+        .chain(applies(&[
+            ("/api/v1", "serviceaccounts/checkout-pulse"),
+            ("/api/v1", "configmaps/checkout-pulse-config"),
+            ("/api/v1", "services/checkout-gateway"),
+            ("/apis/apps/v1", "deployments/checkout-gateway"),
+            ("/apis/apps/v1", "deployments/checkout-processor"),
+            ("/apis/policy/v1", "poddisruptionbudgets/checkout-gateway"),
+            ("/apis/policy/v1", "poddisruptionbudgets/checkout-processor"),
+        ]))
+        .collect()
 }
 
 /// The operator asks whether PodMonitors are served before building.
@@ -396,7 +398,8 @@ async fn receivers_reach_the_processor_from_their_secret_and_never_the_config_ma
     expected.extend([format!("PATCH {PIPELINE}/status"), EVENT.to_string()]);
     assert_eq!(h.api.lines(), expected);
     let recorded = h.api.recorded();
-    let config = request(&recorded, "configmaps/checkout-pulse-config").body["data"][names::CONFIG_KEY]
+    let config = request(&recorded, "configmaps/checkout-pulse-config").body["data"]
+        [names::CONFIG_KEY]
         .as_str()
         .unwrap_or_default()
         .to_string();
@@ -419,7 +422,9 @@ async fn receivers_reach_the_processor_from_their_secret_and_never_the_config_ma
         serde_json::json!({"name": "alerts", "key": "slack", "optional": false})
     );
     assert!(
-        !env(request(&recorded, "deployments/checkout-gateway")).to_string().contains("PULSE_RECEIVER"),
+        !env(request(&recorded, "deployments/checkout-gateway"))
+            .to_string()
+            .contains("PULSE_RECEIVER"),
         "the gateway gets no receiver Secret"
     );
     let status = status_patch(&recorded);

@@ -16,7 +16,10 @@ use crate::validate::ValidatedPipeline;
 
 /// Whether the API server serves `monitoring.coreos.com/v1` `podmonitors`.
 pub async fn pod_monitors_served(client: &Client) -> Result<bool, Error> {
-    match client.list_api_group_resources(MONITORING_API_VERSION).await {
+    match client
+        .list_api_group_resources(MONITORING_API_VERSION)
+        .await
+    {
         Ok(resources) => Ok(resources
             .resources
             .iter()
@@ -60,7 +63,9 @@ pub async fn apply_pod_monitors(
             &Patch::Apply(monitor),
         )
         .await
-        .map_err(Error::kube(format!("applying PodMonitor {namespace}/{name}")))?;
+        .map_err(Error::kube(format!(
+            "applying PodMonitor {namespace}/{name}"
+        )))?;
     }
     Ok(())
 }

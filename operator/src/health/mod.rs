@@ -159,7 +159,9 @@ impl HealthWatch {
                 Ok(figures) => {
                     reading.pods.insert(pod_name, figures);
                 }
-                Err(problem) => reading.failures.push(format!("pod {pod_name} ({url}): {problem}")),
+                Err(problem) => reading
+                    .failures
+                    .push(format!("pod {pod_name} ({url}): {problem}")),
             }
         }
         Ok(reading)

@@ -48,7 +48,10 @@ pub fn pod_figures(text: &str) -> Result<PodFigures, String> {
         if !HEALTH_METRICS.contains(&name) {
             continue;
         }
-        let Some(value) = rest.split_whitespace().next().and_then(|v| v.parse::<f64>().ok())
+        let Some(value) = rest
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
         else {
             continue;
         };
@@ -79,7 +82,11 @@ pub struct Reading {
 /// `status.health` from the reading taken at `now`, and the one before it
 /// (taken at `previous.0`) for the rate. The rate counts only pods read both
 /// times whose counter did not go back (a restarted pod starts again at 0).
-pub fn health(previous: Option<(Timestamp, &Reading)>, now: Timestamp, current: &Reading) -> PipelineHealth {
+pub fn health(
+    previous: Option<(Timestamp, &Reading)>,
+    now: Timestamp,
+    current: &Reading,
+) -> PipelineHealth {
     let points_per_second = previous.and_then(|(then, before)| {
         let seconds = now.duration_since(then).as_secs_f64();
         let mut delta = 0.0;
@@ -178,7 +185,11 @@ mod tests {
         let before = reading(&[("a", 1000.0, 5.0, 0.0), ("b", 5000.0, 0.0, 0.0)], 2);
         // a: +600 in 60 s; b restarted (counter back to 10): left out; c is new.
         let now = reading(
-            &[("a", 1600.0, 7.0, 1_700_000_050.0), ("b", 10.0, 3.0, 1_700_000_055.0), ("c", 99.0, 0.0, 0.0)],
+            &[
+                ("a", 1600.0, 7.0, 1_700_000_050.0),
+                ("b", 10.0, 3.0, 1_700_000_055.0),
+                ("c", 99.0, 0.0, 0.0),
+            ],
             3,
         );
         let health = health(Some((t0, &before)), t1, &now);
@@ -209,6 +220,9 @@ mod tests {
         assert_eq!(empty.processors_read, "0/2");
         assert_eq!(empty.message.as_deref(), Some("pod x: connection refused"));
         let idle = health(None, t, &Reading::default());
-        assert_eq!(idle.message.as_deref(), Some("no running processor pod to read"));
+        assert_eq!(
+            idle.message.as_deref(),
+            Some("no running processor pod to read")
+        );
     }
 }
