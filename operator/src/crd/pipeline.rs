@@ -332,7 +332,7 @@ pub struct MetricPipelineStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway_endpoint: Option<String>,
     /// Throughput, consumer lag and the last window closed, from the
-    /// processors' metrics (kept by the operator's health watch, about twice a
+    /// processors' metrics (kept by the operator's health watch, once a
     /// minute, under its own field manager).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<PipelineHealth>,
