@@ -148,8 +148,32 @@ fn exported() -> BTreeSet<String> {
 
 // ---- What the rules and dashboards query ----
 
-/// PromQL words that are neither metrics nor functions.
-const KEYWORDS: [&str; 7] = ["and", "or", "unless", "bool", "offset", "by", "without"];
+/// PromQL words that are neither metrics nor functions: binary and
+/// modifier keywords, and the aggregation operators, which may come before
+/// their parenthesis (`sum by (le) (...)`).
+const KEYWORDS: [&str; 21] = [
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+    "by",
+    "without",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "group",
+    "stddev",
+    "stdvar",
+    "count",
+    "count_values",
+    "bottomk",
+    "topk",
+    "quantile",
+    "limitk",
+    "limit_ratio",
+];
 /// Keywords followed by a parenthesised list of label names.
 const LABEL_LISTS: [&str; 6] = [
     "by",
