@@ -391,9 +391,10 @@ fn promtool_accepts_the_rules() {
         return;
     }
     for values in [vec!["--set", "metrics.prometheusRule.enabled=true"], vec![]] {
-        let objects = match values.is_empty() {
-            true => render_all(),
-            false => render(&values),
+        let objects = if values.is_empty() {
+            render_all()
+        } else {
+            render(&values)
         };
         let Some(objects) = objects else { return };
         let rules = of_kind(&objects, "PrometheusRule");
@@ -472,13 +473,13 @@ fn monitoring_objects_validate_against_the_published_schemas() {
     let monitor = of_kind(&objects, "ServiceMonitor");
     let rule = of_kind(&objects, "PrometheusRule");
     assert_eq!((monitor.len(), rule.len()), (1, 1));
-    let validated = |schema: &str, object: &Value| schema_errors(schema, object);
-    let Some(errors) = validated("monitoring.coreos.com/servicemonitor_v1.json", monitor[0]) else {
+    let Some(errors) = schema_errors("monitoring.coreos.com/servicemonitor_v1.json", monitor[0])
+    else {
         return;
     };
     assert_eq!(errors, "", "ServiceMonitor: {}", monitor[0]);
     let errors =
-        validated("monitoring.coreos.com/prometheusrule_v1.json", rule[0]).unwrap_or_default();
+        schema_errors("monitoring.coreos.com/prometheusrule_v1.json", rule[0]).unwrap_or_default();
     assert_eq!(errors, "", "PrometheusRule");
     // The operator's PodMonitors, as it applies them.
     let pipeline: pulse_operator::crd::MetricPipeline = serde_json::from_value(serde_json::json!({
@@ -491,13 +492,13 @@ fn monitoring_objects_validate_against_the_published_schemas() {
     for monitor in pulse_operator::build::monitoring::pod_monitors(&validated_pipeline) {
         let object = serde_json::to_value(&monitor).expect("JSON");
         let errors =
-            validated("monitoring.coreos.com/podmonitor_v1.json", &object).unwrap_or_default();
+            schema_errors("monitoring.coreos.com/podmonitor_v1.json", &object).unwrap_or_default();
         assert_eq!(errors, "", "PodMonitor {object}");
         // A misspelt field is refused: the schema is strict.
         let mut wrong = object.clone();
         wrong["spec"]["podMetricsEndpoints"][0]["prot"] = "http".into();
         let errors =
-            validated("monitoring.coreos.com/podmonitor_v1.json", &wrong).unwrap_or_default();
+            schema_errors("monitoring.coreos.com/podmonitor_v1.json", &wrong).unwrap_or_default();
         assert!(errors.contains("prot"), "{errors}");
     }
 }

@@ -109,8 +109,8 @@ pub fn health(
         .map(|f| f.last_window_closed)
         .fold(0.0, f64::max);
     let last_window_closed = (last_window > 0.0)
-        .then(|| Timestamp::from_millisecond((last_window * 1000.0) as i64).ok())
-        .flatten()
+        .then_some(last_window)
+        .and_then(|seconds| Timestamp::from_millisecond((seconds * 1000.0) as i64).ok())
         .map(Time);
     let message = if current.asked == 0 {
         Some("no running processor pod to read".to_string())
