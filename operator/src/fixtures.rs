@@ -455,7 +455,7 @@ impl FakeApi {
             state.recorded.push(Recorded {
                 method: method.clone(),
                 path: path.clone(),
-                query,
+                query: query.clone(),
                 body: body.clone(),
             });
         }

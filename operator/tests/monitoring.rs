@@ -104,8 +104,9 @@ fn scrape_annotations_name_each_role_s_own_port() {
         annotate_for_scraping(deployment);
         deployment
             .spec
+            .template
+            .metadata
             .as_ref()
-            .and_then(|s| s.template.metadata.as_ref())
             .and_then(|m| m.annotations.clone())
             .unwrap_or_default()
     };

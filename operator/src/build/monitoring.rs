@@ -107,9 +107,7 @@ fn pod_monitor(
 /// Adds the `prometheus.io/*` scrape annotations to a role's pod template,
 /// naming the port of its `http` container port (where `/metrics` is).
 pub fn annotate_for_scraping(deployment: &mut Deployment) {
-    let Some(spec) = deployment.spec.as_mut() else {
-        return;
-    };
+    let spec = &mut deployment.spec;
     let port = spec
         .template
         .spec
