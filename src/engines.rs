@@ -43,49 +43,8 @@ pub const BACKOFF_CAP: Duration = Duration::from_secs(30);
 /// How long the TCP probe before a connection attempt waits for an answer.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// The roles a process runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    Gateway,
-    Processor,
-    Dashboard,
-}
-
-impl Role {
-    /// Every role, as `pulse up` runs them.
-    pub const ALL: [Role; 3] = [Role::Gateway, Role::Processor, Role::Dashboard];
-
-    /// `gateway`, `processor` or `dashboard`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Role::Gateway => "gateway",
-            Role::Processor => "processor",
-            Role::Dashboard => "dashboard",
-        }
-    }
-
-    /// What the role serves on its listener, for the start-up banner.
-    pub fn routes(self) -> &'static str {
-        match self {
-            Role::Gateway => "POST /metrics, POST /v1/metrics, /healthz, /readyz, /metrics",
-            Role::Processor => "/healthz, /readyz, /metrics",
-            Role::Dashboard => {
-                "web UI at /, GET /dashboard, /api/v1/query_range, /api/v1/metrics, /api/v1/anomalies, /api/v1/live, \
-                 /healthz, /readyz, /metrics"
-            }
-        }
-    }
-
-    /// Whether the role writes to or reads from the bus.
-    fn uses_bus(self) -> bool {
-        matches!(self, Role::Gateway | Role::Processor)
-    }
-
-    /// Whether the role reads or writes the store and cache.
-    fn uses_store(self) -> bool {
-        matches!(self, Role::Processor | Role::Dashboard)
-    }
-}
+/// The roles a process runs: the same three the operator deploys.
+pub use pulse_core::names::Component as Role;
 
 /// Why the engines could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -179,7 +138,7 @@ pub fn check_roles(config: &Config, roles: &[Role]) -> Result<(), EngineError> {
     }
     let role = roles[0];
     let needs = |part, key: &'static str, why| EngineError::NeedsProduction {
-        role: role.name(),
+        role: role.as_str(),
         part,
         key,
         env: key.to_ascii_uppercase().replace('.', "__"),
@@ -273,7 +232,7 @@ pub async fn connect(
                 message = "cache.redis_url is not set, so this role's cache is in-process and not \
                            shared: dashboards answer from the store and /api/v1/live stays silent \
                            across processes. Set cache.redis_url to share one.",
-                role = roles[0].name()
+                role = roles[0].as_str()
             );
         }
         engines.dashboard_store = read.map(|(read, _)| read).or_else(|| store.clone());
@@ -904,7 +863,7 @@ mod tests {
             (Role::Dashboard, "storage.database_url"),
         ] {
             let err = check_roles(&embedded, &[role]).unwrap_err().to_string();
-            assert!(err.contains(key) && err.contains(role.name()), "{err}");
+            assert!(err.contains(key) && err.contains(role.as_str()), "{err}");
             assert!(err.contains("pulse up"), "{err}");
         }
         let mut kafka = Config::default();

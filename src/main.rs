@@ -391,7 +391,7 @@ fn print_listener(https: &[Role], role: Role, addr: std::net::SocketAddr) {
     };
     println!(
         "  {:<10} {scheme}://{addr}   {}",
-        role.name(),
+        role.as_str(),
         role.routes()
     );
 }
@@ -424,7 +424,7 @@ async fn role(role: Role, args: RoleArgs) -> Result<(), String> {
     let Some(running) = started(pulse::up::start_role(config, role, shutdown).await)? else {
         return Ok(());
     };
-    let name = role.name();
+    let name = role.as_str();
     println!("Pulse {name} is up");
     print_listener(&https, role, running.addr);
     print_engines(&running.engines);

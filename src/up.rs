@@ -223,7 +223,7 @@ impl Security {
                     let tls = ServerTls::load(CertFiles {
                         cert_file: cert_file.clone(),
                         key_file: key_file.clone(),
-                        section: role.name(),
+                        section: role.as_str(),
                     })?;
                     tls.watch(shutdown.clone());
                     Some(tls)
@@ -270,7 +270,7 @@ async fn launch(
             Role::Processor => (config.processor.listen, "processor.listen"),
             Role::Dashboard => (config.dashboard.listen, "dashboard.listen"),
         };
-        listeners.push((role, bind(role.name(), addr, key).await?));
+        listeners.push((role, bind(role.as_str(), addr, key).await?));
     }
     let mut engines = engines::connect(config, roles, &shutdown).await?;
 
@@ -343,7 +343,7 @@ async fn launch(
         set.spawn(async move {
             serve(listener, router, stop, edge, tls)
                 .await
-                .map_err(|e| format!("{} server failed: {e}", role.name()))
+                .map_err(|e| format!("{} server failed: {e}", role.as_str()))
         });
     }
     if let Some(processor) = processor {

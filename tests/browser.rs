@@ -23,8 +23,11 @@ use serde_json::Value;
 async fn browser_or_skip() -> Option<Browser> {
     match Browser::launch().await {
         Ok(browser) => Some(browser),
-        Err(error @ BrowserError::NotFound) if std::env::var_os("CI").is_none() => {
-            eprintln!("SKIPPED: {error}; set CI=1 to make this a failure");
+        Err(error @ BrowserError::NotFound) => {
+            pulse_core::test_policy::skip_or_fail(
+                &error.to_string(),
+                "apt-get install -y chromium",
+            );
             None
         }
         Err(error) => panic!("headless Chromium is needed for the UI tests: {error}"),

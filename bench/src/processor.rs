@@ -76,11 +76,7 @@ impl BusConsumer for Watched {
     async fn next(&mut self, max: usize, wait: Duration) -> Result<ConsumerEvent, BusError> {
         let event = self.inner.next(max, wait).await;
         if let Ok(ConsumerEvent::Assigned(_)) = &event {
-            let mut at = self
-                .progress
-                .assigned_at
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut at = pulse_core::sync::lock(&self.progress.assigned_at);
             at.get_or_insert_with(Instant::now);
         }
         event
@@ -296,10 +292,8 @@ async fn through_processor(
     // The metrics before the final commit of the shutdown.
     let mut text = String::new();
     // Writing into a String cannot fail; a missing line just leaves a note out.
-    let _ = prometheus_client::encoding::text::encode(
-        &mut text,
-        &registry.lock().unwrap_or_else(|e| e.into_inner()),
-    );
+    let _ =
+        prometheus_client::encoding::text::encode(&mut text, &pulse_core::sync::lock(&registry));
     shutdown.cancel();
     let stopped = match stopped {
         Some(joined) => joined,
@@ -309,10 +303,7 @@ async fn through_processor(
         .map_err(|e| format!("the processor task failed: {e}"))?
         .map_err(|e| format!("the processor failed: {e}"))?;
     let done = waited?;
-    let assigned = progress
-        .assigned_at
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
+    let assigned = pulse_core::sync::lock(&progress.assigned_at)
         .ok_or("the processor committed records before any assignment")?;
     Ok(ProcessorRun {
         processed: done - assigned,

@@ -14,7 +14,7 @@ async fn quick_bench_measures_every_stage_and_renders_a_table() {
     // and processor rows need PostgreSQL, which CI always has.
     let rows = report.rows.len();
     assert!((7..=9).contains(&rows), "{report:?}");
-    if std::env::var_os("CI").is_some() {
+    if pulse_core::test_policy::under_ci() {
         assert_eq!(rows, 9, "{report:?}");
     }
     for row in &report.rows {

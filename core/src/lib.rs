@@ -19,6 +19,8 @@ pub mod names;
 pub mod point;
 pub mod result;
 pub mod series;
+pub mod sync;
+pub mod test_policy;
 pub mod validate;
 pub mod window;
 

@@ -137,6 +137,13 @@ pub enum Component {
 }
 
 impl Component {
+    /// Every role, in the order `pulse up` starts them.
+    pub const ALL: [Component; 3] = [
+        Component::Gateway,
+        Component::Processor,
+        Component::Dashboard,
+    ];
+
     /// The `app.kubernetes.io/component` value and the `pulse <role>` subcommand.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -144,6 +151,28 @@ impl Component {
             Component::Processor => "processor",
             Component::Dashboard => "dashboard",
         }
+    }
+
+    /// What the role serves on its listener, for the start-up banner.
+    pub fn routes(self) -> &'static str {
+        match self {
+            Component::Gateway => "POST /metrics, POST /v1/metrics, /healthz, /readyz, /metrics",
+            Component::Processor => "/healthz, /readyz, /metrics",
+            Component::Dashboard => {
+                "web UI at /, GET /dashboard, /api/v1/query_range, /api/v1/metrics, /api/v1/anomalies, /api/v1/live, \
+                 /healthz, /readyz, /metrics"
+            }
+        }
+    }
+
+    /// Whether the role writes to or reads from the bus.
+    pub fn uses_bus(self) -> bool {
+        matches!(self, Component::Gateway | Component::Processor)
+    }
+
+    /// Whether the role reads or writes the store and cache.
+    pub fn uses_store(self) -> bool {
+        matches!(self, Component::Processor | Component::Dashboard)
     }
 }
 

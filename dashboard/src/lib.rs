@@ -76,7 +76,7 @@ impl Dashboard {
         tokens: Tokens,
     ) -> Router {
         let (metrics, http_metrics) = {
-            let mut registry = registry.lock().unwrap_or_else(|e| e.into_inner());
+            let mut registry = pulse_core::sync::lock(&registry);
             (
                 DashboardMetrics::register(&mut registry),
                 HttpMetrics::register(&mut registry),

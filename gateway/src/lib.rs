@@ -18,7 +18,7 @@ mod readiness;
 mod receive;
 mod series;
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::middleware::from_fn_with_state;
@@ -82,7 +82,7 @@ impl Gateway {
         tokens: Tokens,
     ) -> Router {
         let (metrics, http_metrics) = {
-            let mut registry = registry.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut registry = pulse_core::sync::lock(&registry);
             (
                 GatewayMetrics::register(&mut registry),
                 HttpMetrics::register(&mut registry),

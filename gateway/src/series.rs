@@ -9,7 +9,9 @@
 //! limit: about 40 bytes per series.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
+
+use pulse_core::sync::lock;
 
 use pulse_core::config::GatewayConfig;
 use pulse_core::series::SeriesId;
@@ -52,7 +54,7 @@ impl ActiveSeries {
     /// is refused later (rate limit, bus) must not use up places, so the
     /// series of an accepted request are admitted by [`ActiveSeries::commit`].
     pub(crate) fn check(&self, series: &[SeriesId], now_ms: i64) -> Vec<bool> {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut state = lock(&self.state);
         let new_ones = series.iter().any(|id| !state.last_seen.contains_key(id));
         if new_ones {
             self.sweep_if_full(&mut state, now_ms);
@@ -79,7 +81,7 @@ impl ActiveSeries {
     /// there is room for; those beyond the limit are not remembered (their
     /// points went through), so the table never grows past the limit.
     pub(crate) fn commit(&self, series: impl IntoIterator<Item = SeriesId>, now_ms: i64) {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut state = lock(&self.state);
         for id in series {
             if let Some(seen) = state.last_seen.get_mut(&id) {
                 *seen = now_ms;
@@ -106,7 +108,7 @@ impl ActiveSeries {
     /// How many series count as active now (until the next sweep, this
     /// includes idle ones not yet forgotten).
     pub(crate) fn len(&self) -> usize {
-        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let state = lock(&self.state);
         state.last_seen.len()
     }
 }

@@ -6,7 +6,9 @@
 //! Public because the `pulse bench --only operator` measurement uses them too.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
+
+use pulse_core::sync::lock;
 
 use async_trait::async_trait;
 use http::{Request, Response, StatusCode};
@@ -35,10 +37,6 @@ pub const DATABASE_KEY: &str = "url";
 pub const DATABASE_URL: &str = "postgres://pulse@db.shop.svc:5432/pulse";
 /// The test pipeline's Kafka brokers.
 pub const BROKERS: &str = "kafka-0.kafka:9092";
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 impl MetricPipeline {
     /// A valid pipeline `shop/checkout`, generation 1, without finalizer.

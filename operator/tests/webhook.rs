@@ -711,8 +711,7 @@ async fn the_charts_certificate_is_served_and_trusted_through_its_ca_bundle() {
         Ok(out) if out.status.success() => String::from_utf8(out.stdout).expect("UTF-8"),
         other => {
             let why = format!("cannot run {}: {other:?}", helm.display());
-            assert!(std::env::var_os("CI").is_none(), "CI is set: {why}");
-            eprintln!("skipped: {why} (npm ci --prefix tools/helm)");
+            pulse_core::test_policy::skip_or_fail(&why, "npm ci --prefix tools/helm");
             return;
         }
     };

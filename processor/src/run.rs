@@ -87,7 +87,7 @@ impl Processor {
             .window_specs()
             .map_err(|e| ProcessorError::Config(e.to_string()))?;
         let (metrics, anomaly_metrics) = {
-            let mut registry = registry.lock().unwrap_or_else(|e| e.into_inner());
+            let mut registry = pulse_core::sync::lock(&registry);
             (
                 ProcessorMetrics::register(&mut registry),
                 AnomalyMetrics::register(&mut registry),

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -78,11 +78,7 @@ impl Status {
     }
 }
 
-/// Locks the shared status; its data stays consistent even if a holder
-/// panicked (plain assignments), so a poisoned lock is used as is.
-pub fn lock(status: &Mutex<Status>) -> MutexGuard<'_, Status> {
-    status.lock().unwrap_or_else(|e| e.into_inner())
-}
+pub use pulse_core::sync::lock;
 
 /// The `/readyz` check of the processor's own state.
 pub struct StatusCheck(pub Arc<Mutex<Status>>);

@@ -239,11 +239,10 @@ impl Drop for Alertmanager {
 async fn alertmanager() -> Option<Alertmanager> {
     let binary = "prometheus-alertmanager";
     if Command::new(binary).arg("--version").output().is_err() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{binary} is not installed and CI is set: apt-get install -y prometheus-alertmanager"
+        pulse_core::test_policy::skip_or_fail(
+            &format!("{binary} is not installed"),
+            "apt-get install -y prometheus-alertmanager",
         );
-        eprintln!("skipping: {binary} is not installed (set CI=1 to make this a failure)");
         return None;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -96,7 +96,7 @@ pub(crate) async fn readyz(State(state): State<OpsState>) -> impl IntoResponse {
 pub(crate) async fn metrics(State(state): State<OpsState>) -> impl IntoResponse {
     let mut text = String::new();
     let encoded = {
-        let registry = state.registry.lock().unwrap_or_else(|e| e.into_inner());
+        let registry = pulse_core::sync::lock(&state.registry);
         prometheus_client::encoding::text::encode(&mut text, &registry)
     };
     match encoded {

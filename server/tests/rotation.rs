@@ -77,31 +77,70 @@ fn replace(path: &Path, text: &str) {
     std::fs::rename(&next, path).expect("rename");
 }
 
-async fn connect(connector: &TlsConnector, addr: SocketAddr) -> TlsStream<TcpStream> {
-    let tcp = TcpStream::connect(addr).await.expect("connect");
-    let name = ServerName::try_from("localhost").expect("name");
-    connector.connect(name, tcp).await.expect("TLS handshake")
+/// The longest one step of a client (connect, handshake, one request) may
+/// take before the test fails naming it, instead of hanging.
+const STEP: Duration = Duration::from_secs(15);
+
+/// `step` within [`STEP`], or a failure that names `what`.
+async fn within<T>(what: &str, step: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(STEP, step)
+        .await
+        .unwrap_or_else(|_| panic!("{what} took longer than {STEP:?}"))
 }
 
-/// One `GET /ping` on `stream` (kept alive); the status code.
-async fn ping(stream: &mut TlsStream<TcpStream>) -> u16 {
-    stream
-        .write_all(b"GET /ping HTTP/1.1\r\nhost: localhost\r\n\r\n")
+async fn connect(connector: &TlsConnector, addr: SocketAddr) -> TlsStream<TcpStream> {
+    let tcp = within("connect", TcpStream::connect(addr))
         .await
-        .expect("send");
-    // The answer is small and fixed: "pong" with a content-length.
-    let mut answer = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !answer.ends_with(b"pong") {
-        let n = stream.read(&mut buf).await.expect("read");
-        assert!(n > 0, "the server closed the connection");
-        answer.extend_from_slice(&buf[..n]);
-    }
-    let text = String::from_utf8_lossy(&answer);
-    text.split(' ')
+        .expect("connect");
+    let name = ServerName::try_from("localhost").expect("name");
+    within("the TLS handshake", connector.connect(name, tcp))
+        .await
+        .expect("TLS handshake")
+}
+
+/// One `GET /ping` on `stream` (kept alive); the status code. The answer is
+/// read by its head and content-length, so any answer (not only "pong")
+/// ends the read and is reported.
+async fn ping(stream: &mut TlsStream<TcpStream>) -> u16 {
+    within("a GET /ping", async {
+        stream
+            .write_all(b"GET /ping HTTP/1.1\r\nhost: localhost\r\n\r\n")
+            .await
+            .expect("send");
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 1024];
+        loop {
+            if let Some((status, body)) = parse_answer(&answer) {
+                assert!(status != 200 || body == b"pong", "200 without pong");
+                return status;
+            }
+            let n = stream.read(&mut buf).await.expect("read");
+            assert!(n > 0, "the server closed the connection");
+            answer.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+}
+
+/// The status and body of one whole HTTP/1.1 answer in `bytes`, or `None`
+/// while part of it is still to come.
+fn parse_answer(bytes: &[u8]) -> Option<(u16, &[u8])> {
+    let end = bytes.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = std::str::from_utf8(&bytes[..end]).expect("an ASCII head");
+    let status = head
+        .split(' ')
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .expect("a status line")
+        .expect("a status line");
+    let length: usize = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().expect("a content-length"))
+        })
+        .expect("a content-length");
+    bytes.get(end..end + length).map(|body| (status, body))
 }
 
 /// The certificate the server presented on `stream`.
@@ -189,14 +228,19 @@ async fn certificate_swapped_while_a_client_keeps_sending_refuses_no_request() {
             Instant::now() < deadline,
             "the renewed certificate was never served"
         );
+        if sender.is_finished() {
+            // Its failure says more than the missing certificate would.
+            sender.await.unwrap();
+            panic!("the sender stopped before the renewal was served");
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // The connection opened before the renewal is still served.
     assert_eq!(ping(&mut kept).await, 200);
     stop.store(true, Ordering::Relaxed);
-    sender.await.unwrap();
+    within("the sender's last request", sender).await.unwrap();
     shutdown.cancel();
-    server.await.unwrap().unwrap();
+    within("the graceful stop", server).await.unwrap().unwrap();
 
     let seen = seen.lock().unwrap();
     assert!(

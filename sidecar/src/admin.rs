@@ -7,7 +7,7 @@
 //! an unready sidecar would take its whole pod out of service. The gateway's
 //! circuit is reported as a detail instead.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use pulse_server::ReadinessCheck;
@@ -45,7 +45,7 @@ impl ReadinessCheck for GatewayCheck {
     }
 
     async fn check(&self) -> Result<String, String> {
-        let (circuit, failures) = *self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let (circuit, failures) = *pulse_core::sync::lock(&self.0);
         Ok(match circuit {
             Circuit::Closed if failures == 0 => "delivering".to_string(),
             Circuit::Closed => format!("retrying after {failures} failed attempts; buffering"),

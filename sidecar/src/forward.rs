@@ -537,10 +537,7 @@ impl Forwarder {
     fn set_circuit(&self, breaker: &Breaker) {
         let state = breaker.state(Instant::now());
         self.metrics.circuit_state.set(state as i64);
-        *self
-            .circuit
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = (state, breaker.failures());
+        *pulse_core::sync::lock(&self.circuit) = (state, breaker.failures());
     }
 }
 

@@ -1,7 +1,7 @@
 //! External tools the tests run (helm, kubernetes-validate, promtool): where
-//! to find them, and the one policy for a missing one: skip with a note
-//! saying how to install it, or fail when env `CI` is set (.ci/run installs
-//! them all).
+//! to find them, and what is missing of them, for the one policy of
+//! `pulse_core::test_policy` (skip, or fail when env `CI` is set: .ci/run
+//! installs them all).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -18,17 +18,17 @@ pub fn runs(command: &[String]) -> bool {
         .is_ok_and(|out| out.status.success())
 }
 
-/// `true` when nothing is `missing`; otherwise a skip note (and `false`), or
-/// a panic under CI. Each entry names a tool and how to install it.
+/// `true` when nothing is `missing`; otherwise `false` after
+/// [`pulse_core::test_policy::skip_or_fail`] (a skip notice, or a failure
+/// under CI). Each entry names a tool and how to install it.
 pub fn present_or_skip(what: &str, missing: &[String]) -> bool {
     if missing.is_empty() {
         return true;
     }
-    let missing = missing.join("; ");
-    if std::env::var_os("CI").is_some() {
-        panic!("CI is set and {what} cannot run: missing {missing} (.ci/run installs it)");
-    }
-    eprintln!("skipped: missing {missing}");
+    pulse_core::test_policy::skip_or_fail(
+        &format!("{what} cannot run: missing {}", missing.join("; ")),
+        ".ci/run installs it",
+    );
     false
 }
 

@@ -40,12 +40,13 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::{FutureExt, StreamExt};
+use pulse_core::sync::lock;
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{
@@ -195,10 +196,7 @@ impl BatchDelivery {
 
     fn failed(&self, reason: String) {
         self.failures.fetch_add(1, Ordering::AcqRel);
-        self.first_failure
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get_or_insert(reason);
+        lock(&self.first_failure).get_or_insert(reason);
     }
 
     /// Gives up the sender's hold and waits for every queued record's report.
@@ -208,12 +206,7 @@ impl BatchDelivery {
         self.done.notified().await;
         let failures = self.failures.load(Ordering::Acquire);
         (failures > 0).then(|| {
-            let reason = self
-                .first_failure
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone()
-                .unwrap_or_default();
+            let reason = lock(&self.first_failure).clone().unwrap_or_default();
             (failures, reason)
         })
     }
@@ -512,12 +505,6 @@ struct GroupContext {
     topic: String,
     group: String,
     shared: Arc<Mutex<Shared>>,
-}
-
-fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
-    // The data stays consistent even if a holder panicked (plain inserts and
-    // removals), so a poisoned lock is used as is.
-    shared.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl GroupContext {

@@ -39,7 +39,7 @@ impl MemoryCache {
 #[async_trait]
 impl Cache for MemoryCache {
     async fn put_latest(&self, results: &[WindowResult]) -> Result<(), CacheError> {
-        let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+        let mut latest = pulse_core::sync::lock(&self.latest);
         for result in results {
             let series = latest
                 .entry((result.metric.clone(), result.window.clone()))
@@ -59,7 +59,7 @@ impl Cache for MemoryCache {
         metric: &str,
         window: &str,
     ) -> Result<Option<Vec<WindowResult>>, CacheError> {
-        let latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+        let latest = pulse_core::sync::lock(&self.latest);
         let Some(series) = latest.get(&(metric.to_string(), window.to_string())) else {
             return Ok(None);
         };

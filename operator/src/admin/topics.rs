@@ -218,10 +218,7 @@ impl KafkaTopicAdmin {
         &self,
         brokers: &str,
     ) -> Result<Arc<AdminClient<DefaultClientContext>>, TopicAdminError> {
-        let mut clients = self
-            .clients
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut clients = pulse_core::sync::lock(&self.clients);
         if let Some(client) = clients.get(brokers) {
             return Ok(client.clone());
         }

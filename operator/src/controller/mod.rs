@@ -17,7 +17,7 @@ pub mod status;
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::NamespaceResourceScope;
@@ -44,6 +44,9 @@ pub use error::Error;
 /// reconcile (the full pauses; half of each is random).
 const BACKOFF_MIN: Duration = Duration::from_secs(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// A failing object is retried at least every [`BACKOFF_MAX`], so an entry
+/// that has not failed for twice that long belongs to a deleted object.
+const FORGET_AFTER: Duration = Duration::from_secs(2 * BACKOFF_MAX.as_secs());
 
 /// What every reconcile shares: the API client, the external systems' admins,
 /// metrics, the Event recorder, and the default image of the pods.
@@ -55,8 +58,9 @@ pub struct Context {
     pub recorder: Recorder,
     /// The pulse image the Deployments run unless a spec names one.
     pub image: String,
-    /// Consecutive failures per object (`kind/namespace/name`), for the backoff.
-    failures: Mutex<HashMap<String, Backoff>>,
+    /// Consecutive failures per object (`kind/namespace/name`), for the
+    /// backoff, with when each last failed (see [`FORGET_AFTER`]).
+    failures: Mutex<HashMap<String, (Backoff, Instant)>>,
 }
 
 impl Context {
@@ -85,20 +89,13 @@ impl Context {
     /// The wait before the next try of an object that failed again: about
     /// 5 s, 10 s, 20 s ... up to 5 minutes, half of each random.
     fn backoff(&self, key: String) -> Duration {
-        self.failures
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entry(key)
-            .or_insert_with(|| Backoff::new(BACKOFF_MIN, BACKOFF_MAX))
-            .fail()
+        let mut failures = pulse_core::sync::lock(&self.failures);
+        record_failure(&mut failures, key, Instant::now())
     }
 
     /// Forgets an object's failures after a successful reconcile.
     fn succeeded(&self, key: &str) {
-        self.failures
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(key);
+        pulse_core::sync::lock(&self.failures).remove(key);
     }
 
     /// Publishes an Event about `regarding`; a failure to publish is logged,
@@ -122,6 +119,22 @@ impl Context {
             tracing::warn!(message = "Cannot publish an Event.", reason, %error);
         }
     }
+}
+
+/// Counts a failure of `key` at `now` and gives its wait, forgetting the
+/// objects that have not failed for [`FORGET_AFTER`]: one deleted while
+/// failing never succeeds, so nothing else would remove its entry.
+fn record_failure(
+    failures: &mut HashMap<String, (Backoff, Instant)>,
+    key: String,
+    now: Instant,
+) -> Duration {
+    failures.retain(|_, (_, last)| now.duration_since(*last) < FORGET_AFTER);
+    let (backoff, last) = failures
+        .entry(key)
+        .or_insert_with(|| (Backoff::new(BACKOFF_MIN, BACKOFF_MAX), now));
+    *last = now;
+    backoff.fail()
 }
 
 /// Events take at most 1 kB of note.
@@ -247,5 +260,25 @@ mod tests {
     fn notes_are_cut_at_a_char_boundary() {
         assert_eq!(truncate("héllo".into(), 2), "h");
         assert_eq!(truncate("short".into(), 100), "short");
+    }
+
+    #[test]
+    fn a_failing_object_backs_off_and_a_deleted_one_is_forgotten() {
+        let mut failures = HashMap::new();
+        let start = Instant::now();
+        let first = record_failure(&mut failures, "a".into(), start);
+        let second = record_failure(&mut failures, "a".into(), start);
+        assert!(
+            first <= BACKOFF_MIN && second >= BACKOFF_MIN,
+            "{first:?} {second:?}"
+        );
+        assert_eq!(failures["a"].0.failures(), 2);
+        // "a" was deleted: it never fails (nor succeeds) again.
+        let later = start + FORGET_AFTER;
+        record_failure(&mut failures, "b".into(), later - Duration::from_secs(1));
+        assert!(failures.contains_key("a"), "kept while it may still retry");
+        record_failure(&mut failures, "b".into(), later);
+        assert_eq!(failures.keys().collect::<Vec<_>>(), ["b"]);
+        assert_eq!(failures["b"].0.failures(), 2);
     }
 }

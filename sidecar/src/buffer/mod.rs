@@ -25,7 +25,7 @@ pub mod writer;
 use std::collections::VecDeque;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
@@ -135,7 +135,7 @@ impl Buffer {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        pulse_core::sync::lock(&self.state)
     }
 
     pub fn path(&self, seq: u64) -> PathBuf {

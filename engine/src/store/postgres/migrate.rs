@@ -141,7 +141,7 @@ impl PostgresStore {
 
         if let (Mode::TimescaleDb, Some(policies)) = (mode, &self.policies) {
             let status = timescale::install_policies(&mut *conn, schema, policies).await;
-            *self.policy_status.lock().unwrap_or_else(|e| e.into_inner()) = Some(status);
+            *pulse_core::sync::lock(&self.policy_status) = Some(status);
         }
         tracing::info!(
             schema = %schema,

@@ -274,10 +274,7 @@ impl Store for PostgresStore {
             .execute(&self.pool)
             .await
             .map(|_| {
-                let policies = self
-                    .policy_status
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
+                let policies = pulse_core::sync::lock(&self.policy_status)
                     .as_ref()
                     .map(|status| format!("; {status}"))
                     .unwrap_or_default();

@@ -127,7 +127,7 @@ impl PostgresStore {
     }
 
     fn known(&self) -> MutexGuard<'_, HashSet<(TsTable, i64)>> {
-        self.partitions.lock().unwrap_or_else(|e| e.into_inner())
+        pulse_core::sync::lock(&self.partitions)
     }
 
     /// Creates the daily partitions of `days` not known to exist yet.

@@ -33,15 +33,9 @@ pub(crate) fn pg_url_or_skip() -> Option<String> {
     if reachable {
         return Some(url);
     }
-    if std::env::var_os("CI").is_some() {
-        panic!(
-            "PostgreSQL is unreachable at {address} and CI is set, so the PostgreSQL store \
-             tests must run: start PostgreSQL there or point PULSE_TEST_DATABASE_URL at one"
-        );
-    }
-    eprintln!(
-        "skipping: PostgreSQL is unreachable at {address} (set PULSE_TEST_DATABASE_URL, \
-         or CI=1 to make this a failure)"
+    pulse_core::test_policy::skip_or_fail(
+        &format!("PostgreSQL is unreachable at {address}"),
+        "start PostgreSQL there or point PULSE_TEST_DATABASE_URL at one",
     );
     None
 }

@@ -66,10 +66,7 @@ impl PostgresStore {
         write_checkpoints(&mut tx, &commit.partitions).await?;
         tx.commit().await.map_err(db_error)?;
 
-        self.known_series
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(new_series);
+        pulse_core::sync::lock(&self.known_series).extend(new_series);
         Ok(merged)
     }
 
@@ -91,7 +88,7 @@ impl PostgresStore {
                 .or_insert((&s.metric, &s.tags));
         }
         {
-            let known = self.known_series.lock().unwrap_or_else(|e| e.into_inner());
+            let known = pulse_core::sync::lock(&self.known_series);
             series.retain(|id, _| !known.contains(id));
         }
         let new_series: Vec<i64> = series.keys().copied().collect();
