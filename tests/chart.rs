@@ -17,6 +17,8 @@ use std::process::{Command, Output};
 use serde::Deserialize;
 use serde_json::Value;
 
+mod common;
+
 /// The oldest Kubernetes the chart supports (Chart.yaml `kubeVersion`) and
 /// the newest whose schemas kubernetes-validate ships.
 const KUBE_VERSIONS: [&str; 2] = ["1.29.0", "1.37.0"];
@@ -86,57 +88,28 @@ struct Tools {
 /// python3, which needs no script on PATH). `None` means skip; under CI a
 /// missing tool is a failure.
 fn tools() -> Option<Tools> {
-    let pinned = repo().join("tools/helm/node_modules/.bin/helm");
-    let helm = std::env::var_os("HELM")
-        .map(PathBuf::from)
-        .or_else(|| pinned.exists().then_some(pinned))
-        .unwrap_or_else(|| PathBuf::from("helm"));
+    let helm = common::tools::helm_program();
     let validate = match std::env::var("KUBERNETES_VALIDATE") {
         Ok(program) => vec![program],
         Err(_) => ["python3", "-m", "kubernetes_validate"]
             .map(String::from)
             .into(),
     };
-    let mut missing = Vec::new();
-    if !runs(&[helm.display().to_string(), "version".into()]) {
-        missing.push(format!(
-            "helm ({}): install it with `npm ci --prefix tools/helm`",
-            helm.display()
-        ));
-    }
-    if !runs(&[validate.clone(), vec!["--version".into()]].concat()) {
+    let mut missing: Vec<String> = common::tools::helm_missing(&helm).into_iter().collect();
+    if !common::tools::runs(&[validate.clone(), vec!["--version".into()]].concat()) {
         missing.push(format!(
             "kubernetes-validate (`{}`): install it with `python3 -m pip install {KUBERNETES_VALIDATE_PIN}`",
             validate.join(" ")
         ));
     }
-    if missing.is_empty() {
-        return Some(Tools { helm, validate });
-    }
-    let missing = missing.join("; ");
-    pulse_core::test_policy::skip_or_fail(&format!("missing {missing}"), ".ci/run installs both");
-    None
-}
-
-fn runs(command: &[String]) -> bool {
-    Command::new(&command[0])
-        .args(&command[1..])
-        .output()
-        .is_ok_and(|out| out.status.success())
+    common::tools::present_or_skip("the chart tests", &missing).then_some(Tools { helm, validate })
 }
 
 impl Tools {
     /// Runs helm with its cache, config and data in a fresh directory, so no
     /// repository or plugin of the user's changes what the tests see.
     fn helm(&self, args: &[String]) -> Output {
-        let home = tempfile::tempdir().expect("a temporary directory for helm");
-        Command::new(&self.helm)
-            .args(args)
-            .env("HELM_CACHE_HOME", home.path().join("cache"))
-            .env("HELM_CONFIG_HOME", home.path().join("config"))
-            .env("HELM_DATA_HOME", home.path().join("data"))
-            .output()
-            .expect("helm runs")
+        common::tools::helm(&self.helm, args)
     }
 
     fn template_args(values: Values, kube: &str, extra: &[&str]) -> Vec<String> {
@@ -204,13 +177,19 @@ fn named<'a>(objects: &'a [Value], kind_: &str, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {kind_} named {name}"))
 }
 
-/// The objects of cert-manager (`webhook.certManager.enabled`): custom
-/// resources whose schemas kubernetes-validate does not ship.
-fn is_cert_manager(object: &Value) -> bool {
-    object["apiVersion"]
-        .as_str()
-        .is_some_and(|v| v.starts_with("cert-manager.io/"))
+/// The objects of cert-manager (`webhook.certManager.enabled`) and of the
+/// Prometheus Operator (`metrics.serviceMonitor`, `metrics.prometheusRule`):
+/// custom resources whose schemas kubernetes-validate does not ship (the
+/// Prometheus Operator's are checked by tests/monitoring.rs instead).
+fn is_custom_kind(object: &Value) -> bool {
+    object["apiVersion"].as_str().is_some_and(|v| {
+        CUSTOM_GROUPS
+            .iter()
+            .any(|group| v.starts_with(&format!("{group}/")))
+    })
 }
+
+const CUSTOM_GROUPS: [&str; 2] = ["cert-manager.io", "monitoring.coreos.com"];
 
 fn strings(value: &Value) -> Vec<&str> {
     value
@@ -273,6 +252,10 @@ fn contract_cluster_rbac() -> BTreeSet<(String, String, String)> {
             &["update"],
         ),
         ("", &["configmaps", "services", "serviceaccounts"], OWNED),
+        // The health watch reads the processors' /metrics pod by pod.
+        ("", &["pods"], &["get", "list"]),
+        // A PodMonitor per pipeline when the Prometheus Operator is installed.
+        ("monitoring.coreos.com", &["podmonitors"], OWNED),
         ("apps", &["deployments"], OWNED),
         ("policy", &["poddisruptionbudgets"], OWNED),
         ("autoscaling", &["horizontalpodautoscalers"], OWNED),
@@ -357,13 +340,15 @@ fn every_rendered_object_validates_against_the_kubernetes_schemas() {
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
             );
-            // The one thing allowed to go unchecked: cert-manager's kinds.
+            // The one thing allowed to go unchecked here: custom kinds.
             let unexpected: Vec<&str> = report
                 .lines()
                 .filter(|l| l.contains("ERROR") || l.contains("WARN"))
                 .filter(|l| {
                     !(l.contains("Couldn't find schema")
-                        && l.contains("api version cert-manager.io/"))
+                        && CUSTOM_GROUPS
+                            .iter()
+                            .any(|group| l.contains(&format!("api version {group}/"))))
                 })
                 .collect();
             assert!(
@@ -372,7 +357,7 @@ fn every_rendered_object_validates_against_the_kubernetes_schemas() {
             );
             // Every other object had a schema and passed: none was skipped.
             let passed = report.matches(" passed for resource ").count();
-            let expected = objects.iter().filter(|o| !is_cert_manager(o)).count();
+            let expected = objects.iter().filter(|o| !is_custom_kind(o)).count();
             assert_eq!(
                 passed, expected,
                 "{values:?}/{kube}: {passed} of {expected} objects validated:\n{report}"
@@ -416,6 +401,8 @@ fn every_optional_object_appears_only_when_turned_on() {
         "RoleBinding",
         "MutatingWebhookConfiguration",
         "Secret",
+        "ServiceMonitor",
+        "PrometheusRule",
     ] {
         assert!(
             !minimal.contains(absent),

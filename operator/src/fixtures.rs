@@ -397,8 +397,9 @@ impl FakeApi {
         lock(&self.state).objects.insert(path, value);
     }
 
-    /// Stores `value` at `path` as is (a discovery document such as
-    /// `/apis/keda.sh/v1alpha1`, which says an API is served).
+    /// Stores `value` at `path` as is (an API discovery document such as
+    /// `/apis/keda.sh/v1alpha1`, which says an API is served, or a
+    /// cluster-scoped object) where GETs find it.
     pub fn insert_path(&self, path: &str, value: Value) {
         lock(&self.state).objects.insert(path.into(), value);
     }
@@ -453,7 +454,7 @@ impl FakeApi {
             state.recorded.push(Recorded {
                 method: method.clone(),
                 path: path.clone(),
-                query,
+                query: query.clone(),
                 body: body.clone(),
             });
         }
@@ -471,8 +472,11 @@ impl FakeApi {
             );
         }
         let answer = match method.as_str() {
-            "GET" if is_collection(&path) => Some(list(&state.objects, &path)),
-            "GET" => state.objects.get(&path).cloned(),
+            "GET" => state
+                .objects
+                .get(&path)
+                .cloned()
+                .or_else(|| list(&state, &path, &query)),
             "POST" => {
                 // A create: kept, so the next GET finds it.
                 if let Some(name) = body["metadata"]["name"].as_str() {
@@ -498,29 +502,45 @@ impl FakeApi {
     }
 }
 
-/// Whether `path` names a namespaced collection (`.../namespaces/<ns>/<plural>`).
-fn is_collection(path: &str) -> bool {
-    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    segments
-        .iter()
-        .position(|s| *s == "namespaces")
-        .is_some_and(|i| segments.len() == i + 3)
-}
-
-/// A LIST answer: the stored objects directly under the collection `path`.
-fn list(objects: &HashMap<String, Value>, path: &str) -> Value {
+/// Answers a GET of a namespaced collection (`/api/v1/namespaces/shop/pods`)
+/// with the stored objects under it that match the `labelSelector` of the
+/// query (`k=v` terms, comma-separated); `None` for any other path.
+fn list(state: &ApiState, path: &str, query: &str) -> Option<Value> {
+    let (_, scoped) = path.split_once("/namespaces/")?;
+    if scoped.split('/').count() != 2 {
+        return None;
+    }
+    let selector = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("labelSelector="))
+        .map(|s| {
+            s.replace("%3D", "=")
+                .replace("%2C", ",")
+                .replace("%2F", "/")
+        })
+        .unwrap_or_default();
+    let terms: Vec<(&str, &str)> = selector
+        .split(',')
+        .filter_map(|term| term.split_once('='))
+        .collect();
     let prefix = format!("{path}/");
-    let mut items: Vec<(&String, &Value)> = objects
+    let mut items: Vec<(&String, &Value)> = state
+        .objects
         .iter()
-        .filter(|(stored, _)| {
-            stored
-                .strip_prefix(&prefix)
-                .is_some_and(|name| !name.contains('/'))
+        .filter(|(stored, _)| stored.starts_with(&prefix) && !stored[prefix.len()..].contains('/'))
+        .filter(|(_, object)| {
+            terms
+                .iter()
+                .all(|(key, value)| object["metadata"]["labels"][*key] == *value)
         })
         .collect();
-    items.sort_by_key(|(path, _)| *path);
-    let items: Vec<Value> = items.into_iter().map(|(_, v)| v.clone()).collect();
-    json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": items})
+    items.sort_by_key(|(stored, _)| *stored);
+    Some(json!({
+        "apiVersion": "v1",
+        "kind": "List",
+        "metadata": {"resourceVersion": "1"},
+        "items": items.into_iter().map(|(_, object)| object.clone()).collect::<Vec<_>>(),
+    }))
 }
 
 /// Answers a PATCH: a status apply merges into the stored object, a JSON

@@ -27,6 +27,41 @@ struct FailureLabels {
 
 type DurationFamily = Family<KindLabels, Histogram, fn() -> Histogram>;
 
+/// Labels of the webhook series: what became of one admission request.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+/// What the sidecar injection webhook did with one pod, as the `outcome`
+/// label of `pulse_operator_webhook_requests_total` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookOutcome {
+    /// The sidecar was injected.
+    Injected,
+    /// The pod asked for a sidecar and did not get one (its pipeline is
+    /// missing or unreadable, the request was malformed): a failure to page on.
+    Failed,
+    /// Nothing to do (no injection label, already injected): allowed as is.
+    Ignored,
+}
+
+impl WebhookOutcome {
+    const ALL: [WebhookOutcome; 3] = [
+        WebhookOutcome::Injected,
+        WebhookOutcome::Failed,
+        WebhookOutcome::Ignored,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            WebhookOutcome::Injected => "injected",
+            WebhookOutcome::Failed => "failed",
+            WebhookOutcome::Ignored => "ignored",
+        }
+    }
+}
+
 /// The operator's metrics, cheap to clone and share between controllers.
 #[derive(Clone)]
 pub struct Metrics {
@@ -34,6 +69,7 @@ pub struct Metrics {
     reconciles: Family<KindLabels, Counter>,
     failures: Family<FailureLabels, Counter>,
     duration: DurationFamily,
+    webhook: Family<OutcomeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -67,11 +103,25 @@ impl Metrics {
             "Time one reconcile took, by resource kind",
             duration.clone(),
         );
+        let webhook = Family::<OutcomeLabels, Counter>::default();
+        // Every outcome exists from the start at 0, so `increase()` and the
+        // chart's alert also see the first failure.
+        for outcome in WebhookOutcome::ALL {
+            let _ = webhook.get_or_create(&OutcomeLabels {
+                outcome: outcome.as_str(),
+            });
+        }
+        registry.register(
+            "webhook_requests",
+            "Pods the sidecar injection webhook was asked about, by outcome (injected, failed, ignored)",
+            webhook.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
             reconciles,
             failures,
             duration,
+            webhook,
         }
     }
 
@@ -89,6 +139,15 @@ impl Metrics {
     pub fn failure(&self, kind: &'static str, reason: &'static str) {
         self.failures
             .get_or_create(&FailureLabels { kind, reason })
+            .inc();
+    }
+
+    /// Counts one admission request of the sidecar injection webhook.
+    pub fn webhook(&self, outcome: WebhookOutcome) {
+        self.webhook
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.as_str(),
+            })
             .inc();
     }
 
@@ -123,6 +182,7 @@ mod tests {
         drop(metrics.reconcile("MetricPipeline"));
         drop(metrics.reconcile("MetricPipeline"));
         metrics.failure("MetricPipeline", "KafkaUnavailable");
+        metrics.webhook(WebhookOutcome::Failed);
         let text = metrics.render();
         assert!(
             text.contains("pulse_operator_reconciles_total{kind=\"MetricPipeline\"} 2"),
@@ -138,6 +198,14 @@ mod tests {
             text.contains(
                 "pulse_operator_reconcile_duration_seconds_count{kind=\"MetricPipeline\"} 2"
             ),
+            "{text}"
+        );
+        assert!(
+            text.contains("pulse_operator_webhook_requests_total{outcome=\"failed\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pulse_operator_webhook_requests_total{outcome=\"injected\"} 0"),
             "{text}"
         );
     }

@@ -114,7 +114,7 @@ pub async fn run(options: Options) -> Result<(), RunError> {
         ready: Arc::new(AtomicBool::new(false)),
     };
     let health_server = serve_health(options.listen, health.clone(), shutdown.clone()).await?;
-    let webhook = start_webhook(&options, &client, &shutdown).await?;
+    let webhook = start_webhook(&options, &client, &metrics, &shutdown).await?;
 
     let ctx = Arc::new(Context::new(
         client.clone(),
@@ -164,6 +164,7 @@ pub async fn run(options: Options) -> Result<(), RunError> {
 async fn start_webhook(
     options: &Options,
     client: &Client,
+    metrics: &Metrics,
     shutdown: &CancellationToken,
 ) -> Result<Option<tokio::task::JoinHandle<Result<(), WebhookError>>>, RunError> {
     if !tls::files_present(&options.webhook_tls_dir) {
@@ -194,7 +195,8 @@ async fn start_webhook(
         native_sidecars,
         sidecar,
     };
-    let webhook = crate::webhook::Webhook::bind(config, client.clone())?;
+    let webhook =
+        crate::webhook::Webhook::bind(config, client.clone())?.with_metrics(metrics.clone());
     Ok(Some(tokio::spawn(webhook.run(shutdown.clone()))))
 }
 

@@ -94,7 +94,39 @@ fn crds_name_the_kinds_short_names_status_and_columns() {
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    assert_eq!(columns, ["Ready", "Gateway", "Windows", "Age"]);
+    assert_eq!(
+        columns,
+        [
+            "Ready",
+            "Points/s",
+            "Lag",
+            "Last Window",
+            "Gateway",
+            "Windows",
+            "Age"
+        ]
+    );
+    // Health is read from status.health, which the health watch keeps.
+    let health =
+        &version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]["health"];
+    for (column, path) in [
+        ("Points/s", ".status.health.pointsPerSecond"),
+        ("Lag", ".status.health.consumerLag"),
+        ("Last Window", ".status.health.lastWindowClosed"),
+    ] {
+        let found = version["additionalPrinterColumns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == column)
+            .unwrap();
+        assert_eq!(found["jsonPath"], path);
+        let field = path.rsplit('.').next().unwrap();
+        assert!(
+            health["properties"][field].is_object(),
+            "{field} in {health}"
+        );
+    }
 
     let crd = serde_json::to_value(Dashboard::crd()).unwrap();
     assert_eq!(crd["metadata"]["name"], "dashboards.pulse.dev");

@@ -103,20 +103,29 @@ fn object_applies() -> Vec<String> {
     ])
 }
 
+/// The operator asks whether PodMonitors are served before building.
+const DISCOVERY: &str = "GET /apis/monitoring.coreos.com/v1";
+
+/// The request whose line ends with `path_end` (an object's kind and name).
+fn request<'a>(recorded: &'a [Recorded], path_end: &str) -> &'a Recorded {
+    recorded
+        .iter()
+        .find(|r| r.path.ends_with(path_end))
+        .unwrap_or_else(|| panic!("no request to {path_end}"))
+}
+
 /// Every request of a pipeline's objects after the Secret: the Dashboards
 /// listed, the objects applied, the optional ones deleted.
 fn pipeline_applies() -> Vec<String> {
-    let mut lines = vec![DASHBOARDS.to_string()];
+    let mut lines = vec![DASHBOARDS.to_string(), DISCOVERY.to_string()];
     lines.extend(object_applies());
     lines.extend(optional_deletes());
     lines
 }
 
-/// Where the applies are in the record (after the Secret and the list).
-const APPLIES: std::ops::Range<usize> = 2..15;
-const CONFIG_APPLY: usize = 5;
-const GATEWAY_APPLY: usize = 9;
-const PROCESSOR_APPLY: usize = 10;
+/// Where the applies are in the record (after the Secret, the list and the
+/// discovery).
+const APPLIES: std::ops::Range<usize> = 3..16;
 
 /// The condition `type_` of a status patch body: (status, reason).
 fn condition(patch: &Recorded, type_: &str) -> (String, String) {
@@ -213,7 +222,7 @@ async fn a_finalized_pipeline_gets_topics_schema_objects_and_a_ready_status() {
             names::MANAGED_BY
         );
     }
-    let gateway = &recorded[GATEWAY_APPLY];
+    let gateway = request(&recorded, "deployments/checkout-gateway");
     assert_eq!(
         gateway.body["spec"]["template"]["spec"]["containers"][0]["image"],
         "ghcr.io/pulse/pulse:test"
@@ -419,7 +428,8 @@ async fn receivers_reach_the_processor_from_their_secret_and_never_the_config_ma
     expected.extend([format!("PATCH {PIPELINE}/status"), EVENT.to_string()]);
     assert_eq!(h.api.lines(), expected);
     let recorded = h.api.recorded();
-    let config = recorded[CONFIG_APPLY].body["data"][names::CONFIG_KEY]
+    let config = request(&recorded, "configmaps/checkout-pulse-config").body["data"]
+        [names::CONFIG_KEY]
         .as_str()
         .unwrap_or_default()
         .to_string();
@@ -432,7 +442,7 @@ async fn receivers_reach_the_processor_from_their_secret_and_never_the_config_ma
     assert_eq!(config.alerting.receivers[0].url, None);
     let env =
         |apply: &Recorded| apply.body["spec"]["template"]["spec"]["containers"][0]["env"].clone();
-    let processor = env(&recorded[PROCESSOR_APPLY]);
+    let processor = env(request(&recorded, "deployments/checkout-processor"));
     let receiver = processor
         .as_array()
         .and_then(|e| e.iter().find(|v| v["name"] == "PULSE_RECEIVER_0_URL"))
@@ -442,7 +452,7 @@ async fn receivers_reach_the_processor_from_their_secret_and_never_the_config_ma
         serde_json::json!({"name": "alerts", "key": "slack", "optional": false})
     );
     assert!(
-        !env(&recorded[GATEWAY_APPLY])
+        !env(request(&recorded, "deployments/checkout-gateway"))
             .to_string()
             .contains("PULSE_RECEIVER"),
         "the gateway gets no receiver Secret"

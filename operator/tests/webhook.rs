@@ -524,7 +524,10 @@ async fn the_server_answers_over_tls_and_resolves_the_pipeline() {
         native_sidecars: true,
         sidecar: target(true).sidecar,
     };
-    let webhook = Webhook::bind(config, client).expect("binds");
+    let metrics = pulse_operator::metrics::Metrics::new();
+    let webhook = Webhook::bind(config, client)
+        .expect("binds")
+        .with_metrics(metrics.clone());
     let addr = webhook.local_addr();
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(webhook.run(shutdown.clone()));
@@ -561,6 +564,13 @@ async fn the_server_answers_over_tls_and_resolves_the_pipeline() {
 
     let not_opted_in = post(fixture("not-opted-in.json")).await;
     assert_eq!(not_opted_in.patch, None);
+
+    // Each request counted by what became of it, for the chart's alert.
+    let text = metrics.render();
+    for outcome in ["injected", "failed", "ignored"] {
+        let line = format!("pulse_operator_webhook_requests_total{{outcome=\"{outcome}\"}} 1");
+        assert!(text.contains(&line), "no `{line}` in\n{text}");
+    }
 
     shutdown.cancel();
     server.await.expect("joins").expect("stops cleanly");

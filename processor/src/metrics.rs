@@ -37,6 +37,9 @@ pub struct ProcessorMetrics {
     pub late_points: Family<WindowLabel, Counter>,
     pub late_points_expired: Counter,
     pub windows_closed: Family<WindowLabel, Counter>,
+    /// Wall-clock time (Unix seconds) of the last checkpoint that stored a
+    /// closed window: what `kubectl get mp` shows as the last window closed.
+    pub last_window_closed: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub undecodable_records: Counter,
     pub series_collisions: Counter,
     pub duplicate_points: Counter,
@@ -62,6 +65,7 @@ impl ProcessorMetrics {
             late_points: Family::default(),
             late_points_expired: Counter::default(),
             windows_closed: Family::default(),
+            last_window_closed: Gauge::default(),
             undecodable_records: Counter::default(),
             series_collisions: Counter::default(),
             duplicate_points: Counter::default(),
@@ -114,6 +118,11 @@ impl ProcessorMetrics {
             "windows_closed",
             "Windows closed and stored, by window",
             m.windows_closed.clone(),
+        );
+        r.register(
+            "last_window_closed_timestamp_seconds",
+            "When (Unix seconds, wall clock) a checkpoint last stored a closed window; 0 before the first",
+            m.last_window_closed.clone(),
         );
         r.register(
             "undecodable_records",

@@ -546,6 +546,11 @@ impl Processor {
     /// What follows a checkpoint in the store: metrics, the bus's offsets, the cache.
     async fn landed(&mut self, checkpointed: Checkpointed) {
         let commit = checkpointed.commit;
+        if checkpointed.closed > 0 {
+            self.metrics
+                .last_window_closed
+                .set(pulse_core::now_ms() as f64 / 1000.0);
+        }
         for result in &commit.results[..checkpointed.closed] {
             self.metrics
                 .windows_closed

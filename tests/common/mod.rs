@@ -6,6 +6,7 @@
 
 pub mod hostile;
 pub mod proxy;
+pub mod tools;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

@@ -19,7 +19,7 @@ use crate::names::{self, Component};
 use crate::validate::{DATA_DIR, Workload};
 
 /// Name of every role's HTTP port (the API and `/healthz`, `/readyz`, `/metrics`).
-pub(super) const HTTP_PORT_NAME: &str = "http";
+pub const HTTP_PORT_NAME: &str = "http";
 /// The non-root user and group the pods run as (distroless `nonroot`).
 const RUN_AS: i64 = 65532;
 

@@ -11,6 +11,7 @@ mod config_map;
 mod dashboard;
 mod deployment;
 mod ingress;
+pub mod monitoring;
 mod pdb;
 mod placement;
 mod service;
@@ -37,6 +38,7 @@ pub use autoscaling::{
 pub use dashboard::boards;
 pub use ingress::ingress_url;
 pub use placement::{NODE_KEY, ZONE_KEY, default_spread};
+pub use deployment::HTTP_PORT_NAME;
 
 /// What the operator found in the cluster that changes what it builds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -11,6 +11,7 @@
 pub mod dashboard;
 pub mod error;
 pub mod objects;
+pub mod monitoring;
 pub mod pipeline;
 pub mod status;
 
@@ -209,6 +210,8 @@ where
 /// Runs both controllers until the returned future is dropped.
 pub async fn run(ctx: Arc<Context>) {
     let client = ctx.client.clone();
+    // status.health of every pipeline, from its processors' metrics.
+    let health = crate::health::HealthWatch::new().run(client.clone());
     let owned = watcher::Config::default().labels(&format!(
         "{}={}",
         names::LABEL_MANAGED_BY,
@@ -250,7 +253,7 @@ pub async fn run(ctx: Arc<Context>) {
                 tracing::debug!(message = "Dashboard reconcile ended in error.", %error);
             }
         });
-    futures::join!(pipelines, dashboards);
+    futures::join!(pipelines, dashboards, health);
 }
 
 #[cfg(test)]

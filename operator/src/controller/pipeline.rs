@@ -11,6 +11,7 @@ use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Api, Resource, ResourceExt};
 
+use super::monitoring;
 use super::status::{self, Check};
 use super::{Context, Error, error_policy as requeue_policy, key, objects};
 use crate::admin::topics::{TopicSpec, TopicsOutcome, ensure_topics};
@@ -137,8 +138,10 @@ async fn apply_pipeline(pipeline: &MetricPipeline, ctx: &Context) -> Result<Acti
             keda: validated.roles.processor_scaling.is_some()
                 && objects::keda_installed(ctx).await?,
         };
-        let built = pipeline_objects(&validated, &ctx.image, &boards, cluster);
+        let mut built = pipeline_objects(&validated, &ctx.image, &boards, cluster);
+        let pod_monitors = monitoring::prepare(&ctx.client, &validated, &mut built).await?;
         let applied = objects::apply_all(ctx, ns, validated.name.as_str(), &built).await?;
+        monitoring::apply_pod_monitors(&ctx.client, ns, &pod_monitors).await?;
         Ok::<_, Error>((applied, cluster))
     }
     .await;
@@ -222,6 +225,8 @@ async fn write_status(
             conditions,
             observed_generation: pipeline.meta().generation,
             gateway_endpoint: Some(names::gateway_url(&namespace, &name)),
+            // Kept by the health watch under its own field manager.
+            health: None,
         },
     });
     let api: Api<MetricPipeline> = Api::namespaced(ctx.client.clone(), &namespace);

@@ -10,6 +10,7 @@
 
 mod alerting;
 mod dashboard;
+mod health;
 mod pipeline;
 mod placement;
 
@@ -24,6 +25,7 @@ pub use alerting::{
 pub use dashboard::{
     Dashboard, DashboardSpec, DashboardStatus, PanelKindSpec, PanelSpec, ThresholdSpec,
 };
+pub use health::PipelineHealth;
 pub use pipeline::{
     AuthSpec, DatabaseSpec, KafkaSpec, LimitsSpec, MetricPipeline, MetricPipelineSpec,
     MetricPipelineStatus, RedisSpec, RoleSpec,

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     AlertingSpec, AnomalySpec, DURATION_PATTERN, DashboardsSpec, DeletionPolicy, GatewaySpec,
-    PlacementSpec, ProcessorSpec, SecretKeyRef,
+    PipelineHealth, PlacementSpec, ProcessorSpec, SecretKeyRef,
 };
 
 /// A window as the processor and the dashboard name it: `5m` for a tumbling
@@ -36,7 +36,10 @@ const BROKERS_PATTERN: &str = r"^[^\s,]+(,[^\s,]+)*$";
     doc = "A Pulse metrics pipeline: Kafka topics, database schema, ingestion gateway and stream processor, made and kept by the pulse operator.",
     status = "MetricPipelineStatus",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name":"Gateway","type":"string","jsonPath":".status.gatewayEndpoint"}"#,
+    printcolumn = r#"{"name":"Points/s","type":"number","jsonPath":".status.health.pointsPerSecond"}"#,
+    printcolumn = r#"{"name":"Lag","type":"integer","jsonPath":".status.health.consumerLag"}"#,
+    printcolumn = r#"{"name":"Last Window","type":"date","jsonPath":".status.health.lastWindowClosed"}"#,
+    printcolumn = r#"{"name":"Gateway","type":"string","jsonPath":".status.gatewayEndpoint","priority":1}"#,
     printcolumn = r#"{"name":"Windows","type":"string","jsonPath":".spec.windows"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     validation = Rule::new("self.metadata.name.size() <= 50").message(
@@ -344,6 +347,11 @@ pub struct MetricPipelineStatus {
     /// In-cluster URL of the gateway, where sidecars and apps send points.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway_endpoint: Option<String>,
+    /// Throughput, consumer lag and the last window closed, from the
+    /// processors' metrics (kept by the operator's health watch, once a
+    /// minute, under its own field manager).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<PipelineHealth>,
 }
 
 fn default_windows() -> Vec<String> {

@@ -25,6 +25,7 @@ use super::review::{self, Admission, Candidate};
 use super::sidecar::{GatewayLimits, InjectTarget, SidecarSettings, TokenSecret};
 use super::tls::{self, TlsError};
 use crate::crd::MetricPipeline;
+use crate::metrics::{Metrics, WebhookOutcome};
 use crate::names;
 
 /// Longest the pipeline lookup may take: the API server gives the whole call
@@ -97,7 +98,7 @@ pub struct Webhook {
     listener: TcpListener,
     addr: SocketAddr,
     tls: Arc<rustls::ServerConfig>,
-    router: Router,
+    state: AppState,
 }
 
 #[derive(Clone)]
@@ -105,6 +106,8 @@ struct AppState {
     client: Client,
     native_sidecars: bool,
     sidecar: SidecarSettings,
+    /// Counts each request's outcome (`pulse_operator_webhook_requests_total`).
+    metrics: Metrics,
 }
 
 impl Webhook {
@@ -122,17 +125,21 @@ impl Webhook {
             client,
             native_sidecars: config.native_sidecars,
             sidecar: config.sidecar,
+            metrics: Metrics::new(),
         };
-        let router = Router::new()
-            .route(names::WEBHOOK_PATH, post(mutate_pods))
-            .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
-            .with_state(state);
         Ok(Webhook {
             listener,
             addr,
             tls,
-            router,
+            state,
         })
+    }
+
+    /// Counts the requests' outcomes in `metrics` (the operator's, served on
+    /// its `/metrics`) instead of a registry of its own.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.state.metrics = metrics;
+        self
     }
 
     /// The address the server listens on (the real port when bound to port 0).
@@ -151,10 +158,14 @@ impl Webhook {
             stopper.graceful_shutdown(Some(SHUTDOWN_GRACE));
         });
         tracing::info!(message = "Sidecar injection webhook listening.", %addr, path = names::WEBHOOK_PATH);
+        let router = Router::new()
+            .route(names::WEBHOOK_PATH, post(mutate_pods))
+            .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+            .with_state(self.state);
         axum_server::from_tcp_rustls(self.listener, RustlsConfig::from_config(self.tls))
             .map_err(serve_error)?
             .handle(handle)
-            .serve(self.router.into_make_service())
+            .serve(router.into_make_service())
             .await
             .map_err(serve_error)
     }
@@ -169,14 +180,18 @@ async fn mutate_pods(
         Admission::Answer(answer) => *answer,
         Admission::Candidate(candidate) => answer_candidate(&state, *candidate).await,
     };
+    let mut outcome = WebhookOutcome::Ignored;
     if let Some(response) = &answer.response {
         for warning in response.warnings.iter().flatten() {
+            outcome = WebhookOutcome::Failed;
             tracing::warn!(message = "Sidecar not injected.", uid = %response.uid, %warning);
         }
         if response.patch.is_some() {
+            outcome = WebhookOutcome::Injected;
             tracing::info!(message = "Sidecar injected.", uid = %response.uid);
         }
     }
+    state.metrics.webhook(outcome);
     (StatusCode::OK, Json(review::to_wire(&answer)))
 }
 
