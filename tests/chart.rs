@@ -278,6 +278,7 @@ fn contract_cluster_rbac() -> BTreeSet<(String, String, String)> {
         ("", &["configmaps", "services", "serviceaccounts"], OWNED),
         ("apps", &["deployments"], OWNED),
         ("policy", &["poddisruptionbudgets"], OWNED),
+        ("batch", &["cronjobs"], OWNED),
         ("", &["secrets"], &["get"]),
         ("", &["events"], &["create", "patch"]),
         ("events.k8s.io", &["events"], &["create", "patch"]),

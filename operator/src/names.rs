@@ -92,3 +92,8 @@ mod tests {
         );
     }
 }
+
+/// The CronJob of a pipeline's `spec.backup`: `<pipeline>-backup`.
+pub fn backup_cron_job_name(pipeline: &str) -> String {
+    format!("{pipeline}-backup")
+}

@@ -6,6 +6,7 @@
 //! One module per object kind; this one holds what they share: labels, object
 //! metadata with the controller owner reference, and the config hash.
 
+mod backup;
 mod config_map;
 mod dashboard;
 mod deployment;
@@ -16,6 +17,7 @@ mod service_account;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -24,6 +26,7 @@ use sha2::{Digest, Sha256};
 use crate::names::{self, Component};
 use crate::validate::ValidatedPipeline;
 
+pub use backup::{ACCESS_KEY_ID, SECRET_ACCESS_KEY};
 pub use dashboard::{DashboardObjects, dashboard_objects};
 
 /// Every object of one pipeline, in the order they are applied (what a pod
@@ -37,6 +40,8 @@ pub struct PipelineObjects {
     pub processor: Deployment,
     pub gateway_pdb: PodDisruptionBudget,
     pub processor_pdb: PodDisruptionBudget,
+    /// `spec.backup`'s CronJob, when asked for.
+    pub backup: Option<CronJob>,
 }
 
 /// The objects of `pipeline`; its pods run `image` unless the spec names one.
@@ -91,6 +96,18 @@ pub fn pipeline_objects(pipeline: &ValidatedPipeline, image: &str) -> PipelineOb
         ),
         gateway_pdb: pdb::pdb(&owner, Component::Gateway),
         processor_pdb: pdb::pdb(&owner, Component::Processor),
+        backup: pipeline.backup.as_ref().map(|spec| {
+            backup::cron_job(
+                &owner,
+                backup::BackupJob {
+                    spec,
+                    image,
+                    config_map: &config_map_name,
+                    database_url_secret: &pipeline.database_url_secret,
+                    service_account: &service_account,
+                },
+            )
+        }),
     }
 }
 

@@ -152,6 +152,10 @@ async fn apply_pipeline(pipeline: &MetricPipeline, ctx: &Context) -> Result<Acti
         status::PROCESSOR_READY,
         &processor,
     ));
+    match super::backup::reconcile(&ctx.client, pipeline, ns, objects.backup.as_ref()).await {
+        Ok(check) => checks.extend(check),
+        Err(error) => return fail(pipeline, ctx, checks, None, error).await,
+    }
     let again = status::conclude(&mut checks);
     write_status(pipeline, ctx, &checks).await?;
     Ok(Action::requeue(again))

@@ -20,7 +20,8 @@ use pulse_core::window::WindowSpec;
 mod alerting;
 
 use crate::crd::{
-    Dashboard, DeletionPolicy, MetricPipeline, PanelKindSpec, PanelSpec, RoleSpec, SecretKeyRef,
+    BackupSpec, Dashboard, DeletionPolicy, MetricPipeline, PanelKindSpec, PanelSpec, RoleSpec,
+    SecretKeyRef,
 };
 
 /// The longest pipeline or dashboard name: it prefixes Service names, which
@@ -170,6 +171,8 @@ pub struct ValidatedPipeline {
     /// The spec's image; the operator's `--image` when `None`.
     pub image: Option<String>,
     pub deletion_policy: DeletionPolicy,
+    /// Scheduled backups (a CronJob), if asked for.
+    pub backup: Option<BackupSpec>,
 }
 
 /// Everything the builders need of a `Dashboard`, with its pipeline's
@@ -290,6 +293,7 @@ pub fn validate_pipeline(pipeline: &MetricPipeline) -> Result<ValidatedPipeline,
         processor,
         image: spec.image.clone(),
         deletion_policy: spec.deletion_policy,
+        backup: spec.backup.clone(),
     })
 }
 
