@@ -110,10 +110,10 @@ database_url = "{database}"
     )
 }
 
-/// Runs `pulse <args>` with the moto credentials; returns its stdout, or
-/// panics with its stderr.
-fn pulse(moto: &Moto, args: &[&str]) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_pulse"))
+/// Runs `pulse <args>` with the moto credentials (without blocking the
+/// runtime the in-process pipeline runs on).
+async fn pulse_output(moto: &Moto, args: &[&str]) -> std::process::Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_pulse"))
         .args(args)
         .env("AWS_ACCESS_KEY_ID", "testing")
         .env("AWS_SECRET_ACCESS_KEY", "testing")
@@ -121,7 +121,13 @@ fn pulse(moto: &Moto, args: &[&str]) -> String {
         .env("AWS_ENDPOINT_URL", moto.endpoint())
         .env_remove("PULSE_CONFIG")
         .output()
-        .expect("the pulse binary runs");
+        .await
+        .expect("the pulse binary runs")
+}
+
+/// [`pulse_output`]'s stdout, or a panic with its stderr.
+async fn pulse(moto: &Moto, args: &[&str]) -> String {
+    let output = pulse_output(moto, args).await;
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
@@ -188,10 +194,8 @@ async fn backup_restore_consistency_and_pruning_against_local_s3() {
         .unwrap();
     assert!(made.status().is_success(), "moto makes the bucket: {made:?}");
     let moto = std::sync::Arc::new(moto);
-    on_fresh_pipeline(&database, "backup", 2, move |p| {
-        round_trip(moto, database, p)
-    })
-    .await;
+    let url = database.clone();
+    on_fresh_pipeline(&database, "backup", 2, move |p| round_trip(moto, url, p)).await;
 }
 
 async fn round_trip(moto: std::sync::Arc<Moto>, database: String, p: FreshPipeline) {
@@ -232,7 +236,7 @@ async fn round_trip(moto: std::sync::Arc<Moto>, database: String, p: FreshPipeli
             }
         })
     };
-    let during = pulse(&moto, &["backup", "--config", config, "--to", &to]);
+    let during = pulse(&moto, &["backup", "--config", config, "--to", &to]).await;
     let during_name = during.split_whitespace().nth(1).unwrap().to_string();
     sender.await.unwrap();
     running.stop().await.unwrap();
@@ -256,7 +260,7 @@ async fn round_trip(moto: std::sync::Arc<Moto>, database: String, p: FreshPipeli
             "--from",
             &format!("{to}/{during_name}"),
         ],
-    );
+    ).await;
     assert!(restored.contains(&during_name), "{restored}");
     let (raw, offsets) = points_and_offsets(&pool, &copy_schema).await;
     drop_schema(&pool, &copy_schema).await;
@@ -264,21 +268,14 @@ async fn round_trip(moto: std::sync::Arc<Moto>, database: String, p: FreshPipeli
     assert_eq!(raw, offsets, "raw points and checkpoint offsets of one snapshot");
 
     // Backup (the pipeline stopped), drop the schema, restore the latest.
-    let quiet = pulse(&moto, &["backup", "--config", config, "--to", &to]);
+    let quiet = pulse(&moto, &["backup", "--config", config, "--to", &to]).await;
     assert!(quiet.starts_with("backup "), "{quiet}");
     drop_schema(&pool, &p.schema).await;
-    let restored = pulse(&moto, &["restore", "--config", config, "--from", &to]);
+    let restored = pulse(&moto, &["restore", "--config", config, "--from", &to]).await;
     assert!(restored.contains(quiet.split_whitespace().nth(1).unwrap()), "{restored}");
     assert_eq!(contents(&pool, &p.schema).await, before, "every row restored");
     // A second restore into the now full schema is refused.
-    let refused = Command::new(env!("CARGO_BIN_EXE_pulse"))
-        .args(["restore", "--config", config, "--from", &to])
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ENDPOINT_URL", moto.endpoint())
-        .output()
-        .unwrap();
+    let refused = pulse_output(&moto, &["restore", "--config", config, "--from", &to]).await;
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("already holds data"));
 
@@ -297,8 +294,8 @@ async fn round_trip(moto: std::sync::Arc<Moto>, database: String, p: FreshPipeli
     running.stop().await.unwrap();
 
     // Pruning: two more backups with --keep 2 leave the newest two.
-    pulse(&moto, &["backup", "--config", config, "--to", &to]);
-    let last = pulse(&moto, &["backup", "--config", config, "--to", &to, "--keep", "2"]);
+    pulse(&moto, &["backup", "--config", config, "--to", &to]).await;
+    let last = pulse(&moto, &["backup", "--config", config, "--to", &to, "--keep", "2"]).await;
     let pruned: Vec<&str> = last
         .lines()
         .filter_map(|l| l.strip_prefix("pruned backup "))
@@ -311,7 +308,7 @@ async fn round_trip(moto: std::sync::Arc<Moto>, database: String, p: FreshPipeli
         .filter(|k| k.ends_with("/manifest.json"))
         .collect();
     assert_eq!(manifests.len(), 2, "{manifests:?}");
-    assert!(!moto.keys(&format!("{prefix}/{during_name}")).await.iter().any(|_| true));
+    assert!(moto.keys(&format!("{prefix}/{during_name}")).await.is_empty());
     let newest = last.split_whitespace().nth(1).unwrap();
     assert!(manifests.iter().any(|m| m.contains(newest)));
 }

@@ -29,7 +29,7 @@ fn cron_job(pipeline: &MetricPipeline) -> Option<CronJob> {
 }
 
 fn container(cron_job: &CronJob) -> Container {
-    let job = cron_job.spec.as_ref().unwrap().job_template.spec.as_ref().unwrap();
+    let job = cron_job.spec.job_template.spec.as_ref().unwrap();
     job.template.spec.as_ref().unwrap().containers[0].clone()
 }
 
@@ -56,7 +56,7 @@ fn a_backup_spec_becomes_a_cron_job_running_pulse_backup() {
         cron.metadata.owner_references.as_ref().unwrap()[0].uid,
         "uid-checkout"
     );
-    let spec = cron.spec.as_ref().unwrap();
+    let spec = &cron.spec;
     assert_eq!(spec.schedule, "0 3 * * *");
     assert_eq!(spec.concurrency_policy.as_deref(), Some("Forbid"));
     let job = spec.job_template.spec.as_ref().unwrap();

@@ -115,7 +115,8 @@ async fn upload_table(
     let mut tally = Tally::default();
     let mut encoder = ZstdEncoder::new(bucket.writer(object));
     let written: Result<(), String> = async {
-        let mut rows = snapshot.copy_out(shape).await.map_err(|e| e.to_string())?;
+        let rows = snapshot.copy_out(shape).await.map_err(|e| e.to_string())?;
+        let mut rows = std::pin::pin!(rows);
         while let Some(chunk) = rows.next().await {
             let chunk = chunk.map_err(|e| format!("reading table {}: {e}", shape.name))?;
             tally.add(&chunk);

@@ -109,7 +109,7 @@ pub(super) fn cron_job(owner: &Owner<'_>, job: BackupJob<'_>) -> CronJob {
     };
     CronJob {
         metadata: owner.meta(&names::backup_cron_job_name(owner.instance), None),
-        spec: Some(CronJobSpec {
+        spec: CronJobSpec {
             schedule: spec.schedule.clone(),
             concurrency_policy: Some("Forbid".into()),
             successful_jobs_history_limit: Some(HISTORY),
@@ -129,7 +129,7 @@ pub(super) fn cron_job(owner: &Owner<'_>, job: BackupJob<'_>) -> CronJob {
                 }),
             },
             ..CronJobSpec::default()
-        }),
+        },
         ..CronJob::default()
     }
 }

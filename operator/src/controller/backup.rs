@@ -25,7 +25,7 @@ pub(super) async fn reconcile(
 ) -> Result<Option<Check>, Error> {
     if let Some(cron_job) = cron_job {
         let applied = apply(client, namespace, cron_job).await?;
-        let schedule = applied.spec.map(|s| s.schedule).unwrap_or_default();
+        let schedule = applied.spec.schedule;
         let destination = pipeline
             .spec
             .backup
