@@ -47,7 +47,14 @@ impl Moto {
             return None;
         }
         let child = Command::new("python3")
-            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -192,7 +199,10 @@ async fn backup_restore_consistency_and_pruning_against_local_s3() {
         .send()
         .await
         .unwrap();
-    assert!(made.status().is_success(), "moto makes the bucket: {made:?}");
+    assert!(
+        made.status().is_success(),
+        "moto makes the bucket: {made:?}"
+    );
     let moto = std::sync::Arc::new(moto);
     let url = database.clone();
     on_fresh_pipeline(&database, "backup", 2, move |p| round_trip(moto, url, p)).await;
@@ -213,7 +223,9 @@ async fn round_trip(moto: std::sync::Arc<Moto>, database: String, p: FreshPipeli
     let end = (pulse_core::now_ms() - 120_000).div_euclid(300_000) * 300_000;
     let points = random_points(3_000, 6, end - 900_000, end, 7);
     let expected = windows_of(&points, &WINDOWS);
-    let running = pulse::up::start(Config::from_toml(&text).unwrap()).await.unwrap();
+    let running = pulse::up::start(Config::from_toml(&text).unwrap())
+        .await
+        .unwrap();
     let gateway = format!("http://{}", running.gateway);
     post(&client, &gateway, &points, 500).await;
     check_windows(
@@ -260,20 +272,31 @@ async fn round_trip(moto: std::sync::Arc<Moto>, database: String, p: FreshPipeli
             "--from",
             &format!("{to}/{during_name}"),
         ],
-    ).await;
+    )
+    .await;
     assert!(restored.contains(&during_name), "{restored}");
     let (raw, offsets) = points_and_offsets(&pool, &copy_schema).await;
     drop_schema(&pool, &copy_schema).await;
     assert!(raw >= 3_000, "the backup holds the first points: {raw}");
-    assert_eq!(raw, offsets, "raw points and checkpoint offsets of one snapshot");
+    assert_eq!(
+        raw, offsets,
+        "raw points and checkpoint offsets of one snapshot"
+    );
 
     // Backup (the pipeline stopped), drop the schema, restore the latest.
     let quiet = pulse(&moto, &["backup", "--config", config, "--to", &to]).await;
     assert!(quiet.starts_with("backup "), "{quiet}");
     drop_schema(&pool, &p.schema).await;
     let restored = pulse(&moto, &["restore", "--config", config, "--from", &to]).await;
-    assert!(restored.contains(quiet.split_whitespace().nth(1).unwrap()), "{restored}");
-    assert_eq!(contents(&pool, &p.schema).await, before, "every row restored");
+    assert!(
+        restored.contains(quiet.split_whitespace().nth(1).unwrap()),
+        "{restored}"
+    );
+    assert_eq!(
+        contents(&pool, &p.schema).await,
+        before,
+        "every row restored"
+    );
     // A second restore into the now full schema is refused.
     let refused = pulse_output(&moto, &["restore", "--config", config, "--from", &to]).await;
     assert!(!refused.status.success());
@@ -282,7 +305,9 @@ async fn round_trip(moto: std::sync::Arc<Moto>, database: String, p: FreshPipeli
     // The restored pipeline answers every window as before.
     let mut all = points.clone();
     all.extend(random_points(20_000, 6, end - 900_000, end, 8));
-    let running = pulse::up::start(Config::from_toml(&text).unwrap()).await.unwrap();
+    let running = pulse::up::start(Config::from_toml(&text).unwrap())
+        .await
+        .unwrap();
     check_windows(
         &client,
         &format!("http://{}", running.dashboard),
@@ -295,7 +320,11 @@ async fn round_trip(moto: std::sync::Arc<Moto>, database: String, p: FreshPipeli
 
     // Pruning: two more backups with --keep 2 leave the newest two.
     pulse(&moto, &["backup", "--config", config, "--to", &to]).await;
-    let last = pulse(&moto, &["backup", "--config", config, "--to", &to, "--keep", "2"]).await;
+    let last = pulse(
+        &moto,
+        &["backup", "--config", config, "--to", &to, "--keep", "2"],
+    )
+    .await;
     let pruned: Vec<&str> = last
         .lines()
         .filter_map(|l| l.strip_prefix("pruned backup "))
@@ -308,7 +337,11 @@ async fn round_trip(moto: std::sync::Arc<Moto>, database: String, p: FreshPipeli
         .filter(|k| k.ends_with("/manifest.json"))
         .collect();
     assert_eq!(manifests.len(), 2, "{manifests:?}");
-    assert!(moto.keys(&format!("{prefix}/{during_name}")).await.is_empty());
+    assert!(
+        moto.keys(&format!("{prefix}/{during_name}"))
+            .await
+            .is_empty()
+    );
     let newest = last.split_whitespace().nth(1).unwrap();
     assert!(manifests.iter().any(|m| m.contains(newest)));
 }

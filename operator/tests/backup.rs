@@ -91,9 +91,7 @@ fn a_backup_spec_becomes_a_cron_job_running_pulse_backup() {
             "3"
         ]
     );
-    let secret = |name: &str, key: &str| {
-        json!({"secretKeyRef": {"name": name, "key": key, "optional": false}})
-    };
+    let secret = |name: &str, key: &str| json!({"secretKeyRef": {"name": name, "key": key, "optional": false}});
     assert_eq!(
         env(&container),
         json!([
@@ -184,7 +182,8 @@ impl Harness {
 #[tokio::test]
 async fn the_cron_job_is_applied_while_asked_for_and_deleted_after() {
     let h = harness();
-    let asked = with_backup(json!({"schedule": "0 3 * * *", "destination": "s3://b/p"})).finalized();
+    let asked =
+        with_backup(json!({"schedule": "0 3 * * *", "destination": "s3://b/p"})).finalized();
     h.reconcile(asked.clone()).await;
     assert_eq!(h.cron_job_requests(), [format!("PATCH {CRON_JOB}")]);
     let applied = h

@@ -33,7 +33,9 @@ impl Bucket {
     /// the environment. Path-style requests (what MinIO, Ceph and most other
     /// S3-compatible stores want); plain HTTP only when the endpoint says so.
     pub fn from_env(location: &Location) -> Result<Bucket, String> {
-        let endpoint = std::env::var("AWS_ENDPOINT_URL").ok().filter(|e| !e.is_empty());
+        let endpoint = std::env::var("AWS_ENDPOINT_URL")
+            .ok()
+            .filter(|e| !e.is_empty());
         let mut builder = AmazonS3Builder::from_env().with_bucket_name(&location.bucket);
         if let Some(endpoint) = &endpoint {
             builder = builder

@@ -29,13 +29,13 @@ pub fn parse(url: &str, named: bool) -> Result<Location, String> {
     })?;
     let (bucket, path) = rest.split_once('/').unwrap_or((rest, ""));
     if bucket.is_empty() {
-        return Err(format!(
-            "{url:?} names no bucket: write s3://BUCKET/PREFIX"
-        ));
+        return Err(format!("{url:?} names no bucket: write s3://BUCKET/PREFIX"));
     }
     let mut segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     if segments.iter().any(|s| *s == "." || *s == "..") {
-        return Err(format!("{url:?}: a prefix may not contain . or .. segments"));
+        return Err(format!(
+            "{url:?}: a prefix may not contain . or .. segments"
+        ));
     }
     let name = match segments.last() {
         Some(last) if named && is_backup_name(last) => {
@@ -161,7 +161,10 @@ mod tests {
     #[test]
     fn parses_bucket_prefix_and_name() {
         let l = parse("s3://bkt/team/pulse/", false).unwrap();
-        assert_eq!((l.bucket.as_str(), l.prefix.as_str(), l.name), ("bkt", "team/pulse", None));
+        assert_eq!(
+            (l.bucket.as_str(), l.prefix.as_str(), l.name),
+            ("bkt", "team/pulse", None)
+        );
         let l = parse(&format!("s3://bkt/team/{A}"), true).unwrap();
         assert_eq!((l.prefix.as_str(), l.name.as_deref()), ("team", Some(A)));
         // Without `named` (a backup's destination) the segment is a prefix.

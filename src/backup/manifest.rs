@@ -166,7 +166,13 @@ mod tests {
         let entry = &manifest.tables[0];
         assert!(entry.check(&tally.summary()).is_ok());
         assert!(entry.check(&Tally::default().summary()).is_err());
-        let newer = String::from_utf8(json).unwrap().replace("\"format\":1", "\"format\":2");
-        assert!(Manifest::parse(newer.as_bytes(), "m").unwrap_err().contains("format 2"));
+        let newer = String::from_utf8(json)
+            .unwrap()
+            .replace("\"format\":1", "\"format\":2");
+        assert!(
+            Manifest::parse(newer.as_bytes(), "m")
+                .unwrap_err()
+                .contains("format 2")
+        );
     }
 }

@@ -19,7 +19,9 @@ use async_compression::tokio::write::ZstdEncoder;
 use futures::{StreamExt, TryStreamExt};
 use pulse_core::config::Config;
 use pulse_engine::store::Store;
-use pulse_engine::store::postgres::{PostgresStore, Snapshot, TableShape, claim_schema, owned_schema};
+use pulse_engine::store::postgres::{
+    PostgresStore, Snapshot, TableShape, claim_schema, owned_schema,
+};
 use tokio::io::AsyncWriteExt;
 use tokio_util::io::{ReaderStream, StreamReader};
 
@@ -75,7 +77,13 @@ pub async fn backup(
     let mut tables = Vec::new();
     for shape in snapshot.tables().await.map_err(|e| e.to_string())? {
         let object = format!("{}.copy.zst", shape.name);
-        let tally = upload_table(&mut snapshot, &shape, &bucket, &location.object(&name, &object)).await?;
+        let tally = upload_table(
+            &mut snapshot,
+            &shape,
+            &bucket,
+            &location.object(&name, &object),
+        )
+        .await?;
         tables.push(TableEntry {
             shape,
             object,
@@ -187,7 +195,10 @@ pub async fn restore(config: &Config, from: &str, replace: bool) -> Result<Manif
         .await
         .map_err(|e| e.to_string())?;
     store.migrate().await.map_err(|e| e.to_string())?;
-    let mut session = store.restore_session(replace).await.map_err(|e| e.to_string())?;
+    let mut session = store
+        .restore_session(replace)
+        .await
+        .map_err(|e| e.to_string())?;
     let version = session.schema_version().await.map_err(|e| e.to_string())?;
     if manifest.schema_version > version {
         return Err(format!(

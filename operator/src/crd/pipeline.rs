@@ -10,7 +10,9 @@ use pulse_core::validate::Limits;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{AlertingSpec, AnomalySpec, BackupSpec, DURATION_PATTERN, DeletionPolicy, SecretKeyRef};
+use super::{
+    AlertingSpec, AnomalySpec, BackupSpec, DURATION_PATTERN, DeletionPolicy, SecretKeyRef,
+};
 
 /// A window as the processor and the dashboard name it: `5m` for a tumbling
 /// window, `10m/1m` for a sliding one (size/slide). Units s, m and h only, so the

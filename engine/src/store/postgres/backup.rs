@@ -77,7 +77,8 @@ impl PostgresStore {
             .begin()
             .await
             .map_err(|e| self.unavailable_context(db_error(e)))?;
-        (&mut *tx).execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        (&mut *tx)
+            .execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             .await
             .map_err(db_error)?;
         Ok(Snapshot {
@@ -112,11 +113,10 @@ impl PostgresStore {
                     .map_err(db_error)?;
                 continue;
             }
-            let any: bool =
-                sqlx::query_scalar(&format!("SELECT EXISTS (SELECT 1 FROM {name})"))
-                    .fetch_one(&mut *restore.tx)
-                    .await
-                    .map_err(db_error)?;
+            let any: bool = sqlx::query_scalar(&format!("SELECT EXISTS (SELECT 1 FROM {name})"))
+                .fetch_one(&mut *restore.tx)
+                .await
+                .map_err(db_error)?;
             if any {
                 return Err(StoreError::Other(format!(
                     "schema {} already holds data (table {}): restore into an empty schema, \
@@ -203,11 +203,7 @@ impl Snapshot {
             table.column_list(),
             qualified(&self.schema, &table.name)
         );
-        let stream = self
-            .tx
-            .copy_out_raw(&statement)
-            .await
-            .map_err(db_error)?;
+        let stream = self.tx.copy_out_raw(&statement).await.map_err(db_error)?;
         Ok(stream.map_err(db_error))
     }
 }
