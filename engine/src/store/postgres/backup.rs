@@ -46,7 +46,7 @@ impl TableShape {
     fn column_list(&self) -> String {
         self.columns
             .iter()
-            .map(|c| quote(c))
+            .map(|c| quote(c.as_str()))
             .collect::<Vec<_>>()
             .join(", ")
     }
