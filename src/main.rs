@@ -124,6 +124,37 @@ enum Command {
         #[arg(long)]
         out_dir: Option<PathBuf>,
     },
+    /// Back the pipeline's PostgreSQL schema up to an S3-compatible bucket: one
+    /// consistent snapshot, zstd-compressed, with a manifest. Credentials, region
+    /// and endpoint come from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+    /// AWS_REGION and AWS_ENDPOINT_URL.
+    Backup {
+        #[arg(long, short, env = "PULSE_CONFIG")]
+        config: Option<PathBuf>,
+        /// Where to: s3://BUCKET/PREFIX (the backup goes to PREFIX/<time>/).
+        #[arg(long, value_name = "s3://BUCKET/PREFIX")]
+        to: String,
+        /// Then delete all but the newest N backups under PREFIX.
+        #[arg(long, value_name = "N")]
+        keep: Option<usize>,
+        #[command(flatten)]
+        engines: EngineArgs,
+    },
+    /// Restore a backup into the pipeline's schema (the newest under PREFIX
+    /// when no NAME is given). Same AWS_* variables as `pulse backup`.
+    Restore {
+        #[arg(long, short, env = "PULSE_CONFIG")]
+        config: Option<PathBuf>,
+        /// What: s3://BUCKET/PREFIX or s3://BUCKET/PREFIX/NAME.
+        #[arg(long, value_name = "s3://BUCKET/PREFIX[/NAME]")]
+        from: String,
+        /// Empty a schema that already holds data (in the restore's own
+        /// transaction) instead of refusing.
+        #[arg(long)]
+        replace: bool,
+        #[command(flatten)]
+        engines: EngineArgs,
+    },
     /// Write the OpenAPI 3.1 document of every HTTP listener (gateway,
     /// dashboard, processor, operator, the sidecar's receivers and admin port),
     /// as each serves it at GET /openapi.json, to `<dir>/<listener>.json`
@@ -182,6 +213,18 @@ fn main() -> ExitCode {
             Command::Crds { out_dir } => crds(out_dir.as_deref()),
             Command::Openapi { out_dir } => openapi(&out_dir),
             Command::Operator(args) => operator(args).await,
+            Command::Backup {
+                config,
+                to,
+                keep,
+                engines,
+            } => backup(config, engines, &to, keep).await,
+            Command::Restore {
+                config,
+                from,
+                replace,
+                engines,
+            } => restore(config, engines, &from, replace).await,
         }
     });
     match outcome {
@@ -263,6 +306,58 @@ async fn operator(args: OperatorArgs) -> Result<(), String> {
     })
     .await
     .map_err(|e| e.to_string())
+}
+
+/// The config of `pulse backup`/`pulse restore`.
+fn load_config(config: Option<PathBuf>, engines: EngineArgs) -> Result<Config, String> {
+    let mut config = Config::load(config.as_deref()).map_err(|e| e.to_string())?;
+    engines.apply(&mut config);
+    config.validate().map_err(|e| e.to_string())?;
+    Ok(config)
+}
+
+/// `pulse backup`.
+async fn backup(
+    config: Option<PathBuf>,
+    engines: EngineArgs,
+    to: &str,
+    keep: Option<usize>,
+) -> Result<(), String> {
+    let config = load_config(config, engines)?;
+    let (manifest, pruned) = pulse::backup::backup(&config, to, keep).await?;
+    let rows: u64 = manifest.tables.iter().map(|t| t.tally.rows).sum();
+    println!(
+        "backup {} of schema {}: {} tables, {rows} rows",
+        manifest.name,
+        manifest.schema,
+        manifest.tables.len()
+    );
+    for name in pruned {
+        println!("pruned backup {name}");
+    }
+    Ok(())
+}
+
+/// `pulse restore`.
+async fn restore(
+    config: Option<PathBuf>,
+    engines: EngineArgs,
+    from: &str,
+    replace: bool,
+) -> Result<(), String> {
+    let config = load_config(config, engines)?;
+    let manifest = pulse::backup::restore(&config, from, replace).await?;
+    let rows: u64 = manifest.tables.iter().map(|t| t.tally.rows).sum();
+    println!(
+        "restored backup {} ({} of {}/{}, taken {}): {} tables, {rows} rows",
+        manifest.name,
+        manifest.schema,
+        manifest.namespace,
+        manifest.pipeline,
+        manifest.created_at,
+        manifest.tables.len()
+    );
+    Ok(())
 }
 
 /// `pulse crds`: both CRDs to stdout as one YAML stream, or one file each.

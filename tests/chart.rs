@@ -261,6 +261,7 @@ fn contract_cluster_rbac() -> BTreeSet<(String, String, String)> {
         ("autoscaling", &["horizontalpodautoscalers"], OWNED),
         ("networking.k8s.io", &["ingresses"], OWNED),
         ("keda.sh", &["scaledobjects"], OWNED),
+        ("batch", &["cronjobs"], OWNED),
         ("", &["secrets"], &["get"]),
         ("", &["events"], &["create", "patch"]),
         ("events.k8s.io", &["events"], &["create", "patch"]),

@@ -81,6 +81,11 @@ pub fn receiver_routing_key_env(index: usize) -> String {
     format!("PULSE_RECEIVER_{index}_ROUTING_KEY")
 }
 
+/// The CronJob of a pipeline's `spec.backup`: `<pipeline>-backup`.
+pub fn backup_cron_job_name(pipeline: &str) -> String {
+    format!("{pipeline}-backup")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

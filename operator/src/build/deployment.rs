@@ -130,14 +130,7 @@ pub(super) fn deployment(owner: &Owner<'_>, role: Role<'_>) -> Deployment {
         containers: vec![container],
         service_account_name: role.service_account.map(str::to_string),
         automount_service_account_token: Some(false),
-        security_context: Some(PodSecurityContext {
-            run_as_non_root: Some(true),
-            run_as_user: Some(RUN_AS),
-            run_as_group: Some(RUN_AS),
-            fs_group: Some(RUN_AS),
-            seccomp_profile: Some(runtime_default()),
-            ..PodSecurityContext::default()
-        }),
+        security_context: Some(restricted_pod()),
         volumes: Some(
             [
                 config_map_volume("config", role.config_map),
@@ -191,7 +184,7 @@ pub(super) fn deployment(owner: &Owner<'_>, role: Role<'_>) -> Deployment {
 
 /// Requests that schedule anywhere and a memory limit that stops a runaway
 /// process; no CPU limit, so a busy pod is not throttled while idle cores wait.
-fn default_resources() -> ResourceRequirements {
+pub(super) fn default_resources() -> ResourceRequirements {
     ResourceRequirements {
         requests: Some(BTreeMap::from([
             ("cpu".to_string(), Quantity("100m".into())),
@@ -219,8 +212,20 @@ fn probe(path: &str, period_seconds: i32, failure_threshold: i32) -> Probe {
     }
 }
 
+/// The pod's side of the "restricted" Pod Security Standard: a non-root user.
+pub(super) fn restricted_pod() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(RUN_AS),
+        run_as_group: Some(RUN_AS),
+        fs_group: Some(RUN_AS),
+        seccomp_profile: Some(runtime_default()),
+        ..PodSecurityContext::default()
+    }
+}
+
 /// The "restricted" Pod Security Standard, and a read-only root filesystem.
-fn restricted_container() -> SecurityContext {
+pub(super) fn restricted_container() -> SecurityContext {
     SecurityContext {
         run_as_non_root: Some(true),
         read_only_root_filesystem: Some(true),
@@ -234,14 +239,14 @@ fn restricted_container() -> SecurityContext {
     }
 }
 
-fn runtime_default() -> SeccompProfile {
+pub(super) fn runtime_default() -> SeccompProfile {
     SeccompProfile {
         type_: "RuntimeDefault".into(),
         ..SeccompProfile::default()
     }
 }
 
-fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+pub(super) fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
     VolumeMount {
         name: name.into(),
         mount_path: path.into(),
@@ -261,7 +266,7 @@ fn config_map_volume(name: &str, config_map: &str) -> Volume {
     }
 }
 
-fn empty_dir(name: &str) -> Volume {
+pub(super) fn empty_dir(name: &str) -> Volume {
     Volume {
         name: name.into(),
         empty_dir: Some(EmptyDirVolumeSource::default()),

@@ -7,6 +7,7 @@
 //! metadata with the controller owner reference, and the config hash.
 
 mod autoscaling;
+mod backup;
 mod config_map;
 mod dashboard;
 mod deployment;
@@ -23,6 +24,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, EnvVar, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::DynamicObject;
@@ -35,6 +37,7 @@ use crate::validate::{BOARDS_DIR, ValidatedPipeline, Workload};
 pub use autoscaling::{
     KEDA_GROUP, KEDA_VERSION, SCALED_OBJECT_KIND, SCALED_OBJECTS, scaled_object_resource,
 };
+pub use backup::{ACCESS_KEY_ID, SECRET_ACCESS_KEY};
 pub use dashboard::boards;
 pub use ingress::ingress_url;
 pub use placement::{NODE_KEY, ZONE_KEY, default_spread};
@@ -65,6 +68,8 @@ pub struct PipelineObjects {
     pub processor_scaled_object: Option<DynamicObject>,
     pub gateway_ingress: Option<Ingress>,
     pub dashboard_ingress: Option<Ingress>,
+    /// `spec.backup`'s CronJob, when asked for.
+    pub backup: Option<CronJob>,
 }
 
 /// The objects of `pipeline` serving `boards`; its pods run `image` unless the
@@ -189,6 +194,18 @@ pub fn pipeline_objects(
             .dashboards_ingress
             .as_ref()
             .map(|i| ingress::ingress(&owner, Component::Dashboard, i)),
+        backup: pipeline.backup.as_ref().map(|spec| {
+            backup::cron_job(
+                &owner,
+                backup::BackupJob {
+                    spec,
+                    image,
+                    config_map: &config_map_name,
+                    database_url_secret: &pipeline.database_url_secret,
+                    service_account: &names::object_name(owner.instance, Component::Processor),
+                },
+            )
+        }),
     }
 }
 

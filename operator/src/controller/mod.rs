@@ -8,6 +8,7 @@
 //! Events. Errors requeue with a per-object exponential backoff and are
 //! counted by reason; a bad spec is a condition, never a crash.
 
+pub mod backup;
 pub mod dashboard;
 pub mod error;
 pub mod objects;

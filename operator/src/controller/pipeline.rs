@@ -142,15 +142,19 @@ async fn apply_pipeline(pipeline: &MetricPipeline, ctx: &Context) -> Result<Acti
         let pod_monitors = monitoring::prepare(&ctx.client, &validated, &mut built).await?;
         let applied = objects::apply_all(ctx, ns, validated.name.as_str(), &built).await?;
         monitoring::apply_pod_monitors(&ctx.client, ns, &pod_monitors).await?;
-        Ok::<_, Error>((applied, cluster))
+        Ok::<_, Error>((applied, cluster, built.backup))
     }
     .await;
-    let (applied, cluster) = match applied {
+    let (applied, cluster, backup) = match applied {
         Ok(applied) => applied,
         // No condition of its own: Ready carries the API's refusal.
         Err(error) => return fail(pipeline, ctx, checks, None, error).await,
     };
     checks.extend(objects::deployment_checks(&applied));
+    match super::backup::reconcile(&ctx.client, pipeline, ns, backup.as_ref()).await {
+        Ok(check) => checks.extend(check),
+        Err(error) => return fail(pipeline, ctx, checks, None, error).await,
+    }
     let again = status::conclude(&mut checks);
     // Not part of Ready: without KEDA the pipeline runs, at its fixed replicas.
     checks.extend(objects::autoscaling_check(&validated, cluster));

@@ -9,6 +9,7 @@
 //! window against its pipeline's) is checked by [`crate::validate`].
 
 mod alerting;
+mod backup;
 mod dashboard;
 mod health;
 mod pipeline;
@@ -22,6 +23,7 @@ pub use alerting::{
     AlertingSpec, AnomalyRuleSpec, AnomalySpec, DetectorSpec, MAX_RECEIVERS, MAX_RULES,
     ReceiverKindSpec, ReceiverSpec,
 };
+pub use backup::{BackupSpec, SecretRef};
 pub use dashboard::{
     Dashboard, DashboardSpec, DashboardStatus, PanelKindSpec, PanelSpec, ThresholdSpec,
 };

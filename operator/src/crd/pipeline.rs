@@ -11,8 +11,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    AlertingSpec, AnomalySpec, DURATION_PATTERN, DashboardsSpec, DeletionPolicy, GatewaySpec,
-    PipelineHealth, PlacementSpec, ProcessorSpec, SecretKeyRef,
+    AlertingSpec, AnomalySpec, BackupSpec, DURATION_PATTERN, DashboardsSpec, DeletionPolicy,
+    GatewaySpec, PipelineHealth, PlacementSpec, ProcessorSpec, SecretKeyRef,
 };
 
 /// A window as the processor and the dashboard name it: `5m` for a tumbling
@@ -125,6 +125,10 @@ pub struct MetricPipelineSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
     pub image: Option<String>,
+    /// Scheduled backups of the database schema to an S3-compatible bucket
+    /// (a CronJob running `pulse backup`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupSpec>,
     /// What deleting this resource does to the topics and the database schema:
     /// `Retain` (the default) keeps them, `Delete` drops them.
     #[serde(default)]

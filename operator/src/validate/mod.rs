@@ -22,7 +22,7 @@ mod roles;
 pub use roles::{CpuScaling, LagScaling, Roles, Workload};
 
 use crate::crd::{
-    Dashboard, DeletionPolicy, MetricPipeline, PanelKindSpec, PanelSpec, SecretKeyRef,
+    BackupSpec, Dashboard, DeletionPolicy, MetricPipeline, PanelKindSpec, PanelSpec, SecretKeyRef,
 };
 
 /// The longest pipeline or dashboard name: it prefixes Service names, which
@@ -173,6 +173,8 @@ pub struct ValidatedPipeline {
     /// The spec's image; the operator's `--image` when `None`.
     pub image: Option<String>,
     pub deletion_policy: DeletionPolicy,
+    /// Scheduled backups (a CronJob), if asked for.
+    pub backup: Option<BackupSpec>,
 }
 
 /// A `Dashboard` checked against its pipeline: the board the pipeline's
@@ -282,6 +284,7 @@ pub fn validate_pipeline(pipeline: &MetricPipeline) -> Result<ValidatedPipeline,
         roles,
         image: spec.image.clone(),
         deletion_policy: spec.deletion_policy,
+        backup: spec.backup.clone(),
     })
 }
 

@@ -33,6 +33,7 @@ use pulse_core::{Point, Tags, TimestampMs, WindowResult};
 use sqlx::Executor;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
+mod backup;
 mod calendar;
 mod checkpoint;
 mod claim;
@@ -48,6 +49,7 @@ mod retention;
 mod sql;
 mod timescale;
 
+pub use backup::{Restore, Snapshot, TableShape};
 pub use claim::{claim_schema, owned_schema};
 pub use options::connect_options;
 pub(in crate::store) use sql::{col, db_error};
