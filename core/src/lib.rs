@@ -15,6 +15,7 @@ pub mod config;
 pub mod duration;
 pub mod edge;
 pub mod idempotency;
+pub mod kafka_security;
 pub mod names;
 pub mod point;
 pub mod result;

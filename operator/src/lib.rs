@@ -14,6 +14,7 @@ pub mod crd;
 /// dependency of the product).
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
+pub mod kafka_access;
 pub mod leader;
 pub mod metrics;
 pub mod names;

@@ -48,6 +48,7 @@ pub fn dashboard_objects(dashboard: &ValidatedDashboard, image: &str) -> Dashboa
                 config_map: &config_map_name,
                 config_hash: &hash,
                 env,
+                volumes: Vec::new(),
                 service_account: None,
             },
         ),

@@ -32,6 +32,8 @@ pub(super) struct Role<'a> {
     pub config_hash: &'a str,
     /// Secret values the role needs, as environment variables.
     pub env: Vec<EnvVar>,
+    /// Secrets mounted as files (read-only), e.g. Kafka's CA and client certificate.
+    pub volumes: Vec<(Volume, VolumeMount)>,
     /// `None`: the namespace's default account (with no token mounted).
     pub service_account: Option<&'a str>,
 }
@@ -49,7 +51,7 @@ pub(super) fn port(component: Component) -> u16 {
 /// The Secrets are required (not `optional`): a pod whose Secret is missing
 /// waits in `CreateContainerConfigError`, saying which, instead of running
 /// on the embedded engines.
-pub(super) fn secret_env<'a>(
+pub(crate) fn secret_env<'a>(
     refs: impl IntoIterator<Item = (&'a str, Option<&'a SecretKeyRef>)>,
 ) -> Vec<EnvVar> {
     refs.into_iter()
@@ -104,11 +106,16 @@ pub(super) fn deployment(owner: &Owner<'_>, role: Role<'_>) -> Deployment {
         liveness_probe: Some(probe("/healthz", 10, 3)),
         readiness_probe: Some(probe("/readyz", 5, 2)),
         security_context: Some(restricted_container()),
-        volume_mounts: Some(vec![
-            mount("config", names::CONFIG_DIR, true),
-            mount("data", DATA_DIR, false),
-            mount("tmp", "/tmp", false),
-        ]),
+        volume_mounts: Some(
+            [
+                mount("config", names::CONFIG_DIR, true),
+                mount("data", DATA_DIR, false),
+                mount("tmp", "/tmp", false),
+            ]
+            .into_iter()
+            .chain(role.volumes.iter().map(|(_, mount)| mount.clone()))
+            .collect(),
+        ),
         ..Container::default()
     };
     let pod = PodSpec {
@@ -134,7 +141,10 @@ pub(super) fn deployment(owner: &Owner<'_>, role: Role<'_>) -> Deployment {
             },
             empty_dir("data"),
             empty_dir("tmp"),
-        ]),
+        ]
+        .into_iter()
+        .chain(role.volumes.into_iter().map(|(volume, _)| volume))
+        .collect()),
         ..PodSpec::default()
     };
     Deployment {

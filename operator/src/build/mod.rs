@@ -8,7 +8,7 @@
 
 mod config_map;
 mod dashboard;
-mod deployment;
+pub(crate) mod deployment;
 mod pdb;
 mod service;
 mod service_account;
@@ -21,6 +21,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use sha2::{Digest, Sha256};
 
+use crate::kafka_access;
 use crate::names::{self, Component};
 use crate::validate::ValidatedPipeline;
 
@@ -50,14 +51,19 @@ pub fn pipeline_objects(pipeline: &ValidatedPipeline, image: &str) -> PipelineOb
     let config_map_name = names::config_map_name(pipeline.name.as_str());
     let service_account = names::service_account_name(pipeline.name.as_str());
     let hash = config_hash(&pipeline.config_toml);
-    let role = |component, workload, env| deployment::Role {
-        component,
-        workload,
-        image,
-        config_map: &config_map_name,
-        config_hash: &hash,
-        env,
-        service_account: Some(&service_account),
+    // Both roles talk to Kafka: its Secrets go to both.
+    let role = |component, workload, mut env: Vec<_>| {
+        env.extend(kafka_access::env(&pipeline.kafka));
+        deployment::Role {
+            component,
+            workload,
+            image,
+            config_map: &config_map_name,
+            config_hash: &hash,
+            env,
+            volumes: kafka_access::volumes(&pipeline.kafka),
+            service_account: Some(&service_account),
+        }
     };
     let gateway_env = deployment::secret_env([(
         names::ENV_INGEST_TOKENS,

@@ -24,6 +24,7 @@ pub use dashboard::{
     Dashboard, DashboardSpec, DashboardStatus, PanelKindSpec, PanelSpec, ThresholdSpec,
 };
 pub use pipeline::{
+    KafkaSaslMechanism, KafkaSaslSpec, KafkaTlsSpec,
     AuthSpec, DatabaseSpec, KafkaSpec, LimitsSpec, MetricPipeline, MetricPipelineSpec,
     MetricPipelineStatus, RedisSpec, RoleSpec,
 };
@@ -41,7 +42,7 @@ pub enum DeletionPolicy {
 
 /// A key of a Secret in the resource's namespace. The value reaches the pods
 /// as an environment variable, never through the rendered config.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub struct SecretKeyRef {
     /// Name of the Secret, in the same namespace as the resource.
     #[schemars(length(min = 1, max = 253))]

@@ -149,6 +149,53 @@ pub struct KafkaSpec {
     #[serde(default = "default_session_timeout")]
     #[schemars(pattern(DURATION_PATTERN))]
     pub session_timeout: String,
+    /// TLS to the brokers (their certificate checked, and required to name the
+    /// broker's host). The operator's own admin client uses it too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<KafkaTlsSpec>,
+    /// SASL authentication to the brokers; PLAIN only together with `tls`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sasl: Option<KafkaSaslSpec>,
+}
+
+/// TLS to the Kafka brokers. Without `caSecretRef` the brokers' certificates
+/// must chain to the image's trusted roots (a public CA).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaTlsSpec {
+    /// The Secret key holding the PEM CA that signed the brokers' certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
+    /// A `kubernetes.io/tls` Secret (keys `tls.crt`, `tls.key`, as cert-manager
+    /// writes them) holding this pipeline's client certificate, for brokers
+    /// that require one (mTLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub client_certificate_secret: Option<String>,
+}
+
+/// SASL authentication to the Kafka brokers.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaSaslSpec {
+    pub mechanism: KafkaSaslMechanism,
+    /// The user the brokers know this pipeline as.
+    #[schemars(length(min = 1, max = 253))]
+    pub username: String,
+    /// The Secret key holding the user's password.
+    pub password_secret_ref: SecretKeyRef,
+}
+
+/// The SASL mechanisms Pulse speaks to Kafka.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
+pub enum KafkaSaslMechanism {
+    /// The password as it is, so only with `tls`.
+    #[serde(rename = "PLAIN")]
+    Plain,
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
 }
 
 /// The database of raw points and window results.

@@ -20,7 +20,7 @@ use pulse_core::window::WindowSpec;
 mod alerting;
 
 use crate::crd::{
-    Dashboard, DeletionPolicy, MetricPipeline, PanelKindSpec, PanelSpec, RoleSpec, SecretKeyRef,
+    Dashboard, DeletionPolicy, KafkaSpec, MetricPipeline, PanelKindSpec, PanelSpec, RoleSpec, SecretKeyRef,
 };
 
 /// The longest pipeline or dashboard name: it prefixes Service names, which
@@ -83,6 +83,8 @@ pub enum InvalidSpec {
     },
     #[error("spec.panels: {0}")]
     Panel(String),
+    #[error("spec.{0}")]
+    KafkaAccess(String),
     #[error(
         "spec.panels[{index}].window `{window}` is not computed by pipeline `{pipeline}` (its windows: {available}); pick one of those or add it to the pipeline's spec.windows"
     )]
@@ -158,6 +160,8 @@ pub struct ValidatedPipeline {
     pub config_toml: String,
     pub windows: Vec<WindowSpec>,
     pub topics: Topics,
+    /// How the pods and the operator's admin client reach Kafka (TLS, SASL).
+    pub kafka: KafkaSpec,
     pub database_url_secret: SecretKeyRef,
     pub redis_url_secret: Option<SecretKeyRef>,
     pub ingest_tokens_secret: Option<SecretKeyRef>,
@@ -230,6 +234,8 @@ pub fn validate_pipeline(pipeline: &MetricPipeline) -> Result<ValidatedPipeline,
     config.bus.kafka_brokers = Some(spec.kafka.brokers.clone());
     config.bus.partitions = partitions.unsigned_abs();
     config.bus.session_timeout = duration("kafka.sessionTimeout", &spec.kafka.session_timeout)?;
+    crate::kafka_access::check(&spec.kafka).map_err(InvalidSpec::KafkaAccess)?;
+    crate::kafka_access::render(&spec.kafka, &mut config.bus);
     config.processor.windows = spec
         .windows
         .iter()
@@ -281,6 +287,7 @@ pub fn validate_pipeline(pipeline: &MetricPipeline) -> Result<ValidatedPipeline,
         config_toml,
         windows,
         topics,
+        kafka: spec.kafka.clone(),
         database_url_secret: spec.database.url_secret_ref.clone(),
         redis_url_secret: spec.redis.as_ref().map(|r| r.url_secret_ref.clone()),
         ingest_tokens_secret: auth.ingest_tokens_secret_ref,
@@ -327,6 +334,7 @@ pub fn validate_dashboard(
         panels,
     };
     let mut config = pipeline.config.clone();
+    crate::kafka_access::forget(&mut config.bus);
     config.dashboards = Boards::new(vec![board]).map_err(|e| InvalidSpec::Panel(e.to_string()))?;
     let config_toml = render(&config)?;
     Ok(ValidatedDashboard {
