@@ -721,18 +721,16 @@ impl Config {
             ("cache.tls_cert_file", &self.cache.tls_cert_file),
             ("cache.tls_key_file", &self.cache.tls_key_file),
         ];
-        if let Some((key, _)) = cache_tls.iter().find(|(_, file)| file.is_some()) {
-            let tls_url = self
-                .cache
-                .redis_url
-                .as_deref()
-                .is_some_and(|url| url.starts_with("rediss://"));
-            if !tls_url {
-                return Err(invalid(
-                    key,
-                    "is only used with a rediss:// cache.redis_url (Redis over TLS)".into(),
-                ));
-            }
+        // Without a Redis URL the keys are unused: a pipeline's roles share one
+        // file, and only those given the URL (processor, dashboard) use Redis.
+        if let Some((key, _)) = cache_tls.iter().find(|(_, file)| file.is_some())
+            && let Some(url) = &self.cache.redis_url
+            && !url.starts_with("rediss://")
+        {
+            return Err(invalid(
+                key,
+                "is only used with a rediss:// cache.redis_url (Redis over TLS)".into(),
+            ));
         }
         if self.cache.tls_cert_file.is_some() != self.cache.tls_key_file.is_some() {
             return Err(invalid(

@@ -4,20 +4,20 @@
 //! operator's own admin client. One module, so the paths the config names and
 //! the paths the volumes are mounted at cannot drift apart.
 
-use k8s_openapi::api::core::v1::{EnvVar, KeyToPath, SecretVolumeSource, Volume, VolumeMount};
+use k8s_openapi::api::core::v1::{EnvVar, Volume, VolumeMount};
 use pulse_core::config::BusConfig;
 use pulse_core::kafka_security::SaslMechanism;
 
 use crate::build::deployment::secret_env;
+use crate::connections::{one_key, tls_pair};
 use crate::crd::{KafkaSaslMechanism, KafkaSpec, SecretKeyRef};
+use crate::names;
 
 /// Where the brokers' CA is mounted, and the file in it.
 const CA_DIR: &str = "/etc/pulse/kafka-ca";
 const CA_FILE: &str = "ca.crt";
 /// Where the client certificate Secret (`tls.crt`, `tls.key`) is mounted.
 const CLIENT_DIR: &str = "/etc/pulse/kafka-client";
-/// The SASL password reaches the pods as this variable, never through the config.
-pub const ENV_SASL_PASSWORD: &str = "PULSE_BUS__SASL_PASSWORD";
 
 fn mechanism(m: KafkaSaslMechanism) -> SaslMechanism {
     match m {
@@ -72,7 +72,7 @@ pub fn check(kafka: &KafkaSpec) -> Result<(), String> {
 /// The password variable of the pods that talk to Kafka.
 pub fn env(kafka: &KafkaSpec) -> Vec<EnvVar> {
     secret_env([(
-        ENV_SASL_PASSWORD,
+        names::ENV_SASL_PASSWORD,
         kafka.sasl.as_ref().map(|s| &s.password_secret_ref),
     )])
 }
@@ -84,46 +84,12 @@ pub fn volumes(kafka: &KafkaSpec) -> Vec<(Volume, VolumeMount)> {
     };
     let mut volumes = Vec::new();
     if let Some(ca) = &tls.ca_secret_ref {
-        volumes.push(secret_volume("kafka-ca", &ca.name, Some(&ca.key), CA_DIR));
+        volumes.push(one_key("kafka-ca", ca, CA_FILE, CA_DIR));
     }
     if let Some(secret) = &tls.client_certificate_secret {
-        volumes.push(secret_volume("kafka-client", secret, None, CLIENT_DIR));
+        volumes.push(tls_pair("kafka-client", secret, CLIENT_DIR));
     }
     volumes
-}
-
-/// A Secret mounted read-only at `dir`, only owner-readable; `key` alone as
-/// `ca.crt` if given, else `tls.crt` and `tls.key`.
-fn secret_volume(name: &str, secret: &str, key: Option<&str>, dir: &str) -> (Volume, VolumeMount) {
-    let items = match key {
-        Some(key) => vec![item(key, CA_FILE)],
-        None => vec![item("tls.crt", "tls.crt"), item("tls.key", "tls.key")],
-    };
-    let volume = Volume {
-        name: name.into(),
-        secret: Some(SecretVolumeSource {
-            secret_name: Some(secret.into()),
-            items: Some(items),
-            default_mode: Some(0o400),
-            optional: Some(false),
-        }),
-        ..Volume::default()
-    };
-    let mount = VolumeMount {
-        name: name.into(),
-        mount_path: dir.into(),
-        read_only: Some(true),
-        ..VolumeMount::default()
-    };
-    (volume, mount)
-}
-
-fn item(key: &str, path: &str) -> KeyToPath {
-    KeyToPath {
-        key: key.into(),
-        path: path.into(),
-        ..KeyToPath::default()
-    }
 }
 
 /// The Secret keys the operator's admin client needs, read through the API

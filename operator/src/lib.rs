@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod build;
+pub mod connections;
 pub mod controller;
 pub mod crd;
 /// Test fixtures: only in tests and behind the `fixtures` feature (tower-test is no

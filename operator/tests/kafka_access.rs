@@ -8,7 +8,8 @@ use pulse_core::config::{Config, ConfigError};
 use pulse_core::kafka_security::SaslMechanism;
 use pulse_operator::build::{dashboard_objects, pipeline_objects};
 use pulse_operator::crd::{Dashboard, MetricPipeline, SecretKeyRef};
-use pulse_operator::kafka_access::{ENV_SASL_PASSWORD, admin_properties, admin_secrets};
+use pulse_operator::kafka_access::{admin_properties, admin_secrets};
+use pulse_operator::names::ENV_SASL_PASSWORD;
 use pulse_operator::validate::{ValidatedPipeline, validate_dashboard, validate_pipeline};
 use serde_json::{Value, json};
 
@@ -85,7 +86,7 @@ fn gateway_and_processor_mount_the_secrets_the_dashboard_gets_none() {
         assert_eq!(ca.secret_name.as_deref(), Some("kafka-ca"));
         let items = ca.items.as_ref().unwrap();
         assert_eq!((items[0].key.as_str(), items[0].path.as_str()), ("ca.pem", "ca.crt"));
-        assert_eq!(ca.default_mode, Some(0o400));
+        assert_eq!(ca.default_mode, Some(0o440));
         let client = volumes.iter().find(|v| v.name == "kafka-client").unwrap();
         let client = client.secret.as_ref().unwrap();
         assert_eq!(client.secret_name.as_deref(), Some("checkout-kafka-client"));

@@ -25,17 +25,15 @@ pub fn dashboard_objects(dashboard: &ValidatedDashboard, image: &str) -> Dashboa
     };
     let config_map_name = names::dashboard_config_map_name(dashboard.name.as_str());
     let hash = config_hash(&dashboard.config_toml);
-    let env = deployment::secret_env([
+    let mounts = dashboard.connections.dashboard();
+    let mut env = deployment::secret_env([
         (
             names::ENV_DATABASE_URL,
             Some(&dashboard.database_url_secret),
         ),
         (names::ENV_REDIS_URL, dashboard.redis_url_secret.as_ref()),
-        (
-            names::ENV_READ_TOKENS,
-            dashboard.read_tokens_secret.as_ref(),
-        ),
     ]);
+    env.extend(mounts.env);
     DashboardObjects {
         config_map: config_map::config_map(&owner, &config_map_name, &dashboard.config_toml),
         service: service::service(&owner, Component::Dashboard),
@@ -48,7 +46,7 @@ pub fn dashboard_objects(dashboard: &ValidatedDashboard, image: &str) -> Dashboa
                 config_map: &config_map_name,
                 config_hash: &hash,
                 env,
-                volumes: Vec::new(),
+                volumes: mounts.volumes,
                 service_account: None,
             },
         ),

@@ -21,6 +21,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use sha2::{Digest, Sha256};
 
+use crate::connections::Mounts;
 use crate::kafka_access;
 use crate::names::{self, Component};
 use crate::validate::ValidatedPipeline;
@@ -52,8 +53,11 @@ pub fn pipeline_objects(pipeline: &ValidatedPipeline, image: &str) -> PipelineOb
     let service_account = names::service_account_name(pipeline.name.as_str());
     let hash = config_hash(&pipeline.config_toml);
     // Both roles talk to Kafka: its Secrets go to both.
-    let role = |component, workload, mut env: Vec<_>| {
+    let role = |component, workload, mut env: Vec<_>, mounts: Mounts| {
         env.extend(kafka_access::env(&pipeline.kafka));
+        env.extend(mounts.env);
+        let mut volumes = kafka_access::volumes(&pipeline.kafka);
+        volumes.extend(mounts.volumes);
         deployment::Role {
             component,
             workload,
@@ -61,14 +65,10 @@ pub fn pipeline_objects(pipeline: &ValidatedPipeline, image: &str) -> PipelineOb
             config_map: &config_map_name,
             config_hash: &hash,
             env,
-            volumes: kafka_access::volumes(&pipeline.kafka),
+            volumes,
             service_account: Some(&service_account),
         }
     };
-    let gateway_env = deployment::secret_env([(
-        names::ENV_INGEST_TOKENS,
-        pipeline.ingest_tokens_secret.as_ref(),
-    )]);
     // Only the processor sends alerts, so only it gets the receivers' Secrets.
     let processor_env = deployment::secret_env(
         [
@@ -89,11 +89,21 @@ pub fn pipeline_objects(pipeline: &ValidatedPipeline, image: &str) -> PipelineOb
         gateway_service: service::service(&owner, Component::Gateway),
         gateway: deployment::deployment(
             &owner,
-            role(Component::Gateway, &pipeline.gateway, gateway_env),
+            role(
+                Component::Gateway,
+                &pipeline.gateway,
+                Vec::new(),
+                pipeline.connections.gateway(),
+            ),
         ),
         processor: deployment::deployment(
             &owner,
-            role(Component::Processor, &pipeline.processor, processor_env),
+            role(
+                Component::Processor,
+                &pipeline.processor,
+                processor_env,
+                pipeline.connections.processor(),
+            ),
         ),
         gateway_pdb: pdb::pdb(&owner, Component::Gateway),
         processor_pdb: pdb::pdb(&owner, Component::Processor),

@@ -203,8 +203,17 @@ pub enum KafkaSaslMechanism {
 #[serde(rename_all = "camelCase")]
 pub struct DatabaseSpec {
     /// The Secret key holding the PostgreSQL URL
-    /// (`postgres://user:password@host:5432/database`).
+    /// (`postgres://user:password@host:5432/database`, TLS parameters such as
+    /// `sslmode=verify-full` as `psql` reads them).
     pub url_secret_ref: SecretKeyRef,
+    /// The Secret key holding the PEM CA of the database's certificate: the
+    /// pods then verify it (`sslmode=verify-full` unless the URL says otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
+    /// The Secret key holding the URL the dashboards read, e.g. a streaming
+    /// replica's (`dashboard.database_url`). Without it they read the primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_url_secret_ref: Option<SecretKeyRef>,
     /// How long raw points are kept.
     #[serde(default = "default_raw_retention")]
     #[schemars(pattern(DURATION_PATTERN))]
@@ -224,8 +233,17 @@ pub struct DatabaseSpec {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RedisSpec {
-    /// The Secret key holding the Redis URL (`redis://host:6379`, `rediss://` for TLS).
+    /// The Secret key holding the Redis URL (`redis://host:6379`, `rediss://` for
+    /// TLS), with the password (and ACL user) in it: `rediss://user:password@host:6380`.
     pub url_secret_ref: SecretKeyRef,
+    /// With `rediss://`: the Secret key holding the PEM CA of Redis's certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
+    /// With `rediss://`: a `kubernetes.io/tls` Secret (`tls.crt`, `tls.key`) with a
+    /// client certificate, for a Redis with `tls-auth-clients yes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub client_certificate_secret: Option<String>,
     /// How long a cached latest window lives after its last write. Keep it well
     /// above the longest window plus the allowed lateness.
     #[serde(default = "default_cache_ttl")]

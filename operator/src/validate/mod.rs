@@ -19,6 +19,7 @@ use pulse_core::window::WindowSpec;
 
 mod alerting;
 
+use crate::connections::Connections;
 use crate::crd::{
     Dashboard, DeletionPolicy, KafkaSpec, MetricPipeline, PanelKindSpec, PanelSpec, RoleSpec, SecretKeyRef,
 };
@@ -162,10 +163,10 @@ pub struct ValidatedPipeline {
     pub topics: Topics,
     /// How the pods and the operator's admin client reach Kafka (TLS, SASL).
     pub kafka: KafkaSpec,
+    /// The other Secrets the pods mount or read (CAs, read URL, token files).
+    pub connections: Connections,
     pub database_url_secret: SecretKeyRef,
     pub redis_url_secret: Option<SecretKeyRef>,
-    pub ingest_tokens_secret: Option<SecretKeyRef>,
-    pub read_tokens_secret: Option<SecretKeyRef>,
     /// The receivers' Secret keys, by the variable the processor reads each
     /// from (`alerting.receivers[].url_env` / `routing_key_env` in `config`).
     pub receiver_secrets: Vec<(String, SecretKeyRef)>,
@@ -189,7 +190,8 @@ pub struct ValidatedDashboard {
     pub config_toml: String,
     pub database_url_secret: SecretKeyRef,
     pub redis_url_secret: Option<SecretKeyRef>,
-    pub read_tokens_secret: Option<SecretKeyRef>,
+    /// The pipeline's CAs, read URL and token Secrets (see [`Connections::dashboard`]).
+    pub connections: Connections,
     pub workload: Workload,
     /// The dashboard's image, else the pipeline's; the operator's `--image` when `None`.
     pub image: Option<String>,
@@ -236,6 +238,8 @@ pub fn validate_pipeline(pipeline: &MetricPipeline) -> Result<ValidatedPipeline,
     config.bus.session_timeout = duration("kafka.sessionTimeout", &spec.kafka.session_timeout)?;
     crate::kafka_access::check(&spec.kafka).map_err(InvalidSpec::KafkaAccess)?;
     crate::kafka_access::render(&spec.kafka, &mut config.bus);
+    let connections = Connections::of(spec);
+    connections.render(&mut config);
     config.processor.windows = spec
         .windows
         .iter()
@@ -278,7 +282,6 @@ pub fn validate_pipeline(pipeline: &MetricPipeline) -> Result<ValidatedPipeline,
         replication_factor,
         retention: duration("kafka.retention", &spec.kafka.retention)?,
     };
-    let auth = spec.auth.clone().unwrap_or_default();
     Ok(ValidatedPipeline {
         namespace,
         name,
@@ -288,10 +291,9 @@ pub fn validate_pipeline(pipeline: &MetricPipeline) -> Result<ValidatedPipeline,
         windows,
         topics,
         kafka: spec.kafka.clone(),
+        connections,
         database_url_secret: spec.database.url_secret_ref.clone(),
         redis_url_secret: spec.redis.as_ref().map(|r| r.url_secret_ref.clone()),
-        ingest_tokens_secret: auth.ingest_tokens_secret_ref,
-        read_tokens_secret: auth.read_tokens_secret_ref,
         receiver_secrets,
         gateway,
         processor,
@@ -346,7 +348,7 @@ pub fn validate_dashboard(
         config_toml,
         database_url_secret: pipeline.database_url_secret.clone(),
         redis_url_secret: pipeline.redis_url_secret.clone(),
-        read_tokens_secret: pipeline.read_tokens_secret.clone(),
+        connections: pipeline.connections.clone(),
         workload,
         image: spec.image.clone().or_else(|| pipeline.image.clone()),
     })
