@@ -105,26 +105,43 @@ async fn relay<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         authenticate(&mut from_client, &mut to_client, &mut from_broker, &mut to_broker, &user)
             .await?;
     }
-    let (sent, mut answered) = mpsc::unbounded_channel::<(i16, i16)>();
-    let requests = async move {
-        loop {
-            let frame = read_frame(&mut from_client).await?;
-            let (key, version, _) = request_header(&frame)?;
-            sent.send((key, version)).map_err(|_| broken("answer side gone"))?;
-            write_frame(&mut to_broker, &frame).await?;
+    let (sent, answered) = mpsc::unbounded_channel::<(i16, i16)>();
+    tokio::try_join!(
+        requests(&mut from_client, &mut to_broker, sent),
+        answers(&mut from_broker, &mut to_client, answered, port),
+    )
+    .map(|_| ())
+}
+
+/// Client to broker, noting each request's key and version for its answer.
+async fn requests<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    from_client: &mut R,
+    to_broker: &mut W,
+    sent: mpsc::UnboundedSender<(i16, i16)>,
+) -> io::Result<()> {
+    loop {
+        let frame = read_frame(from_client).await?;
+        let (key, version, _) = request_header(&frame)?;
+        sent.send((key, version)).map_err(|_| broken("answer side gone"))?;
+        write_frame(to_broker, &frame).await?;
+    }
+}
+
+/// Broker to client, in order, Metadata rewritten to advertise the front.
+async fn answers<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    from_broker: &mut R,
+    to_client: &mut W,
+    mut answered: mpsc::UnboundedReceiver<(i16, i16)>,
+    port: u16,
+) -> io::Result<()> {
+    loop {
+        let mut frame = read_frame(from_broker).await?;
+        let (key, version) = answered.recv().await.ok_or_else(|| broken("no request"))?;
+        if key == METADATA {
+            frame = advertise_front(&frame, version, port)?;
         }
-    };
-    let answers = async move {
-        loop {
-            let mut frame = read_frame(&mut from_broker).await?;
-            let (key, version) = answered.recv().await.ok_or_else(|| broken("no request"))?;
-            if key == METADATA {
-                frame = advertise_front(&frame, version, port)?;
-            }
-            write_frame(&mut to_client, &frame).await?;
-        }
-    };
-    tokio::try_join!(requests, answers).map(|_: ((), ())| ())
+        write_frame(to_client, &frame).await?;
+    }
 }
 
 /// The SASL exchange, on the broker's side. ApiVersions may come first and
