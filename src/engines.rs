@@ -317,7 +317,7 @@ fn kafka_security(config: &Config) -> Vec<(&'static str, String)> {
     pulse_core::kafka_security::client_properties(&config.bus)
 }
 
-fn property_refs(properties: &[(&'static str, String)]) -> Vec<(&'static str, &str)> {
+fn property_refs<'a>(properties: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
     properties.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 

@@ -7,11 +7,11 @@
 //! connection (the TLS handshake with a certificate made in the test and,
 //! optionally, a required client certificate; then SASL PLAIN or SCRAM
 //! checked against a user and password of the test's own) and relays the
-//! Kafka requests to the one mock broker behind it. It rewrites two answers on
-//! the way back: Metadata, so the broker is advertised at the front
-//! (`localhost:<front port>`) rather than at its own plain-text port, and,
-//! with SASL, ApiVersions, so it lists the two SASL requests this front
-//! answers. The client under test is the real librdkafka doing real TLS and
+//! Kafka requests to the one mock broker behind it. It rewrites three answers
+//! on the way back: Metadata and FindCoordinator, so the broker (and group
+//! coordinator) is advertised at the front (`localhost:<front port>`) rather
+//! than at its own plain-text port, and, with SASL, ApiVersions, so it lists
+//! the two SASL requests this front answers. The client under test is the real librdkafka doing real TLS and
 //! SASL; only the broker's side of them is this code.
 
 use std::io;
@@ -27,6 +27,7 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 
 const METADATA: i16 = 3;
+const FIND_COORDINATOR: i16 = 10;
 const SASL_HANDSHAKE: i16 = 17;
 const API_VERSIONS: i16 = 18;
 const SASL_AUTHENTICATE: i16 = 36;
@@ -127,7 +128,8 @@ async fn requests<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     }
 }
 
-/// Broker to client, in order, Metadata rewritten to advertise the front.
+/// Broker to client, in order, Metadata and FindCoordinator rewritten to
+/// advertise the front.
 async fn answers<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     from_broker: &mut R,
     to_client: &mut W,
@@ -137,8 +139,10 @@ async fn answers<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     loop {
         let mut frame = read_frame(from_broker).await?;
         let (key, version) = answered.recv().await.ok_or_else(|| broken("no request"))?;
-        if key == METADATA {
-            frame = advertise_front(&frame, version, port)?;
+        match key {
+            METADATA => frame = advertise_front(&frame, version, port)?,
+            FIND_COORDINATOR => frame = coordinator_at_front(&frame, version, port)?,
+            _ => {}
         }
         write_frame(to_client, &frame).await?;
     }
@@ -425,6 +429,44 @@ fn advertise_front(reply: &[u8], version: i16, port: u16) -> io::Result<Vec<u8>>
         out.extend(i32::from(port).to_be_bytes());
         out.extend(&reply[rest_at..r.at]);
     }
+    out.extend(&reply[r.at..]);
+    Ok(out)
+}
+
+/// A FindCoordinator answer (versions 0 to 3, all the mock speaks) naming the
+/// front as the coordinator.
+fn coordinator_at_front(reply: &[u8], version: i16, port: u16) -> io::Result<Vec<u8>> {
+    let flexible = version >= 3;
+    let mut r = Reader::new(reply);
+    r.skip(4)?;
+    if flexible {
+        r.tagged_fields()?;
+    }
+    if version >= 1 {
+        r.skip(4)?; // throttle time
+    }
+    r.skip(2)?; // error code
+    if version >= 1 {
+        if flexible {
+            let n = r.compact_len_nullable()?;
+            r.skip(n)?;
+        } else {
+            r.nullable_string()?;
+        }
+    }
+    r.skip(4)?; // node id
+    let mut out = reply[..r.at].to_vec();
+    if flexible {
+        let n = r.compact_len()?;
+        r.skip(n)?;
+        put_uvarint(&mut out, "localhost".len() as u64 + 1);
+        out.extend(b"localhost");
+    } else {
+        r.string()?;
+        put_string(&mut out, "localhost");
+    }
+    r.skip(4)?;
+    out.extend(i32::from(port).to_be_bytes());
     out.extend(&reply[r.at..]);
     Ok(out)
 }

@@ -46,14 +46,18 @@ pub(crate) fn explain(code: Option<RDKafkaErrorCode>, reason: &str) -> Option<St
                 .into(),
         );
     }
+    // OpenSSL 3 reports an unknown issuer and a name mismatch alike
+    // ("certificate verify failed"), so both causes are named.
     if has("certificate verify failed")
         || has("failed to verify broker certificate")
         || has("broker certificate could not be verified")
     {
         return Some(
-            "TLS: the broker's certificate is not trusted: it is not signed by the CA in \
-             bus.tls_ca_file (or, without it, the system's trusted roots); point \
-             bus.tls_ca_file at the CA that issued the brokers' certificates"
+            "TLS: the broker's certificate is not trusted or does not name the host: it must be \
+             signed by the CA in bus.tls_ca_file (or, without it, the system's trusted roots) \
+             and list the host this client connected to (hostname mismatch otherwise); check \
+             bus.tls_ca_file and that bus.kafka_brokers uses a name in the certificate's \
+             subjectAltName"
                 .into(),
         );
     }
@@ -112,6 +116,7 @@ mod tests {
             certificates are installed (install ca-certificates package)";
         let text = explain(Some(RDKafkaErrorCode::SSL), untrusted).unwrap();
         assert!(text.contains("not trusted") && text.contains("bus.tls_ca_file"), "{text}");
+        assert!(text.contains("hostname mismatch"), "{text}");
         let text = explain(None, "Failed to verify broker certificate: hostname mismatch").unwrap();
         assert!(text.contains("hostname mismatch"), "{text}");
         let text = explain(
