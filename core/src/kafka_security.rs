@@ -168,9 +168,11 @@ mod tests {
 
     #[test]
     fn tls_with_ca_client_certificate_and_scram() {
-        let bus = bus("tls = true\ntls_ca_file = \"/ca.crt\"\ntls_cert_file = \"/c.crt\"\n\
+        let bus = bus(
+            "tls = true\ntls_ca_file = \"/ca.crt\"\ntls_cert_file = \"/c.crt\"\n\
              tls_key_file = \"/c.key\"\nsasl_mechanism = \"SCRAM-SHA-512\"\n\
-             sasl_username = \"pulse\"\nsasl_password = \"s3cret\"")
+             sasl_username = \"pulse\"\nsasl_password = \"s3cret\"",
+        )
         .unwrap();
         let properties = client_properties(&bus);
         let get = |key: &str| {
@@ -199,10 +201,15 @@ mod tests {
     #[test]
     fn scram_without_tls_is_sasl_plaintext() {
         let properties = client_properties(
-            &bus("sasl_mechanism = \"SCRAM-SHA-256\"\nsasl_username = \"u\"\nsasl_password = \"p\"")
-                .unwrap(),
+            &bus(
+                "sasl_mechanism = \"SCRAM-SHA-256\"\nsasl_username = \"u\"\nsasl_password = \"p\"",
+            )
+            .unwrap(),
         );
-        assert_eq!(properties[0], ("security.protocol", "sasl_plaintext".into()));
+        assert_eq!(
+            properties[0],
+            ("security.protocol", "sasl_plaintext".into())
+        );
     }
 
     #[test]

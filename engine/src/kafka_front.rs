@@ -66,7 +66,9 @@ impl KafkaFront {
         tls: Option<Arc<rustls::ServerConfig>>,
         sasl: Option<SaslUser>,
     ) -> KafkaFront {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the front");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the front");
         let port = listener.local_addr().expect("front address").port();
         let broker = broker.to_string();
         let acceptor = tls.map(TlsAcceptor::from);
@@ -103,8 +105,14 @@ async fn relay<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     let upstream = TcpStream::connect(broker).await?;
     let (mut from_broker, mut to_broker) = upstream.into_split();
     if let Some(user) = sasl {
-        authenticate(&mut from_client, &mut to_client, &mut from_broker, &mut to_broker, &user)
-            .await?;
+        authenticate(
+            &mut from_client,
+            &mut to_client,
+            &mut from_broker,
+            &mut to_broker,
+            &user,
+        )
+        .await?;
     }
     let (sent, answered) = mpsc::unbounded_channel::<(i16, i16)>();
     tokio::try_join!(
@@ -123,7 +131,8 @@ async fn requests<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     loop {
         let frame = read_frame(from_client).await?;
         let (key, version, _) = request_header(&frame)?;
-        sent.send((key, version)).map_err(|_| broken("answer side gone"))?;
+        sent.send((key, version))
+            .map_err(|_| broken("answer side gone"))?;
         write_frame(to_broker, &frame).await?;
     }
 }
@@ -179,7 +188,11 @@ where
             SASL_HANDSHAKE => {
                 let mut body = Reader::new(&frame[body_at..]);
                 let asked = body.string()?;
-                let code = if asked == user.mechanism { 0 } else { UNSUPPORTED_SASL_MECHANISM };
+                let code = if asked == user.mechanism {
+                    0
+                } else {
+                    UNSUPPORTED_SASL_MECHANISM
+                };
                 answer.extend(code.to_be_bytes());
                 answer.extend(1i32.to_be_bytes());
                 put_string(&mut answer, user.mechanism);
@@ -286,8 +299,16 @@ impl Scram {
 
     fn last(self, message: &[u8], user: &SaslUser) -> Option<Step> {
         let (hmac_algorithm, pbkdf2_algorithm, digest_algorithm) = match user.mechanism {
-            "SCRAM-SHA-256" => (hmac::HMAC_SHA256, pbkdf2::PBKDF2_HMAC_SHA256, &digest::SHA256),
-            _ => (hmac::HMAC_SHA512, pbkdf2::PBKDF2_HMAC_SHA512, &digest::SHA512),
+            "SCRAM-SHA-256" => (
+                hmac::HMAC_SHA256,
+                pbkdf2::PBKDF2_HMAC_SHA256,
+                &digest::SHA256,
+            ),
+            _ => (
+                hmac::HMAC_SHA512,
+                pbkdf2::PBKDF2_HMAC_SHA512,
+                &digest::SHA512,
+            ),
         };
         let text = std::str::from_utf8(message).ok()?;
         let (without_proof, proof) = text.rsplit_once(",p=")?;
@@ -353,7 +374,11 @@ fn offer_sasl(reply: &[u8], version: i16) -> io::Result<Vec<u8>> {
     if r.i16()? != 0 {
         return Ok(reply.to_vec());
     }
-    let count = if flexible { r.compact_len()? } else { r.len_i32()? };
+    let count = if flexible {
+        r.compact_len()?
+    } else {
+        r.len_i32()?
+    };
     let entries_at = r.at;
     for _ in 0..count {
         r.skip(6)?;
@@ -392,7 +417,11 @@ fn advertise_front(reply: &[u8], version: i16, port: u16) -> io::Result<Vec<u8>>
         r.skip(4)?; // throttle time
     }
     let mut out = reply[..r.at].to_vec();
-    let count = if flexible { r.compact_len()? } else { r.len_i32()? };
+    let count = if flexible {
+        r.compact_len()?
+    } else {
+        r.len_i32()?
+    };
     if flexible {
         put_uvarint(&mut out, u64::try_from(count + 1).expect("small"));
     } else {
@@ -492,7 +521,10 @@ impl<'a> Reader<'a> {
     }
 
     fn take(&mut self, n: usize) -> io::Result<&'a [u8]> {
-        let end = self.at.checked_add(n).filter(|end| *end <= self.bytes.len());
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|end| *end <= self.bytes.len());
         let end = end.ok_or_else(|| broken("frame too short"))?;
         let taken = &self.bytes[self.at..end];
         self.at = end;
@@ -504,11 +536,15 @@ impl<'a> Reader<'a> {
     }
 
     fn i16(&mut self) -> io::Result<i16> {
-        Ok(i16::from_be_bytes(self.take(2)?.try_into().expect("2 bytes")))
+        Ok(i16::from_be_bytes(
+            self.take(2)?.try_into().expect("2 bytes"),
+        ))
     }
 
     fn i32(&mut self) -> io::Result<i32> {
-        Ok(i32::from_be_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(i32::from_be_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
 
     fn len_i32(&mut self) -> io::Result<usize> {

@@ -61,12 +61,7 @@ fn server_tls(pki: &TestPki, mtls: bool) -> Arc<rustls::ServerConfig> {
 
 /// The `bus.*` keys of a client trusting `ca`, with the test's client
 /// certificate if `mtls`, and SASL as `sasl` (mechanism, password).
-fn bus(
-    pki: &TestPki,
-    ca: PathBuf,
-    mtls: bool,
-    sasl: Option<(SaslMechanism, &str)>,
-) -> BusConfig {
+fn bus(pki: &TestPki, ca: PathBuf, mtls: bool, sasl: Option<(SaslMechanism, &str)>) -> BusConfig {
     BusConfig {
         tls: true,
         tls_ca_file: Some(ca),
@@ -89,7 +84,10 @@ fn sasl_user(mechanism: SaslMechanism) -> SaslUser {
 
 /// The client properties of `bus`, plus IPv4 only (`localhost` is the
 /// front's name, and it listens on 127.0.0.1).
-fn properties(bus: &BusConfig, extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, String)> {
+fn properties(
+    bus: &BusConfig,
+    extra: &[(&'static str, &'static str)],
+) -> Vec<(&'static str, String)> {
     let mut properties = client_properties(bus);
     properties.push(("broker.address.family", "v4".into()));
     properties.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
@@ -117,7 +115,10 @@ async fn refusal(brokers: &str, properties: &[(&'static str, String)]) -> String
                 return text;
             }
             Err(other) => {
-                assert!(Instant::now() < deadline, "no refusal named within 30s: {other}");
+                assert!(
+                    Instant::now() < deadline,
+                    "no refusal named within 30s: {other}"
+                );
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
@@ -137,8 +138,19 @@ async fn kafka_bus_conforms_over_mtls_and_scram() {
     )
     .await;
     let brokers = format!("localhost:{}", front.port);
-    let bus = bus(&pki, pki.ca.clone(), true, Some((SaslMechanism::ScramSha512, PASSWORD)));
-    let properties = properties(&bus, &[("session.timeout.ms", "6000"), ("heartbeat.interval.ms", "500")]);
+    let bus = bus(
+        &pki,
+        pki.ca.clone(),
+        true,
+        Some((SaslMechanism::ScramSha512, PASSWORD)),
+    );
+    let properties = properties(
+        &bus,
+        &[
+            ("session.timeout.ms", "6000"),
+            ("heartbeat.interval.ms", "500"),
+        ],
+    );
     let producer = producer(&brokers, &properties).await;
     producer.ready().await.unwrap();
     assert_eq!(producer.partition_count().await.unwrap(), 4);
@@ -181,26 +193,57 @@ async fn kafka_sasl_plain_and_scram_sha_256_over_tls() {
 async fn kafka_refusals_name_what_failed() {
     let pki = TestPki::new("pulse");
     let cluster = cluster();
-    let tls_only = KafkaFront::start(&cluster.bootstrap_servers(), Some(server_tls(&pki, false)), None).await;
+    let tls_only = KafkaFront::start(
+        &cluster.bootstrap_servers(),
+        Some(server_tls(&pki, false)),
+        None,
+    )
+    .await;
     let at = |host: &str| format!("{host}:{}", tls_only.port);
 
-    let text = refusal(&at("localhost"), &properties(&bus(&pki, pki.other_ca.clone(), false, None), &[])).await;
-    assert!(text.contains("not trusted") && text.contains("bus.tls_ca_file"), "{text}");
+    let text = refusal(
+        &at("localhost"),
+        &properties(&bus(&pki, pki.other_ca.clone(), false, None), &[]),
+    )
+    .await;
+    assert!(
+        text.contains("not trusted") && text.contains("bus.tls_ca_file"),
+        "{text}"
+    );
 
     // The right CA, but a host the certificate does not list: OpenSSL reports
     // it as it reports an unknown CA, so the message names both causes.
-    let text = refusal(&at("127.0.0.1"), &properties(&bus(&pki, pki.ca.clone(), false, None), &[])).await;
-    assert!(text.contains("hostname mismatch") && text.contains("subjectAltName"), "{text}");
+    let text = refusal(
+        &at("127.0.0.1"),
+        &properties(&bus(&pki, pki.ca.clone(), false, None), &[]),
+    )
+    .await;
+    assert!(
+        text.contains("hostname mismatch") && text.contains("subjectAltName"),
+        "{text}"
+    );
     // And with the right host the same CA is accepted: the refusal above is the name.
-    producer(&at("localhost"), &properties(&bus(&pki, pki.ca.clone(), false, None), &[]))
-        .await
-        .ready()
-        .await
-        .unwrap();
+    producer(
+        &at("localhost"),
+        &properties(&bus(&pki, pki.ca.clone(), false, None), &[]),
+    )
+    .await
+    .ready()
+    .await
+    .unwrap();
 
-    let mtls = KafkaFront::start(&cluster.bootstrap_servers(), Some(server_tls(&pki, true)), None).await;
+    let mtls = KafkaFront::start(
+        &cluster.bootstrap_servers(),
+        Some(server_tls(&pki, true)),
+        None,
+    )
+    .await;
     let brokers = format!("localhost:{}", mtls.port);
-    let text = refusal(&brokers, &properties(&bus(&pki, pki.ca.clone(), false, None), &[])).await;
+    let text = refusal(
+        &brokers,
+        &properties(&bus(&pki, pki.ca.clone(), false, None), &[]),
+    )
+    .await;
     assert!(text.contains("client's certificate"), "{text}");
 
     let scram = KafkaFront::start(
@@ -213,7 +256,15 @@ async fn kafka_refusals_name_what_failed() {
     let wrong = "not-the-password";
     let text = refusal(
         &brokers,
-        &properties(&bus(&pki, pki.ca.clone(), false, Some((SaslMechanism::ScramSha256, wrong))), &[]),
+        &properties(
+            &bus(
+                &pki,
+                pki.ca.clone(),
+                false,
+                Some((SaslMechanism::ScramSha256, wrong)),
+            ),
+            &[],
+        ),
     )
     .await;
     assert!(text.contains("SASL refused"), "{text}");

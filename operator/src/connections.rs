@@ -81,7 +81,12 @@ impl Connections {
     pub fn gateway(&self) -> Mounts {
         let mut mounts = Mounts::default();
         if let Some(tokens) = &self.ingest_tokens {
-            mounts.volumes.push(one_key("ingest-tokens", tokens, TOKENS_FILE, INGEST_TOKENS_DIR));
+            mounts.volumes.push(one_key(
+                "ingest-tokens",
+                tokens,
+                TOKENS_FILE,
+                INGEST_TOKENS_DIR,
+            ));
         }
         mounts
     }
@@ -102,7 +107,9 @@ impl Connections {
             self.database_read_url.as_ref(),
         )]));
         if let Some(tokens) = &self.read_tokens {
-            mounts.volumes.push(one_key("read-tokens", tokens, TOKENS_FILE, READ_TOKENS_DIR));
+            mounts
+                .volumes
+                .push(one_key("read-tokens", tokens, TOKENS_FILE, READ_TOKENS_DIR));
         }
         mounts
     }
@@ -111,18 +118,27 @@ impl Connections {
     /// otherwise, through the variables libpq (and Pulse) read.
     fn database_ca(&self, mounts: &mut Mounts) {
         if let Some(ca) = &self.database_ca {
-            mounts.volumes.push(one_key("db-ca", ca, CA_FILE, DB_CA_DIR));
-            mounts.env.push(plain_env("PGSSLROOTCERT", &format!("{DB_CA_DIR}/{CA_FILE}")));
+            mounts
+                .volumes
+                .push(one_key("db-ca", ca, CA_FILE, DB_CA_DIR));
+            mounts.env.push(plain_env(
+                "PGSSLROOTCERT",
+                &format!("{DB_CA_DIR}/{CA_FILE}"),
+            ));
             mounts.env.push(plain_env("PGSSLMODE", "verify-full"));
         }
     }
 
     fn redis_tls(&self, mounts: &mut Mounts) {
         if let Some(ca) = &self.redis_ca {
-            mounts.volumes.push(one_key("redis-ca", ca, CA_FILE, REDIS_CA_DIR));
+            mounts
+                .volumes
+                .push(one_key("redis-ca", ca, CA_FILE, REDIS_CA_DIR));
         }
         if let Some(secret) = &self.redis_client_certificate {
-            mounts.volumes.push(tls_pair("redis-client", secret, REDIS_CLIENT_DIR));
+            mounts
+                .volumes
+                .push(tls_pair("redis-client", secret, REDIS_CLIENT_DIR));
         }
     }
 }
@@ -154,7 +170,12 @@ pub(crate) fn tls_pair(volume: &str, secret: &str, dir: &str) -> (Volume, Volume
 /// A Secret mounted read-only at `dir`, its files readable by their owner and
 /// the pod's group only (the pods run with `fsGroup`); required, so a missing
 /// Secret holds the pod in `ContainerCreating` naming it.
-fn secret_volume(name: &str, secret: &str, items: Vec<KeyToPath>, dir: &str) -> (Volume, VolumeMount) {
+fn secret_volume(
+    name: &str,
+    secret: &str,
+    items: Vec<KeyToPath>,
+    dir: &str,
+) -> (Volume, VolumeMount) {
     let volume = Volume {
         name: name.into(),
         secret: Some(SecretVolumeSource {

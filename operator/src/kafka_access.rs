@@ -127,11 +127,10 @@ pub fn admin_properties(
     // The files are the pods'; the operator has the PEM texts instead.
     let (ca, cert_key) = (bus.tls_ca_file.take(), bus.tls_cert_file.take());
     bus.tls_key_file = None;
-    let mut properties: Vec<(String, String)> =
-        pulse_core::kafka_security::client_properties(&bus)
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
+    let mut properties: Vec<(String, String)> = pulse_core::kafka_security::client_properties(&bus)
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
     if let (Some(_), Some(tls)) = (ca, &kafka.tls)
         && let Some(ca) = &tls.ca_secret_ref
     {
@@ -140,9 +139,15 @@ pub fn admin_properties(
     }
     if let (Some(_), Some(name)) = (
         cert_key,
-        kafka.tls.as_ref().and_then(|t| t.client_certificate_secret.as_ref()),
+        kafka
+            .tls
+            .as_ref()
+            .and_then(|t| t.client_certificate_secret.as_ref()),
     ) {
-        for (property, key) in [("ssl.certificate.pem", "tls.crt"), ("ssl.key.pem", "tls.key")] {
+        for (property, key) in [
+            ("ssl.certificate.pem", "tls.crt"),
+            ("ssl.key.pem", "tls.key"),
+        ] {
             let value = secret(&SecretKeyRef {
                 name: name.clone(),
                 key: key.into(),

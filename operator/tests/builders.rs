@@ -320,7 +320,10 @@ fn secrets_reach_only_the_roles_that_use_them_as_env() {
         .unwrap();
     assert_eq!(tokens.secret_name.as_deref(), Some("tokens"));
     let item = &tokens.items.unwrap()[0];
-    assert_eq!((item.key.as_str(), item.path.as_str()), ("ingest", "tokens"));
+    assert_eq!(
+        (item.key.as_str(), item.path.as_str()),
+        ("ingest", "tokens")
+    );
     let mount = container(&objects.gateway)
         .volume_mounts
         .iter()

@@ -19,7 +19,11 @@ fn container(deployment: &Deployment) -> &Container {
 }
 
 fn env<'a>(deployment: &'a Deployment, name: &str) -> Option<&'a EnvVar> {
-    container(deployment).env.iter().flatten().find(|e| e.name == name)
+    container(deployment)
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == name)
 }
 
 fn volume_secret(deployment: &Deployment, volume: &str) -> Option<String> {
@@ -54,9 +58,18 @@ fn database_and_redis_tls_reach_the_processor_and_dashboards_only() {
     .unwrap();
     let pipeline = validate_pipeline(&resource).unwrap();
     let cache = &pipeline.config.cache;
-    assert_eq!(cache.tls_ca_file.as_deref(), Some("/etc/pulse/redis-ca/ca.crt".as_ref()));
-    assert_eq!(cache.tls_cert_file.as_deref(), Some("/etc/pulse/redis-client/tls.crt".as_ref()));
-    assert_eq!(cache.tls_key_file.as_deref(), Some("/etc/pulse/redis-client/tls.key".as_ref()));
+    assert_eq!(
+        cache.tls_ca_file.as_deref(),
+        Some("/etc/pulse/redis-ca/ca.crt".as_ref())
+    );
+    assert_eq!(
+        cache.tls_cert_file.as_deref(),
+        Some("/etc/pulse/redis-client/tls.crt".as_ref())
+    );
+    assert_eq!(
+        cache.tls_key_file.as_deref(),
+        Some("/etc/pulse/redis-client/tls.key".as_ref())
+    );
     // The gateway uses neither, and still reads the shared file: the TLS
     // keys only count where a Redis URL is given.
     pulse_core::config::Config::from_toml(&pipeline.config_toml).unwrap();
@@ -72,7 +85,10 @@ fn database_and_redis_tls_reach_the_processor_and_dashboards_only() {
         Some("verify-full")
     );
     assert_eq!(volume_secret(processor, "db-ca").as_deref(), Some("db-ca"));
-    assert_eq!(volume_secret(processor, "redis-ca").as_deref(), Some("cache-ca"));
+    assert_eq!(
+        volume_secret(processor, "redis-ca").as_deref(),
+        Some("cache-ca")
+    );
     assert_eq!(
         volume_secret(processor, "redis-client").as_deref(),
         Some("checkout-redis-client")
@@ -97,7 +113,13 @@ fn database_and_redis_tls_reach_the_processor_and_dashboards_only() {
     let read = env(deployment, "PULSE_DASHBOARD__DATABASE_URL")
         .and_then(|e| e.value_from.as_ref()?.secret_key_ref.clone())
         .unwrap();
-    assert_eq!((read.name.as_str(), read.key.as_str()), ("db", "replica-url"));
+    assert_eq!(
+        (read.name.as_str(), read.key.as_str()),
+        ("db", "replica-url")
+    );
     assert_eq!(volume_secret(deployment, "db-ca").as_deref(), Some("db-ca"));
-    assert_eq!(volume_secret(deployment, "redis-ca").as_deref(), Some("cache-ca"));
+    assert_eq!(
+        volume_secret(deployment, "redis-ca").as_deref(),
+        Some("cache-ca")
+    );
 }

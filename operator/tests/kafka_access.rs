@@ -60,9 +60,18 @@ fn the_pods_config_names_the_mounted_files_and_no_password() {
     let pipeline = validated(secured());
     let bus = &pipeline.config.bus;
     assert!(bus.tls);
-    assert_eq!(bus.tls_ca_file.as_deref(), Some("/etc/pulse/kafka-ca/ca.crt".as_ref()));
-    assert_eq!(bus.tls_cert_file.as_deref(), Some("/etc/pulse/kafka-client/tls.crt".as_ref()));
-    assert_eq!(bus.tls_key_file.as_deref(), Some("/etc/pulse/kafka-client/tls.key".as_ref()));
+    assert_eq!(
+        bus.tls_ca_file.as_deref(),
+        Some("/etc/pulse/kafka-ca/ca.crt".as_ref())
+    );
+    assert_eq!(
+        bus.tls_cert_file.as_deref(),
+        Some("/etc/pulse/kafka-client/tls.crt".as_ref())
+    );
+    assert_eq!(
+        bus.tls_key_file.as_deref(),
+        Some("/etc/pulse/kafka-client/tls.key".as_ref())
+    );
     assert_eq!(bus.sasl_mechanism, Some(SaslMechanism::ScramSha512));
     assert_eq!(bus.sasl_username.as_deref(), Some("checkout"));
     assert_eq!(bus.sasl_password, None);
@@ -85,16 +94,27 @@ fn gateway_and_processor_mount_the_secrets_the_dashboard_gets_none() {
         let ca = ca.secret.as_ref().unwrap();
         assert_eq!(ca.secret_name.as_deref(), Some("kafka-ca"));
         let items = ca.items.as_ref().unwrap();
-        assert_eq!((items[0].key.as_str(), items[0].path.as_str()), ("ca.pem", "ca.crt"));
+        assert_eq!(
+            (items[0].key.as_str(), items[0].path.as_str()),
+            ("ca.pem", "ca.crt")
+        );
         assert_eq!(ca.default_mode, Some(0o440));
         let client = volumes.iter().find(|v| v.name == "kafka-client").unwrap();
         let client = client.secret.as_ref().unwrap();
         assert_eq!(client.secret_name.as_deref(), Some("checkout-kafka-client"));
-        let paths: Vec<&str> = client.items.iter().flatten().map(|i| i.path.as_str()).collect();
+        let paths: Vec<&str> = client
+            .items
+            .iter()
+            .flatten()
+            .map(|i| i.path.as_str())
+            .collect();
         assert_eq!(paths, ["tls.crt", "tls.key"]);
         let container = container(deployment);
         let mounts = container.volume_mounts.as_ref().unwrap();
-        for (name, path) in [("kafka-ca", "/etc/pulse/kafka-ca"), ("kafka-client", "/etc/pulse/kafka-client")] {
+        for (name, path) in [
+            ("kafka-ca", "/etc/pulse/kafka-ca"),
+            ("kafka-client", "/etc/pulse/kafka-client"),
+        ] {
             let mount = mounts.iter().find(|m| m.name == name).unwrap();
             assert_eq!(mount.mount_path, path);
             assert_eq!(mount.read_only, Some(true));
@@ -105,8 +125,17 @@ fn gateway_and_processor_mount_the_secrets_the_dashboard_gets_none() {
             .flatten()
             .find(|e| e.name == ENV_SASL_PASSWORD)
             .unwrap();
-        let from = password.value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap();
-        assert_eq!((from.name.as_str(), from.key.as_str()), ("kafka-user", "password"));
+        let from = password
+            .value_from
+            .as_ref()
+            .unwrap()
+            .secret_key_ref
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            (from.name.as_str(), from.key.as_str()),
+            ("kafka-user", "password")
+        );
         assert_eq!(password.value, None);
     }
     let board: Dashboard = serde_json::from_value(json!({
@@ -121,15 +150,30 @@ fn gateway_and_processor_mount_the_secrets_the_dashboard_gets_none() {
     assert_eq!(dashboard.config.bus.sasl_mechanism, None);
     let objects = dashboard_objects(&dashboard, IMAGE);
     let container = container(&objects.deployment);
-    assert!(container.env.iter().flatten().all(|e| e.name != ENV_SASL_PASSWORD));
-    assert!(pod(&objects.deployment).volumes.iter().flatten().all(|v| !v.name.starts_with("kafka")));
+    assert!(
+        container
+            .env
+            .iter()
+            .flatten()
+            .all(|e| e.name != ENV_SASL_PASSWORD)
+    );
+    assert!(
+        pod(&objects.deployment)
+            .volumes
+            .iter()
+            .flatten()
+            .all(|v| !v.name.starts_with("kafka"))
+    );
 }
 
 #[test]
 fn the_admin_client_gets_the_pem_texts_and_password_from_the_secrets() {
     let pipeline = validated(secured());
     let wanted = admin_secrets(&pipeline.kafka);
-    let key = |name: &str, key: &str| SecretKeyRef { name: name.into(), key: key.into() };
+    let key = |name: &str, key: &str| SecretKeyRef {
+        name: name.into(),
+        key: key.into(),
+    };
     assert_eq!(
         wanted,
         [
@@ -139,13 +183,23 @@ fn the_admin_client_gets_the_pem_texts_and_password_from_the_secrets() {
             key("kafka-user", "password"),
         ]
     );
-    let properties = admin_properties(&pipeline.kafka, |secret| format!("<{}/{}>", secret.name, secret.key));
-    let get = |k: &str| properties.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+    let properties = admin_properties(&pipeline.kafka, |secret| {
+        format!("<{}/{}>", secret.name, secret.key)
+    });
+    let get = |k: &str| {
+        properties
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+    };
     assert_eq!(get("security.protocol"), Some("sasl_ssl"));
     assert_eq!(get("ssl.endpoint.identification.algorithm"), Some("https"));
     assert_eq!(get("ssl.ca.pem"), Some("<kafka-ca/ca.pem>"));
     assert_eq!(get("ssl.ca.location"), None);
-    assert_eq!(get("ssl.certificate.pem"), Some("<checkout-kafka-client/tls.crt>"));
+    assert_eq!(
+        get("ssl.certificate.pem"),
+        Some("<checkout-kafka-client/tls.crt>")
+    );
     assert_eq!(get("ssl.key.pem"), Some("<checkout-kafka-client/tls.key>"));
     assert_eq!(get("ssl.certificate.location"), None);
     assert_eq!(get("sasl.mechanisms"), Some("SCRAM-SHA-512"));
@@ -164,5 +218,8 @@ fn plain_without_tls_is_refused() {
     })))
     .unwrap();
     let error = validate_pipeline(&resource).unwrap_err().to_string();
-    assert!(error.contains("spec.kafka.sasl.mechanism") && error.contains("kafka.tls"), "{error}");
+    assert!(
+        error.contains("spec.kafka.sasl.mechanism") && error.contains("kafka.tls"),
+        "{error}"
+    );
 }

@@ -16,7 +16,8 @@ const HOST: &str = "pulse-webhook.pulse.svc";
 fn issue(dir: &std::path::Path) -> CertificateDer<'static> {
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("CA");
+    let ca =
+        CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("CA");
     let key = KeyPair::generate().expect("key");
     let leaf = CertificateParams::new(vec![HOST.to_string()])
         .expect("params")
@@ -49,7 +50,12 @@ async fn served(addr: std::net::SocketAddr) -> CertificateDer<'static> {
             cert: &CertificateDer<'_>,
             dss: &rustls::DigitallySignedStruct,
         ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+            rustls::crypto::verify_tls12_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
         }
         fn verify_tls13_signature(
             &self,
@@ -57,7 +63,12 @@ async fn served(addr: std::net::SocketAddr) -> CertificateDer<'static> {
             cert: &CertificateDer<'_>,
             dss: &rustls::DigitallySignedStruct,
         ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+            rustls::crypto::verify_tls13_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
         }
         fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
             self.0.signature_verification_algorithms.supported_schemes()
@@ -70,13 +81,21 @@ async fn served(addr: std::net::SocketAddr) -> CertificateDer<'static> {
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(ShowAnything(provider)))
         .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(addr).await.expect("the webhook listens");
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("the webhook listens");
     let name = ServerName::try_from(HOST).expect("a DNS name");
     let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(name, tcp)
         .await
         .expect("a handshake");
-    stream.get_ref().1.peer_certificates().expect("a certificate")[0].clone().into_owned()
+    stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .expect("a certificate")[0]
+        .clone()
+        .into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -108,7 +127,10 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
     assert_ne!(first, second);
     let deadline = Instant::now() + Duration::from_secs(30);
     while served(addr).await != second {
-        assert!(Instant::now() < deadline, "the renewed certificate was not served within 30s");
+        assert!(
+            Instant::now() < deadline,
+            "the renewed certificate was not served within 30s"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     shutdown.cancel();

@@ -115,9 +115,16 @@ mod tests {
             not be verified, verify that ssl.ca.location is correctly configured or root CA \
             certificates are installed (install ca-certificates package)";
         let text = explain(Some(RDKafkaErrorCode::SSL), untrusted).unwrap();
-        assert!(text.contains("not trusted") && text.contains("bus.tls_ca_file"), "{text}");
+        assert!(
+            text.contains("not trusted") && text.contains("bus.tls_ca_file"),
+            "{text}"
+        );
         assert!(text.contains("hostname mismatch"), "{text}");
-        let text = explain(None, "Failed to verify broker certificate: hostname mismatch").unwrap();
+        let text = explain(
+            None,
+            "Failed to verify broker certificate: hostname mismatch",
+        )
+        .unwrap();
         assert!(text.contains("hostname mismatch"), "{text}");
         let text = explain(
             Some(RDKafkaErrorCode::Authentication),
@@ -133,9 +140,19 @@ mod tests {
     fn a_failure_is_appended_to_later_errors() {
         let failure = BrokerFailure::default();
         assert_eq!(failure.annotate("timed out".into()), "timed out");
-        failure.record(None, "Connect to ipv4#127.0.0.1:1 failed: Connection refused");
+        failure.record(
+            None,
+            "Connect to ipv4#127.0.0.1:1 failed: Connection refused",
+        );
         assert_eq!(failure.annotate("timed out".into()), "timed out");
-        failure.record(Some(RDKafkaErrorCode::Authentication), "SASL authentication error");
-        assert!(failure.annotate("timed out".into()).contains("SASL refused"));
+        failure.record(
+            Some(RDKafkaErrorCode::Authentication),
+            "SASL authentication error",
+        );
+        assert!(
+            failure
+                .annotate("timed out".into())
+                .contains("SASL refused")
+        );
     }
 }

@@ -130,21 +130,23 @@ pub(super) fn deployment(owner: &Owner<'_>, role: Role<'_>) -> Deployment {
             seccomp_profile: Some(runtime_default()),
             ..PodSecurityContext::default()
         }),
-        volumes: Some(vec![
-            Volume {
-                name: "config".into(),
-                config_map: Some(ConfigMapVolumeSource {
-                    name: role.config_map.into(),
-                    ..ConfigMapVolumeSource::default()
-                }),
-                ..Volume::default()
-            },
-            empty_dir("data"),
-            empty_dir("tmp"),
-        ]
-        .into_iter()
-        .chain(role.volumes.into_iter().map(|(volume, _)| volume))
-        .collect()),
+        volumes: Some(
+            vec![
+                Volume {
+                    name: "config".into(),
+                    config_map: Some(ConfigMapVolumeSource {
+                        name: role.config_map.into(),
+                        ..ConfigMapVolumeSource::default()
+                    }),
+                    ..Volume::default()
+                },
+                empty_dir("data"),
+                empty_dir("tmp"),
+            ]
+            .into_iter()
+            .chain(role.volumes.into_iter().map(|(volume, _)| volume))
+            .collect(),
+        ),
         ..PodSpec::default()
     };
     Deployment {

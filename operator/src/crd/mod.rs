@@ -24,9 +24,8 @@ pub use dashboard::{
     Dashboard, DashboardSpec, DashboardStatus, PanelKindSpec, PanelSpec, ThresholdSpec,
 };
 pub use pipeline::{
-    KafkaSaslMechanism, KafkaSaslSpec, KafkaTlsSpec,
-    AuthSpec, DatabaseSpec, KafkaSpec, LimitsSpec, MetricPipeline, MetricPipelineSpec,
-    MetricPipelineStatus, RedisSpec, RoleSpec,
+    AuthSpec, DatabaseSpec, KafkaSaslMechanism, KafkaSaslSpec, KafkaSpec, KafkaTlsSpec, LimitsSpec,
+    MetricPipeline, MetricPipelineSpec, MetricPipelineStatus, RedisSpec, RoleSpec,
 };
 
 /// What happens to a pipeline's data (its Kafka topics and database schema)

@@ -21,7 +21,8 @@ mod alerting;
 
 use crate::connections::Connections;
 use crate::crd::{
-    Dashboard, DeletionPolicy, KafkaSpec, MetricPipeline, PanelKindSpec, PanelSpec, RoleSpec, SecretKeyRef,
+    Dashboard, DeletionPolicy, KafkaSpec, MetricPipeline, PanelKindSpec, PanelSpec, RoleSpec,
+    SecretKeyRef,
 };
 
 /// The longest pipeline or dashboard name: it prefixes Service names, which
