@@ -85,13 +85,9 @@ pub fn validate(bus: &BusConfig) -> Result<(), ConfigError> {
                     "bus.sasl_mechanism is set, so the brokers need a user name",
                 );
             }
-            if bus.sasl_password.is_none() {
-                return invalid(
-                    "bus.sasl_password",
-                    "bus.sasl_mechanism is set, so the brokers need a password \
-                     (best from a Secret: PULSE_BUS__SASL_PASSWORD)",
-                );
-            }
+            // The password is not required here: the operator renders the
+            // file without it (it arrives as PULSE_BUS__SASL_PASSWORD), and
+            // librdkafka refuses a SASL client without one, naming it.
             if mechanism == SaslMechanism::Plain && !bus.tls {
                 return invalid(
                     "bus.sasl_mechanism",
@@ -131,11 +127,13 @@ pub fn client_properties(bus: &BusConfig) -> Vec<(&'static str, String)> {
             properties.push(("ssl.key.location", path_text(key)));
         }
     }
-    if let (Some(mechanism), Some(user), Some(password)) =
-        (bus.sasl_mechanism, &bus.sasl_username, &bus.sasl_password)
-    {
+    if let Some(mechanism) = bus.sasl_mechanism {
         properties.push(("sasl.mechanisms", mechanism.as_str().into()));
+    }
+    if let Some(user) = &bus.sasl_username {
         properties.push(("sasl.username", user.clone()));
+    }
+    if let Some(password) = &bus.sasl_password {
         properties.push(("sasl.password", password.clone()));
     }
     properties
@@ -220,10 +218,6 @@ mod tests {
             "bus.tls_cert_file"
         );
         assert_eq!(refused_key("sasl_username = \"u\""), "bus.sasl_username");
-        assert_eq!(
-            refused_key("sasl_mechanism = \"SCRAM-SHA-256\"\nsasl_username = \"u\""),
-            "bus.sasl_password"
-        );
         // PLAIN would send the password in clear.
         assert_eq!(
             refused_key("sasl_mechanism = \"PLAIN\"\nsasl_username = \"u\"\nsasl_password = \"p\""),

@@ -183,6 +183,7 @@ fn secret_volume(
             items: Some(items),
             default_mode: Some(0o440),
             optional: Some(false),
+            ..SecretVolumeSource::default()
         }),
         ..Volume::default()
     };
