@@ -20,8 +20,13 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
  && install -D -m 0755 target/release/pulse /out/pulse
 
 # bookworm-slim, not distroless: besides glibc the binary links zlib
-# (librdkafka's compression), which distroless/cc lacks and slim carries.
+# (librdkafka's compression), which distroless/cc lacks and slim carries, and
+# OpenSSL (librdkafka's TLS to Kafka), installed here with the CA roots that
+# `bus.tls` without `bus.tls_ca_file` trusts.
 FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libssl3 ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 65532 pulse \
  && useradd --system --uid 65532 --gid 65532 --home-dir /var/lib/pulse \
       --no-create-home --shell /usr/sbin/nologin pulse \

@@ -254,8 +254,9 @@ pub async fn connect(
                 &config.pipeline.namespace,
                 &config.pipeline.name,
             );
+            let security = kafka_security(config);
             let producer =
-                KafkaProducer::new(brokers, &topic)
+                KafkaProducer::with_overrides(brokers, &topic, &property_refs(&security))
                     .await
                     .map_err(|e| EngineError::Failed {
                         engine: "Kafka",
@@ -267,6 +268,16 @@ pub async fn connect(
         }
     }
     Ok(engines)
+}
+
+/// The librdkafka properties of `bus.tls*` and `bus.sasl_*`, the same for
+/// every Kafka client of the process (they hold the SASL password: never log).
+fn kafka_security(config: &Config) -> Vec<(&'static str, String)> {
+    pulse_core::kafka_security::client_properties(&config.bus)
+}
+
+fn property_refs<'a>(properties: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    properties.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 
 type BusParts = (
@@ -308,7 +319,8 @@ async fn open_bus(
         address: brokers.clone(),
         key: "bus.kafka_brokers",
     };
-    let producer = KafkaProducer::new(&brokers, &topic)
+    let security = kafka_security(config);
+    let producer = KafkaProducer::with_overrides(&brokers, &topic, &property_refs(&security))
         .await
         .map_err(|e| EngineError::Failed {
             engine: "Kafka",
@@ -352,12 +364,13 @@ async fn open_bus(
     let session_ms = config.bus.session_timeout.as_millis();
     let heartbeat_ms = (session_ms / 3).clamp(1, 3_000).to_string();
     let session_ms = session_ms.to_string();
-    let timeouts = [
+    let mut overrides = property_refs(&security);
+    overrides.extend([
         ("session.timeout.ms", session_ms.as_str()),
         ("heartbeat.interval.ms", heartbeat_ms.as_str()),
-    ];
+    ]);
     let consumer = if want_consumer {
-        let consumer = KafkaConsumer::with_overrides(&brokers, &topic, &group, &timeouts);
+        let consumer = KafkaConsumer::with_overrides(&brokers, &topic, &group, &overrides);
         let consumer = consumer.map_err(|e| EngineError::Failed {
             engine: "Kafka",
             address: brokers.clone(),
@@ -688,8 +701,8 @@ fn connect_backoff() -> Backoff {
 }
 
 /// `config` with its secrets hidden, for `pulse config`: each bearer token
-/// becomes `***` (their number still shows), and the passwords of the
-/// database and Redis URLs are redacted as in the logs.
+/// and the Kafka SASL password become `***` (the tokens' number still shows),
+/// and the passwords of the database and Redis URLs are redacted as in the logs.
 pub fn redact_config(mut config: Config) -> Config {
     for token in config
         .gateway
@@ -698,6 +711,9 @@ pub fn redact_config(mut config: Config) -> Config {
         .chain(config.dashboard.read_tokens.iter_mut())
     {
         *token = "***".to_string();
+    }
+    if let Some(password) = &mut config.bus.sasl_password {
+        *password = "***".to_string();
     }
     for url in [
         &mut config.storage.database_url,
@@ -787,6 +803,7 @@ mod tests {
         config.dashboard.read_tokens = vec!["read-secret".into(), "other".into()];
         config.storage.database_url = Some("postgres://pulse:db-secret@db:5432/pulse".into());
         config.cache.redis_url = Some("redis://:cache-secret@redis:6379".into());
+        config.bus.sasl_password = Some("kafka-secret".into());
         let text = redact_config(config).to_toml();
         for secret in [
             "write-secret",
@@ -794,6 +811,7 @@ mod tests {
             "other",
             "db-secret",
             "cache-secret",
+            "kafka-secret",
         ] {
             assert!(!text.contains(secret), "{secret} in {text}");
         }

@@ -313,6 +313,31 @@ pub struct BusConfig {
     /// brokers' `group.min.session.timeout.ms`..`group.max.session.timeout.ms`.
     #[serde(with = "crate::duration::as_label")]
     pub session_timeout: Duration,
+    /// TLS to the brokers, their certificate checked against `tls_ca_file`
+    /// (or the system's roots) and required to name the broker's host.
+    pub tls: bool,
+    /// PEM file of the CA that signed the brokers' certificates.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate and key (mTLS); both or neither.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key_file: Option<PathBuf>,
+    /// SASL authentication to the brokers; see [`crate::kafka_security`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sasl_mechanism: Option<crate::kafka_security::SaslMechanism>,
+    #[serde(
+        deserialize_with = "empty_as_none",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub sasl_username: Option<String>,
+    /// A secret: `pulse config` shows it as `***`, errors never carry it.
+    #[serde(
+        deserialize_with = "empty_as_none",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub sasl_password: Option<String>,
 }
 
 impl Default for BusConfig {
@@ -322,6 +347,13 @@ impl Default for BusConfig {
             kafka_brokers: None,
             topic: None,
             session_timeout: Duration::from_secs(10),
+            tls: false,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            sasl_mechanism: None,
+            sasl_username: None,
+            sasl_password: None,
         }
     }
 }
@@ -658,6 +690,7 @@ impl Config {
         } else if let Some(topic) = &self.bus.topic {
             check_topic(topic).map_err(|why| invalid("bus.topic", format!("`{topic}` {why}")))?;
         }
+        crate::kafka_security::validate(&self.bus)?;
         for (key, url) in [
             ("storage.database_url", &self.storage.database_url),
             ("dashboard.database_url", &self.dashboard.database_url),
@@ -695,18 +728,16 @@ impl Config {
             ("cache.tls_cert_file", &self.cache.tls_cert_file),
             ("cache.tls_key_file", &self.cache.tls_key_file),
         ];
-        if let Some((key, _)) = cache_tls.iter().find(|(_, file)| file.is_some()) {
-            let tls_url = self
-                .cache
-                .redis_url
-                .as_deref()
-                .is_some_and(|url| url.starts_with("rediss://"));
-            if !tls_url {
-                return Err(invalid(
-                    key,
-                    "is only used with a rediss:// cache.redis_url (Redis over TLS)".into(),
-                ));
-            }
+        // Without a Redis URL the keys are unused: a pipeline's roles share one
+        // file, and only those given the URL (processor, dashboard) use Redis.
+        if let Some((key, _)) = cache_tls.iter().find(|(_, file)| file.is_some())
+            && let Some(url) = &self.cache.redis_url
+            && !url.starts_with("rediss://")
+        {
+            return Err(invalid(
+                key,
+                "is only used with a rediss:// cache.redis_url (Redis over TLS)".into(),
+            ));
         }
         if self.cache.tls_cert_file.is_some() != self.cache.tls_key_file.is_some() {
             return Err(invalid(

@@ -17,6 +17,7 @@ pub mod duration;
 pub mod edge;
 pub mod histogram;
 pub mod idempotency;
+pub mod kafka_security;
 pub mod names;
 pub mod point;
 pub mod result;

@@ -19,4 +19,8 @@ mod tls;
 #[cfg(test)]
 pub mod conformance;
 #[cfg(test)]
+mod kafka_front;
+#[cfg(test)]
+mod kafka_tls;
+#[cfg(test)]
 mod tls_peers;

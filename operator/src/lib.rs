@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod build;
+pub mod connections;
 pub mod controller;
 pub mod crd;
 /// Test fixtures: only in tests and behind the `fixtures` feature (tower-test is no
@@ -15,6 +16,7 @@ pub mod crd;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
 pub mod health;
+pub mod kafka_access;
 pub mod leader;
 pub mod metrics;
 pub mod names;

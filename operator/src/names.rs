@@ -65,8 +65,9 @@ pub const CONFIG_DIR: &str = "/etc/pulse";
 /// loader reads `PULSE_<SECTION>__<KEY>`), so no secret is ever in a ConfigMap.
 pub const ENV_DATABASE_URL: &str = "PULSE_STORAGE__DATABASE_URL";
 pub const ENV_REDIS_URL: &str = "PULSE_CACHE__REDIS_URL";
-pub const ENV_INGEST_TOKENS: &str = "PULSE_GATEWAY__TOKENS";
-pub const ENV_READ_TOKENS: &str = "PULSE_DASHBOARD__READ_TOKENS";
+/// The dashboards' read URL (a replica's).
+pub const ENV_DATABASE_READ_URL: &str = "PULSE_DASHBOARD__DATABASE_URL";
+pub const ENV_SASL_PASSWORD: &str = "PULSE_BUS__SASL_PASSWORD";
 
 /// The variable holding the URL of the pipeline's receiver number `index`
 /// (`alerting.receivers[index].url_env`). By position, as receiver names may

@@ -350,9 +350,30 @@ fn pods_run_restricted_with_a_read_only_root() {
 #[test]
 fn secrets_reach_only_the_roles_that_use_them_as_env() {
     let objects = build(&pipeline(full_spec()));
+    // The tokens are a mounted file (re-read as it rotates), not a variable.
+    assert!(container(&objects.gateway).env.is_none());
+    let tokens = pod(&objects.gateway)
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "ingest-tokens")
+        .and_then(|v| v.secret.clone())
+        .unwrap();
+    assert_eq!(tokens.secret_name.as_deref(), Some("tokens"));
+    let item = &tokens.items.unwrap()[0];
     assert_eq!(
-        secret_env(container(&objects.gateway)),
-        BTreeMap::from([("PULSE_GATEWAY__TOKENS".into(), pair("tokens", "ingest"))])
+        (item.key.as_str(), item.path.as_str()),
+        ("ingest", "tokens")
+    );
+    let mount = container(&objects.gateway)
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == "ingest-tokens")
+        .unwrap();
+    assert_eq!(
+        (mount.mount_path.as_str(), mount.read_only),
+        ("/etc/pulse/ingest-tokens", Some(true))
     );
     assert_eq!(
         secret_env(container(&objects.processor)),
@@ -403,10 +424,18 @@ fn the_config_map_holds_the_rendered_config_the_pods_read() {
     assert_eq!(config.cache.ttl.as_secs(), 7200);
     assert_eq!(config.limits.max_tags, 8);
     assert_eq!(config.gateway.max_body_bytes, 1 << 20);
-    // No secret is in the file: connections and tokens come as env.
+    // No secret is in the file: connections come as env, tokens as mounted files.
     assert_eq!(config.storage.database_url, None);
     assert_eq!(config.cache.redis_url, None);
     assert!(config.gateway.tokens.is_empty() && config.dashboard.read_tokens.is_empty());
+    assert_eq!(
+        config.gateway.tokens_file.as_deref(),
+        Some("/etc/pulse/ingest-tokens/tokens".as_ref())
+    );
+    assert_eq!(
+        config.dashboard.read_tokens_file.as_deref(),
+        Some("/etc/pulse/read-tokens/tokens".as_ref())
+    );
     // The topics the admin creates.
     assert_eq!(validated.topics.anomalies, "pulse.shop.checkout.anomalies");
     assert_eq!(validated.topics.replication_factor, 3);
@@ -534,12 +563,16 @@ fn the_dashboard_server_serves_every_board_from_its_config_map() {
         BTreeMap::from([
             ("PULSE_STORAGE__DATABASE_URL".into(), pair("db", "url")),
             ("PULSE_CACHE__REDIS_URL".into(), pair("cache", "url")),
-            (
-                "PULSE_DASHBOARD__READ_TOKENS".into(),
-                pair("tokens", "read")
-            ),
         ])
     );
+    let read_tokens = pod(&objects.dashboard)
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "read-tokens")
+        .and_then(|v| v.secret.clone())
+        .unwrap();
+    assert_eq!(read_tokens.secret_name.as_deref(), Some("tokens"));
     // The boards: a whole ConfigMap volume (no subPath, which the kubelet
     // would never update), at the path pulse.toml names.
     let mount = c

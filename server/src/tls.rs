@@ -86,6 +86,12 @@ impl ServerTls {
         self.acceptor.clone()
     }
 
+    /// The rustls configuration (its certificate follows the files), for a
+    /// server that takes one: the operator's admission webhook.
+    pub fn server_config(&self) -> Arc<ServerConfig> {
+        Arc::clone(self.acceptor.config())
+    }
+
     /// Re-reads the files now; `Ok(true)` when a new pair went into service.
     pub fn reload(&self) -> Result<bool, FileError> {
         self.pair.reload()

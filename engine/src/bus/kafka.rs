@@ -60,6 +60,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use tokio::sync::OnceCell;
 
+use super::kafka_security::BrokerFailure;
 use super::{BusConsumer, BusError, BusProducer, BusRecord, ConsumerEvent, OutgoingRecord};
 
 /// Records the producer holds locally (queued or in flight) at most; a send
@@ -90,11 +91,13 @@ const FETCH_QUEUE_BACKOFF_MS: &str = "10";
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Forwards librdkafka's log lines and global errors to `tracing`, tagged with
-/// the role and the brokers so a line says which client it is about.
+/// the role and the brokers so a line says which client it is about, and
+/// keeps the last TLS or SASL refusal for the errors callers get.
 #[derive(Clone)]
 struct LogContext {
     role: &'static str,
     brokers: Arc<str>,
+    failure: BrokerFailure,
 }
 
 impl LogContext {
@@ -122,6 +125,7 @@ impl LogContext {
     /// librdkafka's "global" errors (a broker went away, all brokers down) are
     /// transient: it reconnects by itself, so they are warnings.
     fn client_error(&self, error: &KafkaError, reason: &str) {
+        self.failure.record(error.rdkafka_error_code(), reason);
         tracing::warn!(
             message = "Kafka client error; librdkafka retries by itself.",
             role = self.role,
@@ -249,6 +253,8 @@ fn join_error(what: &str, error: tokio::task::JoinError) -> BusError {
 /// The producing side of the bus on Kafka (the gateway's).
 pub struct KafkaProducer {
     producer: Arc<ThreadedProducer<LogContext>>,
+    /// The last TLS or SASL refusal, named in this producer's errors.
+    failure: BrokerFailure,
     brokers: String,
     topic: String,
     /// Read once from the topic's metadata, then fixed (see the module doc).
@@ -296,7 +302,9 @@ impl KafkaProducer {
         let context = LogContext {
             role: "producer",
             brokers: Arc::from(brokers),
+            failure: BrokerFailure::default(),
         };
+        let failure = context.failure.clone();
         let producer: ThreadedProducer<LogContext> =
             config.create_with_context(context).map_err(|e| {
                 bus_error(
@@ -306,6 +314,7 @@ impl KafkaProducer {
             })?;
         let this = KafkaProducer {
             producer: Arc::new(producer),
+            failure,
             brokers: brokers.to_owned(),
             topic: topic.to_owned(),
             partitions: OnceCell::new(),
@@ -340,10 +349,10 @@ impl KafkaProducer {
     async fn fetch_partition_count(&self, timeout: Duration) -> Result<u32, BusError> {
         let producer = Arc::clone(&self.producer);
         let topic = self.topic.clone();
-        let what = format!(
+        let what = self.failure.annotate(format!(
             "cannot read the metadata of topic {} from brokers {}",
             self.topic, self.brokers
-        );
+        ));
         let metadata = tokio::task::spawn_blocking(move || {
             producer.client().fetch_metadata(Some(&topic), timeout)
         })
@@ -368,10 +377,10 @@ impl KafkaProducer {
     }
 
     fn what(&self) -> String {
-        format!(
+        self.failure.annotate(format!(
             "producing to topic {} at brokers {}",
             self.topic, self.brokers
-        )
+        ))
     }
 }
 
@@ -655,6 +664,8 @@ pub struct KafkaConsumer {
     /// a caught-up consumer, stalling the processor (BENCHMARKS.md).
     offsets: Arc<BaseConsumer<LogContext>>,
     shared: Arc<Mutex<Shared>>,
+    /// The last TLS or SASL refusal, named in this consumer's errors.
+    failure: BrokerFailure,
     brokers: String,
     topic: String,
     group: String,
@@ -703,10 +714,12 @@ impl KafkaConsumer {
             config.set(*key, *value);
         }
         let shared = Arc::new(Mutex::new(Shared::default()));
+        let failure = BrokerFailure::default();
         let context = GroupContext {
             log: LogContext {
                 role: "consumer",
                 brokers: Arc::from(brokers),
+                failure: failure.clone(),
             },
             topic: topic.to_owned(),
             group: group.to_owned(),
@@ -720,6 +733,7 @@ impl KafkaConsumer {
             .create_with_context(LogContext {
                 role: "consumer",
                 brokers: Arc::from(brokers),
+                failure: failure.clone(),
             })
             .map_err(|e| bus_error(&what, &e))?;
         let consumer: StreamConsumer<GroupContext> = config
@@ -738,6 +752,7 @@ impl KafkaConsumer {
             consumer: Arc::new(consumer),
             offsets: Arc::new(offsets),
             shared,
+            failure,
             brokers: brokers.to_owned(),
             topic: topic.to_owned(),
             group: group.to_owned(),
@@ -745,10 +760,10 @@ impl KafkaConsumer {
     }
 
     fn what(&self, doing: &str) -> String {
-        format!(
+        self.failure.annotate(format!(
             "{doing} topic {} (group {}) at brokers {}",
             self.topic, self.group, self.brokers
-        )
+        ))
     }
 
     /// Applies pending seeks with one `assign` of the whole assignment at

@@ -6,6 +6,7 @@ use async_trait::async_trait;
 
 pub mod embedded;
 pub mod kafka;
+mod kafka_security;
 
 /// A record to append. `key` is the series id (see `pulse_core::series`): all
 /// records of one key go to one partition, in order.

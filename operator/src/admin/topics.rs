@@ -143,6 +143,10 @@ pub trait TopicAdmin: Send + Sync {
     ) -> Result<(), TopicAdminError>;
     /// Deletes the topic; one that does not exist counts as deleted.
     async fn delete(&self, brokers: &str, topic: &str) -> Result<(), TopicAdminError>;
+    /// The librdkafka security properties (TLS, SASL) of the cluster at
+    /// `brokers`, from the pipeline's Secrets; the calls after it use them.
+    /// Fakes that speak no Kafka ignore them.
+    fn configure(&self, _brokers: &str, _properties: Vec<(String, String)>) {}
 }
 
 /// What [`ensure_topics`] left behind.
@@ -203,10 +207,13 @@ pub async fn ensure_topics(
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// [`TopicAdmin`] on librdkafka's admin client, one client per broker list
-/// (pipelines may name different clusters), made on first use and kept.
+/// (pipelines may name different clusters), made on first use and kept
+/// until its security properties change (a rotated Secret).
 #[derive(Default)]
 pub struct KafkaTopicAdmin {
     clients: Mutex<HashMap<String, Arc<AdminClient<DefaultClientContext>>>>,
+    /// The security properties per broker list, as last configured.
+    security: Mutex<HashMap<String, Vec<(String, String)>>>,
 }
 
 impl KafkaTopicAdmin {
@@ -222,12 +229,21 @@ impl KafkaTopicAdmin {
         if let Some(client) = clients.get(brokers) {
             return Ok(client.clone());
         }
-        let client: AdminClient<DefaultClientContext> = ClientConfig::new()
+        let mut config = ClientConfig::new();
+        config
             .set("bootstrap.servers", brokers)
             // Describing a missing topic must not create it with the brokers'
             // defaults (librdkafka's producer-side default is true).
             .set("allow.auto.create.topics", "false")
-            .set("socket.timeout.ms", ADMIN_TIMEOUT.as_millis().to_string())
+            .set("socket.timeout.ms", ADMIN_TIMEOUT.as_millis().to_string());
+        let security = self
+            .security
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (key, value) in security.get(brokers).into_iter().flatten() {
+            config.set(key, value);
+        }
+        let client: AdminClient<DefaultClientContext> = config
             .create()
             .map_err(|e| map_error(brokers, "creating an admin client", &e))?;
         let client = Arc::new(client);
@@ -348,6 +364,23 @@ impl TopicAdmin for KafkaTopicAdmin {
             brokers,
             &operation,
         )
+    }
+
+    fn configure(&self, brokers: &str, properties: Vec<(String, String)>) {
+        // The same lock order as `client`.
+        let mut clients = self
+            .clients
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut security = self
+            .security
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if security.get(brokers) != Some(&properties) {
+            // The next call makes a client with the new settings.
+            clients.remove(brokers);
+            security.insert(brokers.to_string(), properties);
+        }
     }
 }
 
@@ -509,6 +542,16 @@ fn map_code(brokers: &str, operation: &str, code: RDKafkaErrorCode) -> TopicAdmi
         ),
         RDKafkaErrorCode::InvalidTopic => rejected(
             "the topic name is not valid in Kafka; use a shorter namespace or pipeline name",
+        ),
+        // A Kafka-compatible broker without (legacy) AlterConfigs: retrying
+        // would report the brokers unreachable forever.
+        RDKafkaErrorCode::UnsupportedVersion | RDKafkaErrorCode::InvalidRequest => rejected(
+            "the brokers do not support this admin request (a Kafka-compatible broker may lack \
+             AlterConfigs); do it by hand, e.g. set the topic's retention.ms to spec.kafka.retention",
+        ),
+        RDKafkaErrorCode::SaslAuthenticationFailed => rejected(
+            "the brokers refused spec.kafka.sasl's user and password (not shown); fix the Secret \
+             spec.kafka.sasl.passwordSecretRef names, or the user",
         ),
         RDKafkaErrorCode::TopicDeletionDisabled => rejected(
             "the brokers have delete.topic.enable=false; delete the topics by hand or keep them \

@@ -32,6 +32,8 @@ pub(super) struct Role<'a> {
     pub config_hash: &'a str,
     /// Secret values the role needs, as environment variables.
     pub env: Vec<EnvVar>,
+    /// Secrets mounted as files (read-only), e.g. Kafka's CA and client certificate.
+    pub volumes: Vec<(Volume, VolumeMount)>,
     /// `None`: the namespace's default account (with no token mounted).
     pub service_account: Option<&'a str>,
     /// Whether an autoscaler owns the replica count: the Deployment then
@@ -55,7 +57,7 @@ pub(super) fn port(component: Component) -> u16 {
 /// The Secrets are required (not `optional`): a pod whose Secret is missing
 /// waits in `CreateContainerConfigError`, saying which, instead of running
 /// on the embedded engines.
-pub(super) fn secret_env<'a>(
+pub(crate) fn secret_env<'a>(
     refs: impl IntoIterator<Item = (&'a str, Option<&'a SecretKeyRef>)>,
 ) -> Vec<EnvVar> {
     refs.into_iter()
@@ -122,6 +124,7 @@ pub(super) fn deployment(owner: &Owner<'_>, role: Role<'_>) -> Deployment {
                     .iter()
                     .map(|(volume, _, path)| mount(volume, path, true)),
             )
+            .chain(role.volumes.iter().map(|(_, mount)| mount.clone()))
             .collect(),
         ),
         ..Container::default()
@@ -143,6 +146,7 @@ pub(super) fn deployment(owner: &Owner<'_>, role: Role<'_>) -> Deployment {
                     .iter()
                     .map(|(volume, config_map, _)| config_map_volume(volume, config_map)),
             )
+            .chain(role.volumes.into_iter().map(|(volume, _)| volume))
             .collect(),
         ),
         ..PodSpec::default()

@@ -10,7 +10,7 @@ mod autoscaling;
 mod backup;
 mod config_map;
 mod dashboard;
-mod deployment;
+pub(crate) mod deployment;
 mod ingress;
 pub mod monitoring;
 mod pdb;
@@ -31,6 +31,8 @@ use kube::api::DynamicObject;
 use pulse_core::board::Boards;
 use sha2::{Digest, Sha256};
 
+use crate::connections::Mounts;
+use crate::kafka_access;
 use crate::names::{self, Component};
 use crate::validate::{BOARDS_DIR, ValidatedPipeline, Workload};
 
@@ -96,11 +98,19 @@ pub fn pipeline_objects(
         (Component::Processor, &roles.processor),
         (Component::Dashboard, &roles.dashboards),
     ];
-    let deployment = |component, workload: &Workload, env: Vec<EnvVar>, autoscaled| {
+    let deployment = |component, workload: &Workload, mut env: Vec<EnvVar>, mounts: Mounts, autoscaled| {
+        let mut volumes = Vec::new();
         let extra_config_maps = match component {
             Component::Dashboard => vec![("boards", boards_name.as_str(), BOARDS_DIR)],
-            _ => Vec::new(),
+            // The gateway and the processor talk to Kafka: its Secrets go to both.
+            _ => {
+                env.extend(kafka_access::env(&pipeline.kafka));
+                volumes.extend(kafka_access::volumes(&pipeline.kafka));
+                Vec::new()
+            }
         };
+        env.extend(mounts.env);
+        volumes.extend(mounts.volumes);
         let account = names::object_name(owner.instance, component);
         deployment::deployment(
             &owner,
@@ -111,16 +121,13 @@ pub fn pipeline_objects(
                 config_map: &config_map_name,
                 config_hash: &hash,
                 env,
+                volumes,
                 service_account: Some(account.as_str()),
                 autoscaled,
                 extra_config_maps,
             },
         )
     };
-    let gateway_env = deployment::secret_env([(
-        names::ENV_INGEST_TOKENS,
-        pipeline.ingest_tokens_secret.as_ref(),
-    )]);
     // Only the processor sends alerts, so only it gets the receivers' Secrets.
     let processor_env = deployment::secret_env(
         [
@@ -138,7 +145,6 @@ pub fn pipeline_objects(
     let dashboard_env = deployment::secret_env([
         (names::ENV_DATABASE_URL, Some(&pipeline.database_url_secret)),
         (names::ENV_REDIS_URL, pipeline.redis_url_secret.as_ref()),
-        (names::ENV_READ_TOKENS, pipeline.read_tokens_secret.as_ref()),
     ]);
     // A board set the validation let through always renders; should it not,
     // the server keeps its last good boards (it refuses a file it cannot read).
@@ -162,19 +168,22 @@ pub fn pipeline_objects(
         gateway: deployment(
             Component::Gateway,
             &roles.gateway,
-            gateway_env,
+            Vec::new(),
+            pipeline.connections.gateway(),
             roles.gateway_scaling.is_some(),
         ),
         processor: deployment(
             Component::Processor,
             &roles.processor,
             processor_env,
+            pipeline.connections.processor(),
             lag_scaling.is_some(),
         ),
         dashboard: deployment(
             Component::Dashboard,
             &roles.dashboards,
             dashboard_env,
+            pipeline.connections.dashboard(),
             false,
         ),
         pdbs: workloads

@@ -28,6 +28,18 @@ pub enum Error {
         key: String,
         problem: String,
     },
+    /// A Secret `spec.kafka.tls` or `spec.kafka.sasl` names (or its key) is
+    /// missing or not UTF-8.
+    #[error(
+        "the Kafka credentials are not readable from Secret {namespace}/{name} key {key}: {problem}; create \
+         the Secret or fix spec.kafka.tls / spec.kafka.sasl"
+    )]
+    KafkaSecret {
+        namespace: String,
+        name: String,
+        key: String,
+        problem: String,
+    },
     /// The finalizer helper failed around apply or cleanup.
     #[error("{0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
@@ -42,6 +54,7 @@ impl Error {
             Error::Topics(e) => e.reason(),
             Error::Schema(e) => e.reason(),
             Error::DatabaseSecret { .. } => "DatabaseSecretMissing",
+            Error::KafkaSecret { .. } => "KafkaSecretMissing",
             Error::Finalizer(inner) => match inner.as_ref() {
                 F::ApplyFailed(e) | F::CleanupFailed(e) => e.reason(),
                 F::AddFinalizer(_) | F::RemoveFinalizer(_) => "FinalizerPatchFailed",

@@ -1,6 +1,7 @@
 //! Reconciling a `MetricPipeline`: finalizer -> validate -> topics -> schema ->
 //! build -> apply -> status, and cleanup by its deletion policy.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Secret;
@@ -17,6 +18,7 @@ use super::{Context, Error, error_policy as requeue_policy, key, objects};
 use crate::admin::topics::{TopicSpec, TopicsOutcome, ensure_topics};
 use crate::build::{Cluster, pipeline_objects};
 use crate::crd::{DeletionPolicy, MetricPipeline, MetricPipelineStatus, SecretKeyRef};
+use crate::kafka_access;
 use crate::names;
 use crate::validate::{ValidatedPipeline, validate_pipeline};
 
@@ -84,6 +86,9 @@ async fn apply_pipeline(pipeline: &MetricPipeline, ctx: &Context) -> Result<Acti
     };
     let mut checks = Vec::new();
     let brokers = &validated.topics.brokers;
+    if let Err(error) = configure_kafka_access(ctx, &validated).await {
+        return fail(pipeline, ctx, checks, Some(status::TOPICS_READY), error).await;
+    }
     match ensure_topics(ctx.topics.as_ref(), brokers, &topic_specs(&validated)).await {
         Ok(TopicsOutcome::Ready) => checks.push(Check::ok(
             status::TOPICS_READY,
@@ -267,12 +272,46 @@ async fn database_url(
     namespace: &str,
     secret: &SecretKeyRef,
 ) -> Result<String, Error> {
-    let problem = |problem: &str| Error::DatabaseSecret {
+    secret_text(ctx, namespace, secret, |problem| Error::DatabaseSecret {
         namespace: namespace.to_string(),
         name: secret.name.clone(),
         key: secret.key.clone(),
         problem: problem.to_string(),
-    };
+    })
+    .await
+}
+
+/// Tells the topic admin how to reach the pipeline's Kafka (TLS, SASL), from
+/// the Secrets `spec.kafka` names, read anew each reconcile so a rotated
+/// Secret is followed.
+async fn configure_kafka_access(ctx: &Context, validated: &ValidatedPipeline) -> Result<(), Error> {
+    let mut values = HashMap::new();
+    for secret in kafka_access::admin_secrets(&validated.kafka) {
+        let value = secret_text(ctx, &validated.namespace, &secret, |problem| {
+            Error::KafkaSecret {
+                namespace: validated.namespace.clone(),
+                name: secret.name.clone(),
+                key: secret.key.clone(),
+                problem: problem.to_string(),
+            }
+        })
+        .await?;
+        values.insert(secret, value);
+    }
+    let properties = kafka_access::admin_properties(&validated.kafka, |secret| {
+        values.get(secret).cloned().unwrap_or_default()
+    });
+    ctx.topics.configure(&validated.topics.brokers, properties);
+    Ok(())
+}
+
+/// The text of one Secret key; `problem` makes the error naming the spec field.
+async fn secret_text(
+    ctx: &Context,
+    namespace: &str,
+    secret: &SecretKeyRef,
+    problem: impl Fn(&str) -> Error,
+) -> Result<String, Error> {
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
     let found = api
         .get_opt(&secret.name)

@@ -29,8 +29,8 @@ pub use dashboard::{
 };
 pub use health::PipelineHealth;
 pub use pipeline::{
-    AuthSpec, DatabaseSpec, KafkaSpec, LimitsSpec, MetricPipeline, MetricPipelineSpec,
-    MetricPipelineStatus, RedisSpec, RoleSpec,
+    AuthSpec, DatabaseSpec, KafkaSaslMechanism, KafkaSaslSpec, KafkaSpec, KafkaTlsSpec, LimitsSpec,
+    MetricPipeline, MetricPipelineSpec, MetricPipelineStatus, RedisSpec, RoleSpec,
 };
 pub use placement::{
     CpuAutoscalingSpec, DashboardsSpec, GatewaySpec, IngressSpec, LagAutoscalingSpec,
@@ -50,7 +50,7 @@ pub enum DeletionPolicy {
 
 /// A key of a Secret in the resource's namespace. The value reaches the pods
 /// as an environment variable, never through the rendered config.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub struct SecretKeyRef {
     /// Name of the Secret, in the same namespace as the resource.
     #[schemars(length(min = 1, max = 253))]

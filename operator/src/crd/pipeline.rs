@@ -168,6 +168,53 @@ pub struct KafkaSpec {
     #[serde(default = "default_session_timeout")]
     #[schemars(pattern(DURATION_PATTERN))]
     pub session_timeout: String,
+    /// TLS to the brokers (their certificate checked, and required to name the
+    /// broker's host). The operator's own admin client uses it too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<KafkaTlsSpec>,
+    /// SASL authentication to the brokers; PLAIN only together with `tls`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sasl: Option<KafkaSaslSpec>,
+}
+
+/// TLS to the Kafka brokers. Without `caSecretRef` the brokers' certificates
+/// must chain to the image's trusted roots (a public CA).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaTlsSpec {
+    /// The Secret key holding the PEM CA that signed the brokers' certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
+    /// A `kubernetes.io/tls` Secret (keys `tls.crt`, `tls.key`, as cert-manager
+    /// writes them) holding this pipeline's client certificate, for brokers
+    /// that require one (mTLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub client_certificate_secret: Option<String>,
+}
+
+/// SASL authentication to the Kafka brokers.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaSaslSpec {
+    pub mechanism: KafkaSaslMechanism,
+    /// The user the brokers know this pipeline as.
+    #[schemars(length(min = 1, max = 253))]
+    pub username: String,
+    /// The Secret key holding the user's password.
+    pub password_secret_ref: SecretKeyRef,
+}
+
+/// The SASL mechanisms Pulse speaks to Kafka.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
+pub enum KafkaSaslMechanism {
+    /// The password as it is, so only with `tls`.
+    #[serde(rename = "PLAIN")]
+    Plain,
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
 }
 
 /// The database of raw points and window results.
@@ -175,8 +222,17 @@ pub struct KafkaSpec {
 #[serde(rename_all = "camelCase")]
 pub struct DatabaseSpec {
     /// The Secret key holding the PostgreSQL URL
-    /// (`postgres://user:password@host:5432/database`).
+    /// (`postgres://user:password@host:5432/database`, TLS parameters such as
+    /// `sslmode=verify-full` as `psql` reads them).
     pub url_secret_ref: SecretKeyRef,
+    /// The Secret key holding the PEM CA of the database's certificate: the
+    /// pods then verify it (`sslmode=verify-full` unless the URL says otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
+    /// The Secret key holding the URL the dashboards read, e.g. a streaming
+    /// replica's (`dashboard.database_url`). Without it they read the primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_url_secret_ref: Option<SecretKeyRef>,
     /// How long raw points are kept.
     #[serde(default = "default_raw_retention")]
     #[schemars(pattern(DURATION_PATTERN))]
@@ -196,8 +252,17 @@ pub struct DatabaseSpec {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RedisSpec {
-    /// The Secret key holding the Redis URL (`redis://host:6379`, `rediss://` for TLS).
+    /// The Secret key holding the Redis URL (`redis://host:6379`, `rediss://` for
+    /// TLS), with the password (and ACL user) in it: `rediss://user:password@host:6380`.
     pub url_secret_ref: SecretKeyRef,
+    /// With `rediss://`: the Secret key holding the PEM CA of Redis's certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
+    /// With `rediss://`: a `kubernetes.io/tls` Secret (`tls.crt`, `tls.key`) with a
+    /// client certificate, for a Redis with `tls-auth-clients yes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub client_certificate_secret: Option<String>,
     /// How long a cached latest window lives after its last write. Keep it well
     /// above the longest window plus the allowed lateness.
     #[serde(default = "default_cache_ttl")]

@@ -21,8 +21,10 @@ mod roles;
 
 pub use roles::{CpuScaling, LagScaling, Roles, Workload};
 
+use crate::connections::Connections;
 use crate::crd::{
-    BackupSpec, Dashboard, DeletionPolicy, MetricPipeline, PanelKindSpec, PanelSpec, SecretKeyRef,
+    BackupSpec, Dashboard, DeletionPolicy, KafkaSpec, MetricPipeline, PanelKindSpec, PanelSpec,
+    SecretKeyRef,
 };
 
 /// The longest pipeline or dashboard name: it prefixes Service names, which
@@ -93,6 +95,8 @@ pub enum InvalidSpec {
     },
     #[error("spec.panels: {0}")]
     Panel(String),
+    #[error("spec.{0}")]
+    KafkaAccess(String),
     #[error(
         "spec.panels[{index}].window `{window}` is not computed by pipeline `{pipeline}` (its windows: {available}); pick one of those or add it to the pipeline's spec.windows"
     )]
@@ -160,10 +164,12 @@ pub struct ValidatedPipeline {
     pub config_toml: String,
     pub windows: Vec<WindowSpec>,
     pub topics: Topics,
+    /// How the pods and the operator's admin client reach Kafka (TLS, SASL).
+    pub kafka: KafkaSpec,
+    /// The other Secrets the pods mount or read (CAs, read URL, token files).
+    pub connections: Connections,
     pub database_url_secret: SecretKeyRef,
     pub redis_url_secret: Option<SecretKeyRef>,
-    pub ingest_tokens_secret: Option<SecretKeyRef>,
-    pub read_tokens_secret: Option<SecretKeyRef>,
     /// The receivers' Secret keys, by the variable the processor reads each
     /// from (`alerting.receivers[].url_env` / `routing_key_env` in `config`).
     pub receiver_secrets: Vec<(String, SecretKeyRef)>,
@@ -218,6 +224,10 @@ pub fn validate_pipeline(pipeline: &MetricPipeline) -> Result<ValidatedPipeline,
     config.bus.kafka_brokers = Some(spec.kafka.brokers.clone());
     config.bus.partitions = partitions.unsigned_abs();
     config.bus.session_timeout = duration("kafka.sessionTimeout", &spec.kafka.session_timeout)?;
+    crate::kafka_access::check(&spec.kafka).map_err(InvalidSpec::KafkaAccess)?;
+    crate::kafka_access::render(&spec.kafka, &mut config.bus);
+    let connections = Connections::of(spec);
+    connections.render(&mut config);
     config.processor.windows = spec
         .windows
         .iter()
@@ -261,7 +271,6 @@ pub fn validate_pipeline(pipeline: &MetricPipeline) -> Result<ValidatedPipeline,
         replication_factor,
         retention: duration("kafka.retention", &spec.kafka.retention)?,
     };
-    let auth = spec.auth.clone().unwrap_or_default();
     let roles = roles::roles(
         spec,
         partitions,
@@ -276,10 +285,10 @@ pub fn validate_pipeline(pipeline: &MetricPipeline) -> Result<ValidatedPipeline,
         config_toml,
         windows,
         topics,
+        kafka: spec.kafka.clone(),
+        connections,
         database_url_secret: spec.database.url_secret_ref.clone(),
         redis_url_secret: spec.redis.as_ref().map(|r| r.url_secret_ref.clone()),
-        ingest_tokens_secret: auth.ingest_tokens_secret_ref,
-        read_tokens_secret: auth.read_tokens_secret_ref,
         receiver_secrets,
         roles,
         image: spec.image.clone(),

@@ -5,7 +5,6 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -19,6 +18,7 @@ use k8s_openapi::apimachinery::pkg::version::Info;
 use kube::core::DynamicObject;
 use kube::core::admission::AdmissionReview;
 use kube::{Api, Client};
+use pulse_server::tls::ServerTls;
 use tokio_util::sync::CancellationToken;
 
 use super::review::{self, Admission, Candidate};
@@ -97,7 +97,7 @@ pub async fn serve(
 pub struct Webhook {
     listener: TcpListener,
     addr: SocketAddr,
-    tls: Arc<rustls::ServerConfig>,
+    tls: ServerTls,
     state: AppState,
 }
 
@@ -113,7 +113,7 @@ struct AppState {
 impl Webhook {
     /// Loads the TLS files and binds the listener.
     pub fn bind(config: WebhookConfig, client: Client) -> Result<Self, WebhookError> {
-        let tls = tls::server_config(&config.tls_dir)?;
+        let tls = tls::server_tls(&config.tls_dir)?;
         let bind_error = |source| WebhookError::Bind {
             addr: config.listen,
             source,
@@ -153,6 +153,8 @@ impl Webhook {
         let serve_error = |source| WebhookError::Serve { addr, source };
         let handle: Handle<SocketAddr> = Handle::new();
         let stopper = handle.clone();
+        // A renewed certificate goes into service without a restart.
+        self.tls.watch(shutdown.clone());
         tokio::spawn(async move {
             shutdown.cancelled().await;
             stopper.graceful_shutdown(Some(SHUTDOWN_GRACE));
@@ -162,7 +164,8 @@ impl Webhook {
             .route(names::WEBHOOK_PATH, post(mutate_pods))
             .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
             .with_state(self.state);
-        axum_server::from_tcp_rustls(self.listener, RustlsConfig::from_config(self.tls))
+        let config = RustlsConfig::from_config(self.tls.server_config());
+        axum_server::from_tcp_rustls(self.listener, config)
             .map_err(serve_error)?
             .handle(handle)
             .serve(router.into_make_service())

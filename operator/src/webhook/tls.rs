@@ -2,13 +2,16 @@
 //! mounted `kubernetes.io/tls` Secret, made by the chart or cert-manager).
 //! The API server only calls webhooks over HTTPS, and checks the certificate
 //! against the `caBundle` of the webhook configuration.
+//!
+//! The pair is served through `pulse_server::tls`, so it follows the files
+//! as the gateway's and dashboard's certificates do: a cert-manager renewal
+//! reaches the next handshakes within a second, without a restart, and a pair
+//! half written stays out of service.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 
-use rustls::ServerConfig;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use pulse_server::reload::FileError;
+use pulse_server::tls::{CertFiles, ServerTls};
 
 /// Certificate chain file in the TLS directory.
 pub const CERT_FILE: &str = "tls.crt";
@@ -17,16 +20,11 @@ pub const KEY_FILE: &str = "tls.key";
 
 /// The TLS files cannot be used; says which file and what to check.
 #[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    #[error(
-        "webhook certificate {path}: {message}; mount the webhook TLS Secret there (--webhook-tls-dir)"
-    )]
-    Certificate { path: PathBuf, message: String },
-    #[error("webhook private key {path}: {message}; it must be the PEM key of {CERT_FILE}")]
-    Key { path: PathBuf, message: String },
-    #[error("webhook TLS: the key in {dir} does not fit the certificate: {message}")]
-    Mismatch { dir: PathBuf, message: String },
-}
+#[error(
+    "webhook TLS: {0}; mount the webhook TLS Secret (tls.crt and its PEM key tls.key) in \
+     --webhook-tls-dir"
+)]
+pub struct TlsError(#[from] FileError);
 
 /// Whether `dir` holds the webhook's certificate and key. The chart mounts the
 /// TLS Secret as optional, so an empty directory means the webhook is off.
@@ -34,38 +32,13 @@ pub fn files_present(dir: &Path) -> bool {
     dir.join(CERT_FILE).is_file() && dir.join(KEY_FILE).is_file()
 }
 
-/// A rustls server configuration from `dir/tls.crt` (PEM chain, leaf first)
-/// and `dir/tls.key` (PEM key), with ring (the provider kube uses), so the
-/// process needs no global crypto provider.
-pub fn server_config(dir: &Path) -> Result<Arc<ServerConfig>, TlsError> {
-    let cert_path = dir.join(CERT_FILE);
-    let key_path = dir.join(KEY_FILE);
-    let certificate = |message: String| TlsError::Certificate {
-        path: cert_path.clone(),
-        message,
-    };
-    let chain = CertificateDer::pem_file_iter(&cert_path)
-        .map_err(|e| certificate(e.to_string()))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| certificate(e.to_string()))?;
-    if chain.is_empty() {
-        return Err(certificate("holds no PEM certificate".into()));
-    }
-    let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| TlsError::Key {
-        path: key_path.clone(),
-        message: e.to_string(),
-    })?;
-    let mismatch = |message: String| TlsError::Mismatch {
-        dir: dir.to_path_buf(),
-        message,
-    };
-    let mut config =
-        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| mismatch(e.to_string()))?
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .map_err(|e| mismatch(e.to_string()))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+/// The webhook's certificate from `dir/tls.crt` (PEM chain, leaf first) and
+/// `dir/tls.key`, with ring (the provider kube uses), so the process needs no
+/// global crypto provider. [`ServerTls::watch`] makes it follow the files.
+pub fn server_tls(dir: &Path) -> Result<ServerTls, TlsError> {
+    Ok(ServerTls::load(CertFiles {
+        cert_file: dir.join(CERT_FILE),
+        key_file: dir.join(KEY_FILE),
+        section: "webhook",
+    })?)
 }
