@@ -329,7 +329,7 @@ async fn measure_up(
         for (span, ms) in SPANS {
             let from = end - ms.min(sizes.minutes * MIN);
             let url = format!(
-                "{base}/api/v1/query_range?metric={METRIC}&window=1m&group_by=host&aggs=avg,p95&from={}&to={}",
+                "{base}/api/v1/query_range?metric={METRIC}&window=1m&group_by=host&aggs=avg,p95&max_points=240&from={}&to={}",
                 from / 1000,
                 end / 1000
             );

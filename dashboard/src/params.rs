@@ -21,10 +21,11 @@ pub const MAX_RANGE_MS: TimestampMs = 400 * 86_400_000;
 pub const DEFAULT_RANGE_MS: TimestampMs = 3_600_000;
 
 /// Points per series a `query_range` answers when `max_points` is not given:
-/// one per ~4 pixels of a 1,000-pixel panel, so 1 h stays at 1m, 6 h comes
-/// from the 5m windows and 24 h from the 15m ones, and 100 series of a day fit
-/// `dashboard.max_points_per_query` with room to spare.
-pub const DEFAULT_MAX_POINTS: usize = 240;
+/// every window of any range a screen could draw, so a client that does not
+/// ask for coarser points gets the windows as stored (the answer of earlier
+/// releases); a board asks for `max_points=240` (one point per ~4 pixels of a
+/// 1,000-pixel panel: 1 h stays at 1m, 6 h comes from 5m, 24 h from 15m).
+pub const DEFAULT_MAX_POINTS: usize = MAX_MAX_POINTS;
 
 /// The most `max_points` one may ask for: more than any screen draws.
 pub const MAX_MAX_POINTS: usize = 10_000;
@@ -75,7 +76,7 @@ pub struct RangeParams {
     /// Aggregations, comma-separated: `count, sum, min, max, avg, last` and quantiles `p0`…`p100` (one decimal); default every one.
     #[param(example = "avg,max,p95")]
     pub aggs: Option<String>,
-    /// Most points per series (1 to 10000, default 240). When the range holds more windows, each point merges several: the finest configured window that fits is read (`source_window` in the answer), or consecutive windows are merged (`step_ms`).
+    /// Most points per series (1 to 10000, default 10000: every window of the range). A board asks for about 240. When the range holds more windows, each point merges several: the finest configured window that fits is read (`source_window` in the answer), or consecutive windows are merged (`step_ms`).
     #[param(example = 240)]
     pub max_points: Option<String>,
     /// Width of each point, a multiple of the window's size (`5m`, `1h`); the answer may be coarser when `max_points` asks for it (`step_ms` says what was used). Not for sliding windows.

@@ -170,7 +170,7 @@ const AGGS: &str = "aggs=count,sum,min,max,p95";
 #[tokio::test]
 async fn max_points_reads_the_finest_window_that_fits_and_says_so() {
     let f = Fixture::new().await;
-    // 3 hours of 1m is 180 points per host: within 240.
+    // By default every window: 3 hours of 1m is 180 points per host.
     let (status, fine) = f.get(&format!("window=1m&{AGGS}")).await;
     assert_eq!(status, StatusCode::OK, "{fine}");
     assert_eq!(
