@@ -92,7 +92,12 @@ async fn pulse_up_answers_as_its_documents_say() {
     let config = Config::from_toml(&common::config_toml(dir.path(), "10s")).unwrap();
     let running = pulse::up::start(config).await.unwrap();
     let targets = [
-        (format!("http://{}", running.gateway), vec![]),
+        // Remote write's body is snappy-framed protobuf, which schemathesis
+        // cannot generate; tests/remote_write.rs drives it with a real Prometheus.
+        (
+            format!("http://{}", running.gateway),
+            vec!["--exclude-path", "/api/v1/write"],
+        ),
         // The live stream never ends, so it cannot be fuzzed request by request.
         (
             format!("http://{}", running.dashboard),
