@@ -121,16 +121,26 @@ fn exported() -> BTreeSet<String> {
         let config = Config::from_toml(&common::config_toml(dir.path(), "2s")).expect("config");
         let running = pulse::up::start(config).await.expect("pulse up starts");
         let client = reqwest::Client::new();
+        // Per-partition families show once the processor owns partitions.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         for addr in [running.gateway, running.processor, running.dashboard] {
-            let text = client
-                .get(format!("http://{addr}/metrics"))
-                .send()
-                .await
-                .expect("/metrics answers")
-                .text()
-                .await
-                .expect("its text");
-            announced(&text, &mut names);
+            loop {
+                let text = client
+                    .get(format!("http://{addr}/metrics"))
+                    .send()
+                    .await
+                    .expect("/metrics answers")
+                    .text()
+                    .await
+                    .expect("its text");
+                let owning = addr != running.processor
+                    || text.contains("# TYPE pulse_processor_bus_lag_records ");
+                if owning || std::time::Instant::now() > deadline {
+                    announced(&text, &mut names);
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
         }
         running.stop().await.expect("pulse up stops");
     });

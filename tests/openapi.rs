@@ -73,7 +73,12 @@ fn every_field_and_parameter_has_a_description_and_an_example() {
         if let Some(schemas) = doc["components"]["schemas"].as_object() {
             for (schema, body) in schemas {
                 for (field, property) in body["properties"].as_object().into_iter().flatten() {
-                    let described = property.get("description").is_some();
+                    // utoipa puts an optional reference's description beside
+                    // the `$ref`, inside its `oneOf`.
+                    let described = property.get("description").is_some()
+                        || property["oneOf"]
+                            .as_array()
+                            .is_some_and(|any| any.iter().any(|v| v.get("description").is_some()));
                     // A reference or an enum shows its values where it is defined.
                     let text = property.to_string();
                     let example = property.get("example").is_some()

@@ -276,7 +276,12 @@ checkpoint_interval = "200ms"
     })
     .await;
     assert!(logs.text().contains("Store commits succeed again."));
-    assert!(logs.text().contains("Cannot update the cache"));
+    // The windows that landed could not reach the cut Redis: said once its
+    // commands time out.
+    eventually("the cache failure logged", || async {
+        logs.text().contains("Cannot update the cache")
+    })
+    .await;
 
     // 5. Redis back: newly closed windows reach the cache again. A later
     // point on each partition closes every window of the last phase.

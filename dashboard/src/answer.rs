@@ -517,7 +517,7 @@ mod tests {
             .enumerate()
             .map(|(i, start)| result(Some("a"), *start, &[i as f64, 10.0 * i as f64]))
             .collect();
-        let series = group_series(results, &[], &kinds("count,max"), 120_000);
+        let series = group_series(results, &[], &kinds("count,max,p0,p100"), 120_000);
         let points = &series[0].points;
         assert_eq!(points.len(), 2);
         let bounds: Vec<_> = points

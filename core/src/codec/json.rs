@@ -22,14 +22,18 @@ use crate::sketch::{Distribution, SketchError};
 #[schema(example = json!({"ddsketch": "AgAAAAAAAAAAAA==", "sum": 12.5, "min": 0.002, "max": 1.9}))]
 pub struct SketchJson {
     /// The DDSketch, DataDog's encoding, base64 (standard alphabet).
+    #[schema(example = "AgAAAAAAAAAAAA==")]
     pub ddsketch: String,
     /// The exact sum of the observations.
+    #[schema(example = 12.5)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sum: Option<f64>,
     /// The smallest observation.
+    #[schema(example = 0.002)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min: Option<f64>,
     /// The largest observation.
+    #[schema(example = 1.9)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max: Option<f64>,
 }

@@ -150,7 +150,7 @@ async fn migrations_are_idempotent_and_safe_concurrently(db: TestDb) {
                     .unwrap();
             assert_eq!(
                 versions,
-                vec![1, 2, 3, 4, 5, 6],
+                vec![1, 2, 3, 4, 5, 6, 7],
                 "each schema has its own versions"
             );
             assert_eq!(store.mode(), db.mode());
