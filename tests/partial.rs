@@ -206,7 +206,11 @@ async fn open_window_is_answered_live_and_never_stored(engines: Engines) {
     let running = pulse::up::start(config(dir.path(), &engines, "1s"))
         .await
         .unwrap();
-    let dashboard = format!("http://{}", running.dashboard);
+    // The restarted dashboard listens on a new port.
+    let (range, dashboard) = (
+        range.replace(&dashboard, &format!("http://{}", running.dashboard)),
+        format!("http://{}", running.dashboard),
+    );
     let body = poll(&client, &range, |_, b| points_of(b).len() == 2).await;
     let points = points_of(&body);
     assert_eq!(points.len(), 2, "{body}");

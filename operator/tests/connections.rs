@@ -3,9 +3,9 @@
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec};
-use pulse_operator::build::{dashboard_objects, pipeline_objects};
-use pulse_operator::crd::{Dashboard, MetricPipeline};
-use pulse_operator::validate::{validate_dashboard, validate_pipeline};
+use pulse_operator::build::pipeline_objects;
+use pulse_operator::crd::MetricPipeline;
+use pulse_operator::validate::validate_pipeline;
 use serde_json::json;
 
 const IMAGE: &str = "ghcr.io/pulse/pulse:0.1.0";
@@ -74,7 +74,7 @@ fn database_and_redis_tls_reach_the_processor_and_dashboards_only() {
     // keys only count where a Redis URL is given.
     pulse_core::config::Config::from_toml(&pipeline.config_toml).unwrap();
 
-    let objects = pipeline_objects(&pipeline, IMAGE);
+    let objects = pipeline_objects(&pipeline, IMAGE, &Default::default(), Default::default());
     let processor = &objects.processor;
     assert_eq!(
         env(processor, "PGSSLROOTCERT").and_then(|e| e.value.as_deref()),
@@ -100,16 +100,8 @@ fn database_and_redis_tls_reach_the_processor_and_dashboards_only() {
     assert_eq!(volume_secret(gateway, "db-ca"), None);
     assert_eq!(volume_secret(gateway, "redis-ca"), None);
 
-    let board: Dashboard = serde_json::from_value(json!({
-        "apiVersion": "pulse.dev/v1alpha1",
-        "kind": "Dashboard",
-        "metadata": {"name": "ops", "namespace": "shop", "uid": "6f1c2d3e-0000-4000-8000-000000000002"},
-        "spec": {"pipeline": "checkout", "panels": [{"metric": "cpu_usage", "window": "1m"}]}
-    }))
-    .unwrap();
-    let dashboard = validate_dashboard(&board, &pipeline).unwrap();
-    let objects = dashboard_objects(&dashboard, IMAGE);
-    let deployment = &objects.deployment;
+    // The dashboard server reads the replica, with the same CAs.
+    let deployment = &objects.dashboard;
     let read = env(deployment, "PULSE_DASHBOARD__DATABASE_URL")
         .and_then(|e| e.value_from.as_ref()?.secret_key_ref.clone())
         .unwrap();

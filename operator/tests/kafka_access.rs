@@ -6,11 +6,11 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Container, PodSpec};
 use pulse_core::config::Config;
 use pulse_core::kafka_security::SaslMechanism;
-use pulse_operator::build::{dashboard_objects, pipeline_objects};
-use pulse_operator::crd::{Dashboard, MetricPipeline, SecretKeyRef};
+use pulse_operator::build::pipeline_objects;
+use pulse_operator::crd::{MetricPipeline, SecretKeyRef};
 use pulse_operator::kafka_access::{admin_properties, admin_secrets};
 use pulse_operator::names::ENV_SASL_PASSWORD;
-use pulse_operator::validate::{ValidatedPipeline, validate_dashboard, validate_pipeline};
+use pulse_operator::validate::{ValidatedPipeline, validate_pipeline};
 use serde_json::{Value, json};
 
 const IMAGE: &str = "ghcr.io/pulse/pulse:0.1.0";
@@ -83,7 +83,7 @@ fn the_pods_config_names_the_mounted_files_and_no_password() {
 #[test]
 fn gateway_and_processor_mount_the_secrets_the_dashboard_gets_none() {
     let pipeline = validated(secured());
-    let objects = pipeline_objects(&pipeline, IMAGE);
+    let objects = pipeline_objects(&pipeline, IMAGE, &Default::default(), Default::default());
     for deployment in [&objects.gateway, &objects.processor] {
         let pod = pod(deployment);
         let volumes = pod.volumes.as_ref().unwrap();
@@ -135,18 +135,8 @@ fn gateway_and_processor_mount_the_secrets_the_dashboard_gets_none() {
         );
         assert_eq!(password.value, None);
     }
-    let board: Dashboard = serde_json::from_value(json!({
-        "apiVersion": "pulse.dev/v1alpha1",
-        "kind": "Dashboard",
-        "metadata": {"name": "ops", "namespace": "shop", "uid": "6f1c2d3e-0000-4000-8000-000000000002"},
-        "spec": {"pipeline": "checkout", "panels": [{"metric": "cpu_usage", "window": "1m"}]}
-    }))
-    .unwrap();
-    let dashboard = validate_dashboard(&board, &pipeline).unwrap();
-    assert!(!dashboard.config.bus.tls);
-    assert_eq!(dashboard.config.bus.sasl_mechanism, None);
-    let objects = dashboard_objects(&dashboard, IMAGE);
-    let container = container(&objects.deployment);
+    // The dashboard server never talks to Kafka: no password, no Kafka files.
+    let container = container(&objects.dashboard);
     assert!(
         container
             .env
@@ -155,7 +145,7 @@ fn gateway_and_processor_mount_the_secrets_the_dashboard_gets_none() {
             .all(|e| e.name != ENV_SASL_PASSWORD)
     );
     assert!(
-        pod(&objects.deployment)
+        pod(&objects.dashboard)
             .volumes
             .iter()
             .flatten()

@@ -210,7 +210,7 @@ pub async fn get_json(client: &reqwest::Client, url: &str) -> (u16, Value) {
         .get(url)
         .send()
         .await
-        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        .unwrap_or_else(|e| panic!("GET {url}: {e:?}"));
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
 }
