@@ -25,7 +25,13 @@ fn with_backup(backup: Value) -> MetricPipeline {
 }
 
 fn cron_job(pipeline: &MetricPipeline) -> Option<CronJob> {
-    pipeline_objects(&validate_pipeline(pipeline).unwrap(), IMAGE, &Default::default(), Default::default()).backup
+    pipeline_objects(
+        &validate_pipeline(pipeline).unwrap(),
+        IMAGE,
+        &Default::default(),
+        Default::default(),
+    )
+    .backup
 }
 
 fn container(cron_job: &CronJob) -> Container {

@@ -99,7 +99,12 @@ fn pod_monitors_select_the_roles_and_the_sidecars_of_the_pipeline() {
 #[test]
 fn scrape_annotations_name_each_role_s_own_port() {
     let validated = validate_pipeline(&MetricPipeline::test()).unwrap();
-    let mut objects = pipeline_objects(&validated, "pulse:test", &Default::default(), Default::default());
+    let mut objects = pipeline_objects(
+        &validated,
+        "pulse:test",
+        &Default::default(),
+        Default::default(),
+    );
     let annotated = |deployment: &mut Deployment| {
         annotate_for_scraping(deployment);
         deployment

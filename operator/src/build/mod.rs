@@ -22,9 +22,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{ConfigMap, EnvVar, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::Ingress;
-use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::DynamicObject;
@@ -41,9 +41,9 @@ pub use autoscaling::{
 };
 pub use backup::{ACCESS_KEY_ID, SECRET_ACCESS_KEY};
 pub use dashboard::boards;
+pub use deployment::HTTP_PORT_NAME;
 pub use ingress::ingress_url;
 pub use placement::{NODE_KEY, ZONE_KEY, default_spread};
-pub use deployment::HTTP_PORT_NAME;
 
 /// What the operator found in the cluster that changes what it builds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -98,36 +98,37 @@ pub fn pipeline_objects(
         (Component::Processor, &roles.processor),
         (Component::Dashboard, &roles.dashboards),
     ];
-    let deployment = |component, workload: &Workload, mut env: Vec<EnvVar>, mounts: Mounts, autoscaled| {
-        let mut volumes = Vec::new();
-        let extra_config_maps = match component {
-            Component::Dashboard => vec![("boards", boards_name.as_str(), BOARDS_DIR)],
-            // The gateway and the processor talk to Kafka: its Secrets go to both.
-            _ => {
-                env.extend(kafka_access::env(&pipeline.kafka));
-                volumes.extend(kafka_access::volumes(&pipeline.kafka));
-                Vec::new()
-            }
+    let deployment =
+        |component, workload: &Workload, mut env: Vec<EnvVar>, mounts: Mounts, autoscaled| {
+            let mut volumes = Vec::new();
+            let extra_config_maps = match component {
+                Component::Dashboard => vec![("boards", boards_name.as_str(), BOARDS_DIR)],
+                // The gateway and the processor talk to Kafka: its Secrets go to both.
+                _ => {
+                    env.extend(kafka_access::env(&pipeline.kafka));
+                    volumes.extend(kafka_access::volumes(&pipeline.kafka));
+                    Vec::new()
+                }
+            };
+            env.extend(mounts.env);
+            volumes.extend(mounts.volumes);
+            let account = names::object_name(owner.instance, component);
+            deployment::deployment(
+                &owner,
+                deployment::Role {
+                    component,
+                    workload,
+                    image,
+                    config_map: &config_map_name,
+                    config_hash: &hash,
+                    env,
+                    volumes,
+                    service_account: Some(account.as_str()),
+                    autoscaled,
+                    extra_config_maps,
+                },
+            )
         };
-        env.extend(mounts.env);
-        volumes.extend(mounts.volumes);
-        let account = names::object_name(owner.instance, component);
-        deployment::deployment(
-            &owner,
-            deployment::Role {
-                component,
-                workload,
-                image,
-                config_map: &config_map_name,
-                config_hash: &hash,
-                env,
-                volumes,
-                service_account: Some(account.as_str()),
-                autoscaled,
-                extra_config_maps,
-            },
-        )
-    };
     // Only the processor sends alerts, so only it gets the receivers' Secrets.
     let processor_env = deployment::secret_env(
         [

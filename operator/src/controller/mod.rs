@@ -11,8 +11,8 @@
 pub mod backup;
 pub mod dashboard;
 pub mod error;
-pub mod objects;
 pub mod monitoring;
+pub mod objects;
 pub mod pipeline;
 pub mod status;
 
