@@ -137,6 +137,9 @@ mod tests {
             .and_then(|head| head.rsplit(", ").next())
             .and_then(|n| n.replace(',', "").parse().ok())
             .expect("the note counts the API requests");
-        assert!(requests % 20 == 0 && requests >= 20 * 10, "{report:?}");
+        assert!(
+            requests.is_multiple_of(20) && requests >= 20 * 10,
+            "{report:?}"
+        );
     }
 }

@@ -283,10 +283,10 @@ async fn drain_stderr(
     let mut url = Some(url);
     let mut lines = BufReader::new(stderr).lines();
     while let Ok(Some(line)) = lines.next_line().await {
-        if let Some(found) = line.strip_prefix("DevTools listening on ") {
-            if let Some(tx) = url.take() {
-                let _ = tx.send(found.trim().to_string());
-            }
+        if let Some(found) = line.strip_prefix("DevTools listening on ")
+            && let Some(tx) = url.take()
+        {
+            let _ = tx.send(found.trim().to_string());
         }
         let mut log = lock(&log);
         if log.len() >= 200 {

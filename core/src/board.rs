@@ -350,15 +350,15 @@ pub fn check_windows(boards: &[Board], windows: &[String]) -> Vec<String> {
     let mut problems = Vec::new();
     for board in boards {
         for (i, panel) in board.panels.iter().enumerate() {
-            if let Some(window) = &panel.window {
-                if !windows.iter().any(|w| w == window) {
-                    problems.push(format!(
+            if let Some(window) = &panel.window
+                && !windows.iter().any(|w| w == window)
+            {
+                problems.push(format!(
                         "dashboard `{}` panel {}: window `{window}` is not computed; processor.windows has {}",
                         board.name,
                         i + 1,
                         windows.join(", ")
                     ));
-                }
             }
         }
     }

@@ -714,14 +714,14 @@ impl Config {
                     .into(),
             ));
         }
-        if let Some(url) = &self.cache.redis_url {
-            if !has_scheme(url, &["redis", "rediss", "unix", "redis+unix"]) {
-                return Err(invalid(
-                    "cache.redis_url",
-                    "must be a Redis URL such as redis://host:6379 (rediss:// for TLS, unix:///path)"
-                        .into(),
-                ));
-            }
+        if let Some(url) = &self.cache.redis_url
+            && !has_scheme(url, &["redis", "rediss", "unix", "redis+unix"])
+        {
+            return Err(invalid(
+                "cache.redis_url",
+                "must be a Redis URL such as redis://host:6379 (rediss:// for TLS, unix:///path)"
+                    .into(),
+            ));
         }
         let cache_tls = [
             ("cache.tls_ca_file", &self.cache.tls_ca_file),

@@ -319,10 +319,10 @@ pub fn increments<'a>(
         let id = classic.series_id();
         if classic.state.check().is_ok() {
             let previous = pending.get(&id).copied().or_else(|| baselines.get(id));
-            if let Some(increase) = classic.state.increase_since(previous) {
-                if increase.count() > 0 {
-                    out.push((*index, classic, increase));
-                }
+            if let Some(increase) = classic.state.increase_since(previous)
+                && increase.count() > 0
+            {
+                out.push((*index, classic, increase));
             }
             pending.insert(id, &classic.state);
         }

@@ -4,7 +4,7 @@
 //! processor's consumer and the operator's admin client, so all three connect
 //! alike.
 
-use std::path::PathBuf;
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -119,7 +119,7 @@ pub fn client_properties(bus: &BusConfig) -> Vec<(&'static str, String)> {
         // binary, librdkafka must be told to look for them in the usual places.
         let ca = bus
             .tls_ca_file
-            .as_ref()
+            .as_deref()
             .map_or_else(|| "probe".to_string(), path_text);
         properties.push(("ssl.ca.location", ca));
         if let (Some(cert), Some(key)) = (&bus.tls_cert_file, &bus.tls_key_file) {
@@ -139,7 +139,7 @@ pub fn client_properties(bus: &BusConfig) -> Vec<(&'static str, String)> {
     properties
 }
 
-fn path_text(path: &PathBuf) -> String {
+fn path_text(path: &Path) -> String {
     path.display().to_string()
 }
 

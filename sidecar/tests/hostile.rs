@@ -41,10 +41,10 @@ impl Drop for Sidecar {
 async fn wait_until_up(admin: SocketAddr) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
-        if let Ok(response) = reqwest::get(format!("http://{admin}/healthz")).await {
-            if response.status().is_success() {
-                return;
-            }
+        if let Ok(response) = reqwest::get(format!("http://{admin}/healthz")).await
+            && response.status().is_success()
+        {
+            return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -191,10 +191,10 @@ impl Sidecar {
         let url = format!("http://127.0.0.1:{}/readyz", self.admin_port);
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if let Ok(response) = client.get(&url).send().await {
-                if response.status() == StatusCode::OK {
-                    return;
-                }
+            if let Ok(response) = client.get(&url).send().await
+                && response.status() == StatusCode::OK
+            {
+                return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -233,10 +233,10 @@ async fn send(client: reqwest::Client, port: u16, ids: std::ops::Range<u64>) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let sent = client.post(&url).body(body.clone()).send().await;
-            if let Ok(response) = sent {
-                if response.status() == StatusCode::ACCEPTED {
-                    break;
-                }
+            if let Ok(response) = sent
+                && response.status() == StatusCode::ACCEPTED
+            {
+                break;
             }
             assert!(
                 Instant::now() < deadline,

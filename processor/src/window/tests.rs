@@ -320,7 +320,7 @@ fn run(crash_at: &[usize]) -> FakeStore {
     while offset < points.len() {
         a.ingest(0, offset as u64, None, points[offset].clone(), now);
         offset += 1;
-        if offset % 150 == 0 {
+        if offset.is_multiple_of(150) {
             a.close_ready();
             store.apply(&mut a);
         }

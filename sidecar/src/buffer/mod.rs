@@ -214,16 +214,16 @@ impl Buffer {
         if state.in_flight == Some(seq) {
             state.in_flight = None;
         }
-        if let Some(at) = state.sealed.iter().position(|s| s.seq == seq) {
-            if let Some(info) = state.sealed.remove(at) {
-                state.sealed_bytes -= allocated(info.bytes);
-                state.sealed_points -= info.points;
-            }
+        if let Some(at) = state.sealed.iter().position(|s| s.seq == seq)
+            && let Some(info) = state.sealed.remove(at)
+        {
+            state.sealed_bytes -= allocated(info.bytes);
+            state.sealed_points -= info.points;
         }
-        if let Err(error) = std::fs::remove_file(self.path(seq)) {
-            if error.kind() != io::ErrorKind::NotFound {
-                tracing::warn!(message = "Cannot delete a delivered segment; it may be sent again after a restart.", segment = seq, %error);
-            }
+        if let Err(error) = std::fs::remove_file(self.path(seq))
+            && error.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(message = "Cannot delete a delivered segment; it may be sent again after a restart.", segment = seq, %error);
         }
         self.update_gauges(&state);
     }

@@ -329,10 +329,10 @@ impl SegmentWriter {
             self.buffer.open_changed(0, 0, None);
             return;
         }
-        if self.config.fsync == Fsync::Seal {
-            if let Err(error) = open.file.sync_all().and_then(|()| sync_dir(&path)) {
-                tracing::warn!(message = "Cannot fsync a sealed segment.", segment = open.seq, %error);
-            }
+        if self.config.fsync == Fsync::Seal
+            && let Err(error) = open.file.sync_all().and_then(|()| sync_dir(&path))
+        {
+            tracing::warn!(message = "Cannot fsync a sealed segment.", segment = open.seq, %error);
         }
         self.buffer.push_sealed(SegmentInfo {
             seq: open.seq,

@@ -246,10 +246,10 @@ impl Mapper<'_> {
         let Some(mut observations) = increase.and_then(|i| i.distribution()) else {
             return;
         };
-        if temporality == DELTA {
-            if let (Some(min), Some(max)) = (min, max) {
-                observations.set_min_max(min, max);
-            }
+        if temporality == DELTA
+            && let (Some(min), Some(max)) = (min, max)
+        {
+            observations.set_min_max(min, max);
         }
         self.push(UncheckedPoint {
             kind: MetricKind::Histogram,
@@ -296,10 +296,11 @@ impl Mapper<'_> {
 
 fn add_attributes<'a>(tags: &mut Tags, attributes: impl Iterator<Item = &'a KeyValue>) {
     for kv in attributes {
-        if let Some(value) = kv.value.as_ref().and_then(text) {
-            if !value.is_empty() && !kv.key.is_empty() {
-                tags.insert(sanitize_tag_key(&kv.key), value);
-            }
+        if let Some(value) = kv.value.as_ref().and_then(text)
+            && !value.is_empty()
+            && !kv.key.is_empty()
+        {
+            tags.insert(sanitize_tag_key(&kv.key), value);
         }
     }
 }

@@ -54,10 +54,10 @@ pub fn parse(text: &str) -> Exposition {
         }
         if let Some(comment) = line.strip_prefix('#') {
             let mut words = comment.split_whitespace();
-            if words.next() == Some("TYPE") {
-                if let (Some(name), Some(kind)) = (words.next(), words.next()) {
-                    types.insert(name, kind);
-                }
+            if words.next() == Some("TYPE")
+                && let (Some(name), Some(kind)) = (words.next(), words.next())
+            {
+                types.insert(name, kind);
             }
             continue;
         }

@@ -203,10 +203,10 @@ impl PostgresStore {
     ) -> Result<(), StoreError> {
         let schema = &self.schema;
         let mut search_path = format!("\"{schema}\"");
-        if mode == Mode::TimescaleDb {
-            if let Some(ext) = timescale::extension_schema(&mut *conn).await? {
-                search_path.push_str(&format!(", \"{}\"", ext.replace('"', "\"\"")));
-            }
+        if mode == Mode::TimescaleDb
+            && let Some(ext) = timescale::extension_schema(&mut *conn).await?
+        {
+            search_path.push_str(&format!(", \"{}\"", ext.replace('"', "\"\"")));
         }
 
         let applied: Vec<i64> = sqlx::query_scalar(
