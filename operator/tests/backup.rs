@@ -69,7 +69,11 @@ fn a_backup_spec_becomes_a_cron_job_running_pulse_backup() {
     assert_eq!(job.backoff_limit, Some(2));
     let pod = job.template.spec.as_ref().unwrap();
     assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
-    assert_eq!(pod.service_account_name.as_deref(), Some("checkout-pulse"));
+    // The processor's ServiceAccount: the job reads what the processor writes.
+    assert_eq!(
+        pod.service_account_name.as_deref(),
+        Some("checkout-processor")
+    );
     assert_eq!(
         pod.security_context.as_ref().unwrap().run_as_non_root,
         Some(true)
