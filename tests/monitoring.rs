@@ -121,6 +121,28 @@ fn exported() -> BTreeSet<String> {
         let config = Config::from_toml(&common::config_toml(dir.path(), "2s")).expect("config");
         let running = pulse::up::start(config).await.expect("pulse up starts");
         let client = reqwest::Client::new();
+        // Labelled families show once they count something: points in (an
+        // old one, a new one that closes its window, the old one again, now
+        // late), one query out.
+        let now = pulse_core::now_ms() as f64 / 1000.0;
+        for at in [now - 600.0, now, now - 600.0] {
+            let point = serde_json::json!({
+                "metric_name": "cpu_usage", "value": 1, "timestamp": at, "tags": {"host": "a"}
+            });
+            let accepted = client
+                .post(format!("http://{}/metrics", running.gateway))
+                .json(&point)
+                .send()
+                .await
+                .expect("the gateway answers");
+            assert_eq!(accepted.status(), 202);
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+        client
+            .get(format!("http://{}/api/v1/metrics", running.dashboard))
+            .send()
+            .await
+            .expect("the dashboard answers");
         // Per-partition families show once the processor owns partitions.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         for addr in [running.gateway, running.processor, running.dashboard] {
@@ -134,7 +156,8 @@ fn exported() -> BTreeSet<String> {
                     .await
                     .expect("its text");
                 let owning = addr != running.processor
-                    || text.contains("# TYPE pulse_processor_bus_lag_records ");
+                    || (text.contains("# TYPE pulse_processor_bus_lag_records ")
+                        && text.contains("# TYPE pulse_processor_late_points "));
                 if owning || std::time::Instant::now() > deadline {
                     announced(&text, &mut names);
                     break;
@@ -145,14 +168,38 @@ fn exported() -> BTreeSet<String> {
         running.stop().await.expect("pulse up stops");
     });
     let mut registry = Registry::default();
-    let _sidecar = pulse_sidecar::metrics::Metrics::register(&mut registry);
+    // The sidecar's labelled families, each with one child, as a running
+    // sidecar has once it received, refused, scraped and forwarded.
+    let sidecar = pulse_sidecar::metrics::Metrics::register(&mut registry);
+    {
+        use pulse_sidecar::metrics::{OutcomeLabels, ReceiverLabels, RejectLabels};
+        let outcome = OutcomeLabels { outcome: "ok" };
+        sidecar
+            .points_accepted
+            .get_or_create(&ReceiverLabels { receiver: "http" })
+            .inc();
+        sidecar
+            .points_rejected
+            .get_or_create(&RejectLabels {
+                receiver: "http",
+                reason: "invalid",
+            })
+            .inc();
+        sidecar.scrapes.get_or_create(&outcome).inc();
+        sidecar.forward_requests.get_or_create(&outcome).inc();
+        sidecar
+            .forward_request_duration
+            .get_or_create(&outcome)
+            .observe(0.01);
+    }
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
     announced(&text, &mut names);
-    announced(
-        &pulse_operator::metrics::Metrics::new().render(),
-        &mut names,
-    );
+    // The operator's families, after one reconcile and one failure.
+    let operator = pulse_operator::metrics::Metrics::new();
+    drop(operator.reconcile("MetricPipeline"));
+    operator.failure("MetricPipeline", "Kube");
+    announced(&operator.render(), &mut names);
     names
 }
 
